@@ -1,0 +1,3 @@
+from batchsend.cli import main
+
+main()

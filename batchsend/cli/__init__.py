@@ -1,0 +1,81 @@
+"""The ``batchsend`` command line: a thin click layer over the library.
+
+Commands live in modules of this package and are imported only when used, so that
+``batchsend sandbox`` does not pay for polars and ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from batchsend import __version__
+from batchsend.errors import BatchsendError
+
+# command name -> "module:attribute", in the order --help lists them
+COMMANDS: dict[str, str] = {
+    "init": "batchsend.cli.campaign_cmds:init",
+    "check": "batchsend.cli.campaign_cmds:check",
+    "preview": "batchsend.cli.campaign_cmds:preview",
+    "run": "batchsend.cli.run_cmds:run",
+    "resume": "batchsend.cli.run_cmds:resume",
+    "runs": "batchsend.cli.report_cmds:runs",
+    "report": "batchsend.cli.report_cmds:report",
+    "sandbox": "batchsend.cli.sandbox_cmd:sandbox",
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose commands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [name for name in COMMANDS if self._load(name, quiet=True) is not None]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return self._load(cmd_name, quiet=False)
+
+    @staticmethod
+    def _load(name: str, *, quiet: bool) -> click.Command | None:
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module_name, attr = target.split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            # A command whose module is not written yet is simply absent; any other
+            # missing module is a real error and must surface.
+            if quiet and exc.name == module_name:
+                return None
+            raise
+        command = getattr(module, attr)
+        assert isinstance(command, click.Command)
+        return command
+
+
+class BatchsendGroup(LazyGroup):
+    """Turns batchsend's own errors into one clear message and the right exit code."""
+
+    def invoke(self, ctx: click.Context):  # type: ignore[no-untyped-def]
+        try:
+            return super().invoke(ctx)
+        except BatchsendError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+
+@click.group(cls=BatchsendGroup)
+@click.version_option(__version__, prog_name="batchsend")
+def main() -> None:
+    """Send personalised email campaigns that survive crashes without emailing anyone twice.
+
+    \b
+    Typical use:
+      batchsend init mycampaign          # write an example campaign to edit
+      batchsend check mycampaign/campaign.toml
+      batchsend preview mycampaign/campaign.toml --row 1
+      batchsend run mycampaign/campaign.toml
+      batchsend report RUN_ID --out report.csv
+    """

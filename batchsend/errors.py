@@ -1,0 +1,147 @@
+"""Every error batchsend raises on purpose.
+
+One root, so callers can catch everything batchsend means with one clause::
+
+    BatchsendError                      exit_code 1 unless a subclass says otherwise
+    ├── InputError                      exit 2: the user's input is wrong; nothing was sent
+    │   ├── CampaignError               the campaign file (unknown key, wrong type, missing sender)
+    │   ├── SourceError                 the recipient file (encoding, header, missing column)
+    │   ├── TemplateError               a template (syntax, missing variable, size limit)
+    │   │   └── TemplateSecurityError   a template tried to escape Jinja's sandbox
+    │   ├── AttachmentError             an attachment path (missing, escaping the folder, too big)
+    │   ├── SecretError                 no API key where the campaign says it is
+    │   └── PreflightError              one or more rows failed preflight (carries the problems)
+    ├── SendError                       a request did not succeed
+    │   ├── RetryableSendError          429, 500-504, timeouts, connection errors
+    │   ├── PermanentSendError          other 4xx: this message will never be accepted
+    │   └── FatalSendError              the whole run must stop (bad key, no credits, domain)
+    └── StoreError                      the SQLite store
+        └── ResumeRefusedError          inputs changed since the run began, or nothing to resume
+
+Messages never contain an API key: code that builds one from a response body or a
+request must pass it through :func:`batchsend.secrets.redact` first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class BatchsendError(Exception):
+    """Root of every error batchsend raises on purpose."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """Where a bad input sits, so the message can name it."""
+
+    file: str | None = None
+    row: int | None = None
+    column: str | None = None
+
+    def __str__(self) -> str:
+        parts = []
+        if self.file:
+            parts.append(self.file)
+        if self.row is not None:
+            parts.append(f"row {self.row}")
+        if self.column:
+            parts.append(f"column {self.column!r}")
+        return ", ".join(parts)
+
+
+class InputError(BatchsendError):
+    """The user's input is wrong; nothing was sent. ``fix`` says how to put it right."""
+
+    exit_code = 2
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        row: int | None = None,
+        column: str | None = None,
+        fix: str | None = None,
+    ) -> None:
+        self.location = Location(file, row, column)
+        self.fix = fix
+        self.detail = message
+        where = str(self.location)
+        text = f"{where}: {message}" if where else message
+        if fix:
+            text = f"{text}\n  fix: {fix}"
+        super().__init__(text)
+
+
+class CampaignError(InputError):
+    """The campaign file is wrong."""
+
+
+class SourceError(InputError):
+    """The recipient file cannot be read as a table of recipients."""
+
+
+class TemplateError(InputError):
+    """A template does not compile, needs a missing variable, or renders too much."""
+
+
+class TemplateSecurityError(TemplateError):
+    """A template tried to reach Python internals through Jinja's sandbox."""
+
+
+class AttachmentError(InputError):
+    """An attachment is missing, unreadable, outside the campaign folder, or too big."""
+
+
+class SecretError(InputError):
+    """The API key is not where the campaign says it is."""
+
+
+class PreflightError(InputError):
+    """Preflight found bad rows; ``problems`` lists them (file, row, column, reason)."""
+
+    def __init__(self, message: str, problems: list | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or []
+
+
+class SendError(BatchsendError):
+    """A request to the provider did not succeed."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        error_type: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_type = error_type
+        self.retry_after = retry_after
+
+
+class RetryableSendError(SendError):
+    """Worth trying again later: 429, 500-504, timeout, connection error."""
+
+
+class PermanentSendError(SendError):
+    """This message will never be accepted as it is."""
+
+
+class FatalSendError(SendError):
+    """Nothing more can be sent in this run (bad key, no credits, sender domain)."""
+
+
+class StoreError(BatchsendError):
+    """The SQLite store is unusable or inconsistent."""
+
+
+class ResumeRefusedError(StoreError):
+    """A resume cannot go on safely (inputs changed, or nothing to resume)."""
+
+    exit_code = 2

@@ -1,0 +1,125 @@
+"""The provider-neutral email: what rendering produces and providers consume.
+
+A :class:`Message` is one input row's email, fully rendered. Providers turn it into
+their JSON; the planner may merge identical messages of several rows into one (see
+``batchsend.plan``). Values are frozen so a message can be hashed into a stable key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """An email address with an optional display name."""
+
+    email: str
+    name: str | None = None
+
+    def to_dict(self) -> dict[str, str]:
+        return {"email": self.email, "name": self.name} if self.name else {"email": self.email}
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """A file to attach. ``content`` is the raw bytes; providers encode them."""
+
+    filename: str
+    content_type: str
+    content: bytes
+    content_id: str | None = None  # ToSend inline image, referenced as cid:<content_id>
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One rendered email for one input row (or, after merging, for several).
+
+    ``row`` is the 1-based data row number in the recipient file (the header is not
+    counted). ``to`` holds the row's own recipient; ``cc`` and ``bcc`` come from the
+    row's cc/bcc columns.
+    """
+
+    row: int
+    sender: Address
+    to: tuple[Address, ...]
+    subject: str
+    html: str | None = None
+    text: str | None = None
+    cc: tuple[Address, ...] = ()
+    bcc: tuple[Address, ...] = ()
+    reply_to: Address | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    tag: str | None = None  # v1 analytics tag
+    tags: Mapping[str, str] = field(default_factory=dict)  # ToSend analytics tags
+    metadata: Mapping[str, str] = field(default_factory=dict)  # v1: stored, never sent
+    attachments: tuple[Attachment, ...] = ()
+    ical: str | None = None  # RFC 5545 text (v1 icalEvent)
+    track_opens: bool | None = None
+    track_clicks: bool | None = None
+    stream_type: str | None = None  # v1: transactional | broadcast | shared
+    domain: str | None = None  # v1 sending domain; None lets the provider choose
+
+    def content_dict(self) -> dict[str, Any]:
+        """Everything that makes up the email except which row it came from.
+
+        Two rows whose messages have equal content dicts send the same email (apart
+        from the recipients), which is what merging relies on.
+        """
+        return {
+            "sender": self.sender.to_dict(),
+            "subject": self.subject,
+            "html": self.html,
+            "text": self.text,
+            "reply_to": self.reply_to.to_dict() if self.reply_to else None,
+            "headers": dict(sorted(self.headers.items())),
+            "tag": self.tag,
+            "tags": dict(sorted(self.tags.items())),
+            "metadata": dict(sorted(self.metadata.items())),
+            "attachments": [
+                [a.filename, a.content_type, hashlib.sha256(a.content).hexdigest(), a.content_id]
+                for a in self.attachments
+            ],
+            "ical": self.ical,
+            "track_opens": self.track_opens,
+            "track_clicks": self.track_clicks,
+            "stream_type": self.stream_type,
+            "domain": self.domain,
+        }
+
+    def recipients_dict(self) -> dict[str, Any]:
+        return {
+            "to": [a.to_dict() for a in self.to],
+            "cc": [a.to_dict() for a in self.cc],
+            "bcc": [a.to_dict() for a in self.bcc],
+        }
+
+
+def canonical_json(value: Any) -> bytes:
+    """JSON with sorted keys and no spaces: equal values give equal bytes."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def content_digest(message: Message) -> str:
+    """A hex digest of the message's content (recipients excluded)."""
+    return hashlib.sha256(canonical_json(message.content_dict())).hexdigest()
+
+
+def message_key(run_id: str, message: Message) -> str:
+    """The stable id of a message within a run: same run, same row, same email => same key.
+
+    It salts with the run id so that a deliberate second run of a campaign is not
+    swallowed by the provider's idempotency window, while a resume of the same run
+    reproduces every key exactly.
+    """
+    h = hashlib.sha256()
+    h.update(run_id.encode())
+    h.update(b"\0")
+    h.update(canonical_json(message.recipients_dict()))
+    h.update(b"\0")
+    h.update(content_digest(message).encode())
+    return h.hexdigest()[:40]

@@ -1,0 +1,68 @@
+"""API keys: where they come from, and keeping them out of everything we write.
+
+A key is read from an environment variable, a key file, or standard input; never from
+a command-line value (it would show in ``ps``). :func:`redact` removes every key this
+process has loaded from a string before it reaches a log, an error, the store or a report.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from batchsend.errors import SecretError
+
+DEFAULT_ENV_VAR = "BATCHSEND_API_KEY"
+
+_loaded: set[str] = set()
+
+
+def remember(key: str) -> str:
+    """Register a key so that :func:`redact` hides it; returns the key."""
+    if key:
+        _loaded.add(key)
+    return key
+
+
+def redact(text: str) -> str:
+    """``text`` with every loaded key replaced by ``[redacted]``."""
+    for key in _loaded:
+        if key and key in text:
+            text = text.replace(key, "[redacted]")
+    return text
+
+
+def load_api_key(
+    *, env_var: str | None = None, key_file: str | Path | None = None, stdin: bool = False
+) -> str:
+    """Read the API key from standard input, a key file or the environment, in that order.
+
+    Raises :class:`SecretError` (exit 2) naming where it looked, never the value.
+    """
+    if stdin:
+        key = sys.stdin.readline().strip()
+        if not key:
+            raise SecretError("no API key on standard input", fix="pipe the key: ... < keyfile")
+        return remember(key)
+    if key_file is not None:
+        path = Path(key_file)
+        try:
+            key = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise SecretError(
+                f"cannot read the API key file: {exc.strerror}",
+                file=str(path),
+                fix="point api_key_file (or --api-key-file) at a readable file holding the key",
+            ) from None
+        if not key:
+            raise SecretError("the API key file is empty", file=str(path))
+        return remember(key)
+    name = env_var or DEFAULT_ENV_VAR
+    key = os.environ.get(name, "").strip()
+    if not key:
+        raise SecretError(
+            f"no API key: the environment variable {name} is not set",
+            fix=f"export {name}=... (or set api_key_file in the campaign, or --api-key-stdin)",
+        )
+    return remember(key)
