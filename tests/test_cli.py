@@ -15,10 +15,10 @@ def test_version() -> None:
 
 def test_every_listed_command_has_help_with_an_example() -> None:
     runner = CliRunner()
-    listed = runner.invoke(main, ["--help"]).output
-    for name in COMMANDS:
-        if name not in listed:
-            continue  # not written yet: its module is absent
+    ctx = main.make_context("batchsend", [])
+    listed = main.list_commands(ctx)  # a command whose module is not written yet is absent
+    assert set(listed) <= set(COMMANDS)
+    for name in listed:
         result = runner.invoke(main, [name, "--help"])
         assert result.exit_code == 0, result.output
         assert "Example" in result.output or "example" in result.output, name
