@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol
+
+from batchsend.plan import SendUnit
 
 
 class OutcomeKind(StrEnum):
@@ -25,3 +29,26 @@ class MessageOutcome:
     provider_message_id: str | None = None
     provider_email_id: str | None = None
     retry_after: float | None = None  # seconds, when the provider said so
+
+
+class Recorder(Protocol):
+    """What the engine needs from the store. ``batchsend.store`` implements it.
+
+    The engine calls :meth:`mark_sending` and awaits nothing before it returns: the
+    rows must be durably ``sending`` (committed) before the request leaves. Outcomes
+    may be buffered and committed in small batches; :meth:`flush` commits them.
+    """
+
+    def mark_sending(self, unit: SendUnit) -> None: ...
+
+    def record_attempt(
+        self, unit: SendUnit, attempt: int, outcomes: Sequence[MessageOutcome], elapsed_ms: float
+    ) -> None:
+        """Log one HTTP attempt (for the report's rate and retries chart)."""
+
+    def record_final(
+        self, unit: SendUnit, outcomes: Sequence[MessageOutcome], attempts: int
+    ) -> None:
+        """Give each message of the unit its terminal state: accepted -> sent, else failed."""
+
+    def flush(self) -> None: ...
