@@ -1,0 +1,916 @@
+"""The SQLite store: runs, recipients, send units and attempts, in one file.
+
+Only this module speaks SQL. sqlite-utils creates the tables and indexes and switches
+the file to WAL; the hot paths (inserting millions of rows at run start, marking a
+unit ``sending``) use plain ``executemany`` inside explicit transactions, because
+they are the ones that must be fast and whose commit points matter.
+
+Durability. The file runs in WAL mode with ``synchronous=NORMAL`` by default: a
+transaction is in the WAL file (the operating system's page cache) when ``COMMIT``
+returns, so it survives the batchsend process being killed at any instant, ``kill -9``
+included -- which is the promise batchsend makes. It may not survive the whole
+machine losing power; pass ``synchronous="FULL"`` to :class:`Store` to make every
+commit wait for the disk as well (slower, and it protects against power loss).
+
+The write-ahead rule (DESIGN.md invariant 1): :meth:`RunRecorder.mark_sending`
+commits the unit's rows as ``sending`` *before it returns*, and the engine sends the
+request only after. Outcomes are buffered and committed in small batches (at most
+:data:`FLUSH_ROWS` rows or :data:`FLUSH_SECONDS` old, and always together with the
+next ``mark_sending``), so a crash can leave a row ``sending`` whose answer had
+already arrived: resume turns it into ``unknown``, never into a second send.
+
+No API key is ever written here: the run's settings are filtered through
+:func:`safe_settings`, and error texts through :func:`batchsend.secrets.redact`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets as _random
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from batchsend.errors import StoreError
+from batchsend.outcome import MessageOutcome, OutcomeKind
+from batchsend.plan import SendUnit
+from batchsend.secrets import redact
+from batchsend.states import RecipientState, RunState
+
+__all__ = [
+    "FLUSH_ROWS",
+    "FLUSH_SECONDS",
+    "NewRecipient",
+    "RunInfo",
+    "RunRecorder",
+    "Store",
+    "UnitRecord",
+    "new_run_id",
+    "safe_settings",
+]
+
+FLUSH_ROWS = 512
+FLUSH_SECONDS = 0.25
+INSERT_CHUNK = 20_000
+
+# Setting names that could hold a secret; they never reach the store.
+_SECRET_WORDS = ("key", "secret", "token", "password", "authorization")
+
+# Reason code of a row found ``sending`` at resume: its request may or may not have left.
+IN_FLIGHT_REASON = "in_flight_at_crash"
+
+_RECIPIENT_STATES_SENDABLE = (
+    RecipientState.PENDING,
+    RecipientState.UNKNOWN,
+    RecipientState.FAILED,
+)
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def new_run_id(now: datetime | None = None) -> str:
+    """A sortable, unique run id such as ``20261121T103455-ab12cd``."""
+    moment = (now or _utc_now()).astimezone(UTC)
+    return f"{moment:%Y%m%dT%H%M%S}-{_random.token_hex(3)}"
+
+
+def safe_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """``settings`` without any entry whose name suggests a secret (api_key, token...)."""
+    return {
+        k: v for k, v in settings.items() if not any(word in k.lower() for word in _SECRET_WORDS)
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class NewRecipient:
+    """One input row as it enters the store at run start (``pending`` or ``skipped``)."""
+
+    row: int
+    email: str
+    name: str | None = None
+    state: RecipientState = RecipientState.PENDING
+    reason: str | None = None  # skipped: invalid | duplicate | suppressed
+    error_message: str | None = None  # skipped: what was wrong, for the report
+    tag: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """A row of the ``runs`` table, as values."""
+
+    id: str
+    campaign_path: str
+    campaign_name: str | None
+    provider: str
+    base_url: str | None
+    input_path: str | None
+    input_fingerprint: str | None
+    templates_fingerprint: str | None
+    settings: dict[str, Any]
+    state: RunState
+    is_test: bool
+    dry_run: bool
+    fatal_error: str | None
+    started_at: str
+    ended_at: str | None
+    updated_at: str
+    total_rows: int | None
+    report_path: str | None
+    metadata_columns: list[str]
+    pid: int | None
+    counts: dict[str, int]
+
+    @property
+    def finished(self) -> bool:
+        return self.state is RunState.FINISHED
+
+
+@dataclass(frozen=True, slots=True)
+class UnitRecord:
+    """A recorded send unit: its key and, per message, the rows it carried."""
+
+    key: str
+    composition: tuple[tuple[int, ...], ...]
+    batch: bool
+    state: str
+    attempts: int
+
+
+class Store:
+    """The batchsend database file. One instance per process, used from one thread.
+
+    Example::
+
+        store = Store("batchsend.db")
+        run = store.get_run(run_id)
+        print(store.counts(run_id))
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        synchronous: str = "NORMAL",
+        now: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        if synchronous.upper() not in ("NORMAL", "FULL"):
+            raise ValueError("synchronous must be NORMAL or FULL")
+        self.path = Path(path)
+        self._now = now
+        try:
+            # isolation_level=None: we open and close every transaction ourselves, so the
+            # commit that makes a unit ``sending`` is exactly where the code says it is.
+            conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=30)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot open the database: {exc}") from None
+        self.conn = conn
+        self.db = sqlite_utils.Database(conn)
+        try:
+            self.db.enable_wal()
+            conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
+            self._create_schema()
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise StoreError(f"{self.path}: not a usable batchsend database: {exc}") from None
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the file (idempotent)."""
+        with contextlib.suppress(sqlite3.Error):
+            self.conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def now(self) -> str:
+        """The current time as the store writes it (ISO 8601 UTC, milliseconds)."""
+        return _iso(self._now())
+
+    def _create_schema(self) -> None:
+        db = self.db
+        db["runs"].create(
+            {
+                "id": str,
+                "campaign_path": str,
+                "campaign_name": str,
+                "provider": str,
+                "base_url": str,
+                "input_path": str,
+                "input_fingerprint": str,
+                "templates_fingerprint": str,
+                "settings": str,
+                "state": str,
+                "is_test": int,
+                "dry_run": int,
+                "fatal_error": str,
+                "started_at": str,
+                "ended_at": str,
+                "updated_at": str,
+                "total_rows": int,
+                "report_path": str,
+                "metadata_columns": str,
+                "pid": int,
+                "counts": str,  # additive: final counts by state, JSON
+            },
+            pk="id",
+            if_not_exists=True,
+        )
+        db["recipients"].create(
+            {
+                "run_id": str,
+                "row": int,
+                "email": str,
+                "name": str,
+                "state": str,
+                "reason": str,
+                "attempts": int,
+                "message_key": str,
+                "unit_key": str,
+                "http_status": int,
+                "error_type": str,
+                "error_message": str,
+                "provider_message_id": str,
+                "provider_email_id": str,
+                "tag": str,
+                "metadata": str,
+                "sent_at": str,
+                "updated_at": str,
+                "retryable": int,  # additive: 1 when a failure is worth --retry-failed
+            },
+            pk=("run_id", "row"),
+            if_not_exists=True,
+        )
+        db["recipients"].create_index(
+            ["run_id", "state"], index_name="recipients_run_state", if_not_exists=True
+        )
+        db["units"].create(
+            {
+                "run_id": str,
+                "key": str,
+                "composition": str,
+                "batch": int,
+                "state": str,
+                "attempts": int,
+                "created_at": str,
+            },
+            pk=("run_id", "key"),
+            if_not_exists=True,
+        )
+        db["attempts"].create(
+            {
+                "run_id": str,
+                "unit_key": str,
+                "attempt": int,
+                "at": str,
+                "elapsed_ms": float,
+                "http_status": int,
+                "outcome": str,
+                "messages": int,
+                "recipients": int,
+            },
+            if_not_exists=True,
+        )
+        db["attempts"].create_index(
+            ["run_id", "at"], index_name="attempts_run_at", if_not_exists=True
+        )
+
+    # -- transactions --------------------------------------------------------------
+
+    def _begin(self) -> None:
+        # IMMEDIATE: take the write lock now, so a second process fails here, not mid-way.
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def _commit(self) -> None:
+        self.conn.execute("COMMIT")
+
+    def _rollback(self) -> None:
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
+
+    # -- runs ----------------------------------------------------------------------
+
+    def create_run(
+        self,
+        *,
+        campaign_path: str,
+        provider: str,
+        campaign_name: str | None = None,
+        base_url: str | None = None,
+        input_path: str | None = None,
+        input_fingerprint: str | None = None,
+        templates_fingerprint: str | None = None,
+        settings: Mapping[str, Any] | None = None,
+        is_test: bool = False,
+        dry_run: bool = False,
+        metadata_columns: Sequence[str] = (),
+        run_id: str | None = None,
+    ) -> str:
+        """Record a new run in state ``running`` and return its id."""
+        run_id = run_id or new_run_id(self._now())
+        now = self.now()
+        self._begin()
+        try:
+            self.conn.execute(
+                "INSERT INTO runs (id, campaign_path, campaign_name, provider, base_url,"
+                " input_path, input_fingerprint, templates_fingerprint, settings, state,"
+                " is_test, dry_run, started_at, updated_at, metadata_columns, pid, total_rows)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,0)",
+                (
+                    run_id,
+                    campaign_path,
+                    campaign_name,
+                    provider,
+                    base_url,
+                    input_path,
+                    input_fingerprint,
+                    templates_fingerprint,
+                    json.dumps(safe_settings(settings or {}), sort_keys=True, default=str),
+                    RunState.RUNNING.value,
+                    int(is_test),
+                    int(dry_run),
+                    now,
+                    now,
+                    json.dumps(list(metadata_columns)),
+                    os.getpid(),
+                ),
+            )
+            self._commit()
+        except sqlite3.IntegrityError:
+            self._rollback()
+            raise StoreError(f"run {run_id} already exists in {self.path}") from None
+        except BaseException:
+            self._rollback()
+            raise
+        return run_id
+
+    def _run_from_row(self, row: Mapping[str, Any]) -> RunInfo:
+        return RunInfo(
+            id=row["id"],
+            campaign_path=row["campaign_path"],
+            campaign_name=row["campaign_name"],
+            provider=row["provider"],
+            base_url=row["base_url"],
+            input_path=row["input_path"],
+            input_fingerprint=row["input_fingerprint"],
+            templates_fingerprint=row["templates_fingerprint"],
+            settings=json.loads(row["settings"] or "{}"),
+            state=RunState(row["state"]),
+            is_test=bool(row["is_test"]),
+            dry_run=bool(row["dry_run"]),
+            fatal_error=row["fatal_error"],
+            started_at=row["started_at"],
+            ended_at=row["ended_at"],
+            updated_at=row["updated_at"],
+            total_rows=row["total_rows"],
+            report_path=row["report_path"],
+            metadata_columns=json.loads(row["metadata_columns"] or "[]"),
+            pid=row["pid"],
+            counts=json.loads(row["counts"] or "{}"),
+        )
+
+    def _select_runs(self, where: str = "", params: Sequence[Any] = ()) -> list[RunInfo]:
+        cursor = self.conn.execute(f"SELECT * FROM runs {where}", tuple(params))
+        names = [d[0] for d in cursor.description]
+        return [self._run_from_row(dict(zip(names, r, strict=True))) for r in cursor]
+
+    def get_run(self, run_id: str) -> RunInfo:
+        """The run ``run_id``; :class:`StoreError` if there is none."""
+        found = self._select_runs("WHERE id = ?", (run_id,))
+        if not found:
+            raise StoreError(
+                f"no run {run_id!r} in {self.path}",
+            )
+        return found[0]
+
+    def list_runs(self) -> list[RunInfo]:
+        """Every run, newest first."""
+        return self._select_runs("ORDER BY started_at DESC, id DESC")
+
+    def latest_run(self, campaign_path: str) -> RunInfo | None:
+        """The newest run of the campaign file at ``campaign_path`` (as recorded), if any."""
+        found = self._select_runs(
+            "WHERE campaign_path = ? ORDER BY started_at DESC, id DESC LIMIT 1", (campaign_path,)
+        )
+        return found[0] if found else None
+
+    def set_run_state(
+        self,
+        run_id: str,
+        state: RunState,
+        *,
+        fatal_error: str | None = None,
+        ended: bool = False,
+    ) -> None:
+        """Move the run to ``state``; ``ended`` stamps ``ended_at`` and the final counts."""
+        now = self.now()
+        counts = json.dumps(self.counts(run_id)) if ended else None
+        self._begin()
+        try:
+            self.conn.execute(
+                "UPDATE runs SET state = ?, updated_at = ?,"
+                " fatal_error = COALESCE(?, fatal_error),"
+                " ended_at = CASE WHEN ? THEN ? ELSE ended_at END,"
+                " counts = COALESCE(?, counts)"
+                " WHERE id = ?",
+                (
+                    state.value,
+                    now,
+                    redact(fatal_error) if fatal_error else None,
+                    int(ended),
+                    now,
+                    counts,
+                    run_id,
+                ),
+            )
+            self._commit()
+        except BaseException:
+            self._rollback()
+            raise
+
+    def claim_run(self, run_id: str) -> None:
+        """Mark the run ``running`` in this process (a resume starting)."""
+        self._begin()
+        try:
+            self.conn.execute(
+                "UPDATE runs SET state = ?, pid = ?, ended_at = NULL, fatal_error = NULL,"
+                " updated_at = ? WHERE id = ?",
+                (RunState.RUNNING.value, os.getpid(), self.now(), run_id),
+            )
+            self._commit()
+        except BaseException:
+            self._rollback()
+            raise
+
+    def set_report_path(self, run_id: str, path: str) -> None:
+        """Remember where the run's latest report was written."""
+        self.conn.execute(
+            "UPDATE runs SET report_path = ?, updated_at = ? WHERE id = ?",
+            (path, self.now(), run_id),
+        )
+
+    def set_settings(self, run_id: str, settings: Mapping[str, Any]) -> None:
+        """Replace the run's recorded settings (secrets filtered out)."""
+        self.conn.execute(
+            "UPDATE runs SET settings = ?, updated_at = ? WHERE id = ?",
+            (json.dumps(safe_settings(settings), sort_keys=True, default=str), self.now(), run_id),
+        )
+
+    # -- recipients ----------------------------------------------------------------
+
+    def add_recipients(
+        self, run_id: str, recipients: Iterable[NewRecipient], *, chunk: int = INSERT_CHUNK
+    ) -> int:
+        """Insert the run's rows (``pending`` or ``skipped``), one transaction per chunk.
+
+        Returns how many rows were inserted; the run's ``total_rows`` grows with them.
+        """
+        now = self.now()
+        total = 0
+        sql = (
+            "INSERT INTO recipients (run_id, row, email, name, state, reason, attempts,"
+            " error_message, tag, metadata, updated_at) VALUES (?,?,?,?,?,?,0,?,?,?,?)"
+        )
+        batch: list[tuple[Any, ...]] = []
+
+        def write(params: list[tuple[Any, ...]]) -> None:
+            self._begin()
+            try:
+                self.conn.executemany(sql, params)
+                self.conn.execute(
+                    "UPDATE runs SET total_rows = total_rows + ?, updated_at = ? WHERE id = ?",
+                    (len(params), now, run_id),
+                )
+                self._commit()
+            except sqlite3.IntegrityError as exc:
+                self._rollback()
+                raise StoreError(f"run {run_id}: a row was inserted twice ({exc})") from None
+            except BaseException:
+                self._rollback()
+                raise
+
+        for r in recipients:
+            batch.append(
+                (
+                    run_id,
+                    r.row,
+                    r.email,
+                    r.name,
+                    RecipientState(r.state).value,
+                    r.reason,
+                    redact(r.error_message) if r.error_message else None,
+                    r.tag,
+                    json.dumps(dict(r.metadata), ensure_ascii=False) if r.metadata else None,
+                    now,
+                )
+            )
+            if len(batch) >= chunk:
+                write(batch)
+                total += len(batch)
+                batch = []
+        if batch:
+            write(batch)
+            total += len(batch)
+        return total
+
+    def counts(self, run_id: str) -> dict[str, int]:
+        """How many rows are in each state (every state listed, zeros included)."""
+        result = {s.value: 0 for s in RecipientState}
+        for state, n in self.conn.execute(
+            "SELECT state, COUNT(*) FROM recipients WHERE run_id = ? GROUP BY state", (run_id,)
+        ):
+            result[state] = n
+        return result
+
+    def rows_in_state(
+        self, run_id: str, states: Iterable[RecipientState], *, retryable_only: bool = False
+    ) -> list[int]:
+        """Row numbers in any of ``states``, ascending."""
+        values = [RecipientState(s).value for s in states]
+        if not values:
+            return []
+        marks = ",".join("?" * len(values))
+        sql = f"SELECT row FROM recipients WHERE run_id = ? AND state IN ({marks})"
+        if retryable_only:
+            sql += " AND retryable = 1"
+        return [r for (r,) in self.conn.execute(sql + " ORDER BY row", (run_id, *values))]
+
+    def recipients(self, run_id: str) -> Iterator[dict[str, Any]]:
+        """Every row of the run, in row order, as dicts (the report reads these)."""
+        cursor = self.conn.execute(
+            "SELECT * FROM recipients WHERE run_id = ? ORDER BY row", (run_id,)
+        )
+        names = [d[0] for d in cursor.description]
+        for r in cursor:
+            yield dict(zip(names, r, strict=True))
+
+    def recipient(self, run_id: str, row: int) -> dict[str, Any]:
+        """One row of the run as a dict; :class:`StoreError` if absent."""
+        cursor = self.conn.execute(
+            "SELECT * FROM recipients WHERE run_id = ? AND row = ?", (run_id, row)
+        )
+        found = cursor.fetchone()
+        if found is None:
+            raise StoreError(f"run {run_id} has no row {row}")
+        return dict(zip([d[0] for d in cursor.description], found, strict=True))
+
+    def sending_to_unknown(self, run_id: str) -> list[int]:
+        """Turn every ``sending`` row (in flight when a process died) into ``unknown``.
+
+        Returns the rows changed. Their unit stays recorded, so ``--resend-unknown`` can
+        repeat the very same request.
+        """
+        rows = self.rows_in_state(run_id, [RecipientState.SENDING])
+        if not rows:
+            return rows
+        now = self.now()
+        self._begin()
+        try:
+            self.conn.execute(
+                "UPDATE recipients SET state = ?, reason = ?, updated_at = ?"
+                " WHERE run_id = ? AND state = ?",
+                (
+                    RecipientState.UNKNOWN.value,
+                    IN_FLIGHT_REASON,
+                    now,
+                    run_id,
+                    RecipientState.SENDING.value,
+                ),
+            )
+            self.conn.execute(
+                "UPDATE units SET state = 'unknown' WHERE run_id = ? AND state = 'sending'",
+                (run_id,),
+            )
+            self._commit()
+        except BaseException:
+            self._rollback()
+            raise
+        return rows
+
+    def skip_rows(self, run_id: str, rows: Iterable[int], reason: str, message: str) -> None:
+        """Mark still-``pending`` rows ``skipped`` (for example past ``--limit``)."""
+        now = self.now()
+        self._begin()
+        try:
+            self.conn.executemany(
+                "UPDATE recipients SET state = ?, reason = ?, error_message = ?, updated_at = ?"
+                " WHERE run_id = ? AND row = ? AND state = ?",
+                [
+                    (
+                        RecipientState.SKIPPED.value,
+                        reason,
+                        message,
+                        now,
+                        run_id,
+                        row,
+                        RecipientState.PENDING.value,
+                    )
+                    for row in rows
+                ],
+            )
+            self._commit()
+        except BaseException:
+            self._rollback()
+            raise
+
+    # -- units ---------------------------------------------------------------------
+
+    def unit(self, run_id: str, key: str) -> UnitRecord:
+        """The recorded unit ``key``; :class:`StoreError` if it was never marked sending."""
+        found = self.conn.execute(
+            "SELECT key, composition, batch, state, attempts FROM units"
+            " WHERE run_id = ? AND key = ?",
+            (run_id, key),
+        ).fetchone()
+        if found is None:
+            raise StoreError(f"run {run_id} has no recorded request {key}")
+        return UnitRecord(
+            key=found[0],
+            composition=tuple(tuple(m) for m in json.loads(found[1])),
+            batch=bool(found[2]),
+            state=found[3],
+            attempts=found[4] or 0,
+        )
+
+    def units_with_rows_in(
+        self, run_id: str, states: Iterable[RecipientState], *, retryable_only: bool = False
+    ) -> list[UnitRecord]:
+        """The recorded units that carried rows now in ``states`` (in first-row order)."""
+        values = [RecipientState(s).value for s in states]
+        marks = ",".join("?" * len(values))
+        sql = (
+            "SELECT unit_key, MIN(row) FROM recipients WHERE run_id = ? AND unit_key IS NOT NULL"
+            f" AND state IN ({marks})"
+        )
+        if retryable_only:
+            sql += " AND retryable = 1"
+        sql += " GROUP BY unit_key ORDER BY MIN(row)"
+        keys = [k for k, _ in self.conn.execute(sql, (run_id, *values))]
+        return [self.unit(run_id, key) for key in keys]
+
+    def attempts(self, run_id: str) -> list[dict[str, Any]]:
+        """Every logged HTTP attempt of the run, in time order."""
+        cursor = self.conn.execute(
+            "SELECT * FROM attempts WHERE run_id = ? ORDER BY at, rowid", (run_id,)
+        )
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, r, strict=True)) for r in cursor]
+
+    # -- checks --------------------------------------------------------------------
+
+    def integrity_check(self) -> str:
+        """SQLite's ``PRAGMA integrity_check`` answer (``"ok"`` when sound)."""
+        return str(self.conn.execute("PRAGMA integrity_check").fetchone()[0])
+
+    def recorder(
+        self, run_id: str, *, monotonic: Callable[[], float] = time.monotonic
+    ) -> RunRecorder:
+        """The engine's :class:`batchsend.outcome.Recorder` for run ``run_id``."""
+        return RunRecorder(self, run_id, monotonic=monotonic)
+
+
+def _composition(unit: SendUnit) -> str:
+    return json.dumps([list(m.rows) for m in unit.messages])
+
+
+def _aggregate(outcomes: Sequence[MessageOutcome]) -> str:
+    kinds = {o.kind for o in outcomes}
+    if len(kinds) == 1:
+        return next(iter(kinds)).value
+    return "mixed" if kinds else "retryable"
+
+
+class RunRecorder:
+    """Records one run's sends: implements :class:`batchsend.outcome.Recorder`.
+
+    ``mark_sending`` commits before returning. Outcomes and attempts are buffered and
+    committed by :meth:`flush`, which runs on its own when the buffer holds
+    :data:`FLUSH_ROWS` rows or is :data:`FLUSH_SECONDS` old, and as part of every
+    ``mark_sending`` transaction (one commit then serves both).
+    """
+
+    def __init__(
+        self, store: Store, run_id: str, *, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.store = store
+        self.run_id = run_id
+        self._monotonic = monotonic
+        self._outcome_rows: list[tuple[Any, ...]] = []
+        self._unit_states: list[tuple[Any, ...]] = []
+        self._attempt_rows: list[tuple[Any, ...]] = []
+        self._oldest: float | None = None
+        # Counters the progress display reads (no SQL needed for a live view).
+        self.sent = 0
+        self.failed = 0
+        self.retries = 0  # retryable answers so far (each leads to a retry or a failure)
+        self.in_flight = 0
+
+    # -- Recorder protocol ---------------------------------------------------------
+
+    def mark_sending(self, unit: SendUnit) -> None:
+        """Commit the unit's rows as ``sending`` (and any buffered outcomes) -- then return.
+
+        Refuses (:class:`StoreError`, nothing changed) if any row is already ``sent``,
+        ``sending`` or ``skipped``: batchsend never sends a row twice by its own doing.
+        """
+        store = self.store
+        conn = store.conn
+        now = store.now()
+        rows = [
+            (RecipientState.SENDING.value, unit.key, m.key, now, self.run_id, row)
+            for m in unit.messages
+            for row in m.rows
+        ]
+        allowed = ",".join(f"'{s.value}'" for s in _RECIPIENT_STATES_SENDABLE)
+        store._begin()
+        try:
+            self._write_buffers()
+            cursor = conn.executemany(
+                "UPDATE recipients SET state = ?, unit_key = ?, message_key = ?, updated_at = ?,"
+                " reason = NULL, retryable = NULL"
+                f" WHERE run_id = ? AND row = ? AND state IN ({allowed})",
+                rows,
+            )
+            if cursor.rowcount != len(rows):
+                raise StoreError(
+                    f"run {self.run_id}: refusing to send request {unit.key}: some of rows "
+                    f"{list(unit.rows)[:10]} are unknown to the run or already sending, sent "
+                    "or skipped"
+                )
+            conn.execute(
+                "INSERT INTO units (run_id, key, composition, batch, state, attempts, created_at)"
+                " VALUES (?,?,?,?,'sending',0,?)"
+                " ON CONFLICT(run_id, key) DO UPDATE SET state = 'sending'",
+                (self.run_id, unit.key, _composition(unit), int(unit.batch), now),
+            )
+            store._commit()
+        except BaseException:
+            store._rollback()
+            raise
+        self.in_flight += len(rows)
+
+    def record_attempt(
+        self,
+        unit: SendUnit,
+        attempt: int,
+        outcomes: Sequence[MessageOutcome],
+        elapsed_ms: float,
+    ) -> None:
+        """Log one HTTP attempt (buffered)."""
+        statuses = [o.http_status for o in outcomes if o.http_status is not None]
+        kind = _aggregate(outcomes)
+        self._attempt_rows.append(
+            (
+                self.run_id,
+                unit.key,
+                attempt,
+                self.store.now(),
+                float(elapsed_ms),
+                max(statuses) if statuses else None,
+                kind,
+                len(unit.messages),
+                len(unit.rows),
+            )
+        )
+        self.retries += sum(1 for o in outcomes if o.kind is OutcomeKind.RETRYABLE)
+        self._touch()
+
+    def record_final(
+        self, unit: SendUnit, outcomes: Sequence[MessageOutcome], attempts: int
+    ) -> None:
+        """Give every row of the unit its terminal state (buffered; see :meth:`flush`).
+
+        accepted -> ``sent``; retryable (retries exhausted) -> ``failed`` with
+        ``retryable = 1``; permanent -> ``failed``; fatal -> back to ``pending``: the run
+        stopped on that answer, nothing was sent, and a resume after the cause is fixed
+        sends those rows.
+        """
+        by_key = {o.key: o for o in outcomes}
+        now = self.store.now()
+        kinds: set[OutcomeKind] = set()
+        for message in unit.messages:
+            outcome = by_key.get(message.key)
+            if outcome is None:  # a provider answered fewer results than messages
+                outcome = MessageOutcome(
+                    key=message.key,
+                    kind=OutcomeKind.RETRYABLE,
+                    error_type="missing_result",
+                    error_message="the provider's answer had no result for this message",
+                )
+            kinds.add(outcome.kind)
+            if outcome.kind is OutcomeKind.ACCEPTED:
+                state, reason, retryable, sent_at = RecipientState.SENT, None, None, now
+                self.sent += len(message.rows)
+            elif outcome.kind is OutcomeKind.FATAL:
+                state, reason, retryable, sent_at = (
+                    RecipientState.PENDING,
+                    outcome.error_type or "fatal",
+                    None,
+                    None,
+                )
+            else:
+                state = RecipientState.FAILED
+                reason = outcome.error_type or f"http_{outcome.http_status or 'error'}"
+                retryable = int(outcome.kind is OutcomeKind.RETRYABLE)
+                sent_at = None
+                self.failed += len(message.rows)
+            error_message = redact(outcome.error_message) if outcome.error_message else None
+            for row in message.rows:
+                self._outcome_rows.append(
+                    (
+                        state.value,
+                        reason,
+                        attempts,
+                        outcome.http_status,
+                        outcome.error_type,
+                        error_message,
+                        outcome.provider_message_id,
+                        outcome.provider_email_id,
+                        sent_at,
+                        now,
+                        retryable,
+                        self.run_id,
+                        row,
+                    )
+                )
+        if kinds == {OutcomeKind.ACCEPTED}:
+            unit_state = "sent"
+        elif OutcomeKind.FATAL in kinds:
+            unit_state = "pending"
+        elif OutcomeKind.ACCEPTED in kinds:
+            unit_state = "mixed"
+        else:
+            unit_state = "failed"
+        self._unit_states.append((unit_state, attempts, self.run_id, unit.key))
+        self.in_flight = max(0, self.in_flight - len(unit.rows))
+        self._touch()
+
+    def flush(self) -> None:
+        """Commit every buffered outcome and attempt now."""
+        if not (self._outcome_rows or self._attempt_rows or self._unit_states):
+            return
+        store = self.store
+        store._begin()
+        try:
+            self._write_buffers()
+            store._commit()
+        except BaseException:
+            store._rollback()
+            raise
+
+    # -- internals -----------------------------------------------------------------
+
+    def _touch(self) -> None:
+        now = self._monotonic()
+        if self._oldest is None:
+            self._oldest = now
+        if len(self._outcome_rows) >= FLUSH_ROWS or now - self._oldest >= FLUSH_SECONDS:
+            self.flush()
+
+    def _write_buffers(self) -> None:
+        """Write the buffers inside the caller's open transaction, then empty them."""
+        conn = self.store.conn
+        if self._outcome_rows:
+            # Only rows still ``sending`` take an outcome: a late answer never overwrites
+            # a state decided since (defence in depth; the engine answers each unit once).
+            conn.executemany(
+                "UPDATE recipients SET state = ?, reason = ?, attempts = attempts + ?,"
+                " http_status = ?, error_type = ?, error_message = ?,"
+                " provider_message_id = ?, provider_email_id = ?, sent_at = ?, updated_at = ?,"
+                " retryable = ? WHERE run_id = ? AND row = ? AND state = 'sending'",
+                self._outcome_rows,
+            )
+        if self._unit_states:
+            conn.executemany(
+                "UPDATE units SET state = ?, attempts = attempts + ? WHERE run_id = ? AND key = ?",
+                self._unit_states,
+            )
+        if self._attempt_rows:
+            conn.executemany(
+                "INSERT INTO attempts (run_id, unit_key, attempt, at, elapsed_ms, http_status,"
+                " outcome, messages, recipients) VALUES (?,?,?,?,?,?,?,?,?)",
+                self._attempt_rows,
+            )
+        conn.execute("UPDATE runs SET updated_at = ? WHERE id = ?", (self.store.now(), self.run_id))
+        self._outcome_rows = []
+        self._unit_states = []
+        self._attempt_rows = []
+        self._oldest = None

@@ -1,0 +1,280 @@
+"""The SQLite store: schema, write-ahead marking, buffered outcomes, durability, no secrets."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from batchsend.errors import StoreError
+from batchsend.message import Address, Message
+from batchsend.outcome import MessageOutcome, OutcomeKind
+from batchsend.plan import PlannedMessage, SendUnit
+from batchsend.secrets import remember
+from batchsend.states import RecipientState, RunState
+from batchsend.store import FLUSH_SECONDS, NewRecipient, Store, new_run_id
+
+SENDER = Address("news@example.com")
+
+
+def unit_for(key: str, *row_groups: tuple[int, ...]) -> SendUnit:
+    messages = tuple(
+        PlannedMessage(
+            key=f"{key}-m{i}",
+            rows=rows,
+            message=Message(
+                row=rows[0], sender=SENDER, to=(Address(f"r{rows[0]}@example.org"),), subject="s"
+            ),
+        )
+        for i, rows in enumerate(row_groups)
+    )
+    return SendUnit(key=key, messages=messages, batch=len(messages) > 1)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    s = Store(tmp_path / "b.db")
+    yield s
+    s.close()
+
+
+def new_run(store: Store, rows: int = 10, **kw) -> str:
+    run_id = store.create_run(campaign_path="/c/campaign.toml", provider="tosend", **kw)
+    store.add_recipients(
+        run_id, (NewRecipient(row=i, email=f"r{i}@example.org") for i in range(1, rows + 1))
+    )
+    return run_id
+
+
+def other_view(store: Store) -> sqlite3.Connection:
+    """A second connection: sees only what is committed."""
+    return sqlite3.connect(store.path)
+
+
+def states(conn: sqlite3.Connection, run_id: str) -> dict[int, str]:
+    return dict(conn.execute("SELECT row, state FROM recipients WHERE run_id = ?", (run_id,)))
+
+
+def test_schema_has_the_columns_the_reports_read(store: Store) -> None:
+    expected = {
+        "runs": {
+            "id", "campaign_path", "campaign_name", "provider", "base_url", "input_path",
+            "input_fingerprint", "templates_fingerprint", "settings", "state", "is_test",
+            "dry_run", "fatal_error", "started_at", "ended_at", "updated_at", "total_rows",
+            "report_path", "metadata_columns", "pid",
+        },
+        "recipients": {
+            "run_id", "row", "email", "name", "state", "reason", "attempts", "message_key",
+            "unit_key", "http_status", "error_type", "error_message", "provider_message_id",
+            "provider_email_id", "tag", "metadata", "sent_at", "updated_at",
+        },
+        "units": {"run_id", "key", "composition", "batch", "state", "attempts", "created_at"},
+        "attempts": {
+            "run_id", "unit_key", "attempt", "at", "elapsed_ms", "http_status", "outcome",
+            "messages", "recipients",
+        },
+    }  # fmt: skip
+    for table, columns in expected.items():
+        assert columns <= set(store.db[table].columns_dict), table
+    assert store.db["recipients"].pks == ["run_id", "row"]
+    assert store.db["units"].pks == ["run_id", "key"]
+    assert any(ix.columns == ["run_id", "state"] for ix in store.db["recipients"].indexes)
+    assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_run_ids_sort_by_time_and_are_unique() -> None:
+    ids = {new_run_id() for _ in range(200)}
+    assert len(ids) == 200
+    one = next(iter(ids))
+    assert len(one) == len("20261121T103455-ab12cd") and one[8] == "T"
+
+
+def test_run_round_trip_and_latest(store: Store) -> None:
+    first = store.create_run(
+        campaign_path="/c/campaign.toml",
+        provider="v1",
+        settings={"concurrency": 8, "rate": 10.0},
+        metadata_columns=["city"],
+        input_fingerprint="abc",
+        run_id="20260101T000000-aaaaaa",
+    )
+    second = store.create_run(campaign_path="/c/campaign.toml", provider="v1")
+    run = store.get_run(first)
+    assert run.state is RunState.RUNNING
+    assert run.settings == {"concurrency": 8, "rate": 10.0}
+    assert run.metadata_columns == ["city"]
+    assert run.input_fingerprint == "abc"
+    assert store.latest_run("/c/campaign.toml").id == second
+    assert store.latest_run("/elsewhere.toml") is None
+    with pytest.raises(StoreError, match="no run"):
+        store.get_run("nope")
+    store.set_run_state(first, RunState.FINISHED, ended=True)
+    assert store.get_run(first).ended_at is not None
+    assert store.get_run(first).counts == {s.value: 0 for s in RecipientState}
+
+
+def test_no_api_key_reaches_the_file(tmp_path: Path) -> None:
+    key = remember("sk_live_store_must_never_see_this_1234")
+    store = Store(tmp_path / "k.db")
+    run_id = store.create_run(
+        campaign_path="/c.toml", provider="tosend", settings={"api_key": key, "rate": 5}
+    )
+    store.add_recipients(
+        run_id, [NewRecipient(row=1, email="a@example.org", error_message=f"bad {key}")]
+    )
+    rec = store.recorder(run_id)
+    unit = unit_for("u1", (1,))
+    rec.mark_sending(unit)
+    rec.record_final(
+        unit,
+        [MessageOutcome("u1-m0", OutcomeKind.PERMANENT, 400, "bad", f"rejected key {key}")],
+        1,
+    )
+    rec.flush()
+    store.set_run_state(run_id, RunState.FATAL, fatal_error=f"key {key} refused", ended=True)
+    assert store.get_run(run_id).settings == {"rate": 5}
+    store.close()
+    for path in tmp_path.iterdir():  # the database and its WAL / shm files
+        assert key.encode() not in path.read_bytes(), path.name
+
+
+def test_mark_sending_is_committed_before_it_returns(store: Store) -> None:
+    run_id = new_run(store, 5)
+    rec = store.recorder(run_id)
+    rec.mark_sending(unit_for("u1", (1,), (2, 3)))
+    seen = states(other_view(store), run_id)
+    assert [seen[r] for r in (1, 2, 3, 4)] == ["sending", "sending", "sending", "pending"]
+    unit = store.unit(run_id, "u1")
+    assert unit.composition == ((1,), (2, 3)) and unit.batch
+
+
+def test_outcomes_are_buffered_then_flushed(store: Store) -> None:
+    run_id = new_run(store, 5)
+    clock = FakeClock()
+    rec = store.recorder(run_id, monotonic=clock)
+    unit = unit_for("u1", (1,), (2,), (3,))
+    rec.mark_sending(unit)
+    rec.record_attempt(unit, 1, [MessageOutcome("u1-m0", OutcomeKind.RETRYABLE, 503)], 12.5)
+    rec.record_final(
+        unit,
+        [
+            MessageOutcome("u1-m0", OutcomeKind.ACCEPTED, 200, provider_message_id="<m@x>"),
+            MessageOutcome("u1-m1", OutcomeKind.PERMANENT, 422, "validation_error", "bad to"),
+            MessageOutcome("u1-m2", OutcomeKind.RETRYABLE, 503, "internal_error", "down"),
+        ],
+        attempts=2,
+    )
+    view = other_view(store)
+    assert states(view, run_id)[1] == "sending"  # not committed yet
+    clock.t += FLUSH_SECONDS  # the next record call finds the buffer old enough
+    rec.record_attempt(unit, 2, [MessageOutcome("u1-m0", OutcomeKind.ACCEPTED, 200)], 3.0)
+    assert states(view, run_id) == {1: "sent", 2: "failed", 3: "failed", 4: "pending", 5: "pending"}
+    row1, row2, row3 = (store.recipient(run_id, r) for r in (1, 2, 3))
+    assert row1["provider_message_id"] == "<m@x>" and row1["sent_at"] and row1["attempts"] == 2
+    assert row2["reason"] == "validation_error" and row2["retryable"] == 0
+    assert row3["reason"] == "internal_error" and row3["retryable"] == 1
+    assert store.rows_in_state(run_id, [RecipientState.FAILED], retryable_only=True) == [3]
+    assert [a["outcome"] for a in store.attempts(run_id)] == ["retryable", "accepted"]
+    assert store.unit(run_id, "u1").state == "mixed"
+    assert rec.sent == 1 and rec.failed == 2
+
+
+def test_fatal_answer_leaves_rows_pending_for_a_later_resume(store: Store) -> None:
+    run_id = new_run(store, 2)
+    rec = store.recorder(run_id)
+    unit = unit_for("u1", (1,))
+    rec.mark_sending(unit)
+    rec.record_final(unit, [MessageOutcome("u1-m0", OutcomeKind.FATAL, 403, "forbidden")], 1)
+    rec.flush()
+    assert store.recipient(run_id, 1)["state"] == "pending"
+    rec.mark_sending(unit)  # the same request may go again later
+    assert store.recipient(run_id, 1)["state"] == "sending"
+
+
+@pytest.mark.parametrize("state", ["sent", "sending", "skipped"])
+def test_mark_sending_refuses_rows_not_sendable(store: Store, state: str) -> None:
+    run_id = new_run(store, 3)
+    store.conn.execute("UPDATE recipients SET state = ? WHERE row = 2", (state,))
+    rec = store.recorder(run_id)
+    with pytest.raises(StoreError, match="refusing to send"):
+        rec.mark_sending(unit_for("u1", (1,), (2,)))
+    # all or nothing: row 1 was not marked either, and no unit was recorded
+    assert store.recipient(run_id, 1)["state"] == "pending"
+    with pytest.raises(StoreError):
+        store.unit(run_id, "u1")
+
+
+def test_sending_becomes_unknown_and_keeps_its_unit(store: Store) -> None:
+    run_id = new_run(store, 4)
+    rec = store.recorder(run_id)
+    rec.mark_sending(unit_for("u1", (1, 2)))
+    rec.mark_sending(unit_for("u2", (3,)))
+    assert store.sending_to_unknown(run_id) == [1, 2, 3]
+    assert store.rows_in_state(run_id, [RecipientState.UNKNOWN]) == [1, 2, 3]
+    units = store.units_with_rows_in(run_id, [RecipientState.UNKNOWN])
+    assert [(u.key, u.composition, u.state) for u in units] == [
+        ("u1", ((1, 2),), "unknown"),
+        ("u2", ((3,),), "unknown"),
+    ]
+    # a resend marks the same unit sending again, from unknown
+    rec.mark_sending(unit_for("u1", (1, 2)))
+    assert store.recipient(run_id, 1)["state"] == "sending"
+
+
+def test_bulk_insert_in_chunks(store: Store) -> None:
+    run_id = store.create_run(campaign_path="/c.toml", provider="v1")
+    n = store.add_recipients(
+        run_id,
+        (
+            NewRecipient(
+                row=i,
+                email=f"r{i}@example.org",
+                state=RecipientState.SKIPPED if i % 10 == 0 else RecipientState.PENDING,
+                reason="invalid" if i % 10 == 0 else None,
+                metadata={"city": "Oslo"},
+            )
+            for i in range(1, 25_001)
+        ),
+        chunk=7_000,
+    )
+    assert n == 25_000 and store.get_run(run_id).total_rows == 25_000
+    counts = store.counts(run_id)
+    assert counts["pending"] == 22_500 and counts["skipped"] == 2_500
+    assert json.loads(store.recipient(run_id, 7)["metadata"]) == {"city": "Oslo"}
+
+
+def test_a_sending_mark_survives_kill_9(tmp_path: Path) -> None:
+    """The commit of mark_sending is in the file even if the process dies right after."""
+    db = tmp_path / "k9.db"
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from tests.test_store import unit_for
+        from batchsend.store import NewRecipient, Store
+        s = Store({str(db)!r})
+        run = s.create_run(campaign_path="/c.toml", provider="v1", run_id="r1")
+        s.add_recipients(run, [NewRecipient(row=1, email="a@example.org")])
+        s.recorder(run).mark_sending(unit_for("u1", (1,)))
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=Path(__file__).parent.parent, check=False
+    )
+    assert proc.returncode == -9
+    store = Store(db)
+    assert store.recipient("r1", 1)["state"] == "sending"
+    assert store.integrity_check() == "ok"
