@@ -1,0 +1,215 @@
+"""Run the sandbox: embedded in a background thread, or in the foreground for the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterable, Mapping
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from batchsend.sandbox.app import make_app
+from batchsend.sandbox.state import SandboxConfig, SandboxState
+
+T = TypeVar("T")
+
+
+def is_loopback(host: str) -> bool:
+    """Is ``host`` a loopback address or ``localhost``?"""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Sandbox:
+    """Both provider APIs on loopback, served from a background thread with its own loop.
+
+    Example::
+
+        with Sandbox(api_keys=("sk-test",), domains=("example.com",)) as sb:
+            httpx.post(sb.base_url + "/v2/emails", ...)
+            assert len(sb.messages()) == 1
+
+    ``port=0`` picks a free port; :meth:`stop` then :meth:`start` serves again on the same
+    port with the state kept (a "provider restarted" scenario). Every setting can change
+    live with :meth:`configure`. ``clock`` (epoch seconds) drives the rate-limit window and
+    timestamps; inject one to test rate limits without sleeping.
+    """
+
+    def __init__(
+        self,
+        api_keys: Iterable[str] = ("sk-test",),
+        domains: Iterable[str] = ("example.com",),
+        pending_domains: Iterable[str] = (),
+        credits: int | None = None,
+        rate_limit: int | None = None,
+        fail_rate: float = 0.0,
+        latency_ms: float = 0,
+        drop_rate: float = 0.0,
+        seed: int | None = None,
+        record: str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        key_domains: Mapping[str, Iterable[str]] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not is_loopback(host):
+            raise ValueError(f"the sandbox listens on loopback only, not {host!r}")
+        config = SandboxConfig(
+            api_keys=tuple(api_keys),
+            domains=tuple(domains),
+            pending_domains=tuple(pending_domains),
+            key_domains={k: tuple(v) for k, v in (key_domains or {}).items()},
+            credits=credits,
+            rate_limit=rate_limit,
+            fail_rate=fail_rate,
+            latency_ms=latency_ms,
+            drop_rate=drop_rate,
+            seed=seed,
+        )
+        self.state = SandboxState(config, record=str(record) if record else None, clock=clock)
+        self.host = host
+        self.port = port
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+
+    # lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        """Is the server accepting connections?"""
+        return self._thread is not None
+
+    @property
+    def base_url(self) -> str:
+        """``http://HOST:PORT``; the provider paths hang off it."""
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def api_keys(self) -> tuple[str, ...]:
+        """The keys currently accepted."""
+        return self.state.config.api_keys
+
+    def start(self) -> Sandbox:
+        """Start serving (on the port of the previous run, if there was one)."""
+        if self._thread is not None:
+            return self
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(self._open())
+            except BaseException as exc:
+                failure.append(exc)
+                ready.set()
+                loop.close()
+                return
+            ready.set()
+            try:
+                loop.run_forever()
+            finally:
+                loop.run_until_complete(self._close())
+                loop.close()
+
+        thread = threading.Thread(target=run, name=f"sandbox:{self.port}", daemon=True)
+        thread.start()
+        ready.wait()
+        if failure:
+            thread.join()
+            raise failure[0]
+        self._loop, self._thread = loop, thread
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, dropping open connections; the state is kept for a restart."""
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        self._loop = self._thread = None
+        self.state.close()
+
+    def serve_forever(self, on_ready: Callable[[Sandbox], None] | None = None) -> None:
+        """Serve in the foreground until Ctrl-C (or SIGTERM), then stop cleanly."""
+        import signal
+
+        def terminate(signum: int, frame: Any) -> None:
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGTERM, terminate)
+        self.start()
+        try:
+            if on_ready is not None:
+                on_ready(self)
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            self.stop()
+
+    async def _open(self) -> None:
+        runner = web.AppRunner(
+            make_app(self.state), access_log=None, handle_signals=False, shutdown_timeout=0.5
+        )
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port)
+        await site.start()
+        server = site._server
+        assert isinstance(server, asyncio.base_events.Server)
+        self.port = server.sockets[0].getsockname()[1]
+        self._runner = runner
+
+    async def _close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def __enter__(self) -> Sandbox:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # inspection and control --------------------------------------------------------------
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the server's loop (the state's only writer), or here if stopped."""
+        loop = self._loop
+        if loop is None:
+            return fn()
+
+        async def call() -> T:
+            return fn()
+
+        coro: Coroutine[Any, Any, T] = call()
+        return asyncio.run_coroutine_threadsafe(coro, loop).result()
+
+    def messages(self) -> list[dict[str, Any]]:
+        """Every accepted email, oldest first (as ``GET /_sandbox/messages``)."""
+        return self._call(lambda: [dict(m) for m in self.state.messages])
+
+    def stats(self) -> dict[str, Any]:
+        """The counters (as ``GET /_sandbox/stats``)."""
+        return self._call(self.state.stats)
+
+    def configure(self, **changes: Any) -> SandboxConfig:
+        """Change settings live, e.g. ``configure(api_keys=())`` revokes every key."""
+        return self._call(lambda: self.state.configure(**changes))
+
+    @property
+    def config(self) -> SandboxConfig:
+        """The current settings."""
+        return self.state.config

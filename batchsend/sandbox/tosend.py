@@ -1,0 +1,423 @@
+"""ToSend's contract (``POST /v2/emails``, ``/v2/emails/batch``, ``GET /v2/info``).
+
+Error bodies are ``{status_code, error_type, message, errors: {field: {rule: text}}}``;
+where the seed (``shared/seeds/003_*``) shows an example, the message and rule text here
+are the seed's, word for word. Checks run in a fixed order and the first failing group
+answers (subject and content are reported together, as in the seed).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from batchsend.sandbox.rules import (
+    MB,
+    decoded_size,
+    domain_of,
+    rfc5322_address,
+    valid_address,
+    without_attachment_contents,
+)
+from batchsend.sandbox.state import DISPOSABLE_DOMAINS, SandboxState
+
+MAX_PER_FIELD = 50
+MAX_BATCH = 100
+MAX_SUBJECT = 998
+MAX_TAG_KEY = 128
+MAX_TAG_VALUE = 256
+MAX_MESSAGE_HASH = 255
+MAX_ATTACHMENTS = 10 * MB
+
+ERROR_TYPES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    409: "conflict",
+    422: "validation_error",
+    429: "rate_limit_exceeded",
+    500: "internal_error",
+    502: "bad_gateway",
+    503: "service_unavailable",
+}
+
+Answer = tuple[int, dict[str, Any]]
+
+
+def error(status: int, message: str, errors: dict[str, dict[str, str]]) -> Answer:
+    """A ToSend error answer."""
+    return status, {
+        "status_code": status,
+        "error_type": ERROR_TYPES[status],
+        "message": message,
+        "errors": errors,
+    }
+
+
+def _one(status: int, field: str, rule: str, text: str, message: str | None = None) -> Answer:
+    return error(status, message or text, {field: {rule: text}})
+
+
+# The seed's examples, verbatim -------------------------------------------------------------
+
+MISSING_KEY = _one(401, "api_key", "required", "API key is required.", "API Key is missing")
+INVALID_KEY = _one(403, "api_key", "invalid", "The provided API key is invalid.", "Invalid API Key")
+DOMAIN_NOT_VERIFIED = _one(
+    422, "from", "domain_not_verified", "The from email domain is not verified."
+)
+DOMAIN_NOT_ALLOWED = _one(
+    422, "from", "domain_not_allowed", "The from email domain is not allowed for this API key."
+)
+INSUFFICIENT_CREDITS = _one(
+    403,
+    "account",
+    "insufficient_balance",
+    "Insufficient credit balance to send emails. Please buy more credits.",
+    "Insufficient credit balance to send emails.",
+)
+CONTENT_MESSAGE = "Subject and either html or text content are required."
+SUBJECT_REQUIRED = ("subject", "required", "Subject is required.")
+CONTENT_REQUIRED = ("content", "required", "Either html or text content is required.")
+TOO_MANY_TEXT = "Maximum 50 recipient email addresses are allowed."
+
+# Ours, in the same style --------------------------------------------------------------------
+
+MALFORMED = _one(
+    400,
+    "body",
+    "invalid_json",
+    "The request body must be a valid JSON object.",
+    "Malformed request body.",
+)
+MALFORMED_BATCH = _one(
+    400,
+    "body",
+    "invalid_json",
+    'The request body must be valid JSON: {"emails": [...]} or an array of emails.',
+    "Malformed request body.",
+)
+ALL_DISPOSABLE = _one(
+    403,
+    "to",
+    "disposable",
+    "All recipient email addresses are invalid or disposable; nothing was sent.",
+    "All recipients are invalid or disposable.",
+)
+BATCH_EMPTY = _one(422, "emails", "required", "At least one email is required")
+BATCH_TOO_MANY = _one(
+    422, "emails", "max_limit", f"Maximum {MAX_BATCH} emails are allowed per batch."
+)
+NOT_AN_OBJECT = _one(422, "email", "object", "Each email must be a JSON object.")
+
+
+def idempotency_conflict() -> Answer:
+    """Same Idempotency-Key, different body."""
+    return _one(
+        409,
+        "idempotency_key",
+        "mismatch",
+        "This Idempotency-Key was already used with a different request body.",
+    )
+
+
+def rate_limited(limit: int) -> Answer:
+    """Past the per-second limit."""
+    return _one(
+        429,
+        "rate_limit",
+        "exceeded",
+        f"Rate limit of {limit} requests per second exceeded.",
+        "Too many requests. Please slow down.",
+    )
+
+
+def server_fault(status: int) -> Answer:
+    """An injected 500/502/503."""
+    return _one(status, "server", "fault", "The sandbox injected a server fault.", "Server error.")
+
+
+def api_key(headers: Any) -> str | None:
+    """The bearer token, or None when the header is missing or empty."""
+    value = headers.get("Authorization")
+    if not value:
+        return None
+    scheme, _, token = value.partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
+
+
+# One email ----------------------------------------------------------------------------------
+
+
+def _recipients(email: dict[str, Any], field: str) -> Answer | list[str]:
+    value = email.get(field)
+    if value is None or value == []:
+        if field == "to":
+            return _one(422, "to", "required", "At least one recipient is required.")
+        return []
+    if not isinstance(value, list):
+        return _one(
+            422, field, "array", f"The {field} field must be an array of recipient objects."
+        )
+    if len(value) > MAX_PER_FIELD:
+        return error(422, TOO_MANY_TEXT, {field: {"max_limit": TOO_MANY_TEXT}})
+    out = []
+    for item in value:
+        address = item.get("email") if isinstance(item, dict) else None
+        if not valid_address(address):
+            return _one(
+                422, field, "email", f"Every {field} recipient needs a valid email address."
+            )
+        name = item.get("name")
+        if name is not None and not isinstance(name, str):
+            return _one(422, field, "name", f"A {field} recipient's name must be a string.")
+        out.append(address)
+    return out
+
+
+def _check_extras(email: dict[str, Any]) -> Answer | None:
+    reply_to = email.get("reply_to")
+    if reply_to is not None:
+        if isinstance(reply_to, dict):
+            ok = valid_address(reply_to.get("email"))
+        else:
+            ok = isinstance(reply_to, str) and rfc5322_address(reply_to) is not None
+        if not ok:
+            return _one(
+                422,
+                "reply_to",
+                "email",
+                "The reply_to address must be {email, name} or an RFC 5322 address string.",
+            )
+    headers = email.get("headers")
+    if headers is not None and not (
+        isinstance(headers, dict)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items())
+    ):
+        return _one(422, "headers", "object", "Headers must be an object of strings.")
+    tags = email.get("tags")
+    if tags is not None:
+        if not isinstance(tags, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in tags.items()
+        ):
+            return _one(422, "tags", "object", "Tags must be an object of strings.")
+        if any(len(k) > MAX_TAG_KEY for k in tags):
+            return _one(
+                422,
+                "tags",
+                "max_key_length",
+                f"Tag keys may not be greater than {MAX_TAG_KEY} characters.",
+            )
+        if any(len(v) > MAX_TAG_VALUE for v in tags.values()):
+            return _one(
+                422,
+                "tags",
+                "max_value_length",
+                f"Tag values may not be greater than {MAX_TAG_VALUE} characters.",
+            )
+    message_hash = email.get("message_hash")
+    if message_hash is not None:
+        if not isinstance(message_hash, str) or not message_hash:
+            return _one(
+                422, "message_hash", "string", "The message hash must be a non-empty string."
+            )
+        if len(message_hash) > MAX_MESSAGE_HASH:
+            return _one(
+                422,
+                "message_hash",
+                "max_length",
+                f"The message hash may not be greater than {MAX_MESSAGE_HASH} characters.",
+            )
+    attachments = email.get("attachments")
+    if attachments is not None:
+        if not isinstance(attachments, list):
+            return _one(422, "attachments", "array", "Attachments must be an array.")
+        total = 0
+        for item in attachments:
+            if not (
+                isinstance(item, dict)
+                and isinstance(item.get("name"), str)
+                and isinstance(item.get("type"), str)
+                and "content" in item
+            ):
+                return _one(
+                    422,
+                    "attachments",
+                    "required",
+                    "Every attachment needs type, name and content.",
+                )
+            size = decoded_size(item["content"])
+            if size is None:
+                return _one(
+                    422, "attachments", "base64", "Attachment content must be base64 encoded."
+                )
+            total += size
+        if total > MAX_ATTACHMENTS:
+            return _one(
+                422,
+                "attachments",
+                "max_size",
+                "Attachments may not exceed 10 MB in total (decoded).",
+            )
+    return None
+
+
+def send_one(
+    state: SandboxState,
+    key: str,
+    email: Any,
+    *,
+    endpoint: str,
+    idempotency_key: str | None,
+    now: float,
+    batch_index: int | None = None,
+) -> Answer:
+    """Validate one email and, when it passes, accept it: ``(200, {"message_id"})``."""
+    if not isinstance(email, dict):
+        return NOT_AN_OBJECT
+    sender = email.get("from")
+    if sender is None:
+        return _one(422, "from", "required", "The from field is required.")
+    sender_address = sender.get("email") if isinstance(sender, dict) else None
+    if not valid_address(sender_address):
+        return _one(
+            422, "from", "email", "The from field must be {email, name?} with a valid email."
+        )
+    domain = domain_of(sender_address)
+    if domain not in state.verified:
+        return DOMAIN_NOT_VERIFIED
+    if not state.domain_allowed(key, domain):
+        return DOMAIN_NOT_ALLOWED
+
+    lists = []
+    for field in ("to", "cc", "bcc"):
+        got = _recipients(email, field)
+        if isinstance(got, tuple):
+            return got
+        lists.append(got)
+
+    subject = email.get("subject")
+    html = email.get("html")
+    text = email.get("text")
+    missing = {}
+    if not isinstance(subject, str) or not subject:
+        missing[SUBJECT_REQUIRED[0]] = {SUBJECT_REQUIRED[1]: SUBJECT_REQUIRED[2]}
+    if not ((isinstance(html, str) and html) or (isinstance(text, str) and text)):
+        missing[CONTENT_REQUIRED[0]] = {CONTENT_REQUIRED[1]: CONTENT_REQUIRED[2]}
+    if missing:
+        return error(422, CONTENT_MESSAGE, missing)
+    assert isinstance(subject, str)
+    if len(subject) > MAX_SUBJECT:
+        return _one(
+            422,
+            "subject",
+            "max_length",
+            f"Subject may not be greater than {MAX_SUBJECT} characters.",
+        )
+    bad = _check_extras(email)
+    if bad is not None:
+        return bad
+
+    kept = [[a for a in lst if domain_of(a) not in DISPOSABLE_DOMAINS] for lst in lists]
+    count = len(kept[0]) + len(kept[1]) + len(kept[2])
+    state.dropped_disposable += len(lists[0]) + len(lists[1]) + len(lists[2]) - count
+    if count == 0:
+        return ALL_DISPOSABLE
+    if not state.has_credits(count):
+        return INSUFFICIENT_CREDITS
+
+    message_id = email.get("message_hash") or uuid.uuid4().hex
+    entry = {
+        "provider": "tosend",
+        "endpoint": endpoint,
+        "idempotency_key": idempotency_key,
+        "message_id": message_id,
+        "to": kept[0],
+        "cc": kept[1],
+        "bcc": kept[2],
+        "body": without_attachment_contents(email),
+        "received_at": state.iso_now(now),
+    }
+    if batch_index is not None:
+        entry["batch_index"] = batch_index
+    state.accept(entry, domain, count)
+    return 200, {"message_id": message_id}
+
+
+def send_batch(
+    state: SandboxState,
+    key: str,
+    payload: Any,
+    *,
+    endpoint: str,
+    idempotency_key: str | None,
+    now: float,
+) -> tuple[int, dict[str, Any], int]:
+    """Each email on its own: 200 if all pass, else 207; also returns how many passed."""
+    emails = payload.get("emails") if isinstance(payload, dict) else payload
+    if not isinstance(emails, list) or not emails:
+        status, body = BATCH_EMPTY
+        return status, body, 0
+    if len(emails) > MAX_BATCH:
+        status, body = BATCH_TOO_MANY
+        return status, body, 0
+    results = []
+    ok = 0
+    for index, email in enumerate(emails):
+        status, body = send_one(
+            state,
+            key,
+            email,
+            endpoint=endpoint,
+            idempotency_key=idempotency_key,
+            now=now,
+            batch_index=index,
+        )
+        if status == 200:
+            ok += 1
+            results.append({"status": "success", "message_id": body["message_id"]})
+        else:
+            state.reject(status)
+            results.append({"status": "error", **body})
+    return (200 if ok == len(emails) else 207), {"results": results}, ok
+
+
+def info(state: SandboxState) -> dict[str, Any]:
+    """The body of ``GET /v2/info`` for the sandbox's one account."""
+    cfg = state.config
+    first = state.first_verified()
+    domains = []
+    names = [d.lower() for d in cfg.domains] + [
+        d.lower() for d in cfg.pending_domains if d.lower() not in state.verified
+    ]
+    for number, name in enumerate(dict.fromkeys(names), start=1):
+        sent = state.domain_sent.get(name, 0)
+        domains.append(
+            {
+                "id": number,
+                "domain_name": name,
+                "verification_status": "verified" if name in state.verified else "pending",
+                "is_default": 1 if name == first else 0,
+                "total_sent": sent,
+                "total_delivered": sent,
+                "total_bounced": 0,
+                "total_complained": 0,
+            }
+        )
+    return {
+        "account": {
+            "id": 1,
+            "status": "active",
+            "plan_type": "credits" if state.credits is not None else "unlimited",
+            "credit_balance": state.credits,
+            "monthly_email_limit": None,
+            "limit_per_second": cfg.rate_limit,
+            "ses_region": "sandbox",
+            "bounce_rate": 0.0,
+            "complaint_rate": 0.0,
+            "ses_status": "active",
+        },
+        "domains": domains,
+    }

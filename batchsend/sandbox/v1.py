@@ -1,0 +1,250 @@
+"""MailerLogic's "Send a single email" (``POST /api/v1/send``), as API-CONTRACTS.md pins it.
+
+Errors are ``{error, message}``; 403 adds ``reason``. ``error`` is a short machine code
+(``validation_error``, ``forbidden``, ``not_found``...), ``message`` says what to fix.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from batchsend.sandbox.rules import (
+    MB,
+    decoded_size,
+    domain_of,
+    valid_address,
+    without_attachment_contents,
+)
+from batchsend.sandbox.state import SandboxState
+
+MAX_FILE = 10 * MB
+MAX_TOTAL = 25 * MB
+STREAM_TYPES = ("transactional", "broadcast", "shared")
+
+Answer = tuple[int, dict[str, Any]]
+
+
+def error(status: int, code: str, message: str, reason: str | None = None) -> Answer:
+    """A v1 error answer."""
+    body = {"error": code, "message": message}
+    if reason is not None:
+        body["reason"] = reason
+    return status, body
+
+
+def _invalid(message: str) -> Answer:
+    return error(400, "validation_error", message)
+
+
+MISSING_KEY = error(
+    403,
+    "forbidden",
+    "API key is required: send it as X-API-Key or Authorization: Bearer.",
+    "missing_api_key",
+)
+INVALID_KEY = error(403, "forbidden", "The provided API key is invalid.", "invalid_api_key")
+MALFORMED = error(400, "bad_request", "The request body must be a valid JSON object.")
+INSUFFICIENT_CREDITS = error(
+    403,
+    "forbidden",
+    "Insufficient credit balance to send emails.",
+    "insufficient_balance",
+)
+
+
+def idempotency_conflict() -> Answer:
+    """Same Idempotency-Key, different body."""
+    return error(
+        409, "conflict", "This Idempotency-Key was already used with a different request body."
+    )
+
+
+def rate_limited(limit: int) -> Answer:
+    """Past the per-second limit."""
+    return error(429, "rate_limit_exceeded", f"Rate limit of {limit} requests per second exceeded.")
+
+
+def server_fault(status: int) -> Answer:
+    """An injected 500/502/503."""
+    return error(status, "internal_error", "The sandbox injected a server fault.")
+
+
+def api_key(headers: Any) -> str | None:
+    """``X-API-Key``, else an ``Authorization: Bearer`` token; None when neither is given."""
+    value = headers.get("X-API-Key")
+    if value and value.strip():
+        return value.strip()
+    value = headers.get("Authorization")
+    if value:
+        scheme, _, token = value.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    return None
+
+
+def _addresses(email: dict[str, Any], field: str) -> Answer | list[str]:
+    value = email.get(field)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(valid_address(a) for a in value):
+        return _invalid(f"The {field} field must be an array of valid email addresses.")
+    return value
+
+
+def _check_attachments(email: dict[str, Any], html: Any) -> Answer | None:
+    attachments = email.get("attachments")
+    if attachments is None:
+        return None
+    if not isinstance(attachments, list):
+        return _invalid("The attachments field must be an array.")
+    total = len(html.encode()) if isinstance(html, str) else 0
+    for number, item in enumerate(attachments, start=1):
+        if not isinstance(item, dict) or not all(
+            isinstance(item.get(k), str) for k in ("filename", "content", "contentType")
+        ):
+            return _invalid(f"Attachment {number} needs filename, content and contentType.")
+        if item.get("encoding", "base64") != "base64":
+            return _invalid(f"Attachment {item['filename']!r}: encoding must be base64.")
+        size = decoded_size(item["content"])
+        if size is None:
+            return _invalid(f"Attachment {item['filename']!r}: content is not valid base64.")
+        if size > MAX_FILE:
+            return _invalid(f"Attachment {item['filename']!r} is larger than 10 MB.")
+        total += size
+    if total > MAX_TOTAL:
+        return _invalid("Attachments and HTML together are larger than 25 MB.")
+    return None
+
+
+def _check_types(email: dict[str, Any]) -> Answer | None:
+    for field in ("reply_to",):
+        value = email.get(field)
+        if value is not None and not valid_address(value):
+            return _invalid(f"The {field} field must be a valid email address.")
+    for field in ("track_opens", "track_clicks"):
+        value = email.get(field)
+        if value is not None and not isinstance(value, bool):
+            return _invalid(f"The {field} field must be a boolean.")
+    for field in ("tag", "icalEvent"):
+        value = email.get(field)
+        if value is not None and not isinstance(value, str):
+            return _invalid(f"The {field} field must be a string.")
+    headers = email.get("headers")
+    if headers is not None and not (
+        isinstance(headers, dict)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items())
+    ):
+        return _invalid("The headers field must be an object of strings.")
+    metadata = email.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        return _invalid("The metadata field must be an object.")
+    stream_type = email.get("stream_type")
+    if stream_type is not None and stream_type not in STREAM_TYPES:
+        return _invalid("The stream_type field must be one of: " + ", ".join(STREAM_TYPES) + ".")
+    return None
+
+
+def send(
+    state: SandboxState,
+    key: str,
+    email: Any,
+    *,
+    endpoint: str,
+    idempotency_key: str | None,
+    now: float,
+) -> Answer:
+    """Validate one v1 request and, when it passes, accept it (200 ``queued``)."""
+    if not isinstance(email, dict):
+        return MALFORMED
+    to = email.get("to")
+    if to is None or to == "":
+        return _invalid("The to field is required.")
+    if not isinstance(to, str) or not valid_address(to):
+        return _invalid("The to field must be ONE valid email address (a string).")
+    subject = email.get("subject")
+    if not isinstance(subject, str) or not subject:
+        return _invalid("The subject field is required.")
+    html = email.get("html")
+    text = email.get("text")
+    for field, value in (("html", html), ("text", text)):
+        if value is not None and not isinstance(value, str):
+            return _invalid(f"The {field} field must be a string.")
+    if not html and not text:
+        return _invalid("Either html or text content is required.")
+
+    requested = email.get("domain")
+    if requested is None:
+        domain = state.first_verified()
+        if domain is None:
+            return error(
+                403,
+                "forbidden",
+                "The account has no verified domain to send from.",
+                "domain_not_verified",
+            )
+    else:
+        if not isinstance(requested, str) or not requested:
+            return _invalid("The domain field must be a domain name.")
+        domain = requested.lower()
+        if domain in state.pending:
+            return error(
+                403, "forbidden", f"Domain {domain!r} is not verified.", "domain_not_verified"
+            )
+        if domain not in state.verified:
+            return error(404, "not_found", f"Domain {domain!r} was not found on this account.")
+    if not state.domain_allowed(key, domain):
+        return error(
+            403,
+            "forbidden",
+            f"Domain {domain!r} is not allowed for this API key.",
+            "domain_not_allowed",
+        )
+    sender = email.get("from")
+    if sender is not None:
+        if not valid_address(sender):
+            return _invalid("The from field must be a valid email address.")
+        sender_domain = domain_of(sender)
+        if sender_domain != domain and not sender_domain.endswith("." + domain):
+            return _invalid(f"The from address must belong to the sending domain {domain!r}.")
+
+    cc = _addresses(email, "cc")
+    if isinstance(cc, tuple):
+        return cc
+    bcc = _addresses(email, "bcc")
+    if isinstance(bcc, tuple):
+        return bcc
+    bad = _check_types(email) or _check_attachments(email, html)
+    if bad is not None:
+        return bad
+
+    count = 1 + len(cc) + len(bcc)
+    if not state.has_credits(count):
+        return INSUFFICIENT_CREDITS
+    email_id = str(uuid.uuid4())
+    message_id = f"<{email_id}@{domain}>"
+    submitted_at = state.iso_now(now)
+    state.accept(
+        {
+            "provider": "v1",
+            "endpoint": endpoint,
+            "idempotency_key": idempotency_key,
+            "message_id": message_id,
+            "email_id": email_id,
+            "to": [to],
+            "cc": cc,
+            "bcc": bcc,
+            "body": without_attachment_contents(email),
+            "received_at": submitted_at,
+        },
+        domain,
+        count,
+    )
+    return 200, {
+        "to": to,
+        "submitted_at": submitted_at,
+        "message_id": message_id,
+        "email_id": email_id,
+        "status": "queued",
+        "message": "Email queued for delivery.",
+    }

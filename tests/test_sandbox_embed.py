@@ -1,0 +1,75 @@
+"""The embedded sandbox's lifecycle and inspection API, over real HTTP."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from batchsend.sandbox import Sandbox
+
+EMAIL = {
+    "from": {"email": "news@example.com", "name": "News"},
+    "to": [{"email": "ann@recipients.org"}],
+    "subject": "Hello",
+    "text": "Hi Ann",
+}
+AUTH = {"Authorization": "Bearer sk-test"}
+
+
+def test_accepts_and_lists_the_message(sandbox: Sandbox) -> None:
+    r = httpx.post(f"{sandbox.base_url}/v2/emails", json=EMAIL, headers=AUTH)
+    assert r.status_code == 200
+    (entry,) = sandbox.messages()
+    assert entry["provider"] == "tosend"
+    assert entry["message_id"] == r.json()["message_id"]
+    assert entry["to"] == ["ann@recipients.org"]
+    assert entry["body"]["subject"] == "Hello"
+    over_http = httpx.get(f"{sandbox.base_url}/_sandbox/messages").json()
+    assert over_http == [entry]
+    assert sandbox.stats()["accepted"] == 1
+
+
+def test_restart_keeps_port_and_state(sandbox: Sandbox) -> None:
+    url = sandbox.base_url
+    httpx.post(f"{url}/v2/emails", json=EMAIL, headers=AUTH)
+    sandbox.stop()
+    with pytest.raises(httpx.ConnectError):
+        httpx.post(f"{url}/v2/emails", json=EMAIL, headers=AUTH)
+    sandbox.start()
+    assert sandbox.base_url == url
+    assert httpx.post(f"{url}/v2/emails", json=EMAIL, headers=AUTH).status_code == 200
+    assert len(sandbox.messages()) == 2
+
+
+def test_configure_revokes_keys_live(sandbox: Sandbox) -> None:
+    sandbox.configure(api_keys=())
+    r = httpx.post(f"{sandbox.base_url}/v2/emails", json=EMAIL, headers=AUTH)
+    assert r.status_code == 403
+    assert sandbox.api_keys == ()
+
+
+def test_configure_over_http(sandbox: Sandbox) -> None:
+    r = httpx.post(f"{sandbox.base_url}/_sandbox/config", json={"credits": 0})
+    assert r.status_code == 200
+    assert r.json()["credits"] == 0
+    assert "sk-test" not in r.text  # keys are not echoed
+    r = httpx.post(f"{sandbox.base_url}/v2/emails", json=EMAIL, headers=AUTH)
+    assert r.status_code == 403
+    bad = httpx.post(f"{sandbox.base_url}/_sandbox/config", json={"nope": 1})
+    assert bad.status_code == 400
+
+
+def test_record_file_gets_one_line_per_message(make_sandbox, tmp_path) -> None:
+    path = tmp_path / "sent.jsonl"
+    sb = make_sandbox(record=str(path))
+    for _ in range(3):
+        httpx.post(f"{sb.base_url}/v2/emails", json=EMAIL, headers=AUTH)
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [e["message_id"] for e in lines] == [e["message_id"] for e in sb.messages()]
+
+
+def test_refuses_non_loopback_host() -> None:
+    with pytest.raises(ValueError, match="loopback"):
+        Sandbox(host="0.0.0.0")
