@@ -1,0 +1,272 @@
+"""Rendering: one sandboxed Jinja environment per campaign, every template compiled once.
+
+A :class:`Renderer` turns one row's values into the message's text parts: subject,
+HTML, text, calendar invite, headers (including RFC 8058 one-click unsubscribe), tag
+and tags. A missing variable is an error, never an empty string (``StrictUndefined``);
+HTML is autoescaped; templates run in Jinja's ``SandboxedEnvironment``, so a shared
+template cannot reach Python internals. When there is no text template the text part is
+generated from the HTML with ``inscriptis``. Rendering is deterministic: the same row
+gives the same bytes.
+
+Problems of one row raise :class:`RowRenderError` (the caller records it and goes on);
+problems of a template itself (syntax, sandbox escape) raise :class:`TemplateError`
+subclasses at once.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+import jinja2
+import jinja2.sandbox
+from inscriptis import get_text
+
+from batchsend.campaign import Campaign, TemplateRef
+from batchsend.errors import TemplateError, TemplateSecurityError
+
+_HTML_SUFFIXES = (".html", ".htm", ".xhtml", ".html.j2", ".htm.j2", ".html.jinja", ".html.jinja2")
+_HEADER_BREAK = re.compile(r"[\r\n\0]")
+_UNDEFINED = re.compile(r"'([^']+)' is undefined")
+UNSUBSCRIBE_POST = "List-Unsubscribe=One-Click"
+
+
+class RowRenderError(Exception):
+    """One row cannot be rendered; ``column`` names the variable or part at fault."""
+
+    def __init__(self, column: str | None, message: str, fix: str | None = None) -> None:
+        super().__init__(message)
+        self.column = column
+        self.message = message
+        self.fix = fix
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    """The text parts of one row's message."""
+
+    subject: str
+    html: str | None
+    text: str | None
+    ical: str | None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    tag: str | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return sum(len(p) for p in (self.subject, self.html, self.text, self.ical) if p)
+
+
+def ical_datetime(value: Any) -> str:
+    """An RFC 5545 UTC date-time (``20260321T180000Z``) from a datetime or ISO string."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(UTC)
+        return value.strftime("%Y%m%dT%H%M%SZ")
+    if isinstance(value, date):
+        return value.strftime("%Y%m%d")
+    raise TypeError(f"ical_datetime needs a date-time, got {type(value).__name__}")
+
+
+def ical_text(value: Any) -> str:
+    """Escape a value for an RFC 5545 TEXT property (backslash, comma, semicolon, newline)."""
+    text = "" if value is None else str(value)
+    text = text.replace("\\", "\\\\").replace(",", "\\,").replace(";", "\\;")
+    return text.replace("\r\n", "\\n").replace("\n", "\\n")
+
+
+def html_to_text(html: str) -> str:
+    """The plain-text alternative of an HTML body (inscriptis keeps the layout readable)."""
+    return get_text(html).strip() + "\n"
+
+
+def _finalize(value: Any) -> Any:
+    # An empty Parquet cell is None; an email must never say "None".
+    return "" if value is None else value
+
+
+class _Part:
+    """One compiled template, or a constant when the source has no Jinja syntax."""
+
+    __slots__ = ("constant", "name", "template")
+
+    def __init__(self, env: jinja2.Environment, ref: TemplateRef, source: str) -> None:
+        self.name = ref.name
+        self.constant: str | None = None
+        self.template: jinja2.Template | None = None
+        if "{" not in source:
+            self.constant = source
+        else:
+            self.template = env.get_template(ref.name)
+
+
+class Renderer:
+    """Compiles a campaign's templates once and renders rows with them."""
+
+    def __init__(self, campaign: Campaign) -> None:
+        self.campaign = campaign
+        self.max_bytes = campaign.max_render_bytes
+        inline = {r.name: r.inline for r in campaign.templates() if r.inline is not None}
+        html_names = {campaign.message.html.name} if campaign.message.html else set()
+        self.env = jinja2.sandbox.SandboxedEnvironment(
+            loader=jinja2.ChoiceLoader(
+                [jinja2.DictLoader(inline), jinja2.FileSystemLoader(campaign.folder)]
+            ),
+            undefined=jinja2.StrictUndefined,
+            autoescape=lambda name: (
+                bool(name) and (name in html_names or name.endswith(_HTML_SUFFIXES))
+            ),
+            finalize=_finalize,
+            keep_trailing_newline=True,
+            auto_reload=False,
+        )
+        self.env.filters["ical_datetime"] = ical_datetime
+        self.env.filters["ical_text"] = ical_text
+        m = campaign.message
+        self.subject = self._compile(m.subject)
+        self.html = self._compile(m.html)
+        self.text = self._compile(m.text)
+        self.ical = self._compile(m.ical)
+        self.tag = self._compile(m.tag)
+        self.unsubscribe = self._compile(m.unsubscribe_url)
+        self.headers = [(name, self._compile(ref)) for name, ref in m.headers]
+        self.tags = [(name, self._compile(ref)) for name, ref in m.tags]
+
+    def _compile(self, ref: TemplateRef | None) -> _Part | None:
+        if ref is None:
+            return None
+        source = ref.inline if ref.inline is not None else _read(ref)
+        where = "campaign.toml" if ref.inline is not None else ref.name
+        try:
+            return _Part(self.env, ref, source)
+        except jinja2.TemplateSyntaxError as exc:
+            name = exc.filename or exc.name or where
+            if ref.inline is not None:
+                name = f"{self.campaign.path.name} ({ref.name.partition(':')[2]})"
+            raise TemplateError(
+                f"template syntax error at line {exc.lineno}: {exc.message}",
+                file=name,
+                fix="correct the Jinja syntax on that line",
+            ) from None
+        except jinja2.TemplateNotFound as exc:
+            raise TemplateError(
+                f"template {exc.name!r} (included) not found",
+                file=where,
+                fix="includes are looked up relative to the campaign folder",
+            ) from None
+
+    def _run(self, part: _Part | None, values: Mapping[str, Any], limit: int) -> str | None:
+        if part is None:
+            return None
+        if part.constant is not None:
+            return part.constant
+        assert part.template is not None
+        try:
+            chunks: list[str] = []
+            size = 0
+            for chunk in part.template.generate(values):
+                size += len(chunk)
+                if size > limit:
+                    raise RowRenderError(
+                        None,
+                        f"{part.name} renders to more than {limit} characters",
+                        fix="shorten the content or raise max_render_bytes in the campaign",
+                    )
+                chunks.append(chunk)
+            return "".join(chunks)
+        except jinja2.UndefinedError as exc:
+            message = exc.message or str(exc)
+            found = _UNDEFINED.search(message)
+            column = found.group(1) if found else None
+            raise RowRenderError(
+                column,
+                f"{part.name}: missing template variable ({message})",
+                fix=f"add a {column!r} column or value, or change the template"
+                if column
+                else "check the template's variables against the file's columns",
+            ) from None
+        except jinja2.sandbox.SecurityError as exc:
+            raise TemplateSecurityError(
+                f"the template tried to reach Python internals: {exc}",
+                file=part.name,
+                fix="remove the access to underscored or unsafe attributes from the template",
+            ) from None
+        except RowRenderError:
+            raise
+        except (jinja2.TemplateError, ArithmeticError, TypeError, ValueError) as exc:
+            raise RowRenderError(None, f"{part.name}: {type(exc).__name__}: {exc}") from None
+
+    def render(self, values: Mapping[str, Any], *, derive_text: bool = True) -> Rendered:
+        """Render every part for one row's ``values``.
+
+        ``derive_text=False`` skips generating text from HTML (preflight: that step
+        cannot fail, and it is by far the slowest).
+        """
+        budget = self.max_bytes
+        subject = self._run(self.subject, values, budget) or ""
+        _header_safe("subject", subject)
+        if not subject.strip():
+            raise RowRenderError("subject", "the subject renders empty")
+        html = self._run(self.html, values, budget - len(subject))
+        text = self._run(self.text, values, budget - len(subject) - len(html or ""))
+        if text is None and html is not None and derive_text:
+            text = html_to_text(html)
+        ical = self._run(self.ical, values, budget)
+        if ical is not None:
+            ical = ical.replace("\r\n", "\n").replace("\n", "\r\n")
+        total = sum(len(p) for p in (subject, html, text, ical) if p)
+        if total > self.max_bytes:
+            raise RowRenderError(
+                None,
+                f"the message renders to {total} characters, over max_render_bytes"
+                f" ({self.max_bytes})",
+                fix="shorten the content or raise max_render_bytes in the campaign",
+            )
+        headers: dict[str, str] = {}
+        for name, part in self.headers:
+            value = self._run(part, values, 998) or ""
+            _header_safe(f"headers.{name}", value)
+            headers[name] = value
+        if self.unsubscribe is not None:
+            url = self._run(self.unsubscribe, values, 2000) or ""
+            _header_safe("unsubscribe_url", url)
+            if not url.startswith("https://") or " " in url:
+                raise RowRenderError(
+                    "unsubscribe_url", f"{url!r} is not an https URL without spaces"
+                )
+            headers["List-Unsubscribe"] = f"<{url}>"
+            headers["List-Unsubscribe-Post"] = UNSUBSCRIBE_POST
+        tag = self._run(self.tag, values, 998)
+        if tag is not None:
+            _header_safe("tag", tag)
+        tags: dict[str, str] = {}
+        for name, part in self.tags:
+            value = self._run(part, values, 256) or ""
+            _header_safe(f"tags.{name}", value)
+            tags[name] = value
+        return Rendered(subject, html, text, ical, headers, tag or None, tags)
+
+
+def _header_safe(column: str, value: str) -> None:
+    if _HEADER_BREAK.search(value):
+        raise RowRenderError(
+            column,
+            f"{column} contains a line break or NUL (header injection)",
+            fix="remove CR, LF and NUL characters from the values used in headers",
+        )
+
+
+def _read(ref: TemplateRef) -> str:
+    assert ref.file is not None
+    try:
+        return ref.file.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise TemplateError("the template is not UTF-8", file=ref.name) from None
+    except OSError as exc:
+        raise TemplateError(f"cannot read the template: {exc.strerror}", file=ref.name) from None

@@ -1,0 +1,194 @@
+"""Recipient files: CSV or Parquet, read through polars in batches.
+
+A file of ten million rows never has to fit in memory: :func:`iter_batches` streams it
+as DataFrames of ``batch_size`` rows (polars' streaming engine, ``collect_batches``).
+CSV columns are all read as text, so ``00123`` stays ``00123``. File-level problems
+(unreadable, wrong encoding, empty, duplicate or missing header names, a Parquet file
+that is really CSV or the reverse) raise :class:`SourceError` at once, naming the file,
+the row or column, and the fix.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from batchsend.errors import SourceError
+
+PARQUET_MAGIC = b"PAR1"
+_UTF8 = {"utf-8", "utf8", "utf-8-sig", "utf_8", "utf_8_sig"}
+
+
+@dataclass(frozen=True, slots=True)
+class SourceSpec:
+    """How to read one recipient file (mirrors ``campaign.SourceSettings``)."""
+
+    path: Path
+    format: str = "csv"
+    delimiter: str = ","
+    quote_char: str = '"'
+    encoding: str = "utf-8"
+
+
+def _shown(path: Path) -> str:
+    return str(path)
+
+
+def _head(path: Path) -> bytes:
+    try:
+        with path.open("rb") as fh:
+            return fh.read(4096)
+    except OSError as exc:
+        raise SourceError(
+            f"cannot read the recipient file: {exc.strerror}",
+            file=_shown(path),
+            fix="check [source] path in the campaign file",
+        ) from None
+
+
+def read_columns(spec: SourceSpec) -> list[str]:
+    """The file's column names, checked: not empty, none blank, none repeated."""
+    head = _head(spec.path)
+    shown = _shown(spec.path)
+    if not head.strip(b"\xef\xbb\xbf \r\n\t"):
+        raise SourceError("the file is empty", file=shown, fix="add a header row and recipients")
+    if spec.format == "parquet":
+        if not head.startswith(PARQUET_MAGIC):
+            raise SourceError(
+                "this is not a Parquet file (it does not start with PAR1; it looks like text)",
+                file=shown,
+                fix='rename it to .csv or set [source] format = "csv"',
+            )
+        try:
+            names = list(pl.read_parquet_schema(spec.path))
+        except Exception as exc:
+            raise SourceError(f"unreadable Parquet file: {exc}", file=shown) from None
+    else:
+        if head.startswith(PARQUET_MAGIC):
+            raise SourceError(
+                "this is a Parquet file, not CSV",
+                file=shown,
+                fix='rename it to .parquet or set [source] format = "parquet"',
+            )
+        names = _csv_header(spec)
+    _check_names(names, shown)
+    return names
+
+
+def _csv_header(spec: SourceSpec) -> list[str]:
+    encoding = "utf-8-sig" if spec.encoding.lower() in _UTF8 else spec.encoding
+    try:
+        with spec.path.open(encoding=encoding, newline="") as fh:
+            reader = csv.reader(fh, delimiter=spec.delimiter, quotechar=spec.quote_char)
+            header = next(reader, None)
+    except UnicodeDecodeError:
+        raise _encoding_error(spec) from None
+    except csv.Error as exc:
+        raise SourceError(
+            f"the header row is not valid CSV: {exc}", file=_shown(spec.path), row=0
+        ) from None
+    if not header:
+        raise SourceError("the file has no header row", file=_shown(spec.path), row=0)
+    return header
+
+
+def _check_names(names: list[str], shown: str) -> None:
+    seen: dict[str, int] = {}
+    for position, name in enumerate(names, start=1):
+        if not name.strip():
+            raise SourceError(
+                f"column {position} has no header name",
+                file=shown,
+                row=0,
+                fix="give every column a name in the first row",
+            )
+        if name in seen:
+            raise SourceError(
+                f"duplicate header name {name!r} (columns {seen[name]} and {position})",
+                file=shown,
+                row=0,
+                column=name,
+                fix="rename one of the columns so every header is unique",
+            )
+        seen[name] = position
+
+
+def _encoding_error(spec: SourceSpec) -> SourceError:
+    """Find the first line that does not decode, so the message can point at it."""
+    decoder = codecs.getincrementaldecoder(
+        "utf-8" if spec.encoding.lower() in _UTF8 else spec.encoding
+    )()
+    line = 1
+    with spec.path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 16), b""):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as exc:
+                line += chunk[: exc.start].count(b"\n")
+                break
+            line += chunk.count(b"\n")
+    return SourceError(
+        f"line {line} is not valid {spec.encoding}",
+        file=_shown(spec.path),
+        fix='save the file as UTF-8, or set [source] encoding (e.g. "latin-1") in the campaign',
+    )
+
+
+@contextmanager
+def _utf8_path(spec: SourceSpec) -> Iterator[Path]:
+    """The file itself if UTF-8, else a temporary UTF-8 copy (polars reads only UTF-8)."""
+    if spec.encoding.lower() in _UTF8:
+        yield spec.path
+        return
+    fd, name = tempfile.mkstemp(prefix="batchsend-", suffix=".csv")
+    try:
+        with (
+            os.fdopen(fd, "w", encoding="utf-8", newline="") as out,
+            spec.path.open(encoding=spec.encoding, newline="") as src,
+        ):
+            for chunk in iter(lambda: src.read(1 << 20), ""):
+                out.write(chunk)
+        yield Path(name)
+    except UnicodeDecodeError:
+        raise _encoding_error(spec) from None
+    finally:
+        os.unlink(name)
+
+
+def iter_batches(spec: SourceSpec, batch_size: int = 50_000) -> Iterator[pl.DataFrame]:
+    """Yield the file's rows as DataFrames of at most ``batch_size`` rows, in file order.
+
+    Raises :class:`SourceError` for a file that cannot be read as a table.
+    """
+    read_columns(spec)
+    shown = _shown(spec.path)
+    with _utf8_path(spec) as path:
+        if spec.format == "parquet":
+            frame = pl.scan_parquet(path)
+        else:
+            frame = pl.scan_csv(
+                path,
+                separator=spec.delimiter,
+                quote_char=spec.quote_char,
+                infer_schema=False,
+                empty_string_is_null=False,
+                raise_if_empty=True,
+            )
+        try:
+            for batch in frame.collect_batches(chunk_size=batch_size):
+                if batch.height:
+                    yield batch
+        except pl.exceptions.ComputeError as exc:
+            if "utf-8" in str(exc).lower():
+                raise _encoding_error(spec) from None
+            raise SourceError(f"cannot read the file: {exc}", file=shown) from None
+        except pl.exceptions.PolarsError as exc:
+            raise SourceError(f"cannot read the file: {exc}", file=shown) from None
