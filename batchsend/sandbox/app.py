@@ -166,6 +166,18 @@ async def tosend_info(request: web.Request) -> web.StreamResponse:
     return await _provider_request(request, tosend, "info")
 
 
+async def tosend_not_found(request: web.Request) -> web.Response:
+    """Any other ``/v2/...`` path or method: ToSend's JSON 404."""
+    status, body = tosend.not_found(request.method, request.path)
+    return _response(status, _dump(body))
+
+
+async def v1_not_found(request: web.Request) -> web.Response:
+    """Any other ``/api/...`` path or method: v1's JSON 404."""
+    status, body = v1.error(404, "not_found", f"No endpoint {request.method} {request.path}.")
+    return _response(status, _dump(body))
+
+
 # inspection --------------------------------------------------------------------------------
 
 
@@ -227,6 +239,8 @@ def make_app(state: SandboxState) -> web.Application:
     app.router.add_post("/v2/emails", tosend_send)
     app.router.add_post("/v2/emails/batch", tosend_batch)
     app.router.add_get("/v2/info", tosend_info)
+    app.router.add_route("*", "/v2/{tail:.*}", tosend_not_found)
+    app.router.add_route("*", "/api/{tail:.*}", v1_not_found)
     app.router.add_get("/_sandbox/messages", messages)
     app.router.add_get("/_sandbox/stats", stats)
     app.router.add_get("/_sandbox/config", get_config)

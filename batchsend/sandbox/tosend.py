@@ -121,6 +121,11 @@ def idempotency_conflict() -> Answer:
     )
 
 
+def not_found(method: str, path: str) -> Answer:
+    """No such endpoint."""
+    return _one(404, "endpoint", "not_found", f"No endpoint {method} {path}.", "Not found.")
+
+
 def rate_limited(limit: int) -> Answer:
     """Past the per-second limit."""
     return _one(
