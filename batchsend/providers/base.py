@@ -1,0 +1,221 @@
+"""The provider interface: messages to HTTP requests, HTTP answers to outcomes.
+
+A provider knows one API's JSON and nothing else: it never touches the network (the
+engine sends the bytes it builds through a :mod:`batchsend.transport`), so request
+building and response classification are pure functions, tested without I/O.
+
+Two rules every provider follows:
+
+* a :class:`SendUnit` becomes exactly one :class:`HttpRequest` whose body is serialised
+  once; a retry or a resume sends the very same bytes with the same ``Idempotency-Key``
+  (the unit's key), so a provider that honours the key never delivers twice;
+* an answer (or a transport failure) becomes exactly one :class:`MessageOutcome` per
+  planned message, in the unit's order.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from batchsend import USER_AGENT
+from batchsend.errors import SendError
+from batchsend.outcome import MessageOutcome, OutcomeKind
+from batchsend.plan import PlannedMessage, SendUnit
+from batchsend.ratelimit import parse_retry_after
+from batchsend.secrets import redact
+
+# Retryable by contract (API-CONTRACTS.md, "Decisions common to both").
+RETRYABLE_STATUSES = frozenset({429, 500, 501, 502, 503, 504})
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    """One request, ready to go: the body is already the final bytes."""
+
+    method: str
+    url: str
+    headers: Mapping[str, str] = field(repr=False)  # carries the API key: never printed
+    body: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientLimits:
+    """How many addresses one email may carry in each field."""
+
+    to: int = 50
+    cc: int = 50
+    bcc: int = 50
+
+
+@dataclass(frozen=True, slots=True)
+class AccountInfo:
+    """What ``GET /v2/info`` says about the account, reduced to what a sender checks."""
+
+    status: str  # active | suspended | pending
+    credit_balance: int | None  # None: the plan is not credit-based
+    limit_per_second: float | None
+    verified_domains: tuple[str, ...]
+    pending_domains: tuple[str, ...] = ()
+    plan_type: str | None = None
+
+    def domain_verified(self, domain: str) -> bool:
+        return domain.lower() in {d.lower() for d in self.verified_domains}
+
+
+def dumps(value: Any) -> bytes:
+    """The one JSON encoder of the send path (orjson: ~9x faster than ``json`` here)."""
+    return orjson.dumps(value)
+
+
+def loads(body: bytes) -> Any:
+    """Decode a JSON answer; ``None`` when the body is empty or not JSON."""
+    if not body:
+        return None
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _text(value: Any, limit: int = 500) -> str:
+    """A short, secret-free string for error messages taken from a provider's body."""
+    text = value if isinstance(value, str) else repr(value)
+    return redact(text)[:limit]
+
+
+class Provider(ABC):
+    """One provider API. Subclasses set ``name`` and implement the abstract methods."""
+
+    name: str = ""
+    #: True when several different messages can travel in one request.
+    supports_batch: bool = False
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_key: str,
+        batch_size: int = 1,
+        limits: RecipientLimits | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self.base_url = base_url.rstrip("/")
+        self._api_key = api_key
+        self.batch_size = batch_size if self.supports_batch else 1
+        self.limits = limits or self.default_limits()
+        self._wall_clock = wall_clock
+        self._base_headers = {
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "User-Agent": USER_AGENT,
+            **self.auth_headers(api_key),
+        }
+
+    def __repr__(self) -> str:  # never show the key
+        return f"{type(self).__name__}(base_url={self.base_url!r}, batch_size={self.batch_size})"
+
+    # --- what subclasses provide -------------------------------------------------------
+
+    @classmethod
+    def default_limits(cls) -> RecipientLimits:
+        return RecipientLimits()
+
+    @abstractmethod
+    def auth_headers(self, api_key: str) -> dict[str, str]:
+        """The header(s) that carry the key."""
+
+    @abstractmethod
+    def message_body(self, planned: PlannedMessage) -> dict[str, Any]:
+        """The exact JSON object of one email as this provider receives it."""
+
+    @abstractmethod
+    def url_for(self, unit: SendUnit) -> str:
+        """Where the unit goes."""
+
+    @abstractmethod
+    def request_body(self, unit: SendUnit) -> Any:
+        """The JSON value of the whole request (one email, or a batch of them)."""
+
+    @abstractmethod
+    def parse_response(
+        self, unit: SendUnit, status: int, headers: Mapping[str, str], body: bytes
+    ) -> list[MessageOutcome]:
+        """One outcome per planned message of ``unit``, in order."""
+
+    # --- shared behaviour ------------------------------------------------------------------
+
+    @property
+    def is_batch(self) -> bool:
+        """True when units go to a batch endpoint (batch size above 1)."""
+        return self.supports_batch and self.batch_size > 1
+
+    def build_request(self, unit: SendUnit) -> HttpRequest:
+        """The request for ``unit``: serialised once, identical on every retry and resume."""
+        headers = dict(self._base_headers)
+        headers["Idempotency-Key"] = unit.key
+        return HttpRequest("POST", self.url_for(unit), headers, dumps(self.request_body(unit)))
+
+    def retry_after(self, headers: Mapping[str, str]) -> float | None:
+        """Seconds to wait, from ``Retry-After`` (seconds or HTTP-date)."""
+        return parse_retry_after(headers.get("Retry-After"), now=self._wall_clock())
+
+    def outcomes_for_error(self, unit: SendUnit, error: SendError) -> list[MessageOutcome]:
+        """Every message of ``unit`` shares the fate of a request that got no answer."""
+        kind = _kind_of_error(error)
+        message = _text(str(error))
+        return [
+            MessageOutcome(
+                pm.key,
+                kind,
+                http_status=error.status,
+                error_type=error.error_type,
+                error_message=message,
+                retry_after=error.retry_after,
+            )
+            for pm in unit.messages
+        ]
+
+    def same_for_all(
+        self,
+        unit: SendUnit,
+        kind: OutcomeKind,
+        status: int,
+        error_type: str | None,
+        message: str | None,
+        retry_after: float | None = None,
+    ) -> list[MessageOutcome]:
+        """The outcome of a request refused as a whole, repeated for each message."""
+        return [
+            MessageOutcome(
+                pm.key,
+                kind,
+                http_status=status,
+                error_type=error_type,
+                error_message=message,
+                retry_after=retry_after,
+            )
+            for pm in unit.messages
+        ]
+
+
+def _kind_of_error(error: SendError) -> OutcomeKind:
+    from batchsend.errors import FatalSendError, PermanentSendError
+
+    if isinstance(error, FatalSendError):
+        return OutcomeKind.FATAL
+    if isinstance(error, PermanentSendError):
+        return OutcomeKind.PERMANENT
+    return OutcomeKind.RETRYABLE
+
+
+def addresses(values: Sequence[Any]) -> list[dict[str, str]]:
+    """``Address`` values as ToSend's ``{email, name?}`` objects."""
+    return [a.to_dict() for a in values]

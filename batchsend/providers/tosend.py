@@ -1,0 +1,303 @@
+"""ToSend: ``POST /v2/emails`` and ``/v2/emails/batch``, ``GET /v2/info``.
+
+The contract is API-CONTRACTS.md, "Provider tosend". Personalised mail goes through
+the batch endpoint, up to ``batch_size`` (default 100) different emails per request;
+``batch_size=1`` uses the single-send endpoint. Each email carries ``message_hash`` =
+its planned key, so the provider's ``message_id`` is known before the request leaves.
+
+Classification (a batch's per-email results are classified the same way, each alone,
+so one bad email never fails its neighbours):
+
+==================================  ==============================================
+200 / batch ``success``             accepted (``message_id``)
+429, 500-504                        retryable (``Retry-After`` honoured)
+401, 403 (key, credits, account)    fatal for the run
+403 with only disposable recipients permanent for that email
+422 ``from``: domain not verified   fatal for the run
+or not allowed for the key
+other 4xx                           permanent for that email (400, 404, 409, 422)
+==================================  ==============================================
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping
+from typing import Any
+
+from batchsend.errors import FatalSendError
+from batchsend.outcome import MessageOutcome, OutcomeKind
+from batchsend.plan import PlannedMessage, SendUnit
+from batchsend.providers.base import (
+    RETRYABLE_STATUSES,
+    AccountInfo,
+    HttpRequest,
+    Provider,
+    _text,
+    loads,
+)
+
+SEND_PATH = "/v2/emails"
+BATCH_PATH = "/v2/emails/batch"
+INFO_PATH = "/v2/info"
+MAX_BATCH = 100
+
+_FATAL_DOMAIN_RULES = frozenset({"domain_not_verified", "domain_not_allowed"})
+
+
+def _address(a: Any) -> dict[str, str]:
+    return {"email": a.email, "name": a.name} if a.name else {"email": a.email}
+
+
+class ToSendProvider(Provider):
+    """ToSend. ``batch_size`` 2..100 uses the batch endpoint; 1 the single-send one."""
+
+    name = "tosend"
+    supports_batch = True
+
+    def __init__(self, *, batch_size: int = MAX_BATCH, **kwargs: Any) -> None:
+        if batch_size > MAX_BATCH:
+            raise ValueError(f"ToSend takes at most {MAX_BATCH} emails per batch")
+        super().__init__(batch_size=batch_size, **kwargs)
+        self._send_url = self.base_url + SEND_PATH
+        self._batch_url = self.base_url + BATCH_PATH
+
+    def auth_headers(self, api_key: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {api_key}"}
+
+    def url_for(self, unit: SendUnit) -> str:
+        return self._batch_url if unit.batch else self._send_url
+
+    def request_body(self, unit: SendUnit) -> Any:
+        if unit.batch:
+            body = self.message_body
+            return {"emails": [body(pm) for pm in unit.messages]}
+        return self.message_body(unit.messages[0])
+
+    def message_body(self, planned: PlannedMessage) -> dict[str, Any]:
+        m = planned.message
+        body: dict[str, Any] = {
+            "from": _address(m.sender),
+            "to": [_address(a) for a in m.to],
+            "subject": m.subject,
+        }
+        if m.cc:
+            body["cc"] = [_address(a) for a in m.cc]
+        if m.bcc:
+            body["bcc"] = [_address(a) for a in m.bcc]
+        if m.reply_to is not None:
+            body["reply_to"] = _address(m.reply_to)
+        if m.html is not None:
+            body["html"] = m.html
+        if m.text is not None:
+            body["text"] = m.text
+        if m.headers:
+            body["headers"] = dict(m.headers)
+        if m.tags:
+            body["tags"] = dict(m.tags)
+        if m.attachments:
+            body["attachments"] = [_attachment(a) for a in m.attachments]
+        body["message_hash"] = planned.key
+        return body
+
+    # --- answers ---------------------------------------------------------------------------
+
+    def parse_response(
+        self, unit: SendUnit, status: int, headers: Mapping[str, str], body: bytes
+    ) -> list[MessageOutcome]:
+        data = loads(body)
+        if unit.batch and status in (200, 207):
+            results = data.get("results") if isinstance(data, dict) else data
+            if isinstance(results, list) and len(results) == len(unit.messages):
+                return [
+                    self._one(pm.key, r if isinstance(r, dict) else {}, status)
+                    for pm, r in zip(unit.messages, results, strict=True)
+                ]
+            return self.same_for_all(
+                unit,
+                OutcomeKind.RETRYABLE,
+                status,
+                "bad_response",
+                "the batch answer does not list one result per email",
+            )
+        if status == 200:
+            if isinstance(data, dict) and data.get("message_id"):
+                pm = unit.messages[0]
+                return [
+                    MessageOutcome(
+                        pm.key,
+                        OutcomeKind.ACCEPTED,
+                        http_status=200,
+                        provider_message_id=str(data["message_id"]),
+                    )
+                ]
+            return self.same_for_all(
+                unit, OutcomeKind.RETRYABLE, status, "bad_response", "200 without a message_id"
+            )
+        # The request as a whole was refused: every email shares the answer.
+        data = data if isinstance(data, dict) else {}
+        kind = classify(status, data)
+        return self.same_for_all(
+            unit,
+            kind,
+            status,
+            _error_type(status, data),
+            _text(data.get("message") or body[:200].decode("utf-8", "replace")),
+            self.retry_after(headers) if kind is OutcomeKind.RETRYABLE else None,
+        )
+
+    def _one(self, key: str, result: dict[str, Any], batch_status: int) -> MessageOutcome:
+        if result.get("status") == "success" and result.get("message_id"):
+            return MessageOutcome(
+                key,
+                OutcomeKind.ACCEPTED,
+                http_status=batch_status,
+                provider_message_id=str(result["message_id"]),
+            )
+        status = result.get("status_code")
+        status = status if isinstance(status, int) else 0
+        return MessageOutcome(
+            key,
+            classify(status, result) if status else OutcomeKind.RETRYABLE,
+            http_status=status or batch_status,
+            error_type=_error_type(status, result),
+            error_message=_text(result.get("message") or "no result for this email"),
+        )
+
+    # --- account ---------------------------------------------------------------------------
+
+    def info_request(self) -> HttpRequest:
+        """The ``GET /v2/info`` request."""
+        headers = {k: v for k, v in self._base_headers.items() if k != "Content-Type"}
+        return HttpRequest("GET", self.base_url + INFO_PATH, headers, None)
+
+    def parse_info(self, status: int, body: bytes) -> AccountInfo:
+        """``GET /v2/info``'s answer, or :class:`FatalSendError` saying what is wrong."""
+        data = loads(body)
+        data = data if isinstance(data, dict) else {}
+        if status != 200:
+            message = _text(data.get("message") or f"HTTP {status}")
+            if status in (401, 403):
+                raise FatalSendError(
+                    f"ToSend refused the API key ({status}: {message}); "
+                    "check BATCHSEND_API_KEY or the campaign's api_key_file",
+                    status=status,
+                    error_type=_error_type(status, data),
+                )
+            raise FatalSendError(
+                f"GET /v2/info failed ({status}: {message})",
+                status=status,
+                error_type=_error_type(status, data),
+            )
+        account = data.get("account") or {}
+        domains = data.get("domains") or []
+        verified = tuple(
+            str(d.get("domain_name", "")).lower()
+            for d in domains
+            if isinstance(d, dict) and d.get("verification_status") == "verified"
+        )
+        pending = tuple(
+            str(d.get("domain_name", "")).lower()
+            for d in domains
+            if isinstance(d, dict) and d.get("verification_status") != "verified"
+        )
+        credits = account.get("credit_balance")
+        limit = account.get("limit_per_second")
+        return AccountInfo(
+            status=str(account.get("status") or "unknown"),
+            credit_balance=int(credits) if isinstance(credits, int | float) else None,
+            limit_per_second=float(limit) if isinstance(limit, int | float) and limit else None,
+            verified_domains=verified,
+            pending_domains=pending,
+            plan_type=_opt(account.get("plan_type")),
+        )
+
+    async def account_info(self, transport: Any = None) -> AccountInfo:
+        """Ask ``GET /v2/info``. ``transport`` is shared when given, else a short-lived one."""
+        from batchsend.transport import make_transport
+
+        request = self.info_request()
+        if transport is not None:
+            response = await transport.send(request)
+            return self.parse_info(response.status, response.body)
+        async with make_transport("aiohttp", concurrency=1) as own:
+            response = await own.send(request)
+        return self.parse_info(response.status, response.body)
+
+
+def check_account(info: AccountInfo, *, sender_domains: set[str], recipients: int) -> None:
+    """Refuse to start a run the account cannot carry: :class:`FatalSendError` if so.
+
+    ``sender_domains`` are the campaign's from-domains; ``recipients`` counts every
+    address the run would send to (to + cc + bcc of every sendable row).
+    """
+    if info.status != "active":
+        raise FatalSendError(
+            f"the ToSend account is {info.status}, not active; nothing was sent",
+            error_type="account_inactive",
+        )
+    for domain in sorted(sender_domains):
+        if not info.domain_verified(domain):
+            state = "pending verification" if domain.lower() in info.pending_domains else "unknown"
+            raise FatalSendError(
+                f"the sender domain {domain!r} is not verified on this ToSend account "
+                f"({state}); verify it in ToSend, or change the campaign's sender",
+                error_type="domain_not_verified",
+            )
+    if info.credit_balance is not None and info.credit_balance < recipients:
+        raise FatalSendError(
+            f"the ToSend account has {info.credit_balance} credits but this run needs "
+            f"{recipients} (one per recipient); buy credits or send fewer rows (--limit)",
+            error_type="insufficient_balance",
+        )
+
+
+def classify(status: int, data: Mapping[str, Any]) -> OutcomeKind:
+    """The kind of a ToSend error answer (a whole response, or one batch result)."""
+    if status in RETRYABLE_STATUSES:
+        return OutcomeKind.RETRYABLE
+    errors = data.get("errors")
+    rules: dict[str, Any] = errors if isinstance(errors, dict) else {}
+    if status == 401:
+        return OutcomeKind.FATAL
+    if status == 403:
+        # Key invalid or credits exhausted stop the run; only an email whose every
+        # recipient was disposable is refused on its own.
+        to_rules = rules.get("to")
+        if isinstance(to_rules, dict) and "disposable" in to_rules:
+            return OutcomeKind.PERMANENT
+        return OutcomeKind.FATAL
+    if status == 422:
+        from_rules = rules.get("from")
+        if isinstance(from_rules, dict) and _FATAL_DOMAIN_RULES & from_rules.keys():
+            return OutcomeKind.FATAL
+    if 400 <= status < 500:
+        return OutcomeKind.PERMANENT
+    return OutcomeKind.PERMANENT if status else OutcomeKind.RETRYABLE
+
+
+def _error_type(status: int, data: Mapping[str, Any]) -> str:
+    """The most specific reason we can name: the first rule, else ``error_type``."""
+    errors = data.get("errors")
+    if isinstance(errors, dict):
+        for field, rules in errors.items():
+            if isinstance(rules, dict) and rules:
+                rule = str(next(iter(rules)))
+                # "domain_not_verified" speaks for itself; "invalid" needs its field.
+                return rule if "_" in rule else f"{field}_{rule}"
+    return str(data.get("error_type") or f"http_{status}")
+
+
+def _attachment(a: Any) -> dict[str, str]:
+    out = {
+        "type": a.content_type,
+        "name": a.filename,
+        "content": base64.b64encode(a.content).decode("ascii"),
+    }
+    if a.content_id:
+        out["content_id"] = a.content_id
+    return out
+
+
+def _opt(value: Any) -> str | None:
+    return None if value is None else str(value)

@@ -1,0 +1,174 @@
+"""MailerLogic's ``v1`` API: ``POST /api/v1/send``, one request per recipient.
+
+The contract is API-CONTRACTS.md, "Provider v1". ``to`` is ONE address, so a unit is
+always one message; ``cc`` and ``bcc`` are arrays of address strings; attachments are
+``{filename, content (base64), contentType}``.
+
+Classification of answers:
+
+====================  =========================================================
+200                   accepted (``message_id``, ``email_id``)
+429, 500-504          retryable (``Retry-After`` or ``X-RateLimit-Reset`` honoured)
+403                   fatal: missing or invalid key, inactive account, sender domain
+                      not verified or not allowed, insufficient credits
+404                   fatal: the ``domain`` is unknown to the account
+other 4xx             permanent for that message (400 validation, 409 idempotency)
+====================  =========================================================
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping
+from typing import Any
+
+from batchsend.outcome import MessageOutcome, OutcomeKind
+from batchsend.plan import PlannedMessage, SendUnit
+from batchsend.providers.base import (
+    RETRYABLE_STATUSES,
+    Provider,
+    RecipientLimits,
+    _text,
+    loads,
+)
+
+SEND_PATH = "/api/v1/send"
+
+
+def _addr(address: Any) -> str:
+    return address.email
+
+
+class V1Provider(Provider):
+    """MailerLogic v1. ``auth`` is ``"x-api-key"`` (default) or ``"bearer"``."""
+
+    name = "v1"
+    supports_batch = False
+
+    def __init__(self, *, auth: str = "x-api-key", **kwargs: Any) -> None:
+        if auth not in ("x-api-key", "bearer"):
+            raise ValueError("auth must be 'x-api-key' or 'bearer'")
+        self._auth = auth
+        super().__init__(**kwargs)
+        self._url = self.base_url + SEND_PATH
+
+    @classmethod
+    def default_limits(cls) -> RecipientLimits:
+        return RecipientLimits(to=1, cc=50, bcc=50)
+
+    def auth_headers(self, api_key: str) -> dict[str, str]:
+        if self._auth == "bearer":
+            return {"Authorization": f"Bearer {api_key}"}
+        return {"X-API-Key": api_key}
+
+    def url_for(self, unit: SendUnit) -> str:
+        return self._url
+
+    def request_body(self, unit: SendUnit) -> Any:
+        return self.message_body(unit.messages[0])
+
+    def message_body(self, planned: PlannedMessage) -> dict[str, Any]:
+        m = planned.message
+        if len(m.to) != 1:
+            raise ValueError(f"v1 sends to exactly one address; row {m.row} has {len(m.to)}")
+        body: dict[str, Any] = {"to": m.to[0].email, "subject": m.subject}
+        if m.domain:
+            body["domain"] = m.domain
+        body["from"] = m.sender.email
+        if m.reply_to is not None:
+            body["reply_to"] = m.reply_to.email
+        if m.cc:
+            body["cc"] = [a.email for a in m.cc]
+        if m.bcc:
+            body["bcc"] = [a.email for a in m.bcc]
+        if m.html is not None:
+            body["html"] = m.html
+        if m.text is not None:
+            body["text"] = m.text
+        if m.track_opens is not None:
+            body["track_opens"] = m.track_opens
+        if m.track_clicks is not None:
+            body["track_clicks"] = m.track_clicks
+        if m.headers:
+            body["headers"] = dict(m.headers)
+        if m.tag:
+            body["tag"] = m.tag
+        if m.stream_type:
+            body["stream_type"] = m.stream_type
+        if m.metadata:
+            body["metadata"] = dict(m.metadata)
+        if m.attachments:
+            body["attachments"] = [
+                {
+                    "filename": a.filename,
+                    "content": base64.b64encode(a.content).decode("ascii"),
+                    "contentType": a.content_type,
+                }
+                for a in m.attachments
+            ]
+        if m.ical:
+            body["icalEvent"] = m.ical
+        return body
+
+    def retry_after(self, headers: Mapping[str, str]) -> float | None:
+        found = super().retry_after(headers)
+        if found is not None:
+            return found
+        reset = headers.get("X-RateLimit-Reset")
+        if reset:
+            try:
+                return max(0.0, float(reset) - self._wall_clock())
+            except ValueError:
+                return None
+        return None
+
+    def parse_response(
+        self, unit: SendUnit, status: int, headers: Mapping[str, str], body: bytes
+    ) -> list[MessageOutcome]:
+        key = unit.messages[0].key
+        data = loads(body)
+        if status == 200:
+            if isinstance(data, dict) and data.get("message_id"):
+                return [
+                    MessageOutcome(
+                        key,
+                        OutcomeKind.ACCEPTED,
+                        http_status=200,
+                        provider_message_id=str(data["message_id"]),
+                        provider_email_id=_opt(data.get("email_id")),
+                    )
+                ]
+            # Accepted or not, we cannot tell: repeating the same request under the same
+            # Idempotency-Key is safe, so call it retryable rather than guess.
+            return [
+                MessageOutcome(
+                    key,
+                    OutcomeKind.RETRYABLE,
+                    http_status=status,
+                    error_type="bad_response",
+                    error_message="200 without a message_id",
+                )
+            ]
+        data = data if isinstance(data, dict) else {}
+        error_type = _opt(data.get("reason")) or _opt(data.get("error")) or f"http_{status}"
+        message = _text(data.get("message") or body[:200].decode("utf-8", "replace"))
+        if status in RETRYABLE_STATUSES:
+            kind = OutcomeKind.RETRYABLE
+            retry_after = self.retry_after(headers)
+        else:
+            kind = OutcomeKind.FATAL if status in (401, 403, 404) else OutcomeKind.PERMANENT
+            retry_after = None
+        return [
+            MessageOutcome(
+                key,
+                kind,
+                http_status=status,
+                error_type=error_type,
+                error_message=message,
+                retry_after=retry_after,
+            )
+        ]
+
+
+def _opt(value: Any) -> str | None:
+    return None if value is None else str(value)

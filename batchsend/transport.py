@@ -1,0 +1,183 @@
+"""The HTTP seam: one shared connection pool, sending bytes a provider prepared.
+
+Two transports, chosen by name:
+
+* ``"aiohttp"`` (default): measured on this machine at about a tenth of httpx's CPU per
+  request (see ``bench/send_bench.py`` and the README's design notes), which is what
+  lets one core keep a provider busy;
+* ``"httpx"``: ``httpx.AsyncClient``, batchsend's first design, kept selectable
+  (``--http-client httpx``).
+
+Both open ONE client for the whole run with at most ``concurrency`` connections, and
+turn the library's own failures into :class:`RetryableSendError` (``error_type``
+``timeout`` or ``connection_error``), so nothing above this module knows which
+library is underneath.
+
+Example::
+
+    async with make_transport("aiohttp", concurrency=16) as transport:
+        response = await transport.send(provider.build_request(unit))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Protocol
+
+from batchsend.errors import FatalSendError, RetryableSendError
+from batchsend.providers.base import HttpRequest
+
+TRANSPORTS = ("aiohttp", "httpx")
+DEFAULT_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResponse:
+    """What came back: headers are case-insensitive (each library's own mapping)."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+class Transport(Protocol):
+    """Sends one prepared request; usable as an async context manager."""
+
+    name: str
+
+    async def send(self, request: HttpRequest) -> HttpResponse: ...
+
+    async def __aenter__(self) -> Transport: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
+
+
+def make_transport(
+    name: str = "aiohttp", *, concurrency: int = 16, timeout: float = DEFAULT_TIMEOUT
+) -> AiohttpTransport | HttpxTransport:
+    """A transport by name (``"aiohttp"`` or ``"httpx"``), pool sized to ``concurrency``."""
+    if name == "aiohttp":
+        return AiohttpTransport(concurrency=concurrency, timeout=timeout)
+    if name == "httpx":
+        return HttpxTransport(concurrency=concurrency, timeout=timeout)
+    raise ValueError(f"unknown HTTP client {name!r}; choose one of: {', '.join(TRANSPORTS)}")
+
+
+class AiohttpTransport:
+    """aiohttp's client: one ``ClientSession``, a connector limited to ``concurrency``."""
+
+    name = "aiohttp"
+
+    def __init__(self, *, concurrency: int = 16, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.concurrency = concurrency
+        self.timeout = timeout
+        self._session: Any = None
+        self._urls: dict[str, Any] = {}
+
+    async def __aenter__(self) -> AiohttpTransport:
+        import aiohttp
+        import yarl
+
+        self._yarl = yarl
+        self._aiohttp = aiohttp
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self.concurrency, limit_per_host=0),
+            timeout=aiohttp.ClientTimeout(total=self.timeout),
+            # our User-Agent comes from the provider's headers
+            skip_auto_headers=("User-Agent",),
+            auto_decompress=True,
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc: BaseException | None = None,
+        tb: TracebackType | None = None,
+    ) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _url(self, url: str) -> Any:
+        # Parsing the same URL for every request costs more than the cache lookup.
+        parsed = self._urls.get(url)
+        if parsed is None:
+            parsed = self._urls[url] = self._yarl.URL(url)
+        return parsed
+
+    async def send(self, request: HttpRequest) -> HttpResponse:
+        """Send ``request``; a timeout or a broken connection is a RetryableSendError."""
+        if self._session is None:
+            raise RuntimeError("use the transport as 'async with make_transport(...)'")
+        aiohttp = self._aiohttp
+        try:
+            async with self._session.request(
+                request.method, self._url(request.url), data=request.body, headers=request.headers
+            ) as response:
+                body = await response.read()
+                return HttpResponse(response.status, response.headers, body)
+        except TimeoutError:
+            raise RetryableSendError("the request timed out", error_type="timeout") from None
+        except aiohttp.InvalidURL as exc:
+            raise FatalSendError(f"invalid provider URL: {exc}", error_type="bad_url") from None
+        except aiohttp.ClientError as exc:
+            raise RetryableSendError(
+                f"connection error: {type(exc).__name__}", error_type="connection_error"
+            ) from None
+
+
+class HttpxTransport:
+    """httpx's ``AsyncClient`` with ``max_connections=concurrency``."""
+
+    name = "httpx"
+
+    def __init__(self, *, concurrency: int = 16, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.concurrency = concurrency
+        self.timeout = timeout
+        self._client: Any = None
+
+    async def __aenter__(self) -> HttpxTransport:
+        import httpx
+
+        self._httpx = httpx
+        self._client = httpx.AsyncClient(
+            limits=httpx.Limits(
+                max_connections=self.concurrency, max_keepalive_connections=self.concurrency
+            ),
+            timeout=self.timeout,
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc: BaseException | None = None,
+        tb: TracebackType | None = None,
+    ) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def send(self, request: HttpRequest) -> HttpResponse:
+        """Send ``request``; a timeout or a broken connection is a RetryableSendError."""
+        if self._client is None:
+            raise RuntimeError("use the transport as 'async with make_transport(...)'")
+        httpx = self._httpx
+        try:
+            response = await self._client.request(
+                request.method, request.url, content=request.body, headers=request.headers
+            )
+        except httpx.TimeoutException:
+            raise RetryableSendError("the request timed out", error_type="timeout") from None
+        except httpx.InvalidURL as exc:
+            raise FatalSendError(f"invalid provider URL: {exc}", error_type="bad_url") from None
+        except (httpx.TransportError, httpx.UnsupportedProtocol) as exc:
+            if isinstance(exc, httpx.UnsupportedProtocol):
+                raise FatalSendError(f"invalid provider URL: {exc}", error_type="bad_url") from None
+            raise RetryableSendError(
+                f"connection error: {type(exc).__name__}", error_type="connection_error"
+            ) from None
+        return HttpResponse(response.status_code, response.headers, response.content)
