@@ -447,6 +447,12 @@ def iter_rows(campaign: Campaign, *, derive_text: bool = True) -> Iterator[RowRe
                 seen.batch.add(h)
             yield result
         seen.end_batch()
+    if row == 0:
+        raise SourceError(
+            "the file has a header but no recipient rows",
+            file=str(campaign.source),
+            fix="add recipients below the header row",
+        )
 
 
 def estimate_requests(campaign: Campaign, sendable: int, merged: int | None = None) -> int:

@@ -1,0 +1,165 @@
+"""The campaign file: every sample loads, every wrong key or value is named with a fix."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from batchsend.campaign import SCHEMA, load_campaign
+from batchsend.errors import CampaignError
+
+MINIMAL = """\
+provider = "{provider}"
+[source]
+path = "r.csv"
+[sender]
+email = "news@example.com"
+[message]
+subject = "Hi"
+text = "Hello"
+"""
+
+
+def write(tmp_path: Path, extra: str = "", provider: str = "tosend", base: str = MINIMAL) -> Path:
+    (tmp_path / "r.csv").write_text("email\na@example.com\n", encoding="utf-8")
+    path = tmp_path / "campaign.toml"
+    path.write_text(base.format(provider=provider) + extra, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("sample", ["newsletter", "event-invite", "invoices"])
+def test_samples_load(sample: str) -> None:
+    campaign = load_campaign(f"samples/{sample}/campaign.toml")
+    assert campaign.folder == Path(f"samples/{sample}").resolve()
+    assert campaign.source.is_file()
+    assert campaign.provider in ("v1", "tosend")
+
+
+def test_newsletter_values_and_defaults() -> None:
+    c = load_campaign("samples/newsletter")  # a folder means its campaign.toml
+    assert c.provider == "tosend"
+    assert c.base_url == "http://127.0.0.1:8025"
+    assert c.api_key_env == "BATCHSEND_API_KEY" and c.api_key_file is None
+    assert c.send.concurrency == 4 and c.send.rate == 10.0 and c.send.batch_size == 100
+    assert c.send.max_recipients_per_field == 50 and c.send.max_attempts == 5
+    assert c.send.timeout == 30.0 and c.send.max_retry_time == 300.0
+    assert c.merge.enabled is False and c.merge.placement == "bcc"
+    assert c.metadata_columns == ("customer_id",)
+    assert c.sender_domain == "northwind-gardens.example"
+    assert c.message.reply_to is not None
+    assert [name for name, _ in c.message.headers] == ["X-Campaign"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "suggestion"),
+    [
+        ('provder = "v1"\n', "provider", None),  # top level, before any table
+        ("[send]\nconcurency = 4\n", "send.concurency", "concurrency"),
+        ("[send]\nrate_limit = 4\n", "send.rate_limit", "rate"),
+        ("[columns]\nemial = 'x'\n", "columns.emial", "email"),
+        ("[message]\n", None, None),  # repeated table: TOML syntax error, still a CampaignError
+        ("[mesage]\nsubject = 'x'\n", "mesage", "message"),
+        ("[merge]\ngroup = 'x'\n", "merge.group", "group_column"),
+    ],
+)
+def test_unknown_keys_name_the_key_and_nearest(tmp_path, extra, key, suggestion) -> None:
+    if key == "provider":
+        path = write(tmp_path, base="provder = 'v1'\n" + MINIMAL.split("\n", 1)[1])
+    else:
+        path = write(tmp_path, extra)
+    with pytest.raises(CampaignError) as info:
+        load_campaign(path)
+    text = str(info.value)
+    assert info.value.exit_code == 2
+    assert "campaign.toml" in text
+    if key == "provider":
+        assert "provder" in text and "'provider'" in text
+    elif key is not None:
+        assert key in text
+        assert f"did you mean '{suggestion}'" in text
+
+
+@pytest.mark.parametrize(
+    ("extra", "provider", "words"),
+    [
+        ('api_key = "secret"\n', "tosend", ["never go in the campaign file"]),
+        ("[send]\nconcurrency = 'many'\n", "tosend", ["send.concurrency", "expected a integer"]),
+        ("[send]\nconcurrency = 0\n", "tosend", ["at least 1"]),
+        ("[send]\nbatch_size = 500\n", "tosend", ["at most 100"]),
+        ("[send]\nrate = -1\n", "tosend", ["must be positive"]),
+        ("[message.tags]\nx = 'y'\n", "v1", ["message.tags", "only provider 'tosend'"]),
+        ("[merge]\nplacement = 'cc'\n", "tosend", ["merge.placement"]),
+        ("[[attachments]]\npath = 'a.png'\ncontent_id = 'logo'\n", "v1", ["content_id"]),
+    ],
+)
+def test_wrong_values_are_named(tmp_path, extra, provider, words) -> None:
+    text = MINIMAL.format(provider=provider)
+    if extra.startswith("api_key"):
+        text = extra + text
+        extra = ""
+    path = write(tmp_path, extra, base=text.replace("{", "{{").replace("}", "}}"))
+    with pytest.raises(CampaignError) as info:
+        load_campaign(path)
+    for word in words:
+        assert word in str(info.value)
+    assert "secret" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("message_table", "words"),
+    [
+        ('subject = "x"\nhtml = "a"\nhtml_file = "t.html"\n', ["both html and html_file"]),
+        ('subject = "x"\n', ["needs html or text"]),
+        ('text = "x"\n', ["message.subject", "missing"]),
+        ('subject = "x"\ntext = "y"\nhtml_file = "nope.html"\n', ["not found"]),
+        ('subject = "x"\ntext = "y"\nhtml_file = "../outside.html"\n', ["outside"]),
+        ('subject = "x"\ntext = "y"\nunsubscribe_url = "http://x"\n', ["https"]),
+        ('subject = "x"\ntext = "y"\ntag = "t"\n', ["only provider 'v1'"]),
+        ('subject = "x"\ntext = "y"\nstream_type = "bulk"\n', ["stream_type"]),
+    ],
+)
+def test_message_table_rules(tmp_path, message_table, words) -> None:
+    base = MINIMAL.format(provider="tosend").split("[message]")[0]
+    path = write(tmp_path, base=base.replace("{", "{{") + "[message]\n" + message_table)
+    with pytest.raises(CampaignError) as info:
+        load_campaign(path)
+    for word in words:
+        assert word in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("replace", "words"),
+    [
+        (('provider = "tosend"', 'provider = "smtp"'), ["unknown provider 'smtp'"]),
+        (('provider = "tosend"\n', ""), ["provider: missing"]),
+        (('email = "news@example.com"', 'email = "not an address"'), ["sender.email"]),
+        (('path = "r.csv"', 'path = "r.csv"\nencoding = "klingon"'), ["unknown encoding"]),
+    ],
+)
+def test_required_and_checked_values(tmp_path, replace, words) -> None:
+    text = MINIMAL.format(provider="tosend").replace(*replace)
+    path = write(tmp_path, base=text)
+    with pytest.raises(CampaignError) as info:
+        load_campaign(path)
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_missing_campaign_file_is_an_input_error(tmp_path) -> None:
+    with pytest.raises(CampaignError, match="cannot read the campaign file"):
+        load_campaign(tmp_path / "nope.toml")
+
+
+def test_docs_cover_every_key() -> None:
+    doc = Path("docs/campaign.md").read_text(encoding="utf-8")
+    documented = set(re.findall(r"^\| `([a-z_.]+)`", doc, flags=re.MULTILINE))
+    documented |= {
+        part
+        for cell in re.findall(r"^\| `([a-z_]+)` / `([a-z_]+)`", doc, flags=re.MULTILINE)
+        for part in cell
+    }
+    for table, keys in SCHEMA.items():
+        for key in keys:
+            assert key in documented or f"{table}.{key}" in documented, f"{table}.{key}"
