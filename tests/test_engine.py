@@ -1,0 +1,407 @@
+"""The send engine over real HTTP: outcomes, retries, idempotency, fatal stops, rates."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from email.utils import format_datetime
+
+import pytest
+from aiohttp import web
+
+from batchsend.engine import MemoryRecorder, Progress, send_units
+from batchsend.message import Address, Message
+from batchsend.plan import plan_units
+from batchsend.providers import get_provider
+from batchsend.ratelimit import RateLimiter
+from batchsend.retry import RetryPolicy
+from batchsend.transport import make_transport
+
+KEY = "sk-test"
+
+
+def msg(row: int, **changes) -> Message:
+    fields = {
+        "row": row,
+        "sender": Address("news@example.com"),
+        "to": (Address(f"user{row}@dest.test"),),
+        "subject": f"Hello {row}",
+        "text": f"Dear {row}",
+    }
+    fields.update(changes)
+    return Message(**fields)
+
+
+async def no_wait(seconds: float) -> None:
+    await asyncio.sleep(0)
+
+
+FAST_RETRY = RetryPolicy(max_attempts=8, sleep=no_wait)
+
+
+def run(
+    base_url,
+    messages,
+    *,
+    provider="tosend",
+    transport="aiohttp",
+    concurrency=8,
+    recorder=None,
+    limiter=None,
+    retry=FAST_RETRY,
+    stop_event=None,
+    on_progress=None,
+    api_key=KEY,
+    batch_size=100,
+    asynchronous=False,
+):
+    recorder = recorder or MemoryRecorder()
+    p = get_provider(provider, base_url=base_url, api_key=api_key, batch_size=batch_size)
+    planned = plan_units(messages, run_id="run-1", provider=p)
+
+    async def go():
+        units = planned
+        if asynchronous:
+
+            async def agen() -> AsyncIterator:
+                for u in planned:
+                    yield u
+
+            units = agen()
+        async with make_transport(transport, concurrency=concurrency, timeout=5) as t:
+            return await send_units(
+                units,
+                provider=p,
+                transport=t,
+                recorder=recorder,
+                concurrency=concurrency,
+                limiter=limiter,
+                retry=retry,
+                stop_event=stop_event,
+                on_progress=on_progress,
+                progress_interval=0.0,
+            )
+
+    return asyncio.run(go()), recorder
+
+
+def recipients(sb) -> list[str]:
+    return sorted(a for m in sb.messages() for a in m["to"] + m["cc"] + m["bcc"])
+
+
+def everyone(n: int) -> list[str]:
+    return sorted(f"user{i}@dest.test" for i in range(1, n + 1))
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+@pytest.mark.parametrize(("provider", "batch_size"), [("tosend", 100), ("tosend", 1), ("v1", 1)])
+def test_every_row_is_sent_once_and_recorded(sandbox, transport, provider, batch_size):
+    result, rec = run(
+        sandbox.base_url,
+        [msg(i) for i in range(1, 231)],
+        provider=provider,
+        transport=transport,
+        batch_size=batch_size,
+    )
+    assert (result.sent, result.failed, result.fatal, result.complete) == (230, 0, None, True)
+    assert rec.count("sent") == 230
+    assert recipients(sandbox) == everyone(230)
+    expected_requests = 3 if batch_size == 100 else 230
+    assert result.requests == sandbox.stats()["requests"] == expected_requests
+    assert rec.flushes == 1
+
+
+def test_rows_are_marked_sending_before_their_request_leaves(sandbox):
+    seen_at_mark: list[int] = []
+
+    class Checking(MemoryRecorder):
+        def mark_sending(self, unit):
+            seen_at_mark.append(len(sandbox.messages()))  # the sandbox's log, right now
+            super().mark_sending(unit)
+
+    result, _rec = run(
+        sandbox.base_url,
+        [msg(i) for i in range(1, 6)],
+        provider="v1",
+        concurrency=1,
+        recorder=Checking(),
+    )
+    assert result.sent == 5
+    assert seen_at_mark == [0, 1, 2, 3, 4]
+
+
+def test_permanent_failures_do_not_stop_the_run(sandbox):
+    messages = [msg(i, subject="" if i % 10 == 0 else f"Hello {i}") for i in range(1, 101)]
+    result, rec = run(sandbox.base_url, messages, batch_size=25)
+    assert (result.sent, result.failed, result.fatal) == (90, 10, None)
+    assert {rec.finals[i].http_status for i in range(10, 101, 10)} == {422}
+    assert all(rec.states[i] == "failed" for i in range(10, 101, 10))
+
+
+def test_insufficient_credits_stops_the_run_and_leaves_the_rest_pending(make_sandbox):
+    sb = make_sandbox(credits=150)
+    result, rec = run(sb.base_url, [msg(i) for i in range(1, 1001)], concurrency=1)
+    assert result.fatal is not None
+    assert result.fatal.error_type == "insufficient_balance"
+    assert result.sent == 150
+    assert rec.count("sent") == 150
+    # the fatal unit's rows are pending again; units after it were never taken
+    assert rec.count("pending") == 50
+    assert set(rec.states) == set(range(1, 201))
+    assert recipients(sb) == everyone(150)
+
+
+@pytest.mark.parametrize("provider", ["tosend", "v1"])
+def test_a_bad_key_stops_at_once(sandbox, provider):
+    result, rec = run(
+        sandbox.base_url,
+        [msg(i) for i in range(1, 501)],
+        provider=provider,
+        batch_size=1,
+        api_key="sk-wrong",
+        concurrency=4,
+    )
+    assert result.fatal is not None
+    assert result.fatal.status in (401, 403)
+    assert "sk-wrong" not in str(result.fatal)
+    assert rec.sending_marks <= 4 + 4  # only what was already in flight or about to go
+    assert rec.count("sent") == rec.count("failed") == 0
+    assert sandbox.messages() == []
+
+
+@pytest.mark.parametrize("provider", ["tosend", "v1"])
+def test_server_faults_are_retried_until_sent(make_sandbox, provider):
+    sb = make_sandbox(fail_rate=0.3, seed=7)
+    result, rec = run(
+        sb.base_url, [msg(i) for i in range(1, 301)], provider=provider, batch_size=10
+    )
+    assert (result.sent, result.failed) == (300, 0)
+    assert result.retries > 0
+    assert result.requests == result.units + result.retries
+    assert recipients(sb) == everyone(300)
+    assert any(a > 1 for _, a, _ in rec.attempts)
+
+
+@pytest.mark.parametrize("provider", ["tosend", "v1"])
+def test_dropped_answers_are_retried_and_absorbed_by_idempotency(make_sandbox, provider):
+    sb = make_sandbox(drop_rate=0.2, seed=11)
+    result, _rec = run(
+        sb.base_url, [msg(i) for i in range(1, 201)], provider=provider, batch_size=10
+    )
+    assert (result.sent, result.failed) == (200, 0)
+    assert sb.stats()["faults"].get("dropped", 0) > 0
+    assert recipients(sb) == everyone(200)  # exactly one message per recipient
+
+
+def test_exhausted_retries_fail_the_rows_as_retryable(make_sandbox):
+    sb = make_sandbox(fail_rate=1.0, seed=1)
+    result, rec = run(
+        sb.base_url,
+        [msg(i) for i in range(1, 21)],
+        provider="v1",
+        retry=RetryPolicy(max_attempts=3, sleep=no_wait),
+    )
+    assert (result.sent, result.failed, result.requests) == (0, 20, 60)
+    assert {rec.finals[i].kind.value for i in range(1, 21)} == {"retryable"}
+    assert result.complete  # every unit got its final answer
+
+
+def test_async_iterables_are_consumed_too(sandbox):
+    result, _ = run(
+        sandbox.base_url, [msg(i) for i in range(1, 251)], batch_size=7, asynchronous=True
+    )
+    assert result.sent == 250
+    assert recipients(sandbox) == everyone(250)
+
+
+def test_stop_event_finishes_in_flight_and_takes_nothing_new(sandbox):
+    stop = asyncio.Event()
+    snapshots: list[Progress] = []
+
+    def progress(p: Progress) -> None:
+        snapshots.append(p)
+        if p.sent >= 20:
+            stop.set()
+
+    result, rec = run(
+        sandbox.base_url,
+        [msg(i) for i in range(1, 1001)],
+        provider="v1",
+        concurrency=4,
+        stop_event=stop,
+        on_progress=progress,
+    )
+    assert result.stopped and result.fatal is None and not result.complete
+    assert 20 <= result.sent < 40
+    assert rec.count("sending") == 0  # nothing left in flight
+    assert rec.count("sent") == result.sent == len(sandbox.messages())
+    assert snapshots[-1].sent == result.sent
+    assert snapshots[-1].in_flight == 0
+
+
+def test_429_run_above_the_sandbox_limit_finishes_with_few_429s(make_sandbox):
+    sb = make_sandbox(rate_limit=20)
+    result, _rec = run(
+        sb.base_url,
+        [msg(i) for i in range(1, 71)],
+        provider="v1",
+        concurrency=8,
+        limiter=RateLimiter(),
+        retry=RetryPolicy(max_attempts=10),
+    )
+    stats = sb.stats()
+    assert (result.sent, result.failed) == (70, 0)
+    assert stats["faults"].get("429", 0) == result.throttled
+    # the first burst (at most one per worker), then about one per recovery probe
+    assert result.throttled <= 16
+    assert result.requests == 70 + result.throttled
+
+
+def test_our_own_rate_is_never_exceeded_in_any_second_at_the_sandbox(sandbox):
+    result, _ = run(
+        sandbox.base_url,
+        [msg(i) for i in range(1, 26)],
+        provider="v1",
+        concurrency=8,
+        limiter=RateLimiter(requests_per_second=10),
+    )
+    assert result.sent == 25
+    per_second = sandbox.stats()["requests_per_second"]
+    assert max(per_second.values()) <= 10
+    assert result.elapsed >= 2.0
+
+
+# --- a tiny scripted server for what the sandbox does not do -------------------------------
+
+
+class Scripted:
+    """Answers from a script, and keeps every request's key and body."""
+
+    def __init__(self, answers):
+        self.answers = list(answers)
+        self.seen: list[tuple[str, bytes]] = []
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.seen.append((request.headers["Idempotency-Key"], await request.read()))
+        status, headers, body = self.answers.pop(0)
+        return web.json_response(body, status=status, headers=headers)
+
+    async def __aenter__(self) -> str:
+        app = web.Application()
+        app.router.add_route("POST", "/{tail:.*}", self.handle)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    async def __aexit__(self, *exc) -> None:
+        await self.runner.cleanup()
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.t = 100.0
+        self.waits: list[float] = []
+
+    def clock(self) -> float:
+        return self.t
+
+    async def sleep(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        self.t += seconds
+        await asyncio.sleep(0)
+
+
+WALL = 1_700_000_000.0
+
+
+def test_429_with_an_http_date_pauses_the_run_and_repeats_the_same_request():
+    when = format_datetime(datetime.fromtimestamp(WALL + 3, UTC), usegmt=True)
+    script = Scripted(
+        [
+            (429, {"Retry-After": when}, {"status_code": 429, "error_type": "rate_limit_exceeded"}),
+            (
+                200,
+                {},
+                {
+                    "results": [
+                        {"status": "success", "message_id": "m1"},
+                        {"status": "success", "message_id": "m2"},
+                    ]
+                },
+            ),
+        ]
+    )
+    fake = FakeTime()
+    limiter = RateLimiter(clock=fake.clock, sleep=fake.sleep)
+    retry = RetryPolicy(sleep=fake.sleep, clock=fake.clock, initial_wait=0.01, max_wait=0.02)
+
+    async def go():
+        async with script as url:
+            p = get_provider("tosend", base_url=url, api_key=KEY, wall_clock=lambda: WALL)
+            rec = MemoryRecorder()
+            async with make_transport("aiohttp") as t:
+                result = await send_units(
+                    plan_units([msg(1), msg(2)], run_id="r", provider=p),
+                    provider=p,
+                    transport=t,
+                    recorder=rec,
+                    limiter=limiter,
+                    retry=retry,
+                    clock=fake.clock,
+                )
+            return result, rec
+
+    result, rec = asyncio.run(go())
+    assert result.sent == 2 and result.throttled == 1
+    assert fake.waits[0] == pytest.approx(3.0)  # the retry waited the date out
+    assert limiter.throttle_episodes == 1
+    (key1, body1), (key2, body2) = script.seen
+    assert key1 == key2 and body1 == body2
+    assert [o.provider_message_id for o in (rec.finals[1], rec.finals[2])] == ["m1", "m2"]
+
+
+def test_a_message_accepted_on_an_earlier_attempt_stays_accepted():
+    script = Scripted(
+        [
+            (
+                207,
+                {},
+                {
+                    "results": [
+                        {"status": "success", "message_id": "m1"},
+                        {
+                            "status": "error",
+                            "status_code": 503,
+                            "error_type": "service_unavailable",
+                            "message": "try later",
+                        },
+                    ]
+                },
+            ),
+            (500, {}, {"status_code": 500, "error_type": "internal_error", "message": "down"}),
+        ]
+    )
+
+    async def go():
+        async with script as url:
+            p = get_provider("tosend", base_url=url, api_key=KEY)
+            rec = MemoryRecorder()
+            async with make_transport("aiohttp") as t:
+                result = await send_units(
+                    plan_units([msg(1), msg(2)], run_id="r", provider=p),
+                    provider=p,
+                    transport=t,
+                    recorder=rec,
+                    retry=RetryPolicy(max_attempts=2, sleep=no_wait),
+                )
+            return result, rec
+
+    result, rec = asyncio.run(go())
+    assert (result.sent, result.failed, result.requests) == (1, 1, 2)
+    assert rec.states == {1: "sent", 2: "failed"}
+    assert rec.finals[1].provider_message_id == "m1"
+    assert rec.finals[2].http_status == 500
