@@ -308,7 +308,16 @@ class Store:
 
     # -- runs ----------------------------------------------------------------------
 
-    def create_run(
+    def create_run(self, **fields: Any) -> str:
+        """Record a new run in state ``running`` and return its id (committed at once).
+
+        Keyword arguments are those of :meth:`creating_run`.
+        """
+        with self.creating_run(**fields) as run_id:
+            return run_id
+
+    @contextlib.contextmanager
+    def creating_run(
         self,
         *,
         campaign_path: str,
@@ -323,8 +332,18 @@ class Store:
         dry_run: bool = False,
         metadata_columns: Sequence[str] = (),
         run_id: str | None = None,
-    ) -> str:
-        """Record a new run in state ``running`` and return its id."""
+    ) -> Iterator[str]:
+        """Create a run and its rows atomically: committed when the block ends normally.
+
+        Inside the block, :meth:`add_recipients` writes into the same transaction; an
+        exception (a preflight refusal, a kill) rolls everything back, so a run is never
+        recorded with only part of its rows.
+
+        Example::
+
+            with store.creating_run(campaign_path=path, provider="tosend") as run_id:
+                store.add_recipients(run_id, rows)
+        """
         run_id = run_id or new_run_id(self._now())
         now = self.now()
         self._begin()
@@ -353,14 +372,18 @@ class Store:
                     os.getpid(),
                 ),
             )
-            self._commit()
         except sqlite3.IntegrityError:
             self._rollback()
             raise StoreError(f"run {run_id} already exists in {self.path}") from None
         except BaseException:
             self._rollback()
             raise
-        return run_id
+        try:
+            yield run_id
+        except BaseException:
+            self._rollback()
+            raise
+        self._commit()
 
     def _run_from_row(self, row: Mapping[str, Any]) -> RunInfo:
         return RunInfo(
@@ -405,10 +428,15 @@ class Store:
         """Every run, newest first."""
         return self._select_runs("ORDER BY started_at DESC, id DESC")
 
-    def latest_run(self, campaign_path: str) -> RunInfo | None:
-        """The newest run of the campaign file at ``campaign_path`` (as recorded), if any."""
+    def latest_run(self, campaign_path: str, *, real_only: bool = False) -> RunInfo | None:
+        """The newest run of the campaign file at ``campaign_path`` (as recorded), if any.
+
+        ``real_only`` leaves out test runs (``--test-to``) and dry runs.
+        """
+        extra = " AND is_test = 0 AND dry_run = 0" if real_only else ""
         found = self._select_runs(
-            "WHERE campaign_path = ? ORDER BY started_at DESC, id DESC LIMIT 1", (campaign_path,)
+            f"WHERE campaign_path = ?{extra} ORDER BY started_at DESC, id DESC LIMIT 1",
+            (campaign_path,),
         )
         return found[0] if found else None
 
@@ -479,9 +507,10 @@ class Store:
     def add_recipients(
         self, run_id: str, recipients: Iterable[NewRecipient], *, chunk: int = INSERT_CHUNK
     ) -> int:
-        """Insert the run's rows (``pending`` or ``skipped``), one transaction per chunk.
+        """Insert the run's rows (``pending`` or ``skipped``) with ``executemany`` in chunks.
 
-        Returns how many rows were inserted; the run's ``total_rows`` grows with them.
+        One transaction per chunk, or, inside :meth:`creating_run`, that block's single
+        transaction. Returns how many rows were inserted (``total_rows`` grows with them).
         """
         now = self.now()
         total = 0
@@ -491,20 +520,26 @@ class Store:
         )
         batch: list[tuple[Any, ...]] = []
 
+        outer = self.conn.in_transaction  # inside creating_run: its transaction decides
+
         def write(params: list[tuple[Any, ...]]) -> None:
-            self._begin()
+            if not outer:
+                self._begin()
             try:
                 self.conn.executemany(sql, params)
                 self.conn.execute(
                     "UPDATE runs SET total_rows = total_rows + ?, updated_at = ? WHERE id = ?",
                     (len(params), now, run_id),
                 )
-                self._commit()
+                if not outer:
+                    self._commit()
             except sqlite3.IntegrityError as exc:
-                self._rollback()
+                if not outer:
+                    self._rollback()
                 raise StoreError(f"run {run_id}: a row was inserted twice ({exc})") from None
             except BaseException:
-                self._rollback()
+                if not outer:
+                    self._rollback()
                 raise
 
         for r in recipients:

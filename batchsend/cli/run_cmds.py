@@ -1,0 +1,159 @@
+"""``batchsend run`` and ``batchsend resume``: thin click layers over :mod:`batchsend.runner`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from batchsend.runner import RunSummary, resume_run, run_campaign
+
+
+def _send_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Options shared by ``run`` and ``resume``."""
+    options = [
+        click.option(
+            "--db",
+            "db_path",
+            default="batchsend.db",
+            show_default=True,
+            type=click.Path(dir_okay=False),
+            help="The SQLite file that records runs.",
+        ),
+        click.option("--base-url", default=None, help="Override the provider's base URL."),
+        click.option(
+            "--concurrency", type=click.IntRange(min=1), default=None, help="Requests in flight."
+        ),
+        click.option(
+            "--rate", type=click.FloatRange(min=0.001), default=None, help="Requests per second."
+        ),
+        click.option(
+            "--limit",
+            type=click.IntRange(min=1),
+            default=None,
+            metavar="N",
+            help="Send only the next N sendable rows; the rest stays pending for a resume.",
+        ),
+        click.option(
+            "--sandbox",
+            "sandbox",
+            is_flag=True,
+            help="Send to an embedded loopback sandbox (sender domain verified, key provided).",
+        ),
+        click.option(
+            "--http-client",
+            type=click.Choice(["aiohttp", "httpx"]),
+            default="aiohttp",
+            show_default=True,
+            help="The HTTP client under the send engine.",
+        ),
+        click.option(
+            "--api-key-file",
+            type=click.Path(dir_okay=False),
+            default=None,
+            help="Read the API key from this file (instead of the environment).",
+        ),
+        click.option("--api-key-stdin", is_flag=True, help="Read the API key from standard input."),
+        click.option(
+            "--report",
+            "report_path",
+            type=click.Path(dir_okay=False),
+            default=None,
+            help="Where to write the report (default: reports/<run id>.csv).",
+        ),
+        click.option(
+            "--json", "as_json", is_flag=True, help="Print a JSON summary object on stdout."
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _finish(summary: RunSummary, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(summary.to_dict(), indent=2))
+    else:
+        click.echo(summary.describe(), err=True)
+    sys.exit(summary.exit_code)
+
+
+@click.command()
+@click.argument("campaign", type=click.Path(exists=True))
+@click.option(
+    "--provider",
+    type=click.Choice(["v1", "tosend"]),
+    default=None,
+    help="Override the campaign's provider.",
+)
+@click.option(
+    "--test-to",
+    default=None,
+    metavar="ADDRESS",
+    help="Send the first rows' messages (1, or --limit) to ADDRESS only; recorded as a test run.",
+)
+@click.option("--dry-run", is_flag=True, help="Do everything except the HTTP requests.")
+@click.option(
+    "--skip-invalid",
+    is_flag=True,
+    help="Send the good rows and record bad ones as skipped (default: refuse).",
+)
+@click.option(
+    "--new-run", is_flag=True, help="Start a new run even if the campaign's last run is unfinished."
+)
+@_send_options
+def run(campaign: str, **options: Any) -> None:
+    """Send a campaign: preflight every row, then send, recording each row in the database.
+
+    Nothing is sent unless every row passes preflight (or --skip-invalid). If the
+    campaign's last run is unfinished, batchsend says so and prints the resume command.
+    Ctrl-C once stops cleanly (resumable); twice stops at once. Exit codes: 0 done,
+    1 the run stopped on a fatal provider error, 2 bad input, 130 interrupted.
+
+    \b
+    Example:
+      export BATCHSEND_API_KEY=...
+      batchsend run mycampaign/campaign.toml --limit 10
+      batchsend run mycampaign/campaign.toml --sandbox --json
+      batchsend run mycampaign/campaign.toml --test-to me@example.com
+    """
+    as_json = options.pop("as_json")
+    summary = run_campaign(campaign, **options)
+    _finish(summary, as_json)
+
+
+@click.command()
+@click.argument("run_id")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Resume even if the input file or templates changed since the run began.",
+)
+@click.option(
+    "--retry-failed", is_flag=True, help="Send again the rows that failed with a retryable error."
+)
+@click.option(
+    "--resend-unknown",
+    is_flag=True,
+    help="Send again the rows whose outcome is unknown, as the very same request "
+    "(same Idempotency-Key).",
+)
+@_send_options
+def resume(run_id: str, **options: Any) -> None:
+    """Continue a run: rows in flight at a crash become unknown, pending rows are sent.
+
+    Refuses if the input file or the templates changed since the run began (--force to
+    override). Unknown rows are not sent again unless --resend-unknown; retryable
+    failures are sent again only with --retry-failed.
+
+    \b
+    Example:
+      batchsend resume 20261121T103455-ab12cd
+      batchsend resume 20261121T103455-ab12cd --retry-failed --resend-unknown --json
+    """
+    as_json = options.pop("as_json")
+    summary = resume_run(run_id, **options)
+    _finish(summary, as_json)
