@@ -163,6 +163,70 @@ def _utf8_path(spec: SourceSpec) -> Iterator[Path]:
         os.unlink(name)
 
 
+CHUNK_BYTES = 4 << 20
+MAX_RECORD_BYTES = 64 << 20
+
+
+def _csv_chunks(path: Path, quote: bytes, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
+    """The file in pieces that end on record boundaries (header in the first piece).
+
+    A newline ends a record when the quotes before it are balanced (RFC 4180 escapes a
+    quote by doubling it, which keeps the count even), so quoted fields with line breaks
+    are never cut. Reading pieces ourselves, rather than letting polars map the whole
+    file, keeps memory flat however big the file is.
+    """
+    odd = False  # quote parity at the start of ``pending``
+    pending = b""
+    with path.open("rb") as fh:
+        while True:
+            block = fh.read(chunk_bytes)
+            if not block:
+                break
+            data = pending + block
+            end = data.rfind(b"\n")
+            while end != -1:
+                # parity just after ``end``: start parity + quotes in data[:end]
+                if (odd + data.count(quote, 0, end)) % 2 == 0:
+                    break
+                end = data.rfind(b"\n", 0, end)
+            if end == -1:
+                if len(data) > MAX_RECORD_BYTES:
+                    raise SourceError(
+                        f"a record longer than {MAX_RECORD_BYTES >> 20} MB: a quote is"
+                        " probably not closed",
+                        file=str(path),
+                        fix="check the quoting: quotes inside a field are doubled",
+                    )
+                pending = data
+                continue
+            piece, pending = data[: end + 1], data[end + 1 :]
+            odd = bool((odd + piece.count(quote)) % 2)
+            yield piece
+    if pending.strip():
+        yield pending
+
+
+def _read_csv(spec: SourceSpec, path: Path, batch_size: int) -> Iterator[pl.DataFrame]:
+    names: list[str] | None = None
+    for piece in _csv_chunks(path, spec.quote_char.encode(), CHUNK_BYTES):
+        if names is None and piece.startswith(b"\xef\xbb\xbf"):
+            piece = piece[3:]
+        frame = pl.read_csv(
+            piece,
+            has_header=names is None,
+            new_columns=names,
+            separator=spec.delimiter,
+            quote_char=spec.quote_char,
+            infer_schema=False,
+            empty_string_is_null=False,
+            raise_if_empty=False,
+        )
+        if names is None:
+            names = frame.columns
+        for start in range(0, frame.height, batch_size):
+            yield frame.slice(start, batch_size)
+
+
 def iter_batches(spec: SourceSpec, batch_size: int = 50_000) -> Iterator[pl.DataFrame]:
     """Yield the file's rows as DataFrames of at most ``batch_size`` rows, in file order.
 
@@ -172,18 +236,11 @@ def iter_batches(spec: SourceSpec, batch_size: int = 50_000) -> Iterator[pl.Data
     shown = _shown(spec.path)
     with _utf8_path(spec) as path:
         if spec.format == "parquet":
-            frame = pl.scan_parquet(path)
+            batches = pl.scan_parquet(path).collect_batches(chunk_size=batch_size)
         else:
-            frame = pl.scan_csv(
-                path,
-                separator=spec.delimiter,
-                quote_char=spec.quote_char,
-                infer_schema=False,
-                empty_string_is_null=False,
-                raise_if_empty=True,
-            )
+            batches = _read_csv(spec, path, batch_size)
         try:
-            for batch in frame.collect_batches(chunk_size=batch_size):
+            for batch in batches:
                 if batch.height:
                     yield batch
         except pl.exceptions.ComputeError as exc:

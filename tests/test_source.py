@@ -135,3 +135,30 @@ def test_semicolon_delimiter(tmp_path) -> None:
 def test_unreadable_file_names_the_path(tmp_path) -> None:
     with pytest.raises(SourceError, match="cannot read the recipient file"):
         read_columns(SourceSpec(tmp_path / "missing.csv"))
+
+
+def test_pieces_never_cut_a_quoted_field(tmp_path, monkeypatch) -> None:
+    import batchsend.source as source
+
+    lines = ["email,note"]
+    for i in range(300):
+        note = f'"line one\nline ""two"", {i}\r\nthree"' if i % 3 == 0 else f"plain {i}"
+        lines.append(f"u{i}@example.com,{note}")
+    (tmp_path / "r.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    monkeypatch.setattr(source, "CHUNK_BYTES", 37)  # far smaller than a record
+    batches = list(iter_batches(SourceSpec(tmp_path / "r.csv"), batch_size=50))
+    rows = [r for b in batches for r in b.rows()]
+    assert len(rows) == 300
+    assert rows[0] == ("u0@example.com", 'line one\nline "two", 0\r\nthree')
+    assert rows[1] == ("u1@example.com", "plain 1")
+
+
+def test_unclosed_quote_is_reported_not_swallowed(tmp_path, monkeypatch) -> None:
+    import batchsend.source as source
+
+    monkeypatch.setattr(source, "MAX_RECORD_BYTES", 1000)
+    monkeypatch.setattr(source, "CHUNK_BYTES", 100)
+    body = "email,note\n" + 'a@example.com,"never closed\n' + "b@example.com,x\n" * 200
+    (tmp_path / "r.csv").write_text(body, encoding="utf-8")
+    with pytest.raises(SourceError, match="quote is probably not closed"):
+        list(iter_batches(SourceSpec(tmp_path / "r.csv")))
