@@ -1,0 +1,211 @@
+"""``run_campaign`` and ``batchsend run`` end to end, over real HTTP against the sandbox."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from runkit import recipients_in, write_campaign
+
+from batchsend.cli import main
+from batchsend.errors import FatalSendError, PreflightError, SecretError
+from batchsend.runner import UnfinishedRunError, run_campaign
+from batchsend.sandbox import Sandbox
+from batchsend.states import RecipientState, RunState
+from batchsend.store import Store
+
+KEY = "sk-test"
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # reports/ lands in the test's folder
+    monkeypatch.delenv("BATCHSEND_API_KEY", raising=False)
+
+
+def run(campaign: Path, sandbox: Sandbox, **kw):
+    kw.setdefault("db_path", "b.db")
+    kw.setdefault("api_key", KEY)
+    kw.setdefault("progress", False)
+    return run_campaign(campaign, base_url=sandbox.base_url, **kw)
+
+
+@pytest.mark.parametrize(
+    ("provider", "send"),
+    [
+        ("tosend", {"batch_size": 10}),
+        ("tosend", {"batch_size": 1}),
+        ("v1", {}),
+    ],
+)
+def test_every_row_sent_once_and_recorded(
+    tmp_path: Path, sandbox: Sandbox, provider: str, send: dict
+) -> None:
+    campaign = write_campaign(tmp_path / "c", rows=25, provider=provider, send=send)
+    summary = run(campaign, sandbox)
+    assert summary.state is RunState.FINISHED and summary.exit_code == 0
+    assert summary.counts["sent"] == 25 and summary.sent_now == 25
+    delivered = Counter(recipients_in(sandbox.messages()))
+    assert delivered == Counter({f"user{n}@example.org": 1 for n in range(1, 26)})
+    with Store("b.db") as store:
+        rows = list(store.recipients(summary.run_id))
+        assert all(r["state"] == "sent" and r["provider_message_id"] for r in rows)
+        assert all(r["unit_key"] and r["sent_at"] for r in rows)
+        # the Idempotency-Key each request carried is the unit key the store recorded
+        sent_keys = {m["idempotency_key"] for m in sandbox.messages()}
+        assert sent_keys == {r["unit_key"] for r in rows}
+        assert store.get_run(summary.run_id).report_path == summary.report_path
+    assert Path(summary.report_path).is_file()
+
+
+def test_a_bad_row_stops_everything_before_sending(tmp_path: Path, sandbox: Sandbox) -> None:
+    campaign = write_campaign(tmp_path / "c", rows=20, bad_rows=(7, 13))
+    with pytest.raises(PreflightError) as info:
+        run(campaign, sandbox)
+    text = str(info.value)
+    assert "row 7" in text and "row 13" in text and "--skip-invalid" in text
+    assert info.value.exit_code == 2
+    assert sandbox.stats()["requests"] == 0
+    with Store("b.db") as store:
+        assert store.list_runs() == []  # nothing recorded either
+
+
+def test_skip_invalid_sends_the_others(tmp_path: Path, sandbox: Sandbox) -> None:
+    campaign = write_campaign(tmp_path / "c", rows=20, bad_rows=(7, 13))
+    summary = run(campaign, sandbox, skip_invalid=True)
+    assert summary.counts["sent"] == 18 and summary.counts["skipped"] == 2
+    with Store("b.db") as store:
+        bad = store.recipient(summary.run_id, 7)
+        assert bad["state"] == "skipped" and bad["reason"] == "invalid" and bad["error_message"]
+    assert "not-an-address-7" not in recipients_in(sandbox.messages())
+
+
+def test_limit_leaves_the_rest_pending_and_run_says_resume(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    campaign = write_campaign(tmp_path / "c", rows=20)
+    first = run(campaign, sandbox, limit=5)
+    assert first.state is RunState.INTERRUPTED and first.exit_code == 0
+    assert first.counts["sent"] == 5 and first.counts["pending"] == 15
+    with pytest.raises(UnfinishedRunError) as info:
+        run(campaign, sandbox)
+    assert f"batchsend resume {first.run_id} --db b.db" in str(info.value)
+    assert info.value.exit_code == 2
+    assert len(sandbox.messages()) == 5  # the refusal sent nothing
+    second = run(campaign, sandbox, new_run=True)
+    assert second.counts["sent"] == 20
+
+
+def test_test_to_sends_proof_copies_to_one_address(tmp_path: Path, sandbox: Sandbox) -> None:
+    campaign = write_campaign(tmp_path / "c", rows=10)
+    summary = run(campaign, sandbox, test_to="me@example.com", limit=3)
+    assert summary.is_test and summary.state is RunState.FINISHED
+    assert summary.counts["sent"] == 3 and summary.counts["skipped"] == 7
+    assert recipients_in(sandbox.messages()) == ["me@example.com"] * 3
+    assert {m["body"]["subject"] for m in sandbox.messages()} == {
+        "News for First1",
+        "News for First2",
+        "News for First3",
+    }
+    # a test run does not stand in the way of the real one
+    real = run(campaign, sandbox)
+    assert real.counts["sent"] == 10 and not real.is_test
+
+
+def test_dry_run_makes_no_request(tmp_path: Path, sandbox: Sandbox) -> None:
+    campaign = write_campaign(tmp_path / "c", rows=12)
+    summary = run(campaign, sandbox, dry_run=True)
+    assert summary.dry_run and summary.requests == 2  # 12 messages, batches of 10
+    assert sandbox.stats()["requests"] == 0
+    assert summary.counts["skipped"] == 12 and summary.state is RunState.FINISHED
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        ({"credits": 5}, "credits"),
+        ({"domains": ("other.com",)}, "not verified"),
+        ({"api_keys": ("sk-other",)}, "refused the API key"),
+    ],
+)
+def test_tosend_account_check_refuses_before_sending(
+    tmp_path: Path, make_sandbox, options: dict, words: str
+) -> None:
+    sandbox = make_sandbox(**options)
+    campaign = write_campaign(tmp_path / "c", rows=10)
+    with pytest.raises(FatalSendError, match=words):
+        run(campaign, sandbox)
+    assert sandbox.messages() == []
+    with Store("b.db") as store:
+        assert store.list_runs() == []
+
+
+def test_a_fatal_answer_stops_the_run_and_a_resume_finishes_it(
+    tmp_path: Path, make_sandbox
+) -> None:
+    """v1 has no account check: a bad key is found by the first request."""
+    from batchsend.runner import resume_run
+
+    sandbox = make_sandbox()
+    campaign = write_campaign(tmp_path / "c", rows=10, provider="v1", send={"concurrency": 1})
+    summary = run(campaign, sandbox, api_key="sk-wrong")
+    assert summary.state is RunState.FATAL and summary.exit_code == 1
+    assert "403" in summary.fatal_error and "sk-wrong" not in summary.fatal_error
+    assert summary.counts["pending"] == 10 and sandbox.messages() == []
+    resumed = resume_run(
+        summary.run_id, db_path="b.db", api_key=KEY, base_url=sandbox.base_url, progress=False
+    )
+    assert resumed.state is RunState.FINISHED and resumed.counts["sent"] == 10
+
+
+def test_missing_key_is_an_input_error(tmp_path: Path, sandbox: Sandbox) -> None:
+    campaign = write_campaign(tmp_path / "c", rows=3)
+    with pytest.raises(SecretError, match="BATCHSEND_API_KEY"):
+        run_campaign(campaign, db_path="b.db", base_url=sandbox.base_url, progress=False)
+
+
+def test_the_key_never_reaches_the_database_or_report(tmp_path: Path, make_sandbox) -> None:
+    key = "sk-live-abcdef0123456789-secret"
+    sandbox = make_sandbox(api_keys=(key,))
+    campaign = write_campaign(tmp_path / "c", rows=5)
+    summary = run(campaign, sandbox, api_key=key)
+    assert summary.counts["sent"] == 5
+    for path in [*tmp_path.glob("b.db*"), Path(summary.report_path)]:
+        assert key.encode() not in path.read_bytes(), path
+
+
+def test_cli_run_json_and_resume(tmp_path: Path, sandbox: Sandbox) -> None:
+    campaign = write_campaign(tmp_path / "c", rows=8, base_url=sandbox.base_url)
+    runner = CliRunner()
+    env = {"BATCHSEND_API_KEY": KEY}
+    result = runner.invoke(main, ["run", str(campaign), "--limit", "3", "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["counts"]["sent"] == 3 and data["state"] == "interrupted"
+    assert data["db_path"] == "batchsend.db" and Path(data["report_path"]).is_file()
+    assert data["resume"] == f"batchsend resume {data['run_id']} --db batchsend.db"
+    again = runner.invoke(main, ["run", str(campaign)], env=env)
+    assert again.exit_code == 2 and "batchsend resume" in again.output
+    resumed = runner.invoke(main, ["resume", data["run_id"], "--json"], env=env)
+    assert resumed.exit_code == 0, resumed.output
+    final = json.loads(resumed.stdout)
+    assert final["counts"]["sent"] == 8 and final["state"] == "finished"
+    with Store("batchsend.db") as store:
+        assert store.rows_in_state(data["run_id"], [RecipientState.SENT]) == list(range(1, 9))
+
+
+def test_cli_bad_rows_exit_2(tmp_path: Path, sandbox: Sandbox) -> None:
+    campaign = write_campaign(tmp_path / "c", rows=5, bad_rows=(2,), base_url=sandbox.base_url)
+    result = CliRunner().invoke(main, ["run", str(campaign)], env={"BATCHSEND_API_KEY": KEY})
+    assert result.exit_code == 2
+    assert "row 2" in result.output and sandbox.stats()["requests"] == 0
+
+
+def test_cli_sandbox_flag_needs_no_key(tmp_path: Path) -> None:
+    campaign = write_campaign(tmp_path / "c", rows=4)
+    result = CliRunner().invoke(main, ["run", str(campaign), "--sandbox", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["counts"]["sent"] == 4
