@@ -335,6 +335,8 @@ def resume_run(
                 progress=progress,
                 notes=tuple(notes),
                 check_account=True,
+                extra_rows=sum(len(rows) for item in rebuilt for rows in item.composition),
+                limit=limit,
             )
 
 
@@ -850,6 +852,8 @@ def _send_and_finish(
     progress: bool | None,
     notes: tuple[str, ...],
     check_account: bool = False,
+    extra_rows: int = 0,
+    limit: int | None = None,
 ) -> RunSummary:
     run = store.get_run(run_id)
     campaign = session.campaign
@@ -864,16 +868,18 @@ def _send_and_finish(
         requests = _dry_run(store, run_id, provider, units(provider))
     else:
         planned = units(provider)
-        if check_account:
-            to_send = store.counts(run_id)[RecipientState.PENDING.value]
+        to_send = store.counts(run_id)[RecipientState.PENDING.value]
+        if limit is not None:
+            to_send = min(to_send, limit)
+        to_send += extra_rows
+        if check_account and to_send:
             try:
                 session.check_account(to_send)
             except FatalSendError as exc:
                 store.set_run_state(run_id, RunState.FATAL, fatal_error=str(exc), ended=True)
                 raise
         rate = campaign.send.rate or session.account_rate
-        total = len(store.rows_in_state(run_id, [RecipientState.PENDING]))
-        display = ProgressDisplay(total, enabled=progress)
+        display = ProgressDisplay(to_send, enabled=progress)
         interrupts: list[_Interrupts] = []
         result = None
         try:

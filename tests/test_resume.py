@@ -1,0 +1,166 @@
+"""``resume_run``: unknown rows, same-request resends, retries, and the refusals."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from runkit import recipients_in, write_campaign
+
+from batchsend.errors import ResumeRefusedError
+from batchsend.providers import get_provider
+from batchsend.runner import _units_for_pending, resume_run, run_campaign
+from batchsend.sandbox import Sandbox
+from batchsend.states import RecipientState, RunState
+from batchsend.store import Store
+from batchsend.transport import make_transport
+
+KEY = "sk-test"
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+
+
+def run(campaign: Path, sandbox: Sandbox, **kw):
+    return run_campaign(
+        campaign, db_path="b.db", api_key=KEY, base_url=sandbox.base_url, progress=False, **kw
+    )
+
+
+def resume(run_id: str, sandbox: Sandbox, **kw):
+    return resume_run(
+        run_id, db_path="b.db", api_key=KEY, base_url=sandbox.base_url, progress=False, **kw
+    )
+
+
+def assert_each_once(sandbox: Sandbox, rows: int) -> None:
+    delivered = Counter(recipients_in(sandbox.messages()))
+    assert delivered == Counter({f"user{n}@example.org": 1 for n in range(1, rows + 1)})
+
+
+def test_resume_refuses_changed_inputs_unless_forced(tmp_path: Path, sandbox: Sandbox) -> None:
+    campaign = write_campaign(tmp_path / "c", rows=10)
+    first = run(campaign, sandbox, limit=3)
+    source = tmp_path / "c" / "recipients.csv"
+    source.write_text(source.read_text().replace("First9", "Nine"))
+    with pytest.raises(ResumeRefusedError, match="recipient file") as info:
+        resume(first.run_id, sandbox)
+    assert info.value.exit_code == 2 and "--force" in str(info.value)
+    assert len(sandbox.messages()) == 3
+    (tmp_path / "c" / "campaign.toml").write_text(
+        (tmp_path / "c" / "campaign.toml").read_text().replace("News for", "Tidings for")
+    )
+    with pytest.raises(ResumeRefusedError, match="templates"):
+        resume(first.run_id, sandbox)
+    forced = resume(first.run_id, sandbox, force=True)
+    assert forced.counts["sent"] == 10
+    assert "Tidings for Nine" in {m["body"]["subject"] for m in sandbox.messages()}
+
+
+def test_in_flight_rows_become_unknown_and_resend_repeats_the_same_request(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """A crash after one request left (answer lost) and before another left."""
+    campaign = write_campaign(tmp_path / "c", rows=40)
+    first = run(campaign, sandbox, limit=10)
+    with Store("b.db") as store:
+        from batchsend.campaign import load_campaign
+
+        provider = get_provider("tosend", base_url=sandbox.base_url, api_key=KEY, batch_size=10)
+        units = list(
+            _units_for_pending(store, load_campaign(campaign), first.run_id, provider, None, None)
+        )
+        left, never_left = units[0], units[1]
+        recorder = store.recorder(first.run_id)
+        recorder.mark_sending(left)
+        recorder.mark_sending(never_left)
+
+        async def send_one() -> int:
+            async with make_transport("aiohttp", concurrency=1) as transport:
+                response = await transport.send(provider.build_request(left))
+            return response.status
+
+        assert asyncio.run(send_one()) == 200  # accepted; the process "dies" before recording
+    in_flight = set(left.rows) | set(never_left.rows)
+
+    resumed = resume(first.run_id, sandbox)
+    assert resumed.state is RunState.FINISHED  # unknown is terminal
+    assert resumed.counts["unknown"] == 20 and resumed.counts["sent"] == 20
+    with Store("b.db") as store:
+        unknown = set(store.rows_in_state(first.run_id, [RecipientState.UNKNOWN]))
+        assert unknown == in_flight
+        assert store.recipient(first.run_id, min(unknown))["reason"] == "in_flight_at_crash"
+    assert len(recipients_in(sandbox.messages())) == 40 - len(never_left.rows)
+
+    duplicates_before = sandbox.stats()["duplicates"]
+    again = resume(first.run_id, sandbox, resend_unknown=True)
+    assert again.counts["sent"] == 40 and again.counts["unknown"] == 0
+    assert_each_once(sandbox, 40)  # the request that had left was recognised, not redelivered
+    assert sandbox.stats()["duplicates"] == duplicates_before + 1
+    keys = {m["idempotency_key"] for m in sandbox.messages() if m["to"][0] in
+            {f"user{r}@example.org" for r in never_left.rows}}  # fmt: skip
+    assert keys == {never_left.key}
+
+
+@pytest.mark.parametrize("fault", ["fail_rate", "drop_rate"])
+def test_retry_failed_repeats_the_whole_request_under_its_key(
+    tmp_path: Path, sandbox: Sandbox, fault: str
+) -> None:
+    """drop_rate: the provider accepted but no answer came; the retry must not redeliver."""
+    campaign = write_campaign(tmp_path / "c", rows=20, send={"max_attempts": 1})
+    sandbox.configure(**{fault: 1.0})
+    first = run(campaign, sandbox)
+    assert first.counts["failed"] == 20 and first.state is RunState.FINISHED
+    with Store("b.db") as store:
+        assert store.rows_in_state(first.run_id, [RecipientState.FAILED], retryable_only=True)
+        keys = {r["unit_key"] for r in store.recipients(first.run_id)}
+    sandbox.configure(**{fault: 0.0})
+    plain = resume(first.run_id, sandbox)  # without the flag, failures stay failed
+    assert plain.counts["failed"] == 20
+    retried = resume(first.run_id, sandbox, retry_failed=True)
+    assert retried.counts["sent"] == 20 and retried.counts["failed"] == 0
+    assert_each_once(sandbox, 20)
+    assert {m["idempotency_key"] for m in sandbox.messages()} == keys
+
+
+def test_resume_with_nothing_to_do_sends_nothing(tmp_path: Path, sandbox: Sandbox) -> None:
+    campaign = write_campaign(tmp_path / "c", rows=5)
+    first = run(campaign, sandbox)
+    requests = sandbox.stats()["requests"]
+    again = resume(first.run_id, sandbox, retry_failed=True, resend_unknown=True)
+    assert again.state is RunState.FINISHED and again.counts["sent"] == 5
+    assert sandbox.stats()["requests"] == requests
+
+
+def test_resume_refuses_a_dry_run_and_an_unknown_id(tmp_path: Path, sandbox: Sandbox) -> None:
+    campaign = write_campaign(tmp_path / "c", rows=5)
+    dry = run(campaign, sandbox, dry_run=True)
+    with pytest.raises(ResumeRefusedError, match="dry run"):
+        resume(dry.run_id, sandbox)
+    with pytest.raises(Exception, match="no run"):
+        resume("20990101T000000-000000", sandbox)
+
+
+def test_resume_refuses_a_run_another_live_process_is_sending(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    campaign = write_campaign(tmp_path / "c", rows=5)
+    first = run(campaign, sandbox, limit=2)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        with Store("b.db") as store:
+            store.conn.execute(
+                "UPDATE runs SET state = 'running', pid = ? WHERE id = ?", (other.pid, first.run_id)
+            )
+        with pytest.raises(ResumeRefusedError, match=f"process {other.pid}"):
+            resume(first.run_id, sandbox)
+    finally:
+        other.kill()
+        other.wait()
+    assert resume(first.run_id, sandbox).counts["sent"] == 5  # the process is gone now
