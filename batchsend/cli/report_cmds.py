@@ -1,0 +1,136 @@
+"""``batchsend runs`` and ``batchsend report``: thin click layers over :mod:`batchsend.report`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from batchsend.report import FORMATS, RunListing, dumps_listings, list_runs, write_report
+from batchsend.states import RecipientState
+
+_db_option = click.option(
+    "--db",
+    "db_path",
+    default="batchsend.db",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="The SQLite file that records runs.",
+)
+
+
+def _describe(item: RunListing) -> str:
+    run = item.run
+    counts = ", ".join(f"{n:,} {state}" for state, n in run.counts.items() if n) or "no rows"
+    flags = "".join(
+        f" [{word}]" for word, on in (("test", run.is_test), ("dry run", run.dry_run)) if on
+    )
+    lines = [
+        f"{run.id}  {item.state.value}{flags}  {run.campaign_name or run.campaign_path}",
+        f"  started {run.started_at}  ended {run.ended_at or '-'}  provider {run.provider}",
+        f"  {counts}",
+    ]
+    if run.fatal_error:
+        lines.append(f"  fatal error: {run.fatal_error}")
+    if run.report_path:
+        lines.append(f"  report: {run.report_path}")
+    if item.resume:
+        lines.append(f"  resume: {item.resume}")
+    return "\n".join(lines)
+
+
+@click.command()
+@_db_option
+@click.option("--json", "as_json", is_flag=True, help="Print the runs as a JSON array.")
+def runs(db_path: str, as_json: bool) -> None:
+    """List every run in the database, newest first.
+
+    Shows each run's campaign, start and end times, state (running, interrupted,
+    finished, or fatal: stopped on an error that concerns the whole run), how many rows
+    are in each state, and the command that resumes it when it is unfinished. A run
+    recorded as running whose process is gone is shown as interrupted.
+
+    \b
+    Example:
+      batchsend runs
+      batchsend runs --db campaigns.db --json
+    """
+    listings = list_runs(db_path)
+    if as_json:
+        click.echo(dumps_listings(listings))
+    elif not listings:
+        click.echo(f"no runs in {db_path}", err=True)
+    else:
+        click.echo("\n\n".join(_describe(item) for item in listings))
+
+
+@click.command()
+@click.argument("run_id")
+@_db_option
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="The file to write (default: reports/<run id>.<format>).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default=None,
+    help="csv, parquet, json (JSON lines) or html (one-page summary); "
+    "default: from --out's extension, else csv.",
+)
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice([s.value for s in RecipientState]),
+    help="Keep only rows in this state (repeatable).",
+)
+@click.option(
+    "--no-input-columns",
+    is_flag=True,
+    help="Leave out the recipient file's other columns (template variables, cc...).",
+)
+def report(
+    run_id: str,
+    db_path: str,
+    out: str | None,
+    fmt: str | None,
+    states: tuple[str, ...],
+    no_input_columns: bool,
+) -> None:
+    """Write what happened to every row of a run: one line per input row, in input order.
+
+    Each line has the row number, address, name, state, reason (error type, HTTP
+    status and provider message for failed, skipped and unknown rows), attempts,
+    provider ids, timestamps, idempotency key, tag and the campaign's metadata columns,
+    followed by the recipient file's other columns when that file is unchanged. CSV
+    cells that a spreadsheet would run as a formula get a leading quote.
+    `--state failed --format csv` gives a recipient file the same campaign can run
+    again. Prints the path written.
+
+    \b
+    Example:
+      batchsend report 20261121T103455-ab12cd --out report.csv
+      batchsend report 20261121T103455-ab12cd --state failed --out failed.csv
+      batchsend report 20261121T103455-ab12cd --format html --out summary.html
+    """
+    if fmt is None:
+        suffix = Path(out).suffix.lower().lstrip(".") if out else ""
+        fmt = {"jsonl": "json", "ndjson": "json", "htm": "html"}.get(suffix, suffix)
+        if fmt not in FORMATS:
+            fmt = "csv"
+    extension = {"json": "jsonl"}.get(fmt, fmt)
+    target = Path(out) if out else Path("reports") / f"{run_id}.{extension}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    written = write_report(
+        db_path,
+        run_id,
+        target,
+        format=fmt,  # type: ignore[arg-type]
+        states=states or None,
+        with_input=not no_input_columns,
+    )
+    click.echo(str(written))

@@ -1,0 +1,823 @@
+"""Reports and run history: what happened to every recipient of a run, from the store.
+
+Three things live here:
+
+* :func:`list_runs` -- every run in a database, with its counts by recipient state, its
+  state as it really is (a ``running`` run whose process is gone is shown
+  ``interrupted``) and the command that resumes it.
+* :func:`iter_report` -- the report's rows, streamed from SQLite as polars DataFrames
+  of at most ``chunk_rows`` rows, in input order. Memory stays flat whatever the size
+  of the run.
+* :func:`write_report` -- those rows written as CSV, Parquet, JSON lines, or the
+  one-page HTML summary of :mod:`batchsend.report_html`.
+
+The report's columns, in order::
+
+    row, <address column>, <name column>, state, reason, error_type, http_status,
+    error_message, attempts, retryable, provider_message_id, provider_email_id, sent_at,
+    updated_at, idempotency_key, message_key, tag, <metadata columns...>,
+    <the recipient file's other columns...>
+
+The address and name columns carry the names the campaign maps them from (``email``
+and ``name`` when unknown), and the metadata columns their own names, so a report
+filtered to ``failed`` is a recipient file the same campaign can run again. When the
+run's recipient file is still there and unchanged, its other columns (template
+variables, cc, attachments...) follow, read from the file itself and joined by row
+number, so the rerun renders the very same messages. Input column names always win:
+a report column whose name is taken by an input column is renamed ``batchsend_<name>``
+(a recipient file with a ``state`` column gets ``batchsend_state``).
+
+Spreadsheet safety (CSV only). Every text cell that begins with ``=``, ``+``, ``-``,
+``@``, a tab, a carriage return or a line feed is written with a single quote in front,
+as OWASP recommends against formula injection -- every column, addresses included:
+``-x@example.com`` is a valid address but also a formula to a spreadsheet. A rerun of a
+failures CSV would therefore read such a cell with its quote; :func:`unneutralise`
+undoes the prefix, and the Parquet and JSON exports, which no spreadsheet evaluates,
+carry every value untouched (use ``--format parquet`` for a byte-exact failures file).
+
+The store owns the schema; this module only reads it, through the connection of a
+:class:`batchsend.store.Store`, with the few set-based queries a report needs
+(streamed row chunks, grouped counts, time buckets of the attempts log).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import shlex
+import socket
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import polars as pl
+
+from batchsend.errors import BatchsendError, StoreError
+from batchsend.states import RecipientState, RunState
+from batchsend.store import RunInfo, Store
+
+__all__ = [
+    "FORMATS",
+    "FORMULA_PREFIXES",
+    "ReasonCount",
+    "ReportColumns",
+    "RunListing",
+    "RunSummary",
+    "TimeBucket",
+    "effective_state",
+    "iter_report",
+    "list_runs",
+    "neutralise",
+    "read_summary",
+    "report_columns",
+    "resume_command",
+    "unneutralise",
+    "write_report",
+]
+
+Format = Literal["csv", "parquet", "json", "html"]
+FORMATS: tuple[str, ...] = ("csv", "parquet", "json", "html")
+
+#: A CSV cell starting with one of these is a formula (or may become one) in a spreadsheet.
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "\n")
+
+CHUNK_ROWS = 50_000
+
+# (store column, report column) for the store's own columns, in report order; the
+# address, name and metadata columns are placed by :func:`report_columns`.
+_FIXED = (
+    ("state", "state"),
+    ("reason", "reason"),
+    ("error_type", "error_type"),
+    ("http_status", "http_status"),
+    ("error_message", "error_message"),
+    ("attempts", "attempts"),
+    ("retryable", "retryable"),
+    ("provider_message_id", "provider_message_id"),
+    ("provider_email_id", "provider_email_id"),
+    ("sent_at", "sent_at"),
+    ("updated_at", "updated_at"),
+    ("unit_key", "idempotency_key"),
+    ("message_key", "message_key"),
+    ("tag", "tag"),
+)
+_INT_COLUMNS = {"row", "http_status", "attempts"}
+_BOOL_COLUMNS = {"retryable"}
+
+
+# -- spreadsheet safety --------------------------------------------------------------
+
+
+def _is_formula(value: str) -> bool:
+    return value.lstrip("'").startswith(FORMULA_PREFIXES)
+
+
+def neutralise(value: str) -> str:
+    """``value`` made inert for a spreadsheet: a leading quote before a formula start.
+
+    Quotes already in front of a formula start are counted in, so the change can always
+    be undone exactly (:func:`unneutralise`): ``'=x`` becomes ``''=x``.
+
+    >>> neutralise("=1+2"), neutralise("plain")
+    ("'=1+2", 'plain')
+    """
+    return "'" + value if _is_formula(value) else value
+
+
+def unneutralise(value: str) -> str:
+    """Undo :func:`neutralise`: ``unneutralise(neutralise(s)) == s`` for every string."""
+    return value[1:] if value.startswith("'") and _is_formula(value) else value
+
+
+def _neutralise_expr(name: str) -> pl.Expr:
+    col = pl.col(name)
+    risky = col.str.contains(r"^'*[=+\-@\t\r\n]")
+    return pl.when(risky).then(pl.lit("'") + col).otherwise(col).alias(name)
+
+
+# -- runs ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RunListing:
+    """One run as ``batchsend runs`` shows it.
+
+    ``run`` is the stored run with live ``counts``; ``state`` is its real state (a
+    ``running`` run whose process is gone reads ``interrupted``); ``resume`` is the
+    command that finishes it, or ``None`` when there is nothing to resume.
+    """
+
+    run: RunInfo
+    state: RunState
+    resume: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready values (``batchsend runs --json``)."""
+        r = self.run
+        return {
+            "id": r.id,
+            "campaign": r.campaign_name,
+            "campaign_path": r.campaign_path,
+            "provider": r.provider,
+            "state": self.state.value,
+            "stored_state": r.state.value,
+            "started_at": r.started_at,
+            "ended_at": r.ended_at,
+            "updated_at": r.updated_at,
+            "total_rows": r.total_rows,
+            "counts": dict(r.counts),
+            "is_test": r.is_test,
+            "dry_run": r.dry_run,
+            "fatal_error": r.fatal_error,
+            "report_path": r.report_path,
+            "resume": self.resume,
+        }
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    except OSError:
+        return False
+    # A recycled pid now used by an unrelated program is not our run.
+    with contextlib.suppress(OSError):
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().lower()
+        if cmdline and b"batchsend" not in cmdline and b"python" not in cmdline:
+            return False
+    return True
+
+
+def effective_state(run: RunInfo) -> RunState:
+    """The run's state as it really is.
+
+    A run stored ``running`` whose process is not alive on this machine (killed, crashed,
+    or recorded by another host) is ``interrupted``: nothing will move it on but a resume.
+    """
+    if run.state is not RunState.RUNNING:
+        return run.state
+    host = run.settings.get("host") if isinstance(run.settings, dict) else None
+    if host and host != socket.gethostname():
+        return RunState.INTERRUPTED
+    if run.pid is None or not _process_alive(run.pid):
+        return RunState.INTERRUPTED
+    return RunState.RUNNING
+
+
+def resume_command(run_id: str, db_path: str | Path) -> str:
+    """The shell command that resumes ``run_id`` from the database at ``db_path``."""
+    return f"batchsend resume {shlex.quote(run_id)} --db {shlex.quote(str(db_path))}"
+
+
+def _open(db_path: str | Path) -> Store:
+    path = Path(db_path)
+    if not path.is_file():
+        raise StoreError(
+            f"{path}: no batchsend database here (pass --db with the file a run wrote)"
+        )
+    return Store(path)
+
+
+def _listing(store: Store, run: RunInfo, db_path: str | Path) -> RunListing:
+    run = replace(run, counts=store.counts(run.id))
+    state = effective_state(run)
+    resume = None
+    if state in (RunState.INTERRUPTED, RunState.FATAL) and not run.dry_run:
+        resume = resume_command(run.id, db_path)
+    return RunListing(run=run, state=state, resume=resume)
+
+
+def list_runs(db_path: str | Path) -> list[RunListing]:
+    """Every run in the database, newest first, with live counts and real states.
+
+    Raises :class:`StoreError` when there is no database at ``db_path``.
+
+    Example::
+
+        for listing in list_runs("batchsend.db"):
+            print(listing.run.id, listing.state, listing.run.counts, listing.resume)
+    """
+    with _open(db_path) as store:
+        return [_listing(store, run, db_path) for run in store.list_runs()]
+
+
+# -- the report's shape --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ReportColumns:
+    """Where each report column comes from, and its name in the report."""
+
+    email: str  # the campaign's address column name
+    name: str  # the campaign's name column name, or "name"
+    metadata: tuple[str, ...]  # expanded from recipients.metadata
+    input_extra: tuple[str, ...]  # joined from the recipient file
+    renamed: dict[str, str] = field(default_factory=dict)  # report column -> name used
+
+    def names(self) -> list[str]:
+        """Every column of the report, in order."""
+        own = ["row", self.email, self.name, *(r for _, r in _FIXED)]
+        own = [self.renamed.get(c, c) for c in own]
+        return [*own, *self.metadata, *self.input_extra]
+
+
+@dataclass(frozen=True, slots=True)
+class _InputFile:
+    """The run's recipient file, when it is still there and unchanged."""
+
+    spec: Any  # batchsend.source.SourceSpec
+    columns: tuple[str, ...]
+
+
+def _campaign_columns(run: RunInfo) -> tuple[str, str | None, _InputFile | None]:
+    """(address column, name column, the unchanged recipient file or None)."""
+    email, name = "email", None
+    mapped = run.settings.get("columns") if isinstance(run.settings, dict) else None
+    if isinstance(mapped, dict):
+        email = mapped.get("email") or email
+        name = mapped.get("name") or name
+    try:
+        from batchsend.campaign import load_campaign
+
+        campaign = load_campaign(run.campaign_path)
+    except (BatchsendError, OSError, ImportError):
+        return email, name, None
+    email, name = campaign.columns.email, campaign.columns.name
+    return email, name, _unchanged_input(run, campaign)
+
+
+def _unchanged_input(run: RunInfo, campaign: Any) -> _InputFile | None:
+    from batchsend.preflight import _sha256_files
+    from batchsend.source import SourceSpec, read_columns
+
+    if not run.input_fingerprint or not campaign.source.is_file():
+        return None
+    if run.input_path and Path(run.input_path).resolve() != campaign.source.resolve():
+        return None
+    if _sha256_files([campaign.source]) != run.input_fingerprint:
+        return None  # rows may have moved: joining by row number would lie
+    s = campaign.source_settings
+    spec = SourceSpec(s.path, s.format, s.delimiter, s.quote_char, s.encoding)
+    try:
+        return _InputFile(spec, tuple(read_columns(spec)))
+    except BatchsendError:
+        return None
+
+
+def report_columns(
+    run: RunInfo, *, with_input: bool = True
+) -> tuple[ReportColumns, _InputFile | None]:
+    """The report's columns for ``run`` (and the recipient file to join, if any)."""
+    email, name, source = _campaign_columns(run)
+    if not with_input:
+        source = None
+    metadata = tuple(c for c in run.metadata_columns if c not in (email, name))
+    taken = {email, *(m for m in metadata)}
+    if name:
+        taken.add(name)
+    extra: tuple[str, ...] = ()
+    if source is not None:
+        extra = tuple(c for c in source.columns if c not in taken)
+        taken.update(extra)
+    renamed: dict[str, str] = {}
+    own = ["row", *(r for _, r in _FIXED)] + ([] if name else ["name"])
+    for column in own:
+        if column in taken:
+            new = "batchsend_" + column
+            while new in taken:
+                new = "batchsend_" + new
+            renamed[column] = new
+    cols = ReportColumns(
+        email=email, name=name or "name", metadata=metadata, input_extra=extra, renamed=renamed
+    )
+    return cols, source
+
+
+# -- streaming the rows --------------------------------------------------------------
+
+
+def _state_values(states: Iterable[str] | None) -> list[str] | None:
+    if states is None:
+        return None
+    values = []
+    for s in states:
+        try:
+            values.append(RecipientState(s).value)
+        except ValueError:
+            valid = ", ".join(x.value for x in RecipientState)
+            raise StoreError(f"unknown recipient state {s!r} (one of: {valid})") from None
+    return values
+
+
+def _has_column(conn: sqlite3.Connection, table: str, column: str) -> bool:
+    return any(r[1] == column for r in conn.execute(f"PRAGMA table_info({table})"))
+
+
+_META = "__metadata"
+
+
+def _select(
+    conn: sqlite3.Connection, run_id: str, cols: ReportColumns, states: list[str] | None
+) -> tuple[str, list[Any], dict[str, pl.DataType]]:
+    """The SQL that yields the report's store-side columns, its parameters and schema.
+
+    The metadata JSON comes out whole (as ``__metadata``) and is expanded by polars
+    outside the GIL: pulling each key out in SQL costs more than the rest of the row.
+    """
+    exprs: list[str] = ["row", "email", "name"]
+    for store_col, _ in _FIXED:
+        if store_col == "retryable" and not _has_column(conn, "recipients", "retryable"):
+            exprs.append("NULL")
+        else:
+            exprs.append(store_col)
+    if cols.metadata:
+        exprs.append("metadata")
+    sql = f"SELECT {', '.join(exprs)} FROM recipients WHERE run_id = ?"
+    params: list[Any] = [run_id]
+    if states is not None:
+        sql += f" AND state IN ({','.join('?' * len(states))})"
+        params.extend(states)
+    sql += " ORDER BY row"
+    names = cols.names()[: 3 + len(_FIXED)]
+    schema: dict[str, pl.DataType] = {}
+    for name, store_name in zip(
+        names, ["row", "email", "name", *(s for s, _ in _FIXED)], strict=True
+    ):
+        if store_name in _INT_COLUMNS:
+            schema[name] = pl.Int64()
+        elif store_name in _BOOL_COLUMNS:
+            schema[name] = pl.Boolean()
+        else:
+            schema[name] = pl.String()
+    if cols.metadata:
+        schema[_META] = pl.String()
+    return sql, params, schema
+
+
+def _frame(rows: list[tuple[Any, ...]], schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    if not rows:
+        return pl.DataFrame(schema=schema)
+    columns = list(zip(*rows, strict=True))
+    data: dict[str, Any] = {}
+    for (name, dtype), values in zip(schema.items(), columns, strict=True):
+        if isinstance(dtype, pl.Boolean):
+            values = tuple(None if v is None else bool(v) for v in values)
+        data[name] = pl.Series(name, values, dtype=dtype, strict=False)
+    return pl.DataFrame(data)
+
+
+def _as_text(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _expand_metadata(frame: pl.DataFrame, keys: Sequence[str]) -> pl.DataFrame:
+    """Replace the ``__metadata`` JSON column by one text column per metadata key."""
+    if not keys:
+        return frame
+    dtype = pl.Struct({k: pl.String for k in keys})
+    try:
+        expanded = frame[_META].str.json_decode(dtype).struct.unnest()
+    except pl.exceptions.PolarsError:
+        # A value polars will not read as text (a nested object): decode this chunk in
+        # Python, turning any non-text value into its JSON.
+        decoded = [json.loads(v) if v else {} for v in frame[_META]]
+        expanded = pl.DataFrame(
+            {k: [_as_text(d.get(k)) for d in decoded] for k in keys},
+            schema={k: pl.String for k in keys},
+        )
+    return frame.drop(_META).hstack(expanded)
+
+
+def _chunks(
+    conn: sqlite3.Connection,
+    sql: str,
+    params: list[Any],
+    schema: dict[str, pl.DataType],
+    chunk_rows: int,
+) -> Iterator[pl.DataFrame]:
+    """The query's rows as DataFrames; always at least one (empty, with the schema)."""
+    cursor = conn.execute(sql, params)
+    yielded = False
+    while True:
+        rows = cursor.fetchmany(chunk_rows)
+        if not rows and yielded:
+            return
+        yielded = True
+        yield _frame(rows, schema)
+        if not rows:
+            return
+
+
+_DONE = object()
+
+
+def _prefetched(frames: Iterator[pl.DataFrame], depth: int = 2) -> Iterator[pl.DataFrame]:
+    """Run ``frames`` in a thread, ``depth`` chunks ahead of the consumer.
+
+    Reading SQLite rows into Python objects holds the GIL; everything polars does next
+    (JSON, CSV, Parquet) releases it, so on two cores the two halves overlap.
+    """
+    box: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                box.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for frame in frames:
+                if not put(frame):
+                    return
+            put(_DONE)
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(exc)
+
+    worker = threading.Thread(target=produce, name="batchsend-report-reader", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = box.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        with contextlib.suppress(queue.Empty):
+            while True:
+                box.get_nowait()
+        worker.join()
+
+
+class _InputJoiner:
+    """Adds the recipient file's other columns to report chunks, matching row numbers.
+
+    Both sides come in ascending row order, so one pass over the file serves the whole
+    report: batches are read just far enough to cover each chunk's last row.
+    """
+
+    def __init__(self, source: _InputFile, columns: Sequence[str], chunk_rows: int) -> None:
+        from batchsend.source import iter_batches
+
+        self.columns = list(columns)
+        self._batches = iter_batches(source.spec, chunk_rows)
+        self._buffer = pl.DataFrame(
+            schema={"__row": pl.Int64, **{c: pl.String for c in self.columns}}
+        )
+        self._next_row = 1
+        self._done = False
+
+    def _read(self) -> bool:
+        batch = next(self._batches, None)
+        if batch is None:
+            self._done = True
+            return False
+        n = batch.height
+        part = batch.select(
+            pl.int_range(self._next_row, self._next_row + n, dtype=pl.Int64).alias("__row"),
+            *(pl.col(c) for c in self.columns),
+        )
+        self._next_row += n
+        if self._buffer.height == 0:
+            self._buffer = part
+        else:
+            self._buffer = pl.concat([self._buffer, part], how="vertical_relaxed")
+        return True
+
+    def join(self, chunk: pl.DataFrame, row_column: str) -> pl.DataFrame:
+        if chunk.height == 0:
+            return chunk.join(self._buffer.head(0), left_on=row_column, right_on="__row")
+        first, last = chunk[row_column][0], chunk[row_column][-1]
+        while self._next_row <= last and not self._done:
+            self._read()
+        window = self._buffer.filter(pl.col("__row").is_between(first, last))
+        self._buffer = self._buffer.filter(pl.col("__row") > last)
+        return chunk.join(
+            window, left_on=row_column, right_on="__row", how="left", maintain_order="left"
+        )
+
+
+def iter_report(
+    db_path: str | Path,
+    run_id: str,
+    *,
+    states: Iterable[str] | None = None,
+    with_input: bool = True,
+    chunk_rows: int = CHUNK_ROWS,
+) -> Iterator[pl.DataFrame]:
+    """Yield the report's rows as DataFrames of at most ``chunk_rows`` rows, in row order.
+
+    ``states`` keeps only rows in those recipient states. ``with_input`` joins the
+    recipient file's other columns when the file is still there unchanged. At least one
+    frame is always yielded (empty, with every column, when no row matches), so a
+    writer always knows the columns.
+
+    Example::
+
+        for frame in iter_report("batchsend.db", run_id, states=["failed"]):
+            print(frame.select("row", "email", "reason"))
+    """
+    wanted = _state_values(states)
+    with _open(db_path) as store:
+        run = store.get_run(run_id)
+        cols, source = report_columns(run, with_input=with_input)
+        sql, params, schema = _select(store.conn, run_id, cols, wanted)
+    joiner = _InputJoiner(source, cols.input_extra, chunk_rows) if source else None
+    row_name = cols.renamed.get("row", "row")
+    # A read-only connection of its own: the report may be read while a run writes
+    # (WAL), and polars' Parquet sink pulls the chunks from one of its own threads.
+    uri = Path(db_path).resolve().as_uri() + "?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
+    try:
+        for frame in _prefetched(_chunks(conn, sql, params, schema, chunk_rows)):
+            frame = _expand_metadata(frame, cols.metadata)
+            if joiner is not None:
+                frame = joiner.join(frame, row_name)
+            yield frame
+    finally:
+        conn.close()
+
+
+# -- writing -------------------------------------------------------------------------
+
+
+def _csv_safe(frame: pl.DataFrame) -> pl.DataFrame:
+    text = [n for n, t in frame.schema.items() if t == pl.String]
+    return frame.with_columns(_neutralise_expr(n) for n in text) if text else frame
+
+
+def _write_csv(frames: Iterator[pl.DataFrame], out: Path) -> None:
+    with out.open("wb") as fh:
+        first = True
+        for frame in frames:
+            _csv_safe(frame).write_csv(fh, include_header=first)
+            first = False
+
+
+def _write_json(frames: Iterator[pl.DataFrame], out: Path) -> None:
+    with out.open("wb") as fh:
+        for frame in frames:
+            if frame.height:
+                frame.write_ndjson(fh)
+
+
+def _write_parquet(frames: Iterator[pl.DataFrame], out: Path) -> None:
+    # polars' streaming sink pulls the chunks from a Python source one at a time, so
+    # Parquet is written without pyarrow and without holding the whole run.
+    from polars.io.plugins import register_io_source
+
+    first = next(frames)
+    schema = first.schema
+
+    def source(
+        with_columns: list[str] | None,
+        predicate: pl.Expr | None,
+        n_rows: int | None,
+        batch_size: int | None,
+    ) -> Iterator[pl.DataFrame]:
+        for frame in _chain(first, frames):
+            if with_columns is not None:
+                frame = frame.select(with_columns)
+            if predicate is not None:
+                frame = frame.filter(predicate)
+            yield frame
+
+    register_io_source(source, schema=schema).sink_parquet(out)
+
+
+def _chain(first: pl.DataFrame, rest: Iterator[pl.DataFrame]) -> Iterator[pl.DataFrame]:
+    yield first
+    yield from rest
+
+
+def write_report(
+    db_path: str | Path,
+    run_id: str,
+    out: str | Path,
+    *,
+    format: Format = "csv",
+    states: Iterable[str] | None = None,
+    with_input: bool = True,
+    chunk_rows: int = CHUNK_ROWS,
+) -> Path:
+    """Write run ``run_id``'s report to ``out`` and return its path.
+
+    ``format`` is ``csv`` (spreadsheet-safe, see the module docstring), ``parquet``,
+    ``json`` (JSON lines: one object per row) or ``html`` (the one-page summary).
+    ``states`` keeps only rows in those states: ``states=["failed"]`` with CSV gives a
+    recipient file the same campaign can run again.
+
+    Example::
+
+        write_report("batchsend.db", run_id, "failed.csv", states=["failed"])
+    """
+    if format not in FORMATS:
+        raise StoreError(f"unknown report format {format!r} (one of: {', '.join(FORMATS)})")
+    out = Path(out)
+    if format == "html":
+        from batchsend.report_html import render_html
+
+        out.write_text(render_html(read_summary(db_path, run_id)), encoding="utf-8")
+        return out
+    frames = iter_report(
+        db_path, run_id, states=states, with_input=with_input, chunk_rows=chunk_rows
+    )
+    tmp = out.with_name(out.name + ".partial")
+    try:
+        if format == "csv":
+            _write_csv(frames, tmp)
+        elif format == "json":
+            _write_json(frames, tmp)
+        else:
+            _write_parquet(frames, tmp)
+        tmp.replace(out)  # a reader never sees half a report under the final name
+    except OSError as exc:
+        raise StoreError(f"{out}: cannot write the report: {exc.strerror or exc}") from None
+    finally:
+        frames.close()
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+    return out
+
+
+# -- the summary behind the HTML page ------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ReasonCount:
+    """How many rows ended in ``state`` for one reason."""
+
+    state: str
+    reason: str
+    error_type: str | None
+    http_status: int | None
+    example: str | None  # one provider message for that reason
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class TimeBucket:
+    """The attempts log over one slice of time, ``start``..``start + width`` seconds."""
+
+    start: float  # seconds since the first attempt
+    width: float
+    attempts: int
+    accepted: int  # recipients accepted in this slice
+    retries: int  # attempts after the first for their request
+    failed_attempts: int  # attempts answered retryable, permanent or fatal
+
+    @property
+    def rate(self) -> float:
+        """Recipients accepted per second over the slice."""
+        return self.accepted / self.width if self.width else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    """Everything the one-page summary shows about one run."""
+
+    listing: RunListing
+    counts: dict[str, int]
+    reasons: tuple[ReasonCount, ...]
+    timeline: tuple[TimeBucket, ...]
+    first_attempt: str | None
+    last_attempt: str | None
+    total_attempts: int
+    db_path: str
+
+
+def _reasons(conn: sqlite3.Connection, run_id: str, limit: int) -> tuple[ReasonCount, ...]:
+    found = conn.execute(
+        "SELECT state, COALESCE(reason, error_type, 'unspecified') AS why, error_type,"
+        " http_status, MAX(error_message), COUNT(*) AS n FROM recipients"
+        " WHERE run_id = ? AND state IN ('failed', 'skipped', 'unknown')"
+        " GROUP BY state, why, error_type, http_status ORDER BY n DESC, why LIMIT ?",
+        (run_id, limit),
+    ).fetchall()
+    return tuple(ReasonCount(*r) for r in found)
+
+
+def _timeline(
+    conn: sqlite3.Connection, run_id: str, buckets: int
+) -> tuple[tuple[TimeBucket, ...], str | None, str | None, int]:
+    first, last, total = conn.execute(
+        "SELECT MIN(at), MAX(at), COUNT(*) FROM attempts WHERE run_id = ?", (run_id,)
+    ).fetchone()
+    if not total:
+        return (), None, None, 0
+    (span,) = conn.execute(
+        "SELECT (julianday(?) - julianday(?)) * 86400.0", (last, first)
+    ).fetchone()
+    span = max(float(span or 0.0), 0.001)
+    width = span / buckets
+    rows = conn.execute(
+        "SELECT MIN(CAST((julianday(at) - julianday(?)) * 86400.0 / ? AS INTEGER), ? - 1) AS b,"
+        " COUNT(*),"
+        " SUM(CASE WHEN outcome = 'accepted' THEN recipients ELSE 0 END),"
+        " SUM(CASE WHEN attempt > 1 THEN 1 ELSE 0 END),"
+        " SUM(CASE WHEN outcome != 'accepted' THEN 1 ELSE 0 END)"
+        " FROM attempts WHERE run_id = ? GROUP BY b ORDER BY b",
+        (first, width, buckets, run_id),
+    ).fetchall()
+    by_bucket = {int(r[0]): r for r in rows}
+    timeline = []
+    for b in range(buckets):
+        r = by_bucket.get(b)
+        timeline.append(
+            TimeBucket(
+                start=b * width,
+                width=width,
+                attempts=int(r[1]) if r else 0,
+                accepted=int(r[2] or 0) if r else 0,
+                retries=int(r[3] or 0) if r else 0,
+                failed_attempts=int(r[4] or 0) if r else 0,
+            )
+        )
+    return tuple(timeline), first, last, int(total)
+
+
+def read_summary(
+    db_path: str | Path, run_id: str, *, buckets: int = 60, top_reasons: int = 10
+) -> RunSummary:
+    """Gather the one-page summary of run ``run_id``: counts, reasons, attempts over time.
+
+    Example::
+
+        summary = read_summary("batchsend.db", run_id)
+        print(summary.counts, summary.reasons[:3])
+    """
+    with _open(db_path) as store:
+        listing = _listing(store, store.get_run(run_id), db_path)
+        timeline, first, last, total = _timeline(store.conn, run_id, buckets)
+        return RunSummary(
+            listing=listing,
+            counts=dict(listing.run.counts),
+            reasons=_reasons(store.conn, run_id, top_reasons),
+            timeline=timeline,
+            first_attempt=first,
+            last_attempt=last,
+            total_attempts=total,
+            db_path=str(db_path),
+        )
+
+
+def dumps_listings(listings: Sequence[RunListing]) -> str:
+    """The runs as a JSON array (``batchsend runs --json``)."""
+    return json.dumps([item.to_dict() for item in listings], indent=2, ensure_ascii=False)
