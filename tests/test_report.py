@@ -1,0 +1,290 @@
+"""Reports: one line per input row, in order, that round-trip through polars and stay
+inert in a spreadsheet. Runs are recorded through the store's own API
+(``test_report_data``); one test reads a real run made against the sandbox."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_report_data import TRICKY, FakeClock, Person, build_run
+
+from batchsend.errors import StoreError
+from batchsend.report import (
+    FORMULA_PREFIXES,
+    _csv_safe,
+    iter_report,
+    neutralise,
+    unneutralise,
+    write_report,
+)
+from batchsend.states import RunState
+from batchsend.store import Store
+
+# report column -> store column, for the columns both have
+SAME = {
+    "row": "row",
+    "email": "email",
+    "name": "name",
+    "state": "state",
+    "reason": "reason",
+    "error_type": "error_type",
+    "http_status": "http_status",
+    "error_message": "error_message",
+    "attempts": "attempts",
+    "provider_message_id": "provider_message_id",
+    "provider_email_id": "provider_email_id",
+    "sent_at": "sent_at",
+    "updated_at": "updated_at",
+    "idempotency_key": "unit_key",
+    "message_key": "message_key",
+    "tag": "tag",
+}
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "b.db"
+
+
+@pytest.fixture
+def tricky_run(db: Path) -> str:
+    with Store(db, now=FakeClock()) as store:
+        return build_run(store, TRICKY)
+
+
+def store_rows(db: Path, run_id: str) -> list[dict[str, Any]]:
+    with Store(db) as store:
+        rows = list(store.recipients(run_id))
+    for r in rows:
+        r["customer_id"] = json.loads(r["metadata"] or "{}").get("customer_id")
+        r["retryable"] = None if r["retryable"] is None else bool(r["retryable"])
+    return rows
+
+
+def expected(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    keys = {**SAME, "customer_id": "customer_id", "retryable": "retryable"}
+    return [{rep: r[src] for rep, src in keys.items()} for r in rows]
+
+
+def as_records(frame: pl.DataFrame) -> list[dict[str, Any]]:
+    keys = [*SAME, "customer_id", "retryable"]
+    return frame.select(keys).to_dicts()
+
+
+def test_csv_round_trips_through_polars(db: Path, tricky_run: str, tmp_path: Path) -> None:
+    out = write_report(db, tricky_run, tmp_path / "r.csv")
+    back = pl.read_csv(out, infer_schema=False)
+    # the CSV holds text; undo the spreadsheet prefix and restore the number columns
+    back = back.with_columns(
+        pl.col(pl.String).map_elements(unneutralise, return_dtype=pl.String),
+    ).with_columns(
+        pl.col("row", "http_status", "attempts").cast(pl.Int64),
+        pl.col("retryable").replace_strict({"true": True, "false": False}, default=None),
+    )
+    assert as_records(back) == expected(store_rows(db, tricky_run))
+    assert back["row"].to_list() == list(range(1, len(TRICKY) + 1))  # input order
+    assert back["state"].to_list() == [
+        "sent", "sent", "failed", "skipped", "failed", "unknown", "skipped", "sent"
+    ]  # fmt: skip
+
+
+def test_parquet_and_json_round_trip_exactly(db: Path, tricky_run: str, tmp_path: Path) -> None:
+    want = expected(store_rows(db, tricky_run))
+    parquet = pl.read_parquet(
+        write_report(db, tricky_run, tmp_path / "r.parquet", format="parquet")
+    )
+    assert as_records(parquet) == want
+    lines = write_report(db, tricky_run, tmp_path / "r.jsonl", format="json").read_text("utf-8")
+    records = [json.loads(line) for line in lines.splitlines()]
+    assert [{k: r[k] for k in want[0]} for r in records] == want
+
+
+def test_reasons_say_why(db: Path, tricky_run: str) -> None:
+    frame = pl.concat(list(iter_report(db, tricky_run)))
+    by_row = {r["row"]: r for r in frame.to_dicts()}
+    assert by_row[3]["reason"] == "validation_error" and by_row[3]["http_status"] == 422
+    assert "not verified" in by_row[3]["error_message"]
+    assert by_row[4]["reason"] == "invalid" and by_row[7]["reason"] == "duplicate"
+    assert by_row[5]["reason"] == "internal_error" and by_row[5]["retryable"] is True
+    assert by_row[5]["attempts"] == 3 and by_row[2]["attempts"] == 3  # retried, then sent
+    assert by_row[6]["state"] == "unknown" and by_row[6]["reason"] == "in_flight_at_crash"
+    assert by_row[1]["provider_message_id"] == "<1@example.com>"
+    assert by_row[1]["provider_email_id"] == "e-000001" and by_row[1]["sent_at"]
+
+
+@pytest.mark.parametrize(
+    ("states", "rows"),
+    [
+        (["failed"], [3, 5]),
+        (["skipped", "unknown"], [4, 6, 7]),
+        (["sent"], [1, 2, 8]),
+        (["pending"], []),
+    ],
+)
+def test_state_filter(db: Path, tricky_run: str, tmp_path: Path, states, rows) -> None:
+    out = write_report(db, tricky_run, tmp_path / "f.parquet", format="parquet", states=states)
+    back = pl.read_parquet(out)
+    assert back["row"].to_list() == rows
+    assert "customer_id" in back.columns  # an empty report still has every column
+    csv_out = write_report(db, tricky_run, tmp_path / "f.csv", states=states)
+    assert csv_out.read_text("utf-8").splitlines()[0].startswith("row,email,name,state,")
+
+
+def test_chunks_give_the_same_report(db: Path, tricky_run: str, tmp_path: Path) -> None:
+    whole = write_report(db, tricky_run, tmp_path / "a.csv").read_bytes()
+    chunked = write_report(db, tricky_run, tmp_path / "b.csv", chunk_rows=3).read_bytes()
+    assert whole == chunked
+    frames = list(iter_report(db, tricky_run, chunk_rows=3))
+    assert [f.height for f in frames] == [3, 3, 2]
+
+
+def test_metadata_columns_expand_whatever_the_keys(db: Path, tmp_path: Path) -> None:
+    keys = ("customer id", 'we"ird.key', "ünï", "state")  # "state" collides with ours
+    people = [
+        Person("a@example.com", "A", metadata={k: f"{k}-1" for k in keys}),
+        Person("b@example.com", "B", metadata={"customer id": "only one"}),
+    ]
+    with Store(db, now=FakeClock()) as store:
+        run_id = build_run(store, people, metadata_columns=keys)
+        store.conn.execute(  # a value polars cannot read as text: kept as its JSON
+            "UPDATE recipients SET metadata = ? WHERE run_id = ? AND row = 2",
+            (json.dumps({"customer id": {"nested": [1, 2]}, "ünï": 7}), run_id),
+        )
+    frame = pl.read_parquet(write_report(db, run_id, tmp_path / "m.parquet", format="parquet"))
+    assert frame["customer id"].to_list() == ["customer id-1", '{"nested": [1, 2]}']
+    assert frame['we"ird.key'].to_list() == ['we"ird.key-1', None]
+    assert frame["ünï"].to_list() == ["ünï-1", "7"]
+    # the input's own column keeps its name; the report's state moves aside
+    assert frame["state"].to_list() == ["state-1", None]
+    assert frame["batchsend_state"].to_list() == ["sent", "sent"]
+
+
+def test_address_and_name_columns_take_the_campaigns_names(db: Path, tmp_path: Path) -> None:
+    with Store(db, now=FakeClock()) as store:
+        run_id = build_run(
+            store,
+            [Person("a@example.com", "Ann")],
+            settings={"columns": {"email": "Email Address", "name": "Full name"}},
+        )
+    frame = pl.read_csv(write_report(db, run_id, tmp_path / "c.csv"))
+    assert frame.columns[:4] == ["row", "Email Address", "Full name", "state"]
+    assert frame["Email Address"].to_list() == ["a@example.com"]
+
+
+def test_missing_run_or_database_is_a_clear_error(db: Path, tricky_run: str, tmp_path) -> None:
+    with pytest.raises(StoreError, match="no run 'nope'"):
+        write_report(db, "nope", tmp_path / "x.csv")
+    with pytest.raises(StoreError, match="no batchsend database"):
+        write_report(tmp_path / "missing.db", tricky_run, tmp_path / "x.csv")
+    assert not (tmp_path / "missing.db").exists()  # looking did not create one
+    with pytest.raises(StoreError, match="unknown recipient state 'lost'"):
+        write_report(db, tricky_run, tmp_path / "x.csv", states=["lost"])
+    assert not (tmp_path / "x.csv").exists()
+
+
+# -- spreadsheet safety --------------------------------------------------------------
+
+risky_text = st.one_of(
+    st.text(),
+    st.builds(
+        lambda prefix, rest: prefix + rest,
+        st.sampled_from([*FORMULA_PREFIXES, "'", "''", "'=", " ="]),
+        st.text(),
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(risky_text, min_size=1, max_size=40))
+def test_no_csv_cell_can_start_a_formula(values: list[str]) -> None:
+    frame = pl.DataFrame({"a": values, "b": list(reversed(values))})
+    buffer = io.BytesIO()
+    _csv_safe(frame).write_csv(buffer)
+    cells = list(csv.reader(io.StringIO(buffer.getvalue().decode("utf-8"), newline="")))
+    assert cells[0] == ["a", "b"]
+    read_back = [c for row in cells[1:] for c in row]
+    for cell, original in zip(
+        read_back, [v for pair in zip(values, reversed(values)) for v in pair]
+    ):
+        assert not cell.startswith(FORMULA_PREFIXES), cell
+        assert cell == neutralise(original)
+        assert unneutralise(cell) == original  # nothing is lost
+
+
+@given(st.text())
+def test_neutralise_is_exactly_undone(value: str) -> None:
+    assert unneutralise(neutralise(value)) == value
+    assert not neutralise(value).startswith(FORMULA_PREFIXES)
+
+
+def test_every_column_of_a_report_is_neutralised(db: Path, tricky_run: str, tmp_path) -> None:
+    text = write_report(db, tricky_run, tmp_path / "r.csv").read_text("utf-8")
+    cells = [c for row in csv.reader(io.StringIO(text, newline="")) for c in row]
+    assert not [c for c in cells if c.startswith(FORMULA_PREFIXES)]
+    for risky in ("'=SUM(A1:A2)", "'+33 1 23", "'@cmd", "'@mallory", "'\tTabby", "'-12"):
+        assert risky in cells
+    assert "'-frank@example.com" in cells  # addresses too; see report.py's docstring
+
+
+# -- a real run against the sandbox ------------------------------------------------------
+
+
+def test_failures_file_of_a_real_run_is_a_recipient_file_for_the_same_campaign(
+    tmp_path: Path, sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tosend refuses disposable addresses per message: those rows fail, the rest go."""
+    from runkit import write_campaign
+
+    from batchsend.campaign import load_campaign
+    from batchsend.preflight import iter_rows
+    from batchsend.runner import run_campaign
+
+    monkeypatch.chdir(tmp_path)
+    campaign_path = write_campaign(tmp_path / "c", rows=12, bad_rows=(4,))
+    source = tmp_path / "c" / "recipients.csv"
+    lines = source.read_text("utf-8").splitlines()
+    for n in (3, 8):  # rows 3 and 8: disposable domains, refused by the provider
+        lines[n] = lines[n].replace("@example.org", "@mailinator.com")
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    summary = run_campaign(
+        campaign_path,
+        db_path="b.db",
+        base_url=sandbox.base_url,
+        api_key="sk-test",
+        skip_invalid=True,
+        progress=False,
+    )
+    assert summary.state is RunState.FINISHED
+    assert summary.counts["failed"] == 2 and summary.counts["skipped"] == 1
+    # the report the run wrote lists every row, in order
+    report = pl.read_csv(summary.report_path, infer_schema=False)
+    assert report["row"].to_list() == [str(n) for n in range(1, 13)]
+
+    failed = write_report("b.db", summary.run_id, tmp_path / "failed.csv", states=["failed"])
+    frame = pl.read_csv(failed, infer_schema=False)
+    assert frame["row"].to_list() == ["3", "8"]
+    assert frame["email"].to_list() == ["user3@mailinator.com", "user8@mailinator.com"]
+    assert frame["first"].to_list() == ["First3", "First8"]  # template variables kept
+    assert frame["http_status"].to_list() == ["403", "403"]
+    assert frame["reason"].to_list() == ["to_disposable", "to_disposable"]
+    assert all("disposable" in m for m in frame["error_message"].to_list())
+
+    # The same campaign, pointed at the failures file, reads and renders both rows.
+    text = campaign_path.read_text("utf-8").replace(
+        'path = "recipients.csv"', f'path = "{failed.as_posix()}"'
+    )
+    rerun = campaign_path.with_name("rerun.toml")
+    rerun.write_text(text, encoding="utf-8")
+    rows = list(iter_rows(load_campaign(rerun)))
+    assert [r.email for r in rows] == ["user3@mailinator.com", "user8@mailinator.com"]
+    assert all(r.message is not None for r in rows)
+    assert rows[0].message.subject == "News for First3"

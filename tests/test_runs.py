@@ -1,0 +1,152 @@
+"""``batchsend runs``: every run, its real state, its counts and how to resume it."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import polars as pl
+import pytest
+from click.testing import CliRunner
+from test_report_data import TRICKY, FakeClock, Person, build_run
+
+from batchsend.cli import main
+from batchsend.report import effective_state, list_runs
+from batchsend.states import RunState
+from batchsend.store import Store
+
+PEOPLE = [Person(f"p{n}@example.com", f"P{n}") for n in range(1, 4)]
+
+
+@pytest.fixture
+def history(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A database with a finished, an interrupted, a crashed, a fatal and a live run."""
+    db = tmp_path / "history.db"
+    clock = FakeClock()
+    with Store(db, now=clock) as store:
+        ids = {
+            "finished": build_run(store, TRICKY),
+            "interrupted": build_run(
+                store, [*PEOPLE, Person("q@example.com", plan="pending")],
+                final=RunState.INTERRUPTED,
+            ),
+            "crashed": build_run(
+                store, [*PEOPLE, Person("u@example.com", plan="unknown")], final=RunState.RUNNING
+            ),
+            "fatal": build_run(
+                store,
+                [Person("f@example.com", plan="pending")] * 2,
+                final=RunState.FATAL,
+                fatal_error="403 invalid_api_key: the API key is not valid",
+            ),
+            "live": build_run(store, PEOPLE[:1], final=RunState.RUNNING),
+        }  # fmt: skip
+        # "live": recorded by this very process, which is alive
+        store.conn.execute("UPDATE runs SET pid = ? WHERE id = ?", (os.getpid(), ids["live"]))
+    return db, ids
+
+
+def test_every_run_listed_with_its_real_state(history) -> None:
+    db, ids = history
+    listed = {item.run.id: item for item in list_runs(db)}
+    assert set(listed) == set(ids.values())
+    state = {name: listed[run_id].state for name, run_id in ids.items()}
+    assert state == {
+        "finished": RunState.FINISHED,
+        "interrupted": RunState.INTERRUPTED,
+        "crashed": RunState.INTERRUPTED,  # stored "running", but its process is gone
+        "fatal": RunState.FATAL,
+        "live": RunState.RUNNING,
+    }
+    assert listed[ids["crashed"]].run.state is RunState.RUNNING  # the store is not rewritten
+    assert list_runs(db)[0].run.id == ids["live"]  # newest first
+
+
+def test_counts_and_resume_commands(history) -> None:
+    db, ids = history
+    listed = {item.run.id: item for item in list_runs(db)}
+    finished = listed[ids["finished"]]
+    assert finished.run.counts == {
+        "pending": 0, "sending": 0, "sent": 3, "failed": 2, "skipped": 2, "unknown": 1
+    }  # fmt: skip
+    assert finished.resume is None and listed[ids["live"]].resume is None
+    for name in ("interrupted", "crashed", "fatal"):
+        assert listed[ids[name]].resume == f"batchsend resume {ids[name]} --db {db}"
+    assert listed[ids["crashed"]].run.counts["unknown"] == 0  # not yet resumed: "sending"
+    assert listed[ids["crashed"]].run.counts["sending"] == 1
+    assert "invalid_api_key" in listed[ids["fatal"]].run.fatal_error
+
+
+def test_a_run_recorded_on_another_host_is_not_running_here(tmp_path: Path) -> None:
+    with Store(tmp_path / "b.db", now=FakeClock()) as store:
+        run_id = build_run(
+            store, PEOPLE, final=RunState.RUNNING, settings={"host": "some-other-machine"}
+        )
+        store.conn.execute("UPDATE runs SET pid = ? WHERE id = ?", (os.getpid(), run_id))
+        assert effective_state(store.get_run(run_id)) is RunState.INTERRUPTED
+
+
+def test_cli_runs_json(history) -> None:
+    db, ids = history
+    result = CliRunner().invoke(main, ["runs", "--db", str(db), "--json"])
+    assert result.exit_code == 0, result.output
+    data = {r["id"]: r for r in json.loads(result.stdout)}
+    crashed = data[ids["crashed"]]
+    assert crashed["state"] == "interrupted" and crashed["stored_state"] == "running"
+    assert crashed["resume"] == f"batchsend resume {ids['crashed']} --db {db}"
+    assert data[ids["finished"]]["counts"]["sent"] == 3
+    assert data[ids["finished"]]["campaign"] == "Autumn newsletter"
+    assert data[ids["fatal"]]["state"] == "fatal" and data[ids["fatal"]]["ended_at"]
+
+
+def test_cli_runs_text(history) -> None:
+    db, ids = history
+    result = CliRunner().invoke(main, ["runs", "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert f"{ids['crashed']}  interrupted" in out
+    assert f"resume: batchsend resume {ids['fatal']} --db {db}" in out
+    assert "3 sent, 2 failed, 2 skipped, 1 unknown" in out
+    assert "fatal error: 403 invalid_api_key" in out
+
+
+def test_cli_runs_without_a_database(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["runs", "--db", str(tmp_path / "none.db")])
+    assert result.exit_code == 1
+    assert "no batchsend database" in result.stderr and "--db" in result.stderr
+    assert not (tmp_path / "none.db").exists()
+
+
+def test_cli_report_writes_and_prints_the_path(history, tmp_path: Path) -> None:
+    db, ids = history
+    runner = CliRunner()
+    out = tmp_path / "failed.csv"
+    args = ["report", ids["finished"], "--db", str(db), "--out", str(out), "--state", "failed"]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == str(out)
+    assert pl.read_csv(out)["row"].to_list() == [3, 5]
+    # the format follows the extension; two --state options combine
+    pq = tmp_path / "r.parquet"
+    result = runner.invoke(
+        main,
+        ["report", ids["finished"], "--db", str(db), "--out", str(pq), "--state", "sent",
+         "--state", "unknown"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert pl.read_parquet(pq)["row"].to_list() == [1, 2, 6, 8]
+
+
+def test_cli_report_default_path_and_errors(history, tmp_path: Path, monkeypatch) -> None:
+    db, ids = history
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    result = runner.invoke(main, ["report", ids["finished"], "--db", str(db), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    path = Path(result.stdout.strip())
+    assert path == Path("reports") / f"{ids['finished']}.jsonl" and path.is_file()
+    bad = runner.invoke(main, ["report", "no-such-run", "--db", str(db)])
+    assert bad.exit_code == 1 and "no run 'no-such-run'" in bad.stderr
+    bad_state = runner.invoke(main, ["report", ids["finished"], "--db", str(db), "--state", "x"])
+    assert bad_state.exit_code == 2
