@@ -211,9 +211,8 @@ def test_no_csv_cell_can_start_a_formula(values: list[str]) -> None:
     cells = list(csv.reader(io.StringIO(buffer.getvalue().decode("utf-8"), newline="")))
     assert cells[0] == ["a", "b"]
     read_back = [c for row in cells[1:] for c in row]
-    for cell, original in zip(
-        read_back, [v for pair in zip(values, reversed(values)) for v in pair]
-    ):
+    originals = [v for pair in zip(values, reversed(values), strict=True) for v in pair]
+    for cell, original in zip(read_back, originals, strict=True):
         assert not cell.startswith(FORMULA_PREFIXES), cell
         assert cell == neutralise(original)
         assert unneutralise(cell) == original  # nothing is lost
