@@ -1,0 +1,152 @@
+"""kill -9 at random moments, resume, repeat: nobody emailed twice, nobody lost.
+
+A real ``batchsend`` process sends a generated campaign to a sandbox process that
+records every accepted message to a file. The test SIGKILLs the sender at random
+points of its progress (read from the database, as any observer could), looks at what
+the dead process left ``sending``, resumes, and repeats. Then, from the sandbox's own
+record: no recipient got two messages; every row is terminal; every ``unknown`` row was
+in flight at one of the kills; SQLite's integrity check passes. Finally
+``--resend-unknown`` sends the unknown rows as their recorded requests: the ones that had
+reached the provider are recognised by their Idempotency-Key, so still nobody gets two.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from runkit import write_campaign
+
+KEY = "sk-crash-test"
+TERMINAL = {"sent", "failed", "skipped", "unknown"}
+
+
+def start_sandbox(tmp_path: Path, record: Path, latency_ms: int) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "batchsend", "sandbox", "--port", "0", "--api-key", KEY,
+         "--domain", "example.com", "--latency", str(latency_ms), "--record", str(record)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert "listening on" in line, line
+    return proc, line.rsplit(" ", 1)[1].strip()
+
+
+def query(db: Path, sql: str, *params: object) -> list[tuple]:
+    if not db.exists():
+        return []
+    conn = sqlite3.connect(db, timeout=5)
+    try:
+        return conn.execute(sql, params).fetchall()
+    except sqlite3.OperationalError:  # tables not created yet
+        return []
+    finally:
+        conn.close()
+
+
+def crash_and_resume(
+    tmp_path: Path, *, rows: int, kills: int, provider: str, latency_ms: int, seed: int
+) -> None:
+    rng = random.Random(seed)
+    record = tmp_path / "record.jsonl"
+    db = tmp_path / "crash.db"
+    send = {"concurrency": 4, "batch_size": 20} if provider == "tosend" else {"concurrency": 8}
+    campaign = write_campaign(tmp_path / "c", rows=rows, provider=provider, send=send)
+    sandbox, base_url = start_sandbox(tmp_path, record, latency_ms)
+    env = {**os.environ, "BATCHSEND_API_KEY": KEY}
+    common = ["--db", str(db), "--base-url", base_url, "--json"]
+    in_flight_at_kills: set[int] = set()
+    run_id: str | None = None
+
+    def command() -> list[str]:
+        if run_id is None:
+            return [sys.executable, "-m", "batchsend", "run", str(campaign), *common]
+        return [sys.executable, "-m", "batchsend", "resume", run_id, *common]
+
+    try:
+        for i in range(kills):
+            before = query(db, "SELECT count(*) FROM recipients WHERE state != 'pending'")
+            done_before = before[0][0] if before else 0
+            remaining = rows - done_before
+            target = done_before + rng.randint(1, max(1, remaining // (kills - i + 1)))
+            proc = subprocess.Popen(
+                command(), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            deadline = time.monotonic() + 30
+            while proc.poll() is None and time.monotonic() < deadline:
+                found = query(db, "SELECT count(*) FROM recipients WHERE state != 'pending'")
+                if found and found[0][0] >= target:
+                    break
+                time.sleep(0.002)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            ids = query(db, "SELECT id FROM runs")
+            if ids:
+                run_id = ids[0][0]
+                in_flight_at_kills |= {
+                    r for (r,) in query(db, "SELECT row FROM recipients WHERE state = 'sending'")
+                }
+        assert run_id is not None, "no kill left a recorded run; raise the targets"
+        assert in_flight_at_kills, "no kill caught a request in flight"
+
+        final = subprocess.run(command(), env=env, capture_output=True, text=True, timeout=60)
+        assert final.returncode == 0, final.stderr
+        summary = json.loads(final.stdout)
+        assert summary["state"] == "finished"
+
+        states = dict(query(db, "SELECT row, state FROM recipients WHERE run_id = ?", run_id))
+        assert sorted(states) == list(range(1, rows + 1))  # nobody lost
+        assert set(states.values()) <= TERMINAL
+        unknown = {r for r, s in states.items() if s == "unknown"}
+        assert unknown <= in_flight_at_kills
+        delivered = Counter(
+            to for line in record.read_text().splitlines() for to in json.loads(line)["to"]
+        )
+        assert max(delivered.values()) == 1  # nobody emailed twice
+        sent = {r for r, s in states.items() if s == "sent"}
+        addresses = {f"user{r}@example.org": r for r in range(1, rows + 1)}
+        delivered_rows = {addresses[a] for a in delivered}
+        assert sent <= delivered_rows <= sent | unknown
+        assert query(db, "PRAGMA integrity_check") == [("ok",)]
+
+        # The unknown rows, sent as the very same requests: still one message each.
+        args = [*command(), "--resend-unknown"]
+        again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)
+        assert again.returncode == 0, again.stderr
+        assert json.loads(again.stdout)["counts"]["sent"] == rows
+        delivered = Counter(
+            to for line in record.read_text().splitlines() for to in json.loads(line)["to"]
+        )
+        assert delivered == Counter({a: 1 for a in addresses})
+    finally:
+        sandbox.send_signal(signal.SIGINT)
+        try:
+            sandbox.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            sandbox.kill()
+            sandbox.wait()
+        assert sandbox.stdout is not None
+        sandbox.stdout.close()
+
+
+def test_kill_9_and_resume_never_sends_twice(tmp_path: Path) -> None:
+    crash_and_resume(tmp_path, rows=3000, kills=4, provider="tosend", latency_ms=20, seed=1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("provider", "seed"), [("tosend", 2), ("tosend", 3), ("v1", 4)])
+def test_kill_9_and_resume_never_sends_twice_long(tmp_path: Path, provider: str, seed: int) -> None:
+    crash_and_resume(tmp_path, rows=5000, kills=8, provider=provider, latency_ms=5, seed=seed)
