@@ -94,6 +94,7 @@ def timeline_svg(buckets: Sequence[TimeBucket], *, width: int = 900, height: int
     span = buckets[-1].start + buckets[-1].width
     rate_max = _nice_max(max(b.rate for b in buckets))
     retry_max = _nice_max(max(b.retries for b in buckets))
+    retry_max = 4 * math.ceil(max(retry_max, 4) / 4)  # whole numbers on the retries axis
     slot = plot_w / n
 
     def x(i: float) -> float:
