@@ -120,7 +120,13 @@ async def _provider_request(
     else:
         send = tosend.send_one if provider is tosend else v1.send
         status, body = send(
-            state, key, payload, endpoint=request.path, idempotency_key=idempotency_key, now=now
+            state,
+            key,
+            payload,
+            endpoint=request.path,
+            idempotency_key=idempotency_key,
+            now=now,
+            raw=raw,
         )
         accepted = status == 200
     if status >= 400:
@@ -194,7 +200,7 @@ async def messages(request: web.Request) -> web.Response:
         since = int(request.query.get("since", "0"))
     except ValueError:
         raise web.HTTPBadRequest(text="since must be an integer") from None
-    return _response(200, _dump(state.messages[since:]))
+    return _response(200, _dump([m.as_dict() for m in state.messages[since:]]))
 
 
 async def stats(request: web.Request) -> web.Response:

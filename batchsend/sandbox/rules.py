@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import binascii
+import json
 import re
 from email.utils import parseaddr
 from typing import Any, TypeGuard
@@ -40,15 +41,21 @@ def decoded_size(content: object) -> int | None:
         return None
 
 
-def without_attachment_contents(body: dict[str, Any]) -> dict[str, Any]:
-    """``body`` for the message log: attachment contents replaced by their decoded size.
+def logged_body(body: dict[str, Any], raw: bytes | None) -> str | bytes:
+    """The JSON kept in the message log: ``body`` minus attachment contents.
 
-    The body is shared, not copied, when it has no attachments (the usual case), which
-    keeps the hot path free of copies; the log never mutates it.
+    ``raw`` is the request's own bytes when ``body`` is the whole request: without
+    attachments (the usual case) they are kept as they are, no copy, no re-encoding.
     """
     attachments = body.get("attachments")
     if not attachments or not isinstance(attachments, list):
-        return body
+        return raw if raw is not None else json.dumps(body, ensure_ascii=False)
+    return json.dumps(without_attachment_contents(body), ensure_ascii=False)
+
+
+def without_attachment_contents(body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` with each attachment's content replaced by its decoded size."""
+    attachments = body["attachments"]
     stripped = []
     for item in attachments:
         if isinstance(item, dict) and "content" in item:

@@ -28,7 +28,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 IDEMPOTENCY_TTL_S = 24 * 3600
 
@@ -97,14 +97,65 @@ class SandboxConfig:
 CONFIG_FIELDS = frozenset(f.name for f in fields(SandboxConfig))
 
 
-@dataclass(slots=True)
-class StoredResponse:
-    """A response kept for idempotent replay."""
+class StoredResponse(NamedTuple):
+    """A response kept for idempotent replay (a tuple of atoms: the collector skips it)."""
 
     digest: bytes
     status: int
     body: bytes
     expires: float
+
+
+class Logged(NamedTuple):
+    """One accepted email as kept in memory.
+
+    Only strings, numbers and tuples of strings, so the cyclic collector untracks it
+    after one pass: a sandbox that has taken a million messages does not make every
+    collection walk a million parsed bodies. :meth:`as_dict` builds the public shape.
+    """
+
+    provider: str
+    endpoint: str
+    idempotency_key: str | None
+    message_id: str
+    email_id: str | None
+    to: tuple[str, ...]
+    cc: tuple[str, ...]
+    bcc: tuple[str, ...]
+    body_json: str | bytes  # the request JSON minus attachment contents
+    received: float
+    batch_index: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The entry of ``GET /_sandbox/messages`` and of the ``--record`` file."""
+        out: dict[str, Any] = {
+            "provider": self.provider,
+            "endpoint": self.endpoint,
+            "idempotency_key": self.idempotency_key,
+            "message_id": self.message_id,
+        }
+        if self.email_id is not None:
+            out["email_id"] = self.email_id
+        out["to"] = list(self.to)
+        out["cc"] = list(self.cc)
+        out["bcc"] = list(self.bcc)
+        out["body"] = json.loads(self.body_json)
+        out["received_at"] = iso_time(self.received)
+        if self.batch_index is not None:
+            out["batch_index"] = self.batch_index
+        return out
+
+
+_iso_cache: list[Any] = [None, ""]
+
+
+def iso_time(now: float) -> str:
+    """``now`` as ISO 8601 UTC with milliseconds and a Z, as the providers write times."""
+    second = int(now)
+    if _iso_cache[0] != second:  # formatting the date part once per second is enough
+        _iso_cache[0] = second
+        _iso_cache[1] = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{_iso_cache[1]}.{int((now - second) * 1000):03d}Z"
 
 
 class SandboxState:
@@ -123,7 +174,7 @@ class SandboxState:
         self.clock = clock
         self.record_path = record
         self._record_file: IO[str] | None = None
-        self.messages: list[dict[str, Any]] = []
+        self.messages: list[Logged] = []
         self.idempotency: OrderedDict[tuple[str, str, str], StoredResponse] = OrderedDict()
         self.config = config
         self.rng = random.Random(config.seed)
@@ -254,7 +305,7 @@ class SandboxState:
 
     # messages ----------------------------------------------------------------------------
 
-    def accept(self, entry: dict[str, Any], domain: str, recipients: int) -> None:
+    def accept(self, entry: Logged, domain: str, recipients: int) -> None:
         """Log one accepted email, charge its credits, append it to the record file."""
         if self.credits is not None:
             self.credits -= recipients
@@ -265,7 +316,7 @@ class SandboxState:
         if self.record_path is not None:
             if self._record_file is None:
                 self._record_file = open(self.record_path, "a", encoding="utf-8")  # noqa: SIM115
-            self._record_file.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            self._record_file.write(json.dumps(entry.as_dict(), ensure_ascii=False) + "\n")
             self._record_file.flush()
 
     def close(self) -> None:
@@ -273,10 +324,6 @@ class SandboxState:
         if self._record_file is not None:
             self._record_file.close()
             self._record_file = None
-
-    def iso_now(self, now: float) -> str:
-        """``now`` as ISO 8601 UTC with a Z, as the providers write timestamps."""
-        return datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
 
     # inspection --------------------------------------------------------------------------
 

@@ -15,11 +15,11 @@ from batchsend.sandbox.rules import (
     MB,
     decoded_size,
     domain_of,
+    logged_body,
     rfc5322_address,
     valid_address,
-    without_attachment_contents,
 )
-from batchsend.sandbox.state import DISPOSABLE_DOMAINS, SandboxState
+from batchsend.sandbox.state import DISPOSABLE_DOMAINS, Logged, SandboxState
 
 MAX_PER_FIELD = 50
 MAX_BATCH = 100
@@ -278,6 +278,7 @@ def send_one(
     idempotency_key: str | None,
     now: float,
     batch_index: int | None = None,
+    raw: bytes | None = None,
 ) -> Answer:
     """Validate one email and, when it passes, accept it: ``(200, {"message_id"})``."""
     if not isinstance(email, dict):
@@ -325,7 +326,7 @@ def send_one(
     if bad is not None:
         return bad
 
-    kept = [[a for a in lst if domain_of(a) not in DISPOSABLE_DOMAINS] for lst in lists]
+    kept = [tuple(a for a in lst if domain_of(a) not in DISPOSABLE_DOMAINS) for lst in lists]
     count = len(kept[0]) + len(kept[1]) + len(kept[2])
     state.dropped_disposable += len(lists[0]) + len(lists[1]) + len(lists[2]) - count
     if count == 0:
@@ -334,19 +335,19 @@ def send_one(
         return INSUFFICIENT_CREDITS
 
     message_id = email.get("message_hash") or uuid.uuid4().hex
-    entry = {
-        "provider": "tosend",
-        "endpoint": endpoint,
-        "idempotency_key": idempotency_key,
-        "message_id": message_id,
-        "to": kept[0],
-        "cc": kept[1],
-        "bcc": kept[2],
-        "body": without_attachment_contents(email),
-        "received_at": state.iso_now(now),
-    }
-    if batch_index is not None:
-        entry["batch_index"] = batch_index
+    entry = Logged(
+        "tosend",
+        endpoint,
+        idempotency_key,
+        message_id,
+        None,
+        kept[0],
+        kept[1],
+        kept[2],
+        logged_body(email, raw),
+        now,
+        batch_index,
+    )
     state.accept(entry, domain, count)
     return 200, {"message_id": message_id}
 

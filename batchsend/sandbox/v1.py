@@ -13,10 +13,10 @@ from batchsend.sandbox.rules import (
     MB,
     decoded_size,
     domain_of,
+    logged_body,
     valid_address,
-    without_attachment_contents,
 )
-from batchsend.sandbox.state import SandboxState
+from batchsend.sandbox.state import Logged, SandboxState, iso_time
 
 MAX_FILE = 10 * MB
 MAX_TOTAL = 25 * MB
@@ -153,6 +153,7 @@ def send(
     endpoint: str,
     idempotency_key: str | None,
     now: float,
+    raw: bytes | None = None,
 ) -> Answer:
     """Validate one v1 request and, when it passes, accept it (200 ``queued``)."""
     if not isinstance(email, dict):
@@ -223,23 +224,20 @@ def send(
         return INSUFFICIENT_CREDITS
     email_id = str(uuid.uuid4())
     message_id = f"<{email_id}@{domain}>"
-    submitted_at = state.iso_now(now)
-    state.accept(
-        {
-            "provider": "v1",
-            "endpoint": endpoint,
-            "idempotency_key": idempotency_key,
-            "message_id": message_id,
-            "email_id": email_id,
-            "to": [to],
-            "cc": cc,
-            "bcc": bcc,
-            "body": without_attachment_contents(email),
-            "received_at": submitted_at,
-        },
-        domain,
-        count,
+    submitted_at = iso_time(now)
+    entry = Logged(
+        "v1",
+        endpoint,
+        idempotency_key,
+        message_id,
+        email_id,
+        (to,),
+        tuple(cc),
+        tuple(bcc),
+        logged_body(email, raw),
+        now,
     )
+    state.accept(entry, domain, count)
     return 200, {
         "to": to,
         "submitted_at": submitted_at,
