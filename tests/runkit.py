@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import csv
+import os
+import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
+
+KEY = "sk-crash-test"
 
 TOSEND_SEND = {"concurrency": 4, "batch_size": 10, "max_attempts": 2, "max_retry_time": 5}
 
@@ -73,3 +79,32 @@ def recipients_in(messages: list[dict[str, Any]]) -> list[str]:
             for a in m.get(field) or []:
                 out.append(a["email"] if isinstance(a, dict) else a)
     return out
+
+
+def start_sandbox(record: Path, latency_ms: int) -> tuple[subprocess.Popen, str]:
+    """A ``batchsend sandbox`` process accepting :data:`KEY`; returns it and its base URL."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "batchsend", "sandbox", "--port", "0", "--api-key", KEY,
+         "--domain", "example.com", "--latency", str(latency_ms), "--record", str(record)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert "listening on" in line, line
+    return proc, line.rsplit(" ", 1)[1].strip()
+
+
+def query(db: Path, sql: str, *params: object) -> list[tuple]:
+    """Read the database as an outside observer (a fresh connection per question)."""
+    if not db.exists():
+        return []
+    conn = sqlite3.connect(db, timeout=5)
+    try:
+        return conn.execute(sql, params).fetchall()
+    except sqlite3.OperationalError:  # tables not created yet
+        return []
+    finally:
+        conn.close()

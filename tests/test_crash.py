@@ -16,7 +16,6 @@ import json
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -24,37 +23,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from runkit import write_campaign
+from runkit import KEY, query, start_sandbox, write_campaign
 
-KEY = "sk-crash-test"
 TERMINAL = {"sent", "failed", "skipped", "unknown"}
-
-
-def start_sandbox(tmp_path: Path, record: Path, latency_ms: int) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "batchsend", "sandbox", "--port", "0", "--api-key", KEY,
-         "--domain", "example.com", "--latency", str(latency_ms), "--record", str(record)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )  # fmt: skip
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert "listening on" in line, line
-    return proc, line.rsplit(" ", 1)[1].strip()
-
-
-def query(db: Path, sql: str, *params: object) -> list[tuple]:
-    if not db.exists():
-        return []
-    conn = sqlite3.connect(db, timeout=5)
-    try:
-        return conn.execute(sql, params).fetchall()
-    except sqlite3.OperationalError:  # tables not created yet
-        return []
-    finally:
-        conn.close()
 
 
 def crash_and_resume(
@@ -65,7 +36,7 @@ def crash_and_resume(
     db = tmp_path / "crash.db"
     send = {"concurrency": 4, "batch_size": 20} if provider == "tosend" else {"concurrency": 8}
     campaign = write_campaign(tmp_path / "c", rows=rows, provider=provider, send=send)
-    sandbox, base_url = start_sandbox(tmp_path, record, latency_ms)
+    sandbox, base_url = start_sandbox(record, latency_ms)
     env = {**os.environ, "BATCHSEND_API_KEY": KEY}
     common = ["--db", str(db), "--base-url", base_url, "--json"]
     in_flight_at_kills: set[int] = set()

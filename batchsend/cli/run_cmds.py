@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from batchsend.runner import RunSummary, resume_run, run_campaign
+from batchsend.runner import EXIT_INTERRUPTED, RunSummary, resume_run, run_campaign
 
 
 def _send_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -73,6 +73,15 @@ def _send_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+def _call(fn: Callable[..., RunSummary], *args: Any, **kwargs: Any) -> RunSummary:
+    try:
+        return fn(*args, **kwargs)
+    except KeyboardInterrupt:
+        # Ctrl-C before sending began (preflight): the run's transaction was rolled back.
+        click.echo("\nbatchsend: interrupted before sending; nothing was sent", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+
+
 def _finish(summary: RunSummary, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(summary.to_dict(), indent=2))
@@ -121,7 +130,7 @@ def run(campaign: str, **options: Any) -> None:
       batchsend run mycampaign/campaign.toml --test-to me@example.com
     """
     as_json = options.pop("as_json")
-    summary = run_campaign(campaign, **options)
+    summary = _call(run_campaign, campaign, **options)
     _finish(summary, as_json)
 
 
@@ -155,5 +164,5 @@ def resume(run_id: str, **options: Any) -> None:
       batchsend resume 20261121T103455-ab12cd --retry-failed --resend-unknown --json
     """
     as_json = options.pop("as_json")
-    summary = resume_run(run_id, **options)
+    summary = _call(resume_run, run_id, **options)
     _finish(summary, as_json)

@@ -1,0 +1,74 @@
+"""Ctrl-C on a real ``batchsend run`` process: once stops cleanly, twice stops at once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from runkit import KEY, query, start_sandbox, write_campaign
+
+ROWS = 800
+
+
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_leaves_a_resumable_run(tmp_path: Path, presses: int) -> None:
+    record = tmp_path / "record.jsonl"
+    db = tmp_path / "i.db"
+    campaign = write_campaign(tmp_path / "c", rows=ROWS, send={"concurrency": 4, "batch_size": 20})
+    sandbox, base_url = start_sandbox(record, latency_ms=200)
+    env = {**os.environ, "BATCHSEND_API_KEY": KEY}
+    common = ["--db", str(db), "--base-url", base_url, "--json"]
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "batchsend", "run", str(campaign), *common],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            found = query(db, "SELECT count(*) FROM recipients WHERE state = 'sent'")
+            if found and found[0][0] >= 100:
+                break
+            time.sleep(0.005)
+        for _ in range(presses):
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.01)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 130, err
+        summary = json.loads(out)
+        assert summary["state"] == "interrupted" and summary["interrupted"]
+        assert "stopping" in err
+        counts = summary["counts"]
+        assert 100 <= counts["sent"] < ROWS and counts["pending"] > 0
+        if presses == 1:
+            assert counts["sending"] == 0  # what was in flight finished and was recorded
+        else:
+            assert counts["sending"] > 0  # it did not wait for the answers in flight
+        (run_id,) = query(db, "SELECT id FROM runs")[0]
+        resumed = subprocess.run(
+            [sys.executable, "-m", "batchsend", "resume", run_id, *common, "--resend-unknown"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert resumed.returncode == 0, resumed.stderr
+        assert json.loads(resumed.stdout)["counts"]["sent"] == ROWS
+        delivered = Counter(
+            to for line in record.read_text().splitlines() for to in json.loads(line)["to"]
+        )
+        assert len(delivered) == ROWS and max(delivered.values()) == 1
+    finally:
+        sandbox.send_signal(signal.SIGINT)
+        sandbox.wait(timeout=10)
+        assert sandbox.stdout is not None
+        sandbox.stdout.close()
