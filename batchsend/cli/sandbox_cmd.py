@@ -145,17 +145,23 @@ def sandbox(
     """Serve both provider APIs on loopback, for trying and testing batchsend offline.
 
     Serves v1 (POST /api/v1/send) and ToSend (POST /v2/emails, POST /v2/emails/batch,
-    GET /v2/info) until Ctrl-C, and prints the base URL and the accepted keys. Without
-    --api-key it accepts the fixed test key "sk-test". Every accepted message can be
-    inspected, without a key, at GET /_sandbox/messages; counters at GET /_sandbox/stats;
-    settings change live with POST /_sandbox/config.
+    GET /v2/info) until Ctrl-C, and prints the base URL and the accepted keys. Every
+    accepted message can be inspected, without a key, at GET /_sandbox/messages;
+    counters at GET /_sandbox/stats; settings change live with POST /_sandbox/config
+    (a JSON object, e.g. {"fail_rate": 0.2}).
+
+    \b
+    Defaults: key sk-test, verified domain example.com, port 8025, no faults.
 
     \b
     Example:
       batchsend sandbox
-      batchsend sandbox --port 8025 --api-key sk-live-test --domain acme.com \\
-          --pending-domain news.acme.com --credits 1000 --rate-limit 50
-      batchsend sandbox --fail-rate 0.1 --drop-rate 0.05 --seed 7 --record sent.jsonl
+      batchsend sandbox --host 127.0.0.1 --port 8025 --api-key sk-live-test \\
+          --domain acme.com --pending-domain news.acme.com --credits 1000 --rate-limit 50
+      batchsend sandbox --fail-rate 0.1 --drop-rate 0.05 --latency 20 --seed 7 \\
+          --record sent.jsonl
+      batchsend sandbox --api-key sk-a --api-key sk-b --domain a.com --domain b.com \\
+          --key-domain sk-b=b.com
     """
     server = Sandbox(
         api_keys=api_keys or (DEFAULT_KEY,),

@@ -106,7 +106,8 @@ class Sandbox:
     @property
     def base_url(self) -> str:
         """``http://HOST:PORT``; the provider paths hang off it."""
-        return f"http://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
 
     @property
     def api_keys(self) -> tuple[str, ...]:

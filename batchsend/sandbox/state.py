@@ -328,7 +328,14 @@ class SandboxState:
     # inspection --------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        """A JSON-ready snapshot of the counters (the body of ``GET /_sandbox/stats``)."""
+        """A JSON-ready snapshot of the counters (the body of ``GET /_sandbox/stats``).
+
+        ``requests``: every request to a provider endpoint; ``accepted``: emails logged;
+        ``duplicates``: idempotent replays (no new message); ``rejections``: refusals by
+        the contract by status code (each refused email of a batch counts); ``faults``:
+        injected ``"500"``/``"502"``/``"503"``, ``"429"`` (rate limit) and ``"dropped"``;
+        ``requests_per_second``: provider requests per epoch second (keys are strings).
+        """
         return {
             "requests": self.requests,
             "accepted": self.accepted,
