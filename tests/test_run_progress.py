@@ -1,0 +1,67 @@
+"""The live progress line: rate and ETA from an injected clock; silent off a terminal."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from batchsend.progress import Counters, ProgressDisplay, RateMeter, describe
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_rate_and_eta_over_a_sliding_window() -> None:
+    clock = Clock()
+    meter = RateMeter(window=10.0, clock=clock)
+    assert meter.rate() is None and meter.eta(100) is None
+    for second, done in enumerate([0, 100, 200, 300]):
+        clock.t = float(second)
+        meter.add(done)
+    assert meter.rate() == pytest.approx(100.0)
+    assert meter.eta(500) == pytest.approx(5.0)
+    # a stall ages out of the window: the rate follows the recent pace, not the average
+    for second in range(4, 20):
+        clock.t = float(second)
+        meter.add(300 + (second - 3) * 10)
+    assert meter.rate() == pytest.approx(10.0)
+    assert meter.eta(0) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("counters", "rate", "eta", "expected"),
+    [
+        (Counters(5000, 1200, 3, 7, 48), 410.2, 9.4, "sent 1,200/5,000  failed 3  retrying 7"),
+        (Counters(10), None, None, "-/s  ETA --:--"),
+        (Counters(10, 5), 1.0, 3725.0, "ETA 1:02:05"),
+    ],
+)
+def test_describe(counters: Counters, rate, eta, expected: str) -> None:
+    assert expected in describe(counters, rate, eta)
+
+
+def test_quiet_when_stderr_is_not_a_terminal() -> None:
+    stream = io.StringIO()
+    display = ProgressDisplay(100, stream=stream)
+    assert not display.enabled
+    display.update(Counters(100, sent=50))
+    display.close()
+    assert stream.getvalue() == ""
+
+
+def test_draws_when_enabled() -> None:
+    stream = io.StringIO()
+    clock = Clock()
+    display = ProgressDisplay(100, stream=stream, enabled=True, clock=clock)
+    display.update(Counters(100, sent=10))
+    clock.t = 1.0
+    line = display.update(Counters(100, sent=30, failed=2, in_flight=8))
+    display.close()
+    assert "sent 30/100" in line and "22/s" in line
+    assert "sent 30/100" in stream.getvalue()
