@@ -49,6 +49,10 @@ PAYLOAD = {
     "message_hash": "bs-3f9a1c2e-0001-4b7e-9d2a-5c6e7f8a9b0c",
 }
 BODY = json.dumps(PAYLOAD)
+BATCH_SIZE = 100
+BATCH_BODY = json.dumps(
+    {"emails": [{**PAYLOAD, "message_hash": f"bs-{i:04d}"} for i in range(BATCH_SIZE)]}
+)
 
 MINIMAL_SERVER = textwrap.dedent(
     """
@@ -154,11 +158,11 @@ def wait_listening(port: int) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
-def load(url: str, seconds: float, connections: int) -> tuple[float, int]:
+def load(url: str, seconds: float, connections: int, body: str = BODY) -> tuple[float, int]:
     """(requests/s, non-200 answers) from wrk, or from the Python fallback."""
     if shutil.which("wrk"):
         with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-            f.write(WRK_SCRIPT % {"key": KEY, "body": json.dumps(BODY)})
+            f.write(WRK_SCRIPT % {"key": KEY, "body": json.dumps(body)})
         try:
             out = subprocess.run(
                 pinned(
@@ -180,7 +184,7 @@ def load(url: str, seconds: float, connections: int) -> tuple[float, int]:
     out = subprocess.run(
         pinned(
             LOAD_CORE,
-            [sys.executable, "-c", PY_LOAD, url, str(seconds), str(connections), BODY, KEY],
+            [sys.executable, "-c", PY_LOAD, url, str(seconds), str(connections), body, KEY],
         ),
         capture_output=True,
         text=True,
@@ -189,12 +193,15 @@ def load(url: str, seconds: float, connections: int) -> tuple[float, int]:
     return float(out[0]), int(out[1])
 
 
-def measure(start, seconds: float, connections: int) -> float:
+def measure(start, seconds: float, connections: int, batch: bool = False) -> float:
     """Start a server, warm it up, load it; requests/s (an error answer voids the run)."""
     proc, url = start()
+    body = BODY
+    if batch:
+        url, body = url + "/batch", BATCH_BODY
     try:
-        load(url, 1, connections)  # warm up
-        rps, bad = load(url, seconds, connections)
+        load(url, 1, connections, body)  # warm up
+        rps, bad = load(url, seconds, connections, body)
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -227,6 +234,11 @@ def main() -> None:
         )
     minimal, sandbox = best.values()
     print(f"sandbox / minimal = {sandbox / minimal:.0%} of best figures (target >= 50%)")
+    batch = measure(start_sandbox, args.seconds, min(args.connections, 16), batch=True)
+    print(
+        f"sandbox POST /v2/emails/batch ({BATCH_SIZE} emails, {len(BATCH_BODY) // 1024} KB): "
+        f"{batch:,.0f} req/s = {batch * BATCH_SIZE:,.0f} emails/s"
+    )
 
 
 if __name__ == "__main__":

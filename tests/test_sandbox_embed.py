@@ -73,3 +73,29 @@ def test_record_file_gets_one_line_per_message(make_sandbox, tmp_path) -> None:
 def test_refuses_non_loopback_host() -> None:
     with pytest.raises(ValueError, match="loopback"):
         Sandbox(host="0.0.0.0")
+
+
+def test_messages_since_pages_the_log(sandbox: Sandbox) -> None:
+    with httpx.Client() as client:
+        for _ in range(3):
+            client.post(f"{sandbox.base_url}/v2/emails", json=EMAIL, headers=AUTH)
+        tail = client.get(f"{sandbox.base_url}/_sandbox/messages", params={"since": 2}).json()
+        assert [m["message_id"] for m in tail] == [sandbox.messages()[2]["message_id"]]
+        bad = client.get(f"{sandbox.base_url}/_sandbox/messages", params={"since": "x"})
+        assert bad.status_code == 400
+
+
+def test_stats_count_what_happened(sandbox: Sandbox) -> None:
+    with httpx.Client() as client:
+        client.post(f"{sandbox.base_url}/v2/emails", json=EMAIL, headers=AUTH)
+        client.post(f"{sandbox.base_url}/v2/emails", json=EMAIL)  # 401
+        client.post(
+            f"{sandbox.base_url}/api/v1/send", json={"to": "x"}, headers={"X-API-Key": "sk-test"}
+        )
+        stats = client.get(f"{sandbox.base_url}/_sandbox/stats").json()
+    assert stats == sandbox.stats()
+    assert stats["requests"] == 3
+    assert stats["accepted"] == 1
+    assert stats["rejections"] == {"401": 1, "400": 1}
+    assert stats["faults"] == {}
+    assert sum(stats["requests_per_second"].values()) == 3
