@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import importlib
 import sys
+from typing import Any
 
 import click
 
 from batchsend import __version__
 from batchsend.errors import BatchsendError
+from batchsend.secrets import redact
 
 # command name -> "module:attribute", in the order --help lists them
 COMMANDS: dict[str, str] = {
@@ -58,11 +60,12 @@ class LazyGroup(click.Group):
 class BatchsendGroup(LazyGroup):
     """Turns batchsend's own errors into one clear message and the right exit code."""
 
-    def invoke(self, ctx: click.Context):  # type: ignore[no-untyped-def]
+    def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except BatchsendError as exc:
-            click.echo(f"error: {exc}", err=True)
+            # Redacted again here as a last line of defence: no key reaches a terminal.
+            click.echo(f"error: {redact(str(exc))}", err=True)
             sys.exit(exc.exit_code)
 
 
