@@ -43,6 +43,7 @@ The store owns the schema; this module only reads it, through the connection of 
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import queue
@@ -647,6 +648,22 @@ def _chain(first: pl.DataFrame, rest: Iterator[pl.DataFrame]) -> Iterator[pl.Dat
     yield from rest
 
 
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while millions of row tuples come and go.
+
+    The rows hold no reference cycles, yet allocating them keeps triggering collections
+    that walk every young tuple: about a third of the export's CPU time for nothing.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def write_report(
     db_path: str | Path,
     run_id: str,
@@ -680,20 +697,21 @@ def write_report(
         db_path, run_id, states=states, with_input=with_input, chunk_rows=chunk_rows
     )
     tmp = out.with_name(out.name + ".partial")
-    try:
-        if format == "csv":
-            _write_csv(frames, tmp)
-        elif format == "json":
-            _write_json(frames, tmp)
-        else:
-            _write_parquet(frames, tmp)
-        tmp.replace(out)  # a reader never sees half a report under the final name
-    except OSError as exc:
-        raise StoreError(f"{out}: cannot write the report: {exc.strerror or exc}") from None
-    finally:
-        frames.close()
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+    with _gc_paused():
+        try:
+            if format == "csv":
+                _write_csv(frames, tmp)
+            elif format == "json":
+                _write_json(frames, tmp)
+            else:
+                _write_parquet(frames, tmp)
+            tmp.replace(out)  # a reader never sees half a report under the final name
+        except OSError as exc:
+            raise StoreError(f"{out}: cannot write the report: {exc.strerror or exc}") from None
+        finally:
+            frames.close()
+            with contextlib.suppress(OSError):
+                tmp.unlink()
     return out
 
 

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from test_report_data import TRICKY, FakeClock, Person, build_run
 
 from batchsend.cli import main
-from batchsend.report import effective_state, list_runs
+from batchsend.report import effective_state, iter_report, list_runs
 from batchsend.states import RunState
 from batchsend.store import Store
 
@@ -150,3 +150,47 @@ def test_cli_report_default_path_and_errors(history, tmp_path: Path, monkeypatch
     assert bad.exit_code == 1 and "no run 'no-such-run'" in bad.stderr
     bad_state = runner.invoke(main, ["report", ids["finished"], "--db", str(db), "--state", "x"])
     assert bad_state.exit_code == 2
+
+
+def test_real_runs_against_the_sandbox_are_listed_and_reported(
+    tmp_path: Path, sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fatal run (bad key), an interrupted one (--limit) and a finished one, for real."""
+    from runkit import write_campaign
+
+    from batchsend.runner import run_campaign
+
+    monkeypatch.chdir(tmp_path)
+    db = tmp_path / "b.db"
+
+    def run(folder: str, **kw):
+        campaign = write_campaign(tmp_path / folder, rows=6, provider="v1")
+        kw.setdefault("api_key", "sk-test")
+        return run_campaign(campaign, db_path=db, base_url=sandbox.base_url, progress=False, **kw)
+
+    fatal = run("a", api_key="sk-wrong")
+    interrupted = run("b", limit=2)
+    finished = run("c")
+    listed = {item.run.id: item for item in list_runs(db)}
+    assert listed[fatal.run_id].state is RunState.FATAL
+    assert "403" in listed[fatal.run_id].run.fatal_error
+    assert listed[fatal.run_id].run.counts["pending"] == 6
+    assert listed[interrupted.run_id].state is RunState.INTERRUPTED
+    assert listed[interrupted.run_id].run.counts["sent"] == 2
+    assert (
+        listed[finished.run_id].state is RunState.FINISHED
+        and listed[finished.run_id].resume is None
+    )
+    for summary in (fatal, interrupted):
+        assert listed[summary.run_id].resume == f"batchsend resume {summary.run_id} --db {db}"
+    # the report of the interrupted run lists all six rows, two sent with provider ids
+    frame = pl.concat(list(iter_report(db, interrupted.run_id)))
+    assert frame["row"].to_list() == [1, 2, 3, 4, 5, 6]
+    assert frame["state"].to_list() == ["sent", "sent", "pending", "pending", "pending", "pending"]
+    assert frame["provider_message_id"].null_count() == 4
+    assert frame["first"].to_list() == [f"First{n}" for n in range(1, 7)]  # input columns
+    # and the runs command shows the same
+    result = CliRunner().invoke(main, ["runs", "--db", str(db), "--json"])
+    states = {r["id"]: r["state"] for r in json.loads(result.stdout)}
+    assert states == {fatal.run_id: "fatal", interrupted.run_id: "interrupted",
+                      finished.run_id: "finished"}  # fmt: skip
