@@ -825,7 +825,7 @@ async def _drive(
             return await send_units(
                 units,
                 provider=provider,
-                transport=transport,
+                transport=transport,  # type: ignore[arg-type]
                 recorder=recorder,
                 concurrency=send.concurrency,
                 limiter=RateLimiter(

@@ -79,7 +79,9 @@ def _utc_now() -> datetime:
 
 
 def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -207,7 +209,7 @@ class Store:
 
     def _create_schema(self) -> None:
         db = self.db
-        db["runs"].create(
+        db.table("runs").create(
             {
                 "id": str,
                 "campaign_path": str,
@@ -234,7 +236,7 @@ class Store:
             pk="id",
             if_not_exists=True,
         )
-        db["recipients"].create(
+        db.table("recipients").create(
             {
                 "run_id": str,
                 "row": int,
@@ -259,10 +261,10 @@ class Store:
             pk=("run_id", "row"),
             if_not_exists=True,
         )
-        db["recipients"].create_index(
+        db.table("recipients").create_index(
             ["run_id", "state"], index_name="recipients_run_state", if_not_exists=True
         )
-        db["units"].create(
+        db.table("units").create(
             {
                 "run_id": str,
                 "key": str,
@@ -275,7 +277,7 @@ class Store:
             pk=("run_id", "key"),
             if_not_exists=True,
         )
-        db["attempts"].create(
+        db.table("attempts").create(
             {
                 "run_id": str,
                 "unit_key": str,
@@ -289,7 +291,7 @@ class Store:
             },
             if_not_exists=True,
         )
-        db["attempts"].create_index(
+        db.table("attempts").create_index(
             ["run_id", "at"], index_name="attempts_run_at", if_not_exists=True
         )
 
@@ -944,7 +946,6 @@ class RunRecorder:
                 " outcome, messages, recipients) VALUES (?,?,?,?,?,?,?,?,?)",
                 self._attempt_rows,
             )
-        conn.execute("UPDATE runs SET updated_at = ? WHERE id = ?", (self.store.now(), self.run_id))
         self._outcome_rows = []
         self._unit_states = []
         self._attempt_rows = []
