@@ -2,11 +2,13 @@
 
 Order of checks on a provider endpoint, and why:
 
-1. count the request (totals and per-second histogram), then ``latency`` delays it;
+1. count the request (totals and per-second histogram), then ``latency`` delays it (and
+   a drawn latency spike, ``spike_rate``/``spike_ms``);
 2. read the body (always, so keep-alive connections stay in step);
 3. auth (missing / invalid key): a stranger is refused before anything else happens,
    and a bad key is never hidden behind a random fault;
-4. rate limit (429 + ``Retry-After``; v1 also ``X-RateLimit-*`` on every answer);
+4. rate limit (429 + ``Retry-After`` unless ``retry_after`` is off; v1 also
+   ``X-RateLimit-*`` on every answer);
 5. ``fail_rate``: an injected 500/502/503, before any processing, so it never accepts;
    (``GET /v2/info`` stops after step 4: faults are for sends);
 6. idempotency: a known key with the same body replays the stored answer (counted as a
@@ -54,8 +56,9 @@ async def _provider_request(
     now = state.clock()
     state.count_request(now)
     cfg = state.config
-    if cfg.latency_ms:
-        await asyncio.sleep(cfg.latency_ms / 1000)
+    delay = cfg.latency_ms / 1000 + state.draw_spike()
+    if delay:
+        await asyncio.sleep(delay)
         now = state.clock()
     raw = await request.read()
 
@@ -76,7 +79,8 @@ async def _provider_request(
     if not admitted:
         assert cfg.rate_limit is not None
         headers = headers or {}
-        headers["Retry-After"] = "1"  # the window is one wall-clock second
+        if cfg.retry_after:
+            headers["Retry-After"] = "1"  # the window is one wall-clock second
         status, body = provider.rate_limited(cfg.rate_limit)
         return _response(status, _dump(body), headers)
 

@@ -71,16 +71,23 @@ class SandboxConfig:
     latency_ms: float = 0.0
     drop_rate: float = 0.0
     seed: int | None = None
+    # A 429 normally carries Retry-After; False answers without it, as some providers do,
+    # so a client's own back-off is what keeps it from hammering.
+    retry_after: bool = True
+    # Latency spikes: this fraction of provider requests waits spike_ms more (seeded draw).
+    spike_rate: float = 0.0
+    spike_ms: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("fail_rate", "drop_rate"):
+        for name in ("fail_rate", "drop_rate", "spike_rate"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, got {value}")
         if self.rate_limit is not None and self.rate_limit < 1:
             raise ValueError(f"rate_limit must be at least 1 request/s, got {self.rate_limit}")
-        if self.latency_ms < 0:
-            raise ValueError(f"latency_ms must not be negative, got {self.latency_ms}")
+        for name in ("latency_ms", "spike_ms"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
         if self.credits is not None and self.credits < 0:
             raise ValueError(f"credits must not be negative, got {self.credits}")
         # tuples, whatever sequence the caller gave (a list from JSON config, say)
@@ -266,6 +273,14 @@ class SandboxState:
             return status
         return None
 
+    def draw_spike(self) -> float:
+        """Extra seconds to delay this request (a latency spike), or 0."""
+        cfg = self.config
+        if cfg.spike_rate and cfg.spike_ms and self.rng.random() < cfg.spike_rate:
+            self.faults["spike"] = self.faults.get("spike", 0) + 1
+            return cfg.spike_ms / 1000
+        return 0.0
+
     def draw_drop(self) -> bool:
         """Should this accepted response be dropped (connection closed, no answer)?"""
         rate = self.config.drop_rate
@@ -333,7 +348,8 @@ class SandboxState:
         ``requests``: every request to a provider endpoint; ``accepted``: emails logged;
         ``duplicates``: idempotent replays (no new message); ``rejections``: refusals by
         the contract by status code (each refused email of a batch counts); ``faults``:
-        injected ``"500"``/``"502"``/``"503"``, ``"429"`` (rate limit) and ``"dropped"``;
+        injected ``"500"``/``"502"``/``"503"``, ``"429"`` (rate limit), ``"dropped"`` and
+        ``"spike"`` (a delayed request);
         ``requests_per_second``: provider requests per epoch second (keys are strings).
         """
         return {
