@@ -209,3 +209,25 @@ def test_cli_sandbox_flag_needs_no_key(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["run", str(campaign), "--sandbox", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["counts"]["sent"] == 4
+
+
+def test_merged_broadcast_one_row_state_each(tmp_path: Path, sandbox: Sandbox) -> None:
+    campaign = write_campaign(tmp_path / "c", rows=60, merge=True)
+    summary = run(campaign, sandbox)
+    assert summary.counts["sent"] == 60
+    messages = sandbox.messages()
+    assert sorted(len(m["bcc"]) for m in messages) == [10, 50]  # 50 per field at most
+    assert Counter(recipients_in(messages)) == Counter(
+        {**{f"user{n}@example.org": 1 for n in range(1, 61)}, "news@example.com": 2}
+    )  # the visible "to" of a bcc broadcast is the sender
+    with Store("b.db") as store:
+        units = {r["unit_key"] for r in store.recipients(summary.run_id)}
+        compositions = [store.unit(summary.run_id, k).composition for k in units]
+        assert sorted(len(rows) for c in compositions for rows in c) == [10, 50]
+
+
+def test_httpx_transport_sends_the_same(tmp_path: Path, sandbox: Sandbox) -> None:
+    campaign = write_campaign(tmp_path / "c", rows=12, provider="v1")
+    summary = run(campaign, sandbox, http_client="httpx")
+    assert summary.counts["sent"] == 12
+    assert len(sandbox.messages()) == 12
