@@ -37,6 +37,7 @@ import time
 from collections.abc import AsyncIterable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from batchsend.crashpoints import crashpoint
 from batchsend.errors import FatalSendError, RetryableSendError, SendError
 from batchsend.outcome import MessageOutcome, OutcomeKind, Recorder
 from batchsend.plan import SendUnit
@@ -230,6 +231,7 @@ class _Engine:
                 return  # never marked sending: the unit stays pending
             rows = sum(len(pm.rows) for pm in unit.messages)
             recorder.mark_sending(unit)
+            crashpoint("sending")  # test-only: the gauntlet's kill -9 after the commit
             self.in_flight += rows
             try:
                 outcomes, attempts = await self.send(unit)
@@ -260,6 +262,7 @@ class _Engine:
             except SendError as exc:
                 outcomes = self.provider.outcomes_for_error(unit, exc)
             else:
+                crashpoint("response")  # test-only: kill -9 with the answer unrecorded
                 status = response.status
                 outcomes = self.provider.parse_response(
                     unit, status, response.headers, response.body
