@@ -34,7 +34,8 @@ from batchsend.render import Renderer, RowRenderError
 from batchsend.source import SourceSpec, iter_batches, read_columns
 
 MB = 1024 * 1024
-BATCH_ROWS = 50_000
+BATCH_ROWS = 10_000  # small batches keep the per-batch Python objects small
+MERGE_EVERY = 200_000  # dedup hashes kept in a set before joining the sorted array
 MAX_KEPT_PROBLEMS = 10_000
 
 #: Provider attachment limits: (per file, total, whether the HTML counts in the total).
@@ -100,8 +101,9 @@ class _Seen:
     """Dedup keys of the rows accepted so far, in little memory.
 
     Keys are kept as 64-bit hashes in a sorted polars Series (8 bytes a row, so 5M rows
-    take 40 MB where a Python set of strings would take ~400 MB), plus a set for the
-    current batch. Two different addresses share a 64-bit hash with probability about
+    take 40 MB where a Python set of strings would take ~400 MB), plus a set of the
+    most recent ones, joined into the sorted array every ``MERGE_EVERY`` keys so the
+    re-sort stays rare. Two different addresses share a 64-bit hash with probability about
     n^2 / 2^65 (3e-8 at one million rows).
     """
 
@@ -119,7 +121,7 @@ class _Seen:
         return [bool(f) and h is not None for f, h in zip(found, hashes, strict=True)]
 
     def end_batch(self) -> None:
-        if self.batch:
+        if len(self.batch) >= MERGE_EVERY:
             new = pl.Series("h", list(self.batch), dtype=pl.Int64)
             self.sorted = pl.concat([self.sorted, new]).sort()
             self.batch = set()

@@ -145,6 +145,7 @@ def test_duplicates_across_batches(tmp_path, monkeypatch) -> None:
     import batchsend.preflight as pf
 
     monkeypatch.setattr(pf, "BATCH_ROWS", 7)  # many small batches
+    monkeypatch.setattr(pf, "MERGE_EVERY", 3)  # and many joins into the sorted array
     lines = [f"u{i % 10}@example.com,N,F" for i in range(30)]
     campaign = make(tmp_path, "email,name,first_name\n" + "\n".join(lines) + "\n")
     reasons = [r.skip_reason for r in iter_rows(campaign)]
