@@ -1,0 +1,359 @@
+"""Send throughput, CPU per message and peak memory of batchsend against the sandbox.
+
+Usage: ``python bench/send_bench.py [--rows 100000] [--naive-rows 10000] [--seconds 5]``
+
+A personalised campaign (``--rows`` rows, six variables, ~3 KB HTML + a text template)
+is rendered and sent; batchsend runs in a child process pinned to core 0, the sandbox
+(``batchsend sandbox``, a fresh one per measurement) in a subprocess pinned to core 1.
+Every figure comes from the same run:
+
+* the sandbox's capacity under a load generator that is not batchsend (the aiohttp
+  loop of ``bench/sandbox_capacity.py``, 64 connections, pinned to core 0), for ToSend
+  single sends, ToSend batches of 100 and v1;
+* rendering alone (``iter_rows``: read, validate, render), then rendering + planning
+  (message keys), per message;
+* batchsend ``tosend`` (batch of 100) and ``v1``, aiohttp transport: messages/s, CPU
+  per message (user + system of the child), peak RSS; and ``v1`` over the httpx
+  transport;
+* a naive sender: a loop over the rendered rows posting each with
+  ``httpx.AsyncClient`` under a semaphore of 16 (over ``--naive-rows`` rows: it is slow);
+* merging: requests for a 100,000-recipient broadcast with and without merging.
+
+The engine runs with an in-memory recorder here (the SQLite store is measured by the
+store's own benchmark), so the figures are render + plan + engine + HTTP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import os
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+KEY = "sk-bench"
+CLIENT_CORE = 0
+SERVER_CORE = "1"
+
+TEXT = """Hello {{ first_name }} {{ last_name }},
+
+Here is your monthly update for {{ city }}.
+{% if plan == "pro" %}As a pro member you have {{ points }} points.
+{%- else %}Upgrade to pro.{% endif %}
+{% for topic in interests.split(";") %}- our guide to {{ topic }}
+{% endfor %}
+Unsubscribe: https://example.com/u?e={{ email | urlencode }}
+"""
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, HERE / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_campaign(folder: Path, rows: int, provider: str, base_url: str) -> Path:
+    """The preflight benchmark's recipients and HTML, plus a text template."""
+    if not (folder / "recipients.csv").exists():
+        _load("preflight_bench").write_inputs(folder, rows)
+        (folder / "news.txt.j2").write_text(TEXT, encoding="utf-8")
+    path = folder / f"{provider}.toml"
+    path.write_text(
+        f"""provider = "{provider}"
+base_url = "{base_url}"
+[source]
+path = "recipients.csv"
+[columns]
+name = "last_name"
+[sender]
+email = "news@example.com"
+name = "Example News"
+[message]
+subject = "{{{{ first_name }}}}, your {{{{ city }}}} update"
+html_file = "news.html.j2"
+text_file = "news.txt.j2"
+[send]
+batch_size = 100
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+# --- the child: one measurement, pinned to one core ----------------------------------------
+
+
+def child(mode: str, campaign_path: str, base_url: str, limit: int, option: str) -> None:
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {CLIENT_CORE})
+    from batchsend.campaign import load_campaign
+    from batchsend.preflight import iter_rows
+
+    campaign = load_campaign(campaign_path)
+
+    def rows():
+        n = 0
+        for r in iter_rows(campaign):
+            if r.message is None:
+                continue
+            yield r
+            n += 1
+            if limit and n >= limit:
+                return
+
+    start_cpu = time.process_time()
+    start = time.perf_counter()
+    requests = 0
+    count = 0
+    if mode == "render":
+        for _ in rows():
+            count += 1
+    elif mode == "plan":
+        from batchsend.plan import plan_units
+        from batchsend.providers import get_provider
+
+        p = get_provider(campaign.provider, base_url=base_url, api_key=KEY)
+        for unit in plan_units(rows(), run_id="bench", provider=p):
+            count += len(unit.messages)
+            requests += 1
+    elif mode == "engine":
+        from batchsend.engine import MemoryRecorder, send_units
+        from batchsend.plan import plan_units
+        from batchsend.providers import get_provider
+        from batchsend.transport import make_transport
+
+        transport_name, concurrency = option.split(":")
+        p = get_provider(campaign.provider, base_url=base_url, api_key=KEY)
+
+        async def go():
+            async with make_transport(transport_name, concurrency=int(concurrency)) as t:
+                return await send_units(
+                    plan_units(rows(), run_id="bench", provider=p),
+                    provider=p,
+                    transport=t,
+                    recorder=MemoryRecorder(keep_attempts=False),
+                    concurrency=int(concurrency),
+                )
+
+        result = asyncio.run(go())
+        assert result.failed == 0 and result.fatal is None, result
+        count, requests = result.sent, result.requests
+    elif mode == "naive":
+        count, requests = asyncio.run(naive(campaign.provider, base_url, rows()))
+    else:
+        raise SystemExit(f"unknown mode {mode}")
+    wall = time.perf_counter() - start
+    cpu = time.process_time() - start_cpu
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"messages": count, "requests": requests, "wall": wall, "cpu": cpu,
+                      "peak_mb": peak}))  # fmt: skip
+
+
+async def naive(provider: str, base_url: str, rows) -> tuple[int, int]:
+    """What users write today: a loop, httpx.AsyncClient, a semaphore of 16."""
+    import httpx
+
+    sem = asyncio.Semaphore(16)
+    sent = 0
+    tasks = set()
+    async with httpx.AsyncClient(timeout=30) as client:
+
+        async def send(r) -> None:
+            nonlocal sent
+            m = r.message
+            try:
+                if provider == "v1":
+                    body = {"to": m.to[0].email, "from": m.sender.email, "subject": m.subject,
+                            "html": m.html, "text": m.text}  # fmt: skip
+                    url = base_url + "/api/v1/send"
+                else:
+                    body = {"from": m.sender.to_dict(), "to": [a.to_dict() for a in m.to],
+                            "subject": m.subject, "html": m.html, "text": m.text}  # fmt: skip
+                    url = base_url + "/v2/emails"
+                response = await client.post(
+                    url, json=body, headers={"Authorization": f"Bearer {KEY}"}
+                )
+                sent += response.status_code == 200
+            finally:
+                sem.release()
+
+        n = 0
+        for r in rows:
+            await sem.acquire()
+            task = asyncio.create_task(send(r))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            n += 1
+        await asyncio.gather(*tasks)
+    return sent, n
+
+
+# --- the parent: servers, load generator, children, figures --------------------------------
+
+
+def start_sandbox() -> tuple[subprocess.Popen, str]:
+    args = [sys.executable, "-m", "batchsend", "sandbox", "--port", "0", "--api-key", KEY]
+    if shutil.which("taskset"):
+        args = ["taskset", "-c", SERVER_CORE, *args]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    match = re.search(r"http://127\.0\.0\.1:(\d+)", proc.stdout.readline())
+    assert match, "the sandbox did not print its URL"
+    return proc, match.group(0)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def run_child(mode: str, campaign: Path, base_url: str, limit: int = 0, option: str = "") -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", mode, str(campaign), base_url, str(limit), option],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def capacity(path: str, body: str, seconds: float, connections: int = 64) -> float:
+    """Requests/s the sandbox answers 200 to, under the aiohttp load generator."""
+    cap = _load("sandbox_capacity")
+    # the body travels in a file: a batch of 100 is longer than one argument may be
+    code = "import sys\nsys.argv[4] = open(sys.argv[4]).read()\n" + cap.PY_LOAD
+    body_file = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)  # noqa: SIM115
+    body_file.write(body)
+    body_file.close()
+    proc, url = start_sandbox()
+    try:
+        args = [sys.executable, "-c", code, url + path, "1", str(connections), body_file.name, KEY]
+        pinned = ["taskset", "-c", str(CLIENT_CORE), *args] if shutil.which("taskset") else args
+        subprocess.run(pinned, check=True, capture_output=True)  # warm up
+        pinned[pinned.index("1")] = str(seconds)
+        out = subprocess.run(pinned, check=True, capture_output=True, text=True).stdout.split()
+    finally:
+        stop(proc)
+        os.unlink(body_file.name)
+    rps, bad = float(out[0]), int(out[1])
+    if bad:
+        raise SystemExit(f"the load generator got {bad} errors on {path}: figure void")
+    return rps
+
+
+def measured(name: str, mode: str, campaign: Path, limit: int = 0, option: str = "") -> dict:
+    proc, url = start_sandbox()
+    try:
+        r = run_child(mode, campaign, url, limit, option)
+    finally:
+        stop(proc)
+    r["us_per_msg"] = r["cpu"] / r["messages"] * 1e6
+    r["msg_per_s"] = r["messages"] / r["wall"]
+    print(
+        f"{name:<34} {r['messages']:>7,} msgs {r['requests']:>7,} req"
+        f" {r['msg_per_s']:>9,.0f} msg/s {r['us_per_msg']:>7.0f} us CPU/msg"
+        f" peak {r['peak_mb']:>5.0f} MB"
+    )
+    return r
+
+
+def merging(rows: int) -> None:
+    from batchsend.message import Address, Message
+    from batchsend.plan import plan_units
+    from batchsend.providers import get_provider
+
+    def broadcast():
+        for i in range(1, rows + 1):
+            yield Message(row=i, sender=Address("news@example.com"),
+                          to=(Address(f"user{i}@dest.test"),), subject="Spring sale",
+                          html="<p>Everything 20% off this week.</p>")  # fmt: skip
+
+    for name in ("tosend", "v1"):
+        p = get_provider(name, base_url="http://127.0.0.1:1", api_key=KEY)
+        plain = sum(1 for _ in plan_units(broadcast(), run_id="b", provider=p))
+        merged = sum(1 for _ in plan_units(broadcast(), run_id="b", provider=p, merge=True))
+        print(
+            f"merging, {name:<6} broadcast of {rows:,}: {plain:,} requests without,"
+            f" {merged:,} with (bcc, 50 per message): {plain / merged:.0f}x fewer"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--naive-rows", type=int, default=10_000)
+    parser.add_argument("--seconds", type=float, default=5)
+    args = parser.parse_args()
+    print(f"cores: {os.cpu_count()}; batchsend on core {CLIENT_CORE}, sandbox on {SERVER_CORE}")
+    cap = _load("sandbox_capacity")
+    with tempfile.TemporaryDirectory(prefix="batchsend-send-bench-") as tmp:
+        folder = Path(tmp)
+        tosend = write_campaign(folder, args.rows, "tosend", "http://127.0.0.1:1")
+        v1 = write_campaign(folder, args.rows, "v1", "http://127.0.0.1:1")
+
+        print("-- (a) sandbox capacity, aiohttp load generator, 64 connections")
+        single = capacity("/v2/emails", cap.BODY, args.seconds)
+        one = dict(cap.PAYLOAD)
+        batch_body = json.dumps({"emails": [one] * 100})
+        batch = capacity("/v2/emails/batch", batch_body, args.seconds)
+        v1_payload = {"to": "jane@recipients.org", "from": "news@example.com"}
+        v1_payload.update({k: cap.PAYLOAD[k] for k in ("subject", "html", "text", "headers")})
+        v1_cap = capacity("/api/v1/send", json.dumps(v1_payload), args.seconds)
+        print(f"ToSend single        {single:>9,.0f} req/s")
+        print(f"ToSend batch of 100  {batch:>9,.0f} req/s = {batch * 100:,.0f} msg/s")
+        print(f"v1                   {v1_cap:>9,.0f} req/s")
+
+        print("-- (b) rendering alone, and rendering + planning")
+        render = measured("render (iter_rows)", "render", tosend)
+        measured("render + plan (keys, tosend)", "plan", tosend)
+        measured("render + plan (keys, v1)", "plan", v1)
+
+        print("-- batchsend, aiohttp transport")
+        t_batch = measured("tosend batch 100, concurrency 8", "engine", tosend, 0, "aiohttp:8")
+        t_v1 = measured("v1, concurrency 32", "engine", v1, 0, "aiohttp:32")
+        print("-- (d) the httpx transport")
+        x_batch = measured("tosend batch 100 httpx, conc. 8", "engine", tosend, 0, "httpx:8")
+        x_v1 = measured("v1 httpx, concurrency 32", "engine", v1, args.naive_rows, "httpx:32")
+        print("-- (c) naive sender: httpx.AsyncClient + semaphore 16, one request per row")
+        n_tosend = measured("naive tosend (/v2/emails)", "naive", tosend, args.naive_rows)
+        n_v1 = measured("naive v1", "naive", v1, args.naive_rows)
+
+        print("-- goals")
+        r = render["us_per_msg"]
+        print(
+            f"tosend: CPU/msg {t_batch['us_per_msg']:.0f} us = "
+            f"{t_batch['us_per_msg'] / r:.2f}x render alone ({r:.0f} us) (goal <= 1.5x); "
+            f"{t_batch['msg_per_s'] / n_tosend['msg_per_s']:.1f}x the naive sender's msg/s, "
+            f"{n_tosend['us_per_msg'] / t_batch['us_per_msg']:.1f}x less CPU/msg (goal >= 8x)"
+        )
+        print(
+            f"v1: {t_v1['msg_per_s']:,.0f} msg/s = {t_v1['msg_per_s'] / v1_cap:.2f} of the "
+            f"sandbox's capacity (goal >= 0.6); CPU/msg {t_v1['us_per_msg']:.0f} us incl. render "
+            f"(goal <= 330); {t_v1['msg_per_s'] / n_v1['msg_per_s']:.1f}x the naive sender's "
+            f"msg/s, {n_v1['us_per_msg'] / t_v1['us_per_msg']:.1f}x less CPU/msg (goal >= 4x)"
+        )
+        print(
+            f"transport: httpx costs {x_v1['us_per_msg'] - t_v1['us_per_msg']:.0f} us more CPU "
+            f"per v1 request than aiohttp ({x_v1['us_per_msg']:.0f} vs {t_v1['us_per_msg']:.0f}); "
+            f"tosend batch {x_batch['us_per_msg']:.0f} vs {t_batch['us_per_msg']:.0f} us/msg"
+        )
+    print("-- merging")
+    merging(100_000)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        child(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6])
+    else:
+        main()
