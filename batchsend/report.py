@@ -51,7 +51,7 @@ import shlex
 import socket
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -296,15 +296,18 @@ def _campaign_columns(run: RunInfo) -> tuple[str, str | None, _InputFile | None]
 
 
 def _unchanged_input(run: RunInfo, campaign: Any) -> _InputFile | None:
-    from batchsend.preflight import _sha256_files
+    from batchsend.preflight import fingerprints
     from batchsend.source import SourceSpec, read_columns
 
     if not run.input_fingerprint or not campaign.source.is_file():
         return None
     if run.input_path and Path(run.input_path).resolve() != campaign.source.resolve():
         return None
-    if _sha256_files([campaign.source]) != run.input_fingerprint:
-        return None  # rows may have moved: joining by row number would lie
+    try:
+        if fingerprints(campaign)[0] != run.input_fingerprint:
+            return None  # rows may have moved: joining by row number would lie
+    except (BatchsendError, OSError):
+        return None
     s = campaign.source_settings
     spec = SourceSpec(s.path, s.format, s.delimiter, s.quote_char, s.encoding)
     try:
@@ -562,7 +565,7 @@ def iter_report(
     states: Iterable[str] | None = None,
     with_input: bool = True,
     chunk_rows: int = CHUNK_ROWS,
-) -> Iterator[pl.DataFrame]:
+) -> Generator[pl.DataFrame, None, None]:
     """Yield the report's rows as DataFrames of at most ``chunk_rows`` rows, in row order.
 
     ``states`` keeps only rows in those recipient states. ``with_input`` joins the
