@@ -27,7 +27,7 @@ import jinja2.meta
 import polars as pl
 
 from batchsend.addresses import AddressBook, InvalidAddress, split_list
-from batchsend.campaign import Campaign
+from batchsend.campaign import Campaign, TemplateRef
 from batchsend.errors import AttachmentError, SourceError
 from batchsend.message import Address, Attachment, Message, content_digest
 from batchsend.render import Renderer, RowRenderError
@@ -238,12 +238,7 @@ class _RowChecker:
         self.max_field = campaign.send.max_recipients_per_field
         m = campaign.message
         self.sender, self.reply_to = m.sender, m.reply_to
-        self.fixed = {
-            "track_opens": m.track_opens,
-            "track_clicks": m.track_clicks,
-            "stream_type": m.stream_type,
-            "domain": m.domain,
-        }
+        self.message_settings = m
 
     def _static(self, path: str, filename: str, ctype: str | None, cid: str | None) -> Attachment:
         try:
@@ -318,7 +313,10 @@ class _RowChecker:
             metadata=metadata,
             attachments=attachments or (),
             ical=rendered.ical,
-            **self.fixed,
+            track_opens=self.message_settings.track_opens,
+            track_clicks=self.message_settings.track_clicks,
+            stream_type=self.message_settings.stream_type,
+            domain=self.message_settings.domain,
         )
         return result(None, message=message, tag=rendered.tag), normalised.key
 
@@ -390,7 +388,7 @@ def _check_columns(campaign: Campaign, names: list[str]) -> None:
     import difflib
 
     c = campaign.columns
-    wanted = [("columns.email", c.email)]
+    wanted: list[tuple[str, str | None]] = [("columns.email", c.email)]
     wanted += [(f"columns.{k}", getattr(c, k)) for k in ("name", "cc", "bcc", "attachments")]
     wanted += [("columns.metadata", m) for m in c.metadata]
     wanted += [("merge.group_column", campaign.merge.group_column)]
@@ -575,11 +573,8 @@ def _campaign_files(campaign: Campaign) -> list[Path]:
         else:
             source = ref.inline or ""
         for name in jinja2.meta.find_referenced_templates(env.parse(source)):
-            path = campaign.folder / name if name else None
-            if path is not None and path.is_file():
-                from batchsend.campaign import TemplateRef
-
-                pending.append(TemplateRef(name, file=path))
+            if name and (campaign.folder / name).is_file():
+                pending.append(TemplateRef(name, file=campaign.folder / name))
     files += [campaign.folder / a.path for a in campaign.attachments]
     files += list(campaign.suppression_files)
     return files
@@ -591,7 +586,7 @@ def _sha256_files(paths: list[Path]) -> str:
         h.update(str(path.name).encode() + b"\0")
         try:
             with path.open("rb") as fh:
-                for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                while chunk := fh.read(1 << 20):
                     h.update(chunk)
         except OSError:
             h.update(b"<missing>")

@@ -235,8 +235,9 @@ def iter_batches(spec: SourceSpec, batch_size: int = 50_000) -> Iterator[pl.Data
     read_columns(spec)
     shown = _shown(spec.path)
     with _utf8_path(spec) as path:
+        batches: Iterator[pl.DataFrame]
         if spec.format == "parquet":
-            batches = pl.scan_parquet(path).collect_batches(chunk_size=batch_size)
+            batches = iter(pl.scan_parquet(path).collect_batches(chunk_size=batch_size))
         else:
             batches = _read_csv(spec, path, batch_size)
         try:
