@@ -25,7 +25,7 @@ import base64
 from collections.abc import Mapping
 from typing import Any
 
-from batchsend.errors import FatalSendError
+from batchsend.errors import FatalSendError, RetryableSendError
 from batchsend.outcome import MessageOutcome, OutcomeKind
 from batchsend.plan import PlannedMessage, SendUnit
 from batchsend.providers.base import (
@@ -177,6 +177,12 @@ class ToSendProvider(Provider):
         data = data if isinstance(data, dict) else {}
         if status != 200:
             message = _text(data.get("message") or f"HTTP {status}")
+            if status == 429 or 500 <= status <= 504:
+                raise RetryableSendError(
+                    f"GET /v2/info failed ({status}: {message})",
+                    status=status,
+                    error_type=_error_type(status, data),
+                )
             if status in (401, 403):
                 raise FatalSendError(
                     f"ToSend refused the API key ({status}: {message}); "
@@ -212,17 +218,38 @@ class ToSendProvider(Provider):
             plan_type=_opt(account.get("plan_type")),
         )
 
-    async def account_info(self, transport: Any = None) -> AccountInfo:
-        """Ask ``GET /v2/info``. ``transport`` is shared when given, else a short-lived one."""
+    async def account_info(self, transport: Any = None, retry: Any = None) -> AccountInfo:
+        """Ask ``GET /v2/info``. ``transport`` is shared when given, else a short-lived one.
+
+        A 429, a 5xx, a timeout or a refused connection is tried again under ``retry``
+        (a :class:`~batchsend.retry.RetryPolicy`; default 5 attempts within 60 s), as
+        every send request is: a provider restarting as the run starts is not a reason
+        to give up. Still failing, it is a :class:`FatalSendError` (nothing was sent).
+        """
+        from batchsend.retry import RetryPolicy
         from batchsend.transport import make_transport
 
         request = self.info_request()
+        policy = retry or RetryPolicy(max_attempts=5, max_time=60)
+
+        async def ask(via: Any) -> AccountInfo:
+            async def once(_attempt: int) -> AccountInfo:
+                response = await via.send(request)
+                return self.parse_info(response.status, response.body)
+
+            try:
+                return await policy.call(once)
+            except RetryableSendError as exc:
+                raise FatalSendError(
+                    f"{exc}; gave up after {policy.max_attempts} attempts, nothing was sent",
+                    status=exc.status,
+                    error_type=exc.error_type,
+                ) from None
+
         if transport is not None:
-            response = await transport.send(request)
-            return self.parse_info(response.status, response.body)
+            return await ask(transport)
         async with make_transport("aiohttp", concurrency=1) as own:
-            response = await own.send(request)
-        return self.parse_info(response.status, response.body)
+            return await ask(own)
 
 
 def check_account(info: AccountInfo, *, sender_domains: set[str], recipients: int) -> None:
