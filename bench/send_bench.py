@@ -252,6 +252,23 @@ def capacity(path: str, body: str, seconds: float, connections: int = 64) -> flo
     return rps
 
 
+def campaign_payloads(tosend: Path, v1: Path) -> tuple[str, str, str]:
+    """JSON bodies built by the providers from the campaign's first 100 rendered rows."""
+    from batchsend.campaign import load_campaign
+    from batchsend.plan import plan_units
+    from batchsend.preflight import iter_rows
+    from batchsend.providers import get_provider
+
+    bodies = []
+    for path, batch_size in ((tosend, 1), (tosend, 100), (v1, 1)):
+        campaign = load_campaign(path)
+        p = get_provider(campaign.provider, base_url="http://x", api_key=KEY, batch_size=batch_size)
+        rows = (r for _, r in zip(range(100), iter_rows(campaign), strict=False))
+        unit = next(iter(plan_units(rows, run_id="capacity", provider=p)))
+        bodies.append(p.build_request(unit).body.decode())
+    return bodies[0], bodies[1], bodies[2]
+
+
 def measured(name: str, mode: str, campaign: Path, limit: int = 0, option: str = "") -> dict:
     proc, url = start_sandbox()
     try:
@@ -296,20 +313,17 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5)
     args = parser.parse_args()
     print(f"cores: {os.cpu_count()}; batchsend on core {CLIENT_CORE}, sandbox on {SERVER_CORE}")
-    cap = _load("sandbox_capacity")
     with tempfile.TemporaryDirectory(prefix="batchsend-send-bench-") as tmp:
         folder = Path(tmp)
         tosend = write_campaign(folder, args.rows, "tosend", "http://127.0.0.1:1")
         v1 = write_campaign(folder, args.rows, "v1", "http://127.0.0.1:1")
 
         print("-- (a) sandbox capacity, aiohttp load generator, 64 connections")
-        single = capacity("/v2/emails", cap.BODY, args.seconds)
-        one = dict(cap.PAYLOAD)
-        batch_body = json.dumps({"emails": [one] * 100})
+        print("   (the campaign's own first rendered emails as payloads, as batchsend sends them)")
+        single_body, batch_body, v1_body = campaign_payloads(tosend, v1)
+        single = capacity("/v2/emails", single_body, args.seconds)
         batch = capacity("/v2/emails/batch", batch_body, args.seconds)
-        v1_payload = {"to": "jane@recipients.org", "from": "news@example.com"}
-        v1_payload.update({k: cap.PAYLOAD[k] for k in ("subject", "html", "text", "headers")})
-        v1_cap = capacity("/api/v1/send", json.dumps(v1_payload), args.seconds)
+        v1_cap = capacity("/api/v1/send", v1_body, args.seconds)
         print(f"ToSend single        {single:>9,.0f} req/s")
         print(f"ToSend batch of 100  {batch:>9,.0f} req/s = {batch * 100:,.0f} msg/s")
         print(f"v1                   {v1_cap:>9,.0f} req/s")
