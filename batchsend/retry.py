@@ -36,7 +36,7 @@ class RetryPolicy:
     max_time: float = 300.0
     initial_wait: float = 0.5
     max_wait: float = 30.0
-    sleep: Callable[[float], Awaitable[object]] = field(default=asyncio.sleep, repr=False)
+    sleep: Callable[[float], Awaitable[None]] = field(default=asyncio.sleep, repr=False)
     clock: Callable[[], float] = field(default=time.monotonic, repr=False)
 
     def __post_init__(self) -> None:
