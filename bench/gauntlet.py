@@ -1,0 +1,667 @@
+"""The reliability gauntlet, long form: crashes, faults and a fatal error mid-run.
+
+    python bench/gauntlet.py                 # everything, long form (a few minutes)
+    python bench/gauntlet.py crash --rows 10000 --kills 50
+    python bench/gauntlet.py faults --rows 2000
+    python bench/gauntlet.py fatal --rows 5000
+
+Every scenario raises ``GauntletFailure`` when a promise is broken and prints its
+counts either way. The default test suite runs the same functions in a short form
+(``tests/test_gauntlet_crash.py``, ``tests/test_gauntlet_faults.py``); docs/gauntlet.md
+lists every scenario and its last result.
+
+The crash campaign kills a real ``batchsend`` process with SIGKILL in three ways, in
+turn: right after a unit's ``sending`` commit and right after a response arrives (the
+process kills itself there, armed by ``BATCHSEND_TEST_ONLY_SIGKILL_AT``, see
+:mod:`batchsend.crashpoints`), and at a random moment of its progress (the parent polls
+the database and kills it from outside). Each kill is followed by a resume, the last
+one with ``--resend-unknown``. The sandbox runs in this process and records every
+accepted message to a JSON-lines file, which is the ground truth: who got what, how
+many times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from batchsend.crashpoints import ENV_VAR as CRASH_ENV
+from batchsend.runner import resume_run, run_campaign
+from batchsend.sandbox import Sandbox
+
+KEY = "sk-gauntlet-test"
+DOMAIN = "example.com"
+TERMINAL = frozenset({"sent", "failed", "skipped", "unknown"})
+
+
+class GauntletFailure(AssertionError):
+    """A promise batchsend makes was broken; the message says which and with what counts."""
+
+
+def check(condition: bool, message: str) -> None:
+    """Raise :class:`GauntletFailure` with ``message`` unless ``condition``."""
+    if not condition:
+        raise GauntletFailure(message)
+
+
+# --- campaign and observation helpers -------------------------------------------------------
+
+
+def write_campaign(
+    folder: Path,
+    *,
+    rows: int,
+    provider: str = "tosend",
+    send: dict[str, Any] | None = None,
+    base_url: str = "http://127.0.0.1:9",
+) -> Path:
+    """A campaign of ``rows`` personalised messages to ``user{n}@example.org``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / "recipients.csv").open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["email", "first"])
+        writer.writerows([f"user{n}@example.org", f"First{n}"] for n in range(1, rows + 1))
+    settings = {"concurrency": 4, "max_attempts": 5, "max_retry_time": 30}
+    if provider == "tosend":
+        settings["batch_size"] = 20
+    settings.update(send or {})
+    send_lines = "\n".join(f"{k} = {v!r}" for k, v in settings.items())
+    (folder / "campaign.toml").write_text(
+        f"""name = "gauntlet"
+provider = "{provider}"
+base_url = "{base_url}"
+
+[source]
+path = "recipients.csv"
+
+[sender]
+email = "news@{DOMAIN}"
+
+[message]
+subject = "News for {{{{ first }}}}"
+text = "Hello {{{{ first }}}}."
+
+[send]
+{send_lines}
+""",
+        encoding="utf-8",
+    )
+    return folder / "campaign.toml"
+
+
+def query(db: Path, sql: str, *params: object) -> list[tuple[Any, ...]]:
+    """Ask the database as an outside observer would (a fresh connection each time)."""
+    if not db.exists():
+        return []
+    conn = sqlite3.connect(db, timeout=10)
+    try:
+        return conn.execute(sql, params).fetchall()
+    except sqlite3.OperationalError:  # the schema is not there yet
+        return []
+    finally:
+        conn.close()
+
+
+def deliveries(messages: list[dict[str, Any]]) -> Counter[str]:
+    """How many messages each address received (to, cc and bcc)."""
+    out: Counter[str] = Counter()
+    for m in messages:
+        for field in ("to", "cc", "bcc"):
+            out.update(a["email"] if isinstance(a, dict) else a for a in m.get(field) or [])
+    return out
+
+
+def row_states(db: Path, run_id: str) -> dict[int, tuple[str, str | None, int | None]]:
+    """row -> (state, error_type, retryable) for every row of the run."""
+    found = query(
+        db, "SELECT row, state, error_type, retryable FROM recipients WHERE run_id = ?", run_id
+    )
+    return {r: (s, e, k) for r, s, e, k in found}
+
+
+def explain(
+    db: Path, run_id: str, rows: int, delivered: Counter[str], *, lost_answers_ok: bool = True
+) -> dict[str, int]:
+    """Check a finished run against the sandbox's log; return its counts.
+
+    Every row terminal; sent + failed + unknown + skipped = rows; each sent row delivered
+    exactly once; nobody delivered twice; a row delivered but not ``sent`` is only
+    possible when its answer was lost (``failed`` retryable after a timeout or a broken
+    connection, or ``unknown``).
+    """
+    states = row_states(db, run_id)
+    check(sorted(states) == list(range(1, rows + 1)), f"rows lost: {rows - len(states)}")
+    counts = Counter(s for s, _, _ in states.values())
+    not_terminal = {s: n for s, n in counts.items() if s not in TERMINAL}
+    check(not not_terminal, f"rows without a terminal state: {not_terminal}")
+    check(sum(counts.values()) == rows, f"counts {dict(counts)} do not add up to {rows}")
+    twice = {a: n for a, n in delivered.items() if n > 1}
+    check(not twice, f"{len(twice)} recipients got two messages or more, e.g. {list(twice)[:3]}")
+    address = {f"user{r}@example.org": r for r in states}
+    strangers = [a for a in delivered if a not in address]
+    check(not strangers, f"messages to addresses not in the file: {strangers[:3]}")
+    delivered_rows = {address[a] for a in delivered}
+    missing = [r for r, (s, _, _) in states.items() if s == "sent" and r not in delivered_rows]
+    check(not missing, f"rows marked sent that the provider never accepted: {missing[:10]}")
+    lost_answer = 0
+    for r in delivered_rows:
+        state, error_type, retryable = states[r]
+        if state == "sent":
+            continue
+        lost = state == "unknown" or (
+            state == "failed" and retryable == 1 and error_type in {"timeout", "connection_error"}
+        )
+        check(
+            lost and lost_answers_ok,
+            f"row {r} was delivered but is {state} ({error_type}): not explained by a lost answer",
+        )
+        lost_answer += 1
+    return {**{s: counts.get(s, 0) for s in sorted(TERMINAL)}, "delivered_unanswered": lost_answer}
+
+
+# --- the crash campaign ---------------------------------------------------------------------
+
+
+def _integrity(db: Path) -> str:
+    found = query(db, "PRAGMA integrity_check")
+    return found[0][0] if found else "no database"
+
+
+def crash_campaign(
+    workdir: Path,
+    *,
+    rows: int = 10_000,
+    kills: int = 50,
+    provider: str = "tosend",
+    seed: int = 1,
+    latency_ms: float = 2,
+    modes: tuple[str, ...] = ("sending", "response", "random"),
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """SIGKILL ``kills`` times across a campaign of ``rows``, resume after each; check the log.
+
+    Kill modes rotate (``modes``): ``sending`` (just after a sending commit), ``response`` (just
+    after an answer arrived, unrecorded), ``random`` (from outside, at a random point of
+    the progress the database shows). The last resume passes ``--resend-unknown``.
+    Returns the counts; raises :class:`GauntletFailure` on a broken promise.
+    """
+    rng = random.Random(seed)
+    started = time.monotonic()
+    record = workdir / "record.jsonl"
+    db = workdir / "gauntlet.db"
+    send = {"concurrency": 4, "batch_size": 20} if provider == "tosend" else {"concurrency": 8}
+    sandbox = Sandbox(
+        api_keys=(KEY,), domains=(DOMAIN,), latency_ms=latency_ms, record=str(record)
+    ).start()
+    campaign = write_campaign(
+        workdir / "campaign", rows=rows, provider=provider, send=send, base_url=sandbox.base_url
+    )
+    per_unit = send.get("batch_size", 1)
+    env = {k: v for k, v in os.environ.items() if k != CRASH_ENV}
+    env["BATCHSEND_API_KEY"] = KEY
+    common = ["--db", str(db), "--json", "--report", str(workdir / "report.csv")]
+    run_id: str | None = None
+    killed = Counter[str]()
+    in_flight_at_kills: set[int] = set()
+    sending_left = 0
+    missed = 0  # processes that finished before their kill point came
+
+    def command() -> list[str]:
+        if run_id is None:
+            return [sys.executable, "-m", "batchsend", "run", str(campaign), *common]
+        return [sys.executable, "-m", "batchsend", "resume", run_id, *common]
+
+    try:
+        for i in range(kills):
+            mode = modes[i % len(modes)]
+            done = query(db, "SELECT count(*) FROM recipients WHERE state != 'pending'")
+            remaining = rows - (done[0][0] if done else 0)
+            # Spread the kills over the campaign: about an equal share of units each.
+            share = max(1, remaining // per_unit // (kills - i + 1))
+            n = rng.randint(1, 2 * share)
+            proc_env = dict(env)
+            if mode != "random":
+                proc_env[CRASH_ENV] = f"{mode}:{n}"
+            proc = subprocess.Popen(
+                command(), env=proc_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            )
+            if mode == "random":
+                target = rows - remaining + n * per_unit
+                deadline = time.monotonic() + 120
+                while proc.poll() is None and time.monotonic() < deadline:
+                    found = query(db, "SELECT count(*) FROM recipients WHERE state != 'pending'")
+                    if found and found[0][0] >= target:
+                        break
+                    time.sleep(0.001)
+                proc.send_signal(signal.SIGKILL)
+            _, err = proc.communicate(timeout=300)
+            if proc.returncode != -signal.SIGKILL:
+                check(proc.returncode in (0, None), f"kill {i}: exit {proc.returncode}: {err!r}")
+                missed += 1
+            else:
+                killed[mode] += 1
+            if run_id is None:
+                ids = query(db, "SELECT id FROM runs")
+                run_id = ids[0][0] if ids else None
+            integrity = _integrity(db)
+            check(integrity in ("ok", "no database"), f"kill {i}: integrity_check: {integrity}")
+            if run_id is not None:
+                sending = {
+                    r for (r,) in query(db, "SELECT row FROM recipients WHERE state = 'sending'")
+                }
+                in_flight_at_kills |= sending
+                sending_left += len(sending)
+        check(run_id is not None, "no kill left a recorded run")
+        assert run_id is not None
+        before_final = Counter(
+            s for (s,) in query(db, "SELECT state FROM recipients WHERE run_id = ?", run_id)
+        )
+        final = subprocess.run(
+            [*command(), "--resend-unknown"], env=env, capture_output=True, text=True, timeout=600
+        )
+        check(final.returncode == 0, f"the last resume failed ({final.returncode}): {final.stderr}")
+        summary = json.loads(final.stdout)
+        check(summary["state"] == "finished", f"the last resume ended {summary['state']}")
+        stats = sandbox.stats()
+        sandbox.stop()  # closes the record file
+        delivered = deliveries(
+            [json.loads(line) for line in record.read_text(encoding="utf-8").splitlines()]
+        )
+        counts = explain(db, run_id, rows, delivered)
+        check(counts["sent"] == rows, f"after --resend-unknown not every row is sent: {counts}")
+        check(len(delivered) == rows, f"{rows - len(delivered)} recipients never got a message")
+        integrity = _integrity(db)
+        check(integrity == "ok", f"integrity_check after the last resume: {integrity}")
+    finally:
+        sandbox.stop()
+    result = {
+        "rows": rows,
+        "provider": provider,
+        "kills": sum(killed.values()),
+        "kills_by_mode": dict(killed),
+        "processes_that_finished_before_their_kill": missed,
+        "rows_left_sending_by_kills": sending_left,
+        "distinct_rows_in_flight_at_a_kill": len(in_flight_at_kills),
+        "unknown_before_last_resume": before_final.get("unknown", 0),
+        "recipients_with_two_messages": sum(1 for n in delivered.values() if n > 1),
+        "recipients_without_a_message": rows - len(delivered),
+        "rows_without_terminal_state": rows - sum(counts[s] for s in TERMINAL),
+        "integrity_check_failures": 0,
+        "final_counts": counts,
+        "sandbox_requests": stats["requests"],
+        "sandbox_idempotent_replays": stats["duplicates"],
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    log(json.dumps(result, indent=2))
+    return result
+
+
+# --- the fault matrix -----------------------------------------------------------------------
+
+
+class Controller(threading.Thread):
+    """Watches the sandbox's counters from a thread and acts once a condition holds.
+
+    ``steps`` is a list of (condition on stats, action); each step fires once, in order.
+    """
+
+    def __init__(self, sandbox: Sandbox, steps: list[tuple[Callable[[dict], bool], Callable]]):
+        super().__init__(daemon=True)
+        self.sandbox = sandbox
+        self.steps = list(steps)
+        self.done = threading.Event()
+        self.fired: list[dict[str, Any]] = []
+
+    def run(self) -> None:
+        while self.steps and not self.done.is_set():
+            stats = self.sandbox.stats() if self.sandbox.running else {}
+            condition, action = self.steps[0]
+            if stats and condition(stats):
+                self.fired.append(action() or {})
+                self.steps.pop(0)
+                continue
+            time.sleep(0.002)
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join(timeout=10)
+
+
+def _restart(sandbox: Sandbox, down_s: float) -> dict[str, Any]:
+    sandbox.stop()
+    time.sleep(down_s)  # the provider is down: connections are refused meanwhile
+    sandbox.start()
+    return {"restarted": True}
+
+
+def _cells(requests: int, provider: str = "tosend") -> dict[str, dict[str, Any]]:
+    """Fault matrix cells: sandbox settings, live steps, campaign [send] overrides.
+
+    ``requests`` is how many requests the campaign needs without faults; the 429 storms
+    allow a quarter of them per second, so the storm lasts about four seconds whatever
+    the size, and 8 workers start well over the limit. The storm begins after ToSend's
+    ``GET /v2/info``: the client paces itself to the rate that advertises, so the
+    storm is a provider limiting below it (shared account, a lowered limit).
+    """
+    burst_at = requests // 10
+    burst_faults = min(8, 2 * requests)
+    storm = max(2, requests // 4)
+    after_info = 1 if provider == "tosend" else 0
+    return {
+        "latency_spikes": {
+            "config": {"spike_rate": 0.3, "spike_ms": 300, "seed": 1},
+            "send": {"timeout": 5},
+            "expect_fault": "spike",
+        },
+        "5xx_bursts": {
+            "config": {"seed": 2},
+            "steps": [
+                # a burst of 500/502/503 on every request, then back to normal
+                (lambda s: s["requests"] >= burst_at, lambda sb: sb.configure(fail_rate=1.0)),
+                (
+                    lambda s: (
+                        sum(s["faults"].get(k, 0) for k in ("500", "502", "503")) >= burst_faults
+                    ),
+                    lambda sb: sb.configure(fail_rate=0.0),
+                ),
+            ],
+            "send": {"max_attempts": 8},
+            "expect_fault": ("500", "502", "503"),
+        },
+        "429_storm_retry_after": {
+            "steps": [
+                (
+                    lambda s: s["requests"] >= after_info,
+                    lambda sb: sb.configure(rate_limit=storm),
+                )
+            ],
+            "send": {"concurrency": 8, "max_attempts": 10},
+            "expect_fault": "429",
+        },
+        "429_storm_no_retry_after": {
+            "steps": [
+                (
+                    lambda s: s["requests"] >= after_info,
+                    lambda sb: sb.configure(rate_limit=storm, retry_after=False),
+                )
+            ],
+            "send": {"concurrency": 8, "max_attempts": 10},
+            "expect_fault": "429",
+        },
+        "dropped_responses": {
+            "config": {"drop_rate": 0.3, "seed": 3},
+            "send": {"max_attempts": 8},
+            "expect_fault": "dropped",
+        },
+        "provider_hangs": {
+            # Every request sleeps 1 s on the server; the client gives up after 0.2 s.
+            "config": {"latency_ms": 1000},
+            "send": {"timeout": 0.2, "max_attempts": 2, "max_retry_time": 1},
+            "expect_all_failed": "timeout",
+        },
+        "sandbox_restarted": {
+            "steps": [
+                (lambda s: s["accepted"] >= max(1, burst_at), lambda sb: _restart(sb, 0.3)),
+            ],
+            "send": {"max_attempts": 10},
+        },
+    }
+
+
+FAULT_CELLS = tuple(_cells(1))
+
+
+def fault_cell(
+    name: str,
+    workdir: Path,
+    *,
+    rows: int = 200,
+    provider: str = "tosend",
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run one cell of the fault matrix in this process; check and return its counts.
+
+    Rows that failed with a retryable error are then sent with ``resume --retry-failed``
+    once the fault is gone: each ends ``sent``, still one message per recipient (an
+    answer lost to a timeout was replayed from the provider's idempotency store).
+    """
+    send = {"concurrency": 4, "batch_size": 10} if provider == "tosend" else {"concurrency": 4}
+    cell = _cells(-(-rows // send.get("batch_size", 1)), provider)[name]
+    workdir.mkdir(parents=True, exist_ok=True)
+    sandbox = Sandbox(api_keys=(KEY,), domains=(DOMAIN,)).start()
+    if cell.get("config"):
+        sandbox.configure(**cell["config"])
+    send.update(cell.get("send", {}))
+    campaign = write_campaign(
+        workdir / name, rows=rows, provider=provider, send=send, base_url=sandbox.base_url
+    )
+    db = workdir / f"{name}.db"
+    steps = [(cond, lambda act=act: act(sandbox)) for cond, act in cell.get("steps", [])]
+    controller = Controller(sandbox, steps)
+    started = time.monotonic()
+    controller.start()
+    try:
+        summary = run_campaign(
+            campaign,
+            db_path=db,
+            api_key=KEY,
+            progress=False,
+            report_path=workdir / f"{name}.csv",
+        )
+    finally:
+        controller.stop()
+    try:
+        check(not controller.steps, f"{name}: the fault never happened (steps left)")
+        stats = sandbox.stats()
+        expected = cell.get("expect_fault")
+        if expected:
+            kinds = (expected,) if isinstance(expected, str) else expected
+            check(
+                sum(stats["faults"].get(k, 0) for k in kinds) > 0,
+                f"{name}: no {expected} fault injected",
+            )
+        first = explain(db, summary.run_id, rows, deliveries(sandbox.messages()))
+        statuses = Counter(
+            str(s)
+            for (s,) in query(
+                db, "SELECT http_status FROM attempts WHERE run_id = ?", summary.run_id
+            )
+        )
+        errors = Counter(
+            e
+            for (e,) in query(
+                db,
+                "SELECT error_type FROM recipients WHERE run_id = ? AND error_type IS NOT NULL",
+                summary.run_id,
+            )
+        )
+        if cell.get("expect_all_failed"):
+            check(
+                first["failed"] == rows and set(errors) == {cell["expect_all_failed"]},
+                f"{name}: expected every row failed by {cell['expect_all_failed']}: "
+                f"{first} {errors}",
+            )
+        else:
+            check(summary.state.value == "finished", f"{name}: the run ended {summary.state}")
+        # Permanent failures would be a client bug here: every fault is transient.
+        permanent = query(
+            db,
+            "SELECT count(*) FROM recipients WHERE run_id = ? AND state = 'failed'"
+            " AND retryable IS NOT 1",
+            summary.run_id,
+        )[0][0]
+        check(permanent == 0, f"{name}: {permanent} rows failed permanently on a transient fault")
+        retried = None
+        if first["failed"]:
+            sandbox.configure(
+                fail_rate=0.0, drop_rate=0.0, latency_ms=0, spike_rate=0.0, rate_limit=None
+            )
+            again = resume_run(
+                summary.run_id,
+                db_path=db,
+                api_key=KEY,
+                retry_failed=True,
+                progress=False,
+                report_path=workdir / f"{name}-retry.csv",
+            )
+            check(again.state.value == "finished", f"{name}: --retry-failed ended {again.state}")
+            retried = explain(db, summary.run_id, rows, deliveries(sandbox.messages()))
+            check(retried["sent"] == rows, f"{name}: after --retry-failed: {retried}")
+        result = {
+            "cell": name,
+            "rows": rows,
+            "counts": first,
+            "after_retry_failed": retried,
+            "http_statuses": dict(statuses),
+            "row_errors": dict(errors),
+            "sandbox_faults": stats["faults"],
+            "sandbox_requests": stats["requests"],
+            "sandbox_replays": stats["duplicates"],
+            "seconds": round(time.monotonic() - started, 2),
+        }
+    finally:
+        sandbox.stop()
+    log(json.dumps(result))
+    return result
+
+
+# --- fatal error mid-run ----------------------------------------------------------------------
+
+
+def fatal_mid_run(
+    workdir: Path,
+    *,
+    rows: int = 2000,
+    provider: str = "tosend",
+    concurrency: int = 4,
+    batch_size: int = 10,
+    revoke_after: int | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Revoke the key mid-run: the run stops within one in-flight window; a resume finishes.
+
+    "Within one in-flight window": the requests the sandbox refused with 403 after the
+    revocation carry at most ``concurrency x batch_size`` rows -- the ones in flight when
+    the first 403 arrived; nothing new is taken after it.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    sandbox = Sandbox(api_keys=(KEY,), domains=(DOMAIN,), latency_ms=2).start()
+    per_request = batch_size if provider == "tosend" else 1
+    send = {"concurrency": concurrency}
+    if provider == "tosend":
+        send["batch_size"] = batch_size
+    campaign = write_campaign(
+        workdir / "fatal", rows=rows, provider=provider, send=send, base_url=sandbox.base_url
+    )
+    db = workdir / "fatal.db"
+    revoke_after = revoke_after or rows // 4
+    controller = Controller(
+        sandbox,
+        [
+            (
+                lambda s: s["recipients_accepted"] >= revoke_after,
+                lambda: sandbox.configure(api_keys=()),
+            )
+        ],
+    )
+    controller.start()
+    try:
+        summary = run_campaign(campaign, db_path=db, api_key=KEY, progress=False,
+                               report_path=workdir / "fatal.csv")  # fmt: skip
+    finally:
+        controller.stop()
+    try:
+        check(summary.state.value == "fatal", f"the run ended {summary.state}, not fatal")
+        stats = sandbox.stats()
+        refused = stats["rejections"].get("403", 0) + stats["rejections"].get("401", 0)
+        window = concurrency * per_request
+        check(refused >= 1, "the sandbox never refused a request: the key was not revoked mid-run")
+        rows_after = refused * per_request
+        check(
+            rows_after <= window,
+            f"{rows_after} rows attempted after the revocation, over one in-flight window "
+            f"({window})",
+        )
+        counts = Counter(s for (s,) in query(db, "SELECT state FROM recipients"))
+        check(counts.get("sending", 0) == 0, f"rows left sending after a fatal stop: {counts}")
+        delivered_before = deliveries(sandbox.messages())
+        check(counts.get("sent", 0) == len(delivered_before), f"sent {counts} vs delivered")
+        sandbox.configure(api_keys=(KEY,))  # the key is fixed
+        again = resume_run(summary.run_id, db_path=db, api_key=KEY, progress=False,
+                           report_path=workdir / "fatal-resume.csv")  # fmt: skip
+        check(again.state.value == "finished", f"the resume ended {again.state}")
+        final = explain(db, summary.run_id, rows, deliveries(sandbox.messages()))
+        check(final["sent"] == rows, f"after the resume: {final}")
+        result = {
+            "rows": rows,
+            "concurrency": concurrency,
+            "rows_per_request": per_request,
+            "in_flight_window_rows": window,
+            "requests_refused_after_revocation": refused,
+            "rows_attempted_after_revocation": rows_after,
+            "counts_at_fatal_stop": dict(counts),
+            "fatal_error": summary.fatal_error,
+            "exit_code": summary.exit_code,
+            "after_resume": final,
+        }
+    finally:
+        sandbox.stop()
+    log(json.dumps(result))
+    return result
+
+
+# --- command line ---------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("what", nargs="*", default=["crash", "faults", "fatal"],
+                        choices=["crash", "faults", "fatal", []])  # fmt: skip
+    parser.add_argument("--rows", type=int, default=None, help="recipients per campaign")
+    parser.add_argument("--kills", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--provider", choices=["tosend", "v1"], default="tosend")
+    args = parser.parse_args(argv)
+    what = args.what or ["crash", "faults", "fatal"]
+    failures = 0
+    with tempfile.TemporaryDirectory(prefix="gauntlet-") as tmp:
+        root = Path(tmp)
+        if "crash" in what:
+            print(f"== crash campaign: {args.kills} SIGKILLs", flush=True)
+            crash_campaign(root / "crash", rows=args.rows or 10_000, kills=args.kills,
+                           provider=args.provider, seed=args.seed)  # fmt: skip
+        if "faults" in what:
+            print("== fault matrix", flush=True)
+            for provider in ("tosend", "v1"):
+                for name in FAULT_CELLS:
+                    try:
+                        fault_cell(name, root / f"faults-{provider}", rows=args.rows or 1000,
+                                   provider=provider)  # fmt: skip
+                    except GauntletFailure as exc:
+                        failures += 1
+                        print(f"FAIL {provider} {name}: {exc}", flush=True)
+        if "fatal" in what:
+            print("== fatal error mid-run", flush=True)
+            for provider in ("tosend", "v1"):
+                fatal_mid_run(root / f"fatal-{provider}", rows=args.rows or 5000,
+                              provider=provider, concurrency=8)  # fmt: skip
+    print("gauntlet: all promises kept" if not failures else f"gauntlet: {failures} failure(s)")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""The gauntlet's crash campaign, short form: SIGKILL at the exact moments that matter.
+
+``tests/test_crash.py`` kills from outside at random points; here the process kills
+itself right after a unit's ``sending`` commit and right after a response arrives
+(``BATCHSEND_TEST_ONLY_SIGKILL_AT``), then resumes, the last time with
+``--resend-unknown``. The long form (10,000 recipients, 50 kills, the random mode too)
+is ``python bench/gauntlet.py crash``: the same function with bigger numbers.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import gauntlet
+
+from batchsend.crashpoints import ENV_VAR, _parse
+
+
+def test_kill_9_at_the_sending_commit_and_at_the_answer_never_sends_twice(
+    tmp_path: Path,
+) -> None:
+    result = gauntlet.crash_campaign(
+        tmp_path, rows=240, kills=4, modes=("sending", "response"), seed=7, log=lambda _: None
+    )
+    assert result["kills_by_mode"] == {"sending": 2, "response": 2}
+    assert result["processes_that_finished_before_their_kill"] == 0
+    assert result["rows_left_sending_by_kills"] > 0  # the kills did catch rows in flight
+    assert result["unknown_before_last_resume"] > 0
+    assert result["recipients_with_two_messages"] == 0
+    assert result["recipients_without_a_message"] == 0
+    assert result["rows_without_terminal_state"] == 0
+    assert result["final_counts"]["sent"] == 240
+    # The "response" kills had answers in hand: the provider accepted those requests,
+    # and --resend-unknown got them back from its idempotency store, not a new delivery.
+    assert result["sandbox_idempotent_replays"] > 0
+
+
+def test_a_process_killed_right_after_the_answer_leaves_its_rows_sending(tmp_path: Path) -> None:
+    """The ``response`` crash point fires after the provider accepted, before the record."""
+    from batchsend.sandbox import Sandbox
+
+    with Sandbox(api_keys=(gauntlet.KEY,), domains=(gauntlet.DOMAIN,)) as sandbox:
+        campaign = gauntlet.write_campaign(
+            tmp_path / "c", rows=30, send={"concurrency": 1}, base_url=sandbox.base_url
+        )
+        db = tmp_path / "k.db"
+        env = {**os.environ, "BATCHSEND_API_KEY": gauntlet.KEY, ENV_VAR: "response:1"}
+        proc = subprocess.run(
+            [sys.executable, "-m", "batchsend", "run", str(campaign), "--db", str(db)],
+            env=env,
+            capture_output=True,
+            timeout=60,
+        )
+        assert proc.returncode == -9
+        assert len(sandbox.messages()) == 20  # the first batch was accepted...
+        states = gauntlet.query(db, "SELECT state, count(*) FROM recipients GROUP BY state")
+        assert dict(states) == {"sending": 20, "pending": 10}  # ...and never recorded
+        assert gauntlet.query(db, "PRAGMA integrity_check") == [("ok",)]
+
+
+@pytest.mark.parametrize("spec", ["sending", "sending:0", "answer:3", "sending:x"])
+def test_a_malformed_crash_point_is_refused(spec: str) -> None:
+    with pytest.raises(ValueError, match=ENV_VAR):
+        _parse(spec)
+
+
+def test_crash_points_are_off_without_the_variable() -> None:
+    assert _parse(None) is None and _parse("") is None
