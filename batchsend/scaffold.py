@@ -1,7 +1,8 @@
 """``batchsend init``: write an example campaign a user can edit.
 
-The example (``campaign.toml``, ``recipients.csv`` and its templates) ships inside the
-package under ``batchsend/templates/init`` and passes ``batchsend check`` untouched.
+The example (``campaign.toml``, ``recipients.csv`` and its templates) lives in the
+repository's top-level ``templates/starter`` folder, ships inside the package as
+``batchsend.starter`` (see pyproject.toml), and passes ``batchsend check`` untouched.
 """
 
 from __future__ import annotations
@@ -11,11 +12,14 @@ from pathlib import Path
 
 from batchsend.errors import InputError
 
-_EXAMPLE = "templates/init"
+
+
+# Files that make the folder importable as batchsend.starter: not part of the example.
+_PACKAGING_FILES = {"__init__.py"}
 
 
 def _example_files() -> list[tuple[str, bytes]]:
-    root = resources.files("batchsend").joinpath(_EXAMPLE)
+    root = resources.files("batchsend.starter")
     out: list[tuple[str, bytes]] = []
     pending = [("", root)]
     while pending:
@@ -23,8 +27,9 @@ def _example_files() -> list[tuple[str, bytes]]:
         for child in sorted(node.iterdir(), key=lambda c: c.name):
             rel = f"{prefix}{child.name}"
             if child.is_dir():
-                pending.append((f"{rel}/", child))
-            elif not child.name.startswith("."):
+                if child.name != "__pycache__":
+                    pending.append((f"{rel}/", child))
+            elif not child.name.startswith(".") and child.name not in _PACKAGING_FILES:
                 out.append((rel, child.read_bytes()))
     return sorted(out)
 

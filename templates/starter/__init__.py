@@ -1,0 +1,1 @@
+"""The starter campaign written by ``batchsend init`` (data only)."""
