@@ -12,8 +12,6 @@ from pathlib import Path
 
 from batchsend.errors import InputError
 
-
-
 # Files that make the folder importable as batchsend.starter: not part of the example.
 _PACKAGING_FILES = {"__init__.py"}
 
