@@ -32,6 +32,11 @@ _HTML_SUFFIXES = (".html", ".htm", ".xhtml", ".html.j2", ".htm.j2", ".html.jinja
 _HEADER_BREAK = re.compile(r"[\r\n\0]")
 _UNDEFINED = re.compile(r"'([^']+)' is undefined")
 UNSUBSCRIBE_POST = "List-Unsubscribe=One-Click"
+#: RFC 5322's line limit, and ToSend's documented subject limit.
+MAX_SUBJECT = 998
+#: Widths in printf-style (``%9s``) and format-style (``{:>9}``) specifications.
+_WIDTH = re.compile(r"%[#0\- +]*(\d+)|\{[^{}]*:[^{}]*?(\d+)[^{}]*\}")
+_PADDING_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs"})
 
 
 class RowRenderError(Exception):
@@ -91,6 +96,79 @@ def _finalize(value: Any) -> Any:
     return "" if value is None else value
 
 
+class _TooBig(Exception):
+    """A template operation would build a value over the render limit (raised before it does)."""
+
+
+class _Environment(jinja2.sandbox.SandboxedEnvironment):
+    """Jinja's sandbox, plus a size check before the operations that multiply memory.
+
+    The sandbox stops escapes to Python internals, not a template that builds a huge
+    value in one step: ``first * 10**10``, ``7 ** 10**8``, ``first.center(10**10)``,
+    ``'%9999999999s' % first``. Those are refused before they allocate; a streamed
+    output (a long loop) is stopped by the renderer's running total instead, and a
+    ``MemoryError`` from anything else is reported as the same size problem.
+    """
+
+    intercepted_binops = frozenset({"*", "**", "%"})
+    max_size = 5_000_000
+
+    def _limit(self, size: int, what: str) -> None:
+        if size > self.max_size:
+            raise _TooBig(what)
+
+    def _widths(self, spec: str) -> None:
+        for match in _WIDTH.finditer(spec):
+            width = int(match.group(1) or match.group(2))
+            self._limit(width, f"a format width of {width}")
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            for seq, n in ((left, right), (right, left)):
+                if isinstance(seq, str | list | tuple) and type(n) is int:
+                    self._limit(len(seq) * n, f"{len(seq)} x {n} items")
+        elif operator == "**":
+            if type(left) is int and type(right) is int and abs(left) > 1 and right > 0:
+                self._limit(right * abs(left).bit_length() // 3, f"{left} ** {right}")
+        elif operator == "%" and isinstance(left, str):
+            self._widths(left)
+        return super().call_binop(context, operator, left, right)
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        target = getattr(__obj, "__wrapped__", __obj)  # str.format comes wrapped
+        owner = getattr(target, "__self__", None)
+        if isinstance(owner, str):
+            name = getattr(target, "__name__", "")
+            if name in _PADDING_METHODS:
+                for value in (*args, *kwargs.values()):
+                    if type(value) is int:
+                        __self._limit(value, f"{name}({value})")
+            elif name in ("format", "format_map"):
+                __self._widths(owner)
+        return super().call(__context, __obj, *args, **kwargs)
+
+
+def _guarded_filters(env: _Environment) -> None:
+    """The built-in filters that pad or format, checked like the methods above."""
+    center, indent, format_ = env.filters["center"], env.filters["indent"], env.filters["format"]
+
+    def checked_center(value: Any, width: int = 80) -> str:
+        if type(width) is int:
+            env._limit(width, f"center({width})")
+        return center(value, width)
+
+    def checked_indent(value: Any, width: Any = 4, *args: Any, **kwargs: Any) -> str:
+        if type(width) is int:
+            env._limit(width * (str(value).count("\n") + 1), f"indent({width})")
+        return indent(value, width, *args, **kwargs)
+
+    def checked_format(value: Any, *args: Any, **kwargs: Any) -> str:
+        env._widths(str(value))
+        return format_(value, *args, **kwargs)
+
+    env.filters.update(center=checked_center, indent=checked_indent, format=checked_format)
+
+
 class _Part:
     """One compiled template, or a constant when the source has no Jinja syntax."""
 
@@ -114,7 +192,7 @@ class Renderer:
         self.max_bytes = campaign.max_render_bytes
         inline = {r.name: r.inline for r in campaign.templates() if r.inline is not None}
         html_names = {campaign.message.html.name} if campaign.message.html else set()
-        self.env = jinja2.sandbox.SandboxedEnvironment(
+        self.env = _Environment(
             loader=jinja2.ChoiceLoader(
                 [jinja2.DictLoader(inline), jinja2.FileSystemLoader(campaign.folder)]
             ),
@@ -126,6 +204,8 @@ class Renderer:
             keep_trailing_newline=True,
             auto_reload=False,
         )
+        self.env.max_size = self.max_bytes
+        _guarded_filters(self.env)
         self.env.filters["ical_datetime"] = ical_datetime
         self.env.filters["ical_text"] = ical_text
         m = campaign.message
@@ -199,7 +279,14 @@ class Renderer:
             ) from None
         except RowRenderError:
             raise
-        except (jinja2.TemplateError, ArithmeticError, TypeError, ValueError) as exc:
+        except (_TooBig, MemoryError) as exc:
+            detail = f" ({exc})" if str(exc) else ""
+            raise RowRenderError(
+                None,
+                f"{part.name} renders to more than {limit} characters{detail}",
+                fix="shorten the content or raise max_render_bytes in the campaign",
+            ) from None
+        except (jinja2.TemplateError, ArithmeticError, LookupError, TypeError, ValueError) as exc:
             raise RowRenderError(None, f"{part.name}: {type(exc).__name__}: {exc}") from None
 
     def render(self, values: Mapping[str, Any], *, derive_text: bool = True) -> Rendered:
@@ -213,6 +300,13 @@ class Renderer:
         _header_safe("subject", subject)
         if not subject.strip():
             raise RowRenderError("subject", "the subject renders empty")
+        if len(subject) > MAX_SUBJECT:
+            raise RowRenderError(
+                "subject",
+                f"the subject renders to {len(subject):,} characters, over the {MAX_SUBJECT}"
+                " a subject may have",
+                fix="shorten the subject template or the values it uses",
+            )
         html = self._run(self.html, values, budget - len(subject))
         text = self._run(self.text, values, budget - len(subject) - len(html or ""))
         if text is None and html is not None and derive_text:
