@@ -575,7 +575,16 @@ def _campaign_files(campaign: Campaign) -> list[Path]:
         for name in jinja2.meta.find_referenced_templates(env.parse(source)):
             if name and (campaign.folder / name).is_file():
                 pending.append(TemplateRef(name, file=campaign.folder / name))
-    files += [campaign.folder / a.path for a in campaign.attachments]
+    # Resolved (and refused if escaping the folder) before anything reads them: hashing
+    # is reading, and a path like ../secret.txt must never be opened.
+    loader = AttachmentLoader(campaign)
+    for attachment in campaign.attachments:
+        try:
+            files.append(loader.resolve(attachment.path))
+        except AttachmentError as exc:
+            raise AttachmentError(
+                exc.detail, file=str(campaign.path), column="attachments", fix=exc.fix
+            ) from None
     files += list(campaign.suppression_files)
     return files
 
