@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import unicodedata
 from dataclasses import dataclass
 
 from email_validator import EmailNotValidError, validate_email
@@ -19,6 +20,40 @@ from email_validator import EmailNotValidError, validate_email
 # RFC 5322 "atext" dot-atom, ASCII only: what email-validator accepts unconditionally.
 _DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
 _CONTROL = re.compile(r"[\r\n\0]")
+
+# Scripts that legitimately share one domain label (UTS #39's "highly restrictive"
+# level): Japanese mixes Han and kana, Chinese Han and Bopomofo, Korean Han and Hangul,
+# each possibly with Latin. Any other mixture in one label is a homoglyph warning sign.
+_SCRIPT_SETS = (
+    frozenset({"LATIN", "CJK", "HIRAGANA", "KATAKANA"}),
+    frozenset({"LATIN", "CJK", "BOPOMOFO"}),
+    frozenset({"LATIN", "CJK", "HANGUL"}),
+)
+
+
+def _scripts(label: str) -> set[str]:
+    """The scripts of a label's letters, by the first word of their Unicode names."""
+    return {
+        unicodedata.name(c, "UNKNOWN").split()[0]
+        for c in label
+        if c.isalpha() and unicodedata.name(c, "").split()[0] != "MODIFIER"
+    }
+
+
+def mixed_script_label(domain: str) -> str | None:
+    """The first label of ``domain`` that mixes scripts (``exаmple`` with a Cyrillic а).
+
+    Single-script IDN labels (``bücher``, ``пример``, ``ελλάδα``) are fine; so are the
+    usual CJK mixtures. Whole-script look-alikes (an all-Cyrillic ``аррӏе``) are not
+    caught by this rule.
+    """
+    if domain.isascii():
+        return None
+    for label in domain.split("."):
+        scripts = _scripts(label)
+        if len(scripts) > 1 and not any(scripts <= allowed for allowed in _SCRIPT_SETS):
+            return label
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +107,9 @@ class AddressBook:
             result = validate_email(value, check_deliverability=False)
         except EmailNotValidError as exc:
             raise InvalidAddress(str(exc)) from None
+        verdict = self._domain(result.domain)  # cached: the homoglyph rule, once per domain
+        if isinstance(verdict, str):
+            raise InvalidAddress(verdict)
         email = result.ascii_email or result.normalized
         return Normalised(email, dedup_key(email))
 
@@ -81,6 +119,13 @@ class AddressBook:
             try:
                 result = validate_email(f"a@{domain}", check_deliverability=False)
                 cached = (result.domain, result.ascii_domain.lower())
+                label = mixed_script_label(result.domain)
+                if label is not None:
+                    cached = (
+                        f"the domain label {label!r} mixes scripts "
+                        f"({', '.join(sorted(_scripts(label))).lower()}): a look-alike"
+                        " (homoglyph) domain, not sent to"
+                    )
             except EmailNotValidError as exc:
                 cached = str(exc)
             if len(self._domains) < 100_000:
