@@ -167,6 +167,56 @@ CHUNK_BYTES = 4 << 20
 MAX_RECORD_BYTES = 64 << 20
 
 
+class _UnclosedQuote(Exception):
+    """The file ends (or a record grows past the limit) inside a quoted field."""
+
+
+def _unclosed_quote(spec: SourceSpec, path: Path, *, too_long: bool = False) -> SourceError:
+    """Say where the quote that is never closed opens: row, line and column.
+
+    Only on the error path: a first pass over the lines finds the record that is still
+    inside quotes at the end of the file (its row and first line); that record runs to
+    the end, so its opening quote is the file's last quote character, and the column is
+    the number of delimiters outside quotes before it.
+    """
+    quote, delimiter = spec.quote_char, spec.delimiter
+    inside = False
+    row = line = start_line = 0
+    start_offset = offset = 0
+    with path.open(encoding="utf-8-sig", newline="") as fh:
+        for text in fh:
+            line += 1
+            if not inside:
+                start_line, start_offset = line, offset
+                row += 1
+            if text.count(quote) % 2:
+                inside = not inside
+            offset += len(text)
+        fh.seek(0)
+        rest = fh.read()[start_offset:]
+    names = _csv_header(spec)
+    outside = rest[: rest.rfind(quote)].split(quote)[::2]  # even pieces: outside quotes
+    position = sum(piece.count(delimiter) for piece in outside)
+    column = names[position] if inside and position < len(names) else None
+    if too_long:
+        what = (
+            f"a record longer than {MAX_RECORD_BYTES >> 20} MB from line {start_line}: a quote"
+            " is probably not closed"
+        )
+    else:
+        what = (
+            f"a quote opened on line {start_line} is never closed (the rest of the file"
+            " would be one field)"
+        )
+    return SourceError(
+        what,
+        file=_shown(spec.path),
+        row=row - 1 if inside else None,  # the header is row 0
+        column=column,
+        fix="close the quote, or double a quote that belongs inside a field",
+    )
+
+
 def _csv_chunks(path: Path, quote: bytes, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
     """The file in pieces that end on record boundaries (header in the first piece).
 
@@ -191,22 +241,26 @@ def _csv_chunks(path: Path, quote: bytes, chunk_bytes: int = CHUNK_BYTES) -> Ite
                 end = data.rfind(b"\n", 0, end)
             if end == -1:
                 if len(data) > MAX_RECORD_BYTES:
-                    raise SourceError(
-                        f"a record longer than {MAX_RECORD_BYTES >> 20} MB: a quote is"
-                        " probably not closed",
-                        file=str(path),
-                        fix="check the quoting: quotes inside a field are doubled",
-                    )
+                    raise _UnclosedQuote("too long")  # a quote is probably not closed
                 pending = data
                 continue
             piece, pending = data[: end + 1], data[end + 1 :]
             odd = bool((odd + piece.count(quote)) % 2)
             yield piece
     if pending.strip():
+        if (odd + pending.count(quote)) % 2:
+            raise _UnclosedQuote
         yield pending
 
 
 def _read_csv(spec: SourceSpec, path: Path, batch_size: int) -> Iterator[pl.DataFrame]:
+    try:
+        yield from _read_csv_pieces(spec, path, batch_size)
+    except _UnclosedQuote as exc:
+        raise _unclosed_quote(spec, path, too_long=bool(exc.args)) from None
+
+
+def _read_csv_pieces(spec: SourceSpec, path: Path, batch_size: int) -> Iterator[pl.DataFrame]:
     names: list[str] | None = None
     for piece in _csv_chunks(path, spec.quote_char.encode(), CHUNK_BYTES):
         if names is None and piece.startswith(b"\xef\xbb\xbf"):
@@ -249,4 +303,11 @@ def iter_batches(spec: SourceSpec, batch_size: int = 50_000) -> Iterator[pl.Data
                 raise _encoding_error(spec) from None
             raise SourceError(f"cannot read the file: {exc}", file=shown) from None
         except pl.exceptions.PolarsError as exc:
-            raise SourceError(f"cannot read the file: {exc}", file=shown) from None
+            # polars' first paragraph says what is wrong; the rest is advice about its
+            # own options (dtypes, ignore_errors) that does not apply here.
+            first = str(exc).split("\n\n")[0].strip()
+            raise SourceError(
+                f"cannot read the file: {first}",
+                file=shown,
+                fix="check the quoting: a quote inside a field is doubled",
+            ) from None
