@@ -145,6 +145,8 @@ class RunSummary:
             "sent_now": self.sent_now,
             "resume": self.resume,
             "exit_code": self.exit_code,
+            # what preflight skipped and why (duplicates, suppressed), --limit, unknown rows
+            "notes": list(self.notes),
         }
 
     def describe(self) -> str:
