@@ -121,7 +121,8 @@ class AiohttpTransport:
                 return HttpResponse(response.status, response.headers, body)
         except TimeoutError:
             raise RetryableSendError("the request timed out", error_type="timeout") from None
-        except aiohttp.InvalidURL as exc:
+        except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError, ValueError) as exc:
+            # ValueError: yarl refuses a port out of range before any connection
             raise FatalSendError(f"invalid provider URL: {exc}", error_type="bad_url") from None
         except aiohttp.ClientError as exc:
             raise RetryableSendError(
@@ -172,8 +173,16 @@ class HttpxTransport:
             )
         except httpx.TimeoutException:
             raise RetryableSendError("the request timed out", error_type="timeout") from None
-        except httpx.InvalidURL as exc:
+        except (httpx.InvalidURL, ValueError, OverflowError) as exc:
             raise FatalSendError(f"invalid provider URL: {exc}", error_type="bad_url") from None
+        except ExceptionGroup as group:
+            # anyio's connect wraps socket errors in a group (a port out of range, say)
+            bad = group.subgroup((ValueError, OverflowError))
+            if bad is None:
+                raise
+            raise FatalSendError(
+                f"invalid provider URL: {bad.exceptions[0]}", error_type="bad_url"
+            ) from None
         except (httpx.TransportError, httpx.UnsupportedProtocol) as exc:
             if isinstance(exc, httpx.UnsupportedProtocol):
                 raise FatalSendError(f"invalid provider URL: {exc}", error_type="bad_url") from None
