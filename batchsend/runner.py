@@ -363,12 +363,30 @@ def _override(
     )
     if provider is not None and provider not in ("v1", "tosend"):
         raise CampaignError(f"unknown provider {provider!r}", fix="use v1 or tosend")
+    if base_url is not None:
+        _check_base_url(base_url)
     return dataclasses.replace(
         campaign,
         provider=provider or campaign.provider,  # type: ignore[arg-type]
         base_url=base_url or campaign.base_url,
         send=send,
     )
+
+
+def _check_base_url(url: str) -> None:
+    """Refuse a --base-url that is not http(s)://host[:port] before anything is sent."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises ValueError when out of range)
+    except ValueError as exc:
+        raise CampaignError(f"--base-url {url!r} is not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise CampaignError(
+            f"--base-url {url!r} is not an http(s) URL",
+            fix="give the provider's API root, e.g. http://127.0.0.1:8025",
+        )
 
 
 def _test_address(value: str) -> Address:
