@@ -15,6 +15,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from email_validator import EmailNotValidError, validate_email
 
@@ -407,6 +408,11 @@ class _Builder:
         base_url = top["base_url"]
         if base_url is not None and not base_url.startswith(("http://", "https://")):
             raise self.fail("base_url", f"{base_url!r} is not an http(s) URL")
+        if base_url is not None:
+            try:
+                urlsplit(base_url).port  # noqa: B018  (ValueError: out of range, bad IPv6)
+            except ValueError as exc:
+                raise self.fail("base_url", f"{base_url!r} is not a valid URL: {exc}") from None
         return Campaign(
             path=self.path,
             folder=self.folder,
