@@ -394,9 +394,18 @@ def test_static_attachment_escapes_are_never_read(
         (lambda t: t.replace('provider = "tosend"', 'provider = "mailgun"'), ("mailgun",)),
         (lambda t: t.replace('provider = "tosend"\n', ""), ("provider",)),
         (lambda t: t + '\napi_key = "sk-live-123"\n', ("api_key",)),
+        (lambda t: t.replace('base_url = "', 'base_url = "http://[::1:99999" #'), ("base_url",)),
     ],
 )
 def test_bad_campaign_files(send, change: Callable[[str], str], needles: tuple[str, ...]) -> None:
     outcome = send(toml=change)
     refused(outcome, "campaign.toml", *needles)
     assert outcome.runs is None  # the store was not even opened
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:99999", "ftp://127.0.0.1:8025", "127.0.0.1:8025", "http://[::1"]
+)
+def test_a_bad_base_url_override(send, url: str) -> None:
+    """Flaw found: a port out of range was a ValueError traceback from inside the engine."""
+    refused(send(args=("--base-url", url)), "--base-url", url)
