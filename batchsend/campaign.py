@@ -514,10 +514,31 @@ class _Builder:
         if file is not None:
             return self.template_file(f"message.{key}_file", file)
         if inline is not None:
+            if self.names_a_file(inline):
+                raise self.fail(
+                    f"message.{key}",
+                    f"{inline!r} is a file name, which would be sent as the {key} itself",
+                    fix=f"write {key}_file = {inline!r} to use the file as the template",
+                )
             return TemplateRef(f"campaign.toml:message.{key}", inline=inline)
         if required:
             raise self.fail(f"message.{key}", "missing", fix=f"set {key} = ... or {key}_file = ...")
         return None
+
+    def names_a_file(self, inline: str) -> bool:
+        """Is an inline template really a path to a file in the campaign folder?
+
+        ``html = "templates/x.html.j2"`` is valid TOML and a valid template: the message
+        would say "templates/x.html.j2". A one-word value naming an existing file is that
+        mistake.
+        """
+        value = inline.strip()
+        if not value or len(value) > 255 or any(c.isspace() or c in "{}<>" for c in value):
+            return False
+        try:
+            return (self.folder / value).is_file()
+        except (OSError, ValueError):
+            return False
 
     def template_file(self, key: str, file: str) -> TemplateRef:
         resolved = (self.folder / file).resolve()

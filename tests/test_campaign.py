@@ -163,3 +163,34 @@ def test_docs_cover_every_key() -> None:
     for table, keys in SCHEMA.items():
         for key in keys:
             assert key in documented or f"{table}.{key}" in documented, f"{table}.{key}"
+
+
+def test_an_inline_template_naming_a_file_is_refused(tmp_path) -> None:
+    """``html = "templates/x.html.j2"`` (the README once showed it) would send the path."""
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "x.html.j2").write_text("<p>{{ email }}</p>", encoding="utf-8")
+    base = MINIMAL.format(provider="tosend").split("[message]")[0].replace("{", "{{")
+    path = write(tmp_path, base=base + '[message]\nsubject = "x"\nhtml = "templates/x.html.j2"\n')
+    with pytest.raises(CampaignError) as info:
+        load_campaign(path)
+    assert "message.html" in str(info.value)
+    assert "html_file" in str(info.value)
+    # A one-word inline text that names no file is an ordinary template.
+    path = write(tmp_path, base=base + '[message]\nsubject = "x"\ntext = "templates/y.txt"\n')
+    assert load_campaign(path).message.text is not None
+
+
+def test_readme_campaign_example_loads(tmp_path) -> None:
+    """The README's campaign example is valid as written, with its templates in place."""
+    readme = Path("README.md").read_text(encoding="utf-8")
+    example = re.search(r"## The campaign file.*?```toml\n(.*?)```", readme, re.S)
+    assert example is not None
+    toml = example.group(1)
+    for file in re.findall(r'"(templates/[^"]+)"', toml):
+        (tmp_path / file).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / file).write_text("{{ first_name }}", encoding="utf-8")
+    (tmp_path / "recipients.csv").write_text("email,full_name,first_name\n", encoding="utf-8")
+    (tmp_path / "campaign.toml").write_text(toml, encoding="utf-8")
+    message = load_campaign(tmp_path / "campaign.toml").message
+    assert message.html is not None and message.html.file is not None
+    assert message.text is not None and message.text.file is not None
