@@ -46,7 +46,8 @@ class Location:
         if self.file:
             parts.append(self.file)
         if self.row is not None:
-            parts.append(f"row {self.row}")
+            # Rows are numbered from 1 below the header; row 0 is the header itself.
+            parts.append(f"row {self.row}" if self.row else "header row")
         if self.column:
             parts.append(f"column {self.column!r}")
         return ", ".join(parts)

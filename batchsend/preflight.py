@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import math
 import mimetypes
 import re
@@ -396,13 +397,28 @@ def _check_columns(campaign: Campaign, names: list[str]) -> None:
         if column and column not in names:
             near = difflib.get_close_matches(column, names, n=1)
             hint = f" (did you mean {near[0]!r}?)" if near else ""
+            fix = f"rename the column in the file, or set {key} in the campaign"
+            other = _other_delimiter(names, campaign.source_settings.delimiter)
+            if other is not None:
+                shown = json.dumps(other)  # TOML basic string syntax: "\t", ";"
+                fix = f"the header looks {shown}-separated: set [source] delimiter = {shown}"
             raise SourceError(
                 f"no column {column!r}{hint}; the file has: {', '.join(names)}",
                 file=str(campaign.source),
                 row=0,
                 column=column,
-                fix=f"rename the column in the file, or set {key} in the campaign",
+                fix=fix,
             )
+
+
+def _other_delimiter(names: list[str], delimiter: str) -> str | None:
+    """The separator a one-column header is really split by, when it is not ``delimiter``."""
+    if len(names) != 1:
+        return None
+    for candidate in (";", "\t", "|", ","):
+        if candidate != delimiter and candidate in names[0]:
+            return candidate
+    return None
 
 
 def iter_rows(campaign: Campaign, *, derive_text: bool = True) -> Iterator[RowResult]:

@@ -332,3 +332,14 @@ def test_check_file_level_error_exits_2(tmp_path) -> None:
     result = CliRunner().invoke(main, ["check", str(tmp_path / "campaign.toml")])
     assert result.exit_code == 2
     assert "duplicate header name 'email'" in result.output
+
+
+@pytest.mark.parametrize(("separator", "shown"), [(";", '";"'), ("\t", '"\\t"')])
+def test_a_header_split_by_another_delimiter_names_the_setting(tmp_path, separator, shown) -> None:
+    """A ;- or tab-separated export read as CSV: the fix names [source] delimiter."""
+    rows = separator.join(["email", "name", "first_name"]) + "\na@example.com;A;A\n"
+    make(tmp_path, rows)
+    result = CliRunner().invoke(main, ["check", str(tmp_path / "campaign.toml")])
+    assert result.exit_code == 2
+    assert "r.csv, header row, column 'email'" in result.output
+    assert f"set [source] delimiter = {shown}" in result.output
