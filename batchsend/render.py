@@ -24,6 +24,7 @@ from typing import Any
 import jinja2
 import jinja2.sandbox
 from inscriptis import get_text
+from inscriptis.model.config import ParserConfig
 
 from batchsend.campaign import Campaign, TemplateRef
 from batchsend.errors import TemplateError, TemplateSecurityError
@@ -86,9 +87,14 @@ def ical_text(value: Any) -> str:
     return text.replace("\r\n", "\\n").replace("\n", "\\n")
 
 
+#: Links keep their targets (``[Unsubscribe](https://...)``): a text part that says only
+#: "Unsubscribe" or "Pay your invoice" is useless to the reader who cannot click.
+_TEXT_CONFIG = ParserConfig(display_links=True)
+
+
 def html_to_text(html: str) -> str:
     """The plain-text alternative of an HTML body (inscriptis keeps the layout readable)."""
-    return get_text(html).strip() + "\n"
+    return get_text(html, _TEXT_CONFIG).strip() + "\n"
 
 
 def _finalize(value: Any) -> Any:

@@ -136,6 +136,14 @@ def test_text_is_generated_from_html_when_no_text_template(tmp_path) -> None:
     assert html_to_text("<p>a</p><p>b</p>").split() == ["a", "b"]
 
 
+def test_generated_text_keeps_link_targets() -> None:
+    """The text part must still carry the unsubscribe or payment URL, not just its label."""
+    html = '<p>Pay <a href="https://pay.example.com/i?n=1&amp;c=2">here</a></p>'
+    text = html_to_text(html + '<a href="https://e.com/unsub">Unsubscribe</a>')
+    assert "https://pay.example.com/i?n=1&c=2" in text
+    assert "https://e.com/unsub" in text
+
+
 def test_unsubscribe_headers_follow_rfc_8058(tmp_path) -> None:
     r = renderer(
         tmp_path, 'subject = "s"\ntext = "x"\nunsubscribe_url = "https://e.com/u?id={{ id }}"'
