@@ -486,3 +486,19 @@ def test_info_needs_a_valid_key(client, sandbox) -> None:
     assert client.get(f"{sandbox.base_url}/v2/info").status_code == 401
     r = client.get(f"{sandbox.base_url}/v2/info", headers={"Authorization": "Bearer bad"})
     assert r.status_code == 403
+
+
+@pytest.mark.parametrize("path", ["/v2/emails", "/v2/emails/batch", "/v2/info"])
+def test_a_bare_urllib_user_agent_is_refused_as_at_the_edge(client, sandbox, path) -> None:
+    """ToSend's edge answers urllib's default agent 403 'error code: 1010' (see its SDK)."""
+    agent = {"User-Agent": "Python-urllib/3.11", **AUTH}
+    body = {"emails": [EMAIL]} if path.endswith("batch") else EMAIL
+    if path == "/v2/info":
+        r = client.get(f"{sandbox.base_url}{path}", headers=agent)
+    else:
+        r = client.post(f"{sandbox.base_url}{path}", json=body, headers=agent)
+    assert (r.status_code, r.text) == (403, "error code: 1010")
+    assert client.get(f"{sandbox.base_url}/_sandbox/messages").json() == []
+    # The official SDK's agent, httpx's and batchsend's own pass.
+    for name in ("tosend-python/1.2.0", "python-httpx/0.28", "batchsend/0.1"):
+        assert send(client, sandbox, EMAIL, {"User-Agent": name, **AUTH}).status_code == 200

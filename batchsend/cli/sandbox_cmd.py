@@ -148,7 +148,8 @@ def sandbox(
     GET /v2/info) until Ctrl-C, and prints the base URL and the accepted keys. Every
     accepted message can be inspected, without a key, at GET /_sandbox/messages;
     counters at GET /_sandbox/stats; settings change live with POST /_sandbox/config
-    (a JSON object, e.g. {"fail_rate": 0.2}).
+    (a JSON object, e.g. {"fail_rate": 0.2}). Like ToSend's edge, the ToSend routes
+    refuse urllib's default User-Agent (403 "error code: 1010"): set your own.
 
     \b
     Defaults: key sk-test, verified domain example.com, port 8025, no faults.

@@ -4,7 +4,10 @@ Order of checks on a provider endpoint, and why:
 
 1. count the request (totals and per-second histogram), then ``latency`` delays it (and
    a drawn latency spike, ``spike_rate``/``spike_ms``);
-2. read the body (always, so keep-alive connections stay in step);
+2. read the body (always, so keep-alive connections stay in step); on ToSend, a
+   ``Python-urllib`` user agent is refused as ToSend's edge refuses it (403, plain text
+   ``error code: 1010``), so a client without its own User-Agent fails here, not in
+   production;
 3. auth (missing / invalid key): a stranger is refused before anything else happens,
    and a bad key is never hidden behind a random fault;
 4. rate limit (429 + ``Retry-After`` unless ``retry_after`` is off; v1 also
@@ -61,6 +64,10 @@ async def _provider_request(
         await asyncio.sleep(delay)
         now = state.clock()
     raw = await request.read()
+
+    if provider is tosend and _edge_refuses(request.headers.get("User-Agent", "")):
+        state.reject(403)
+        return web.Response(status=403, text="error code: 1010")
 
     key = provider.api_key(request.headers)
     if key is None or key not in state.keys:
@@ -145,6 +152,15 @@ async def _provider_request(
 
 
 _MALFORMED = object()
+
+#: User agents ToSend's edge (a browser integrity check in front of the API) refuses with
+#: a bare ``403 error code: 1010`` before the API sees the request. The official SDK
+#: sets ``tosend-python/<version>`` for this reason: urllib's default is refused.
+_REFUSED_AGENTS = ("python-urllib/",)
+
+
+def _edge_refuses(user_agent: str) -> bool:
+    return user_agent.strip().lower().startswith(_REFUSED_AGENTS)
 
 
 def _drop(request: web.Request) -> web.StreamResponse:
