@@ -234,3 +234,16 @@ def test_v1_message_ids_are_unique(client, sandbox) -> None:
     ids = {send(client, sandbox, EMAIL).json()["email_id"] for _ in range(20)}
     assert len(ids) == 20
     assert all(re.fullmatch(r"[0-9a-f-]{36}", i) for i in ids)
+
+
+@pytest.mark.parametrize(("content", "ok"), [("!!!", False), ("a b!c=", False), ("aG\nk=", True)])
+def test_attachment_content_must_be_base64(client, sandbox, content, ok) -> None:
+    """Characters outside the alphabet are an error, not silently skipped; line breaks pass."""
+    att = {"filename": "a.txt", "content": content, "contentType": "text/plain"}
+    r = send(client, sandbox, email(attachments=[att]))
+    assert r.status_code == (200 if ok else 400)
+    if not ok:
+        assert r.json() == {
+            "error": "validation_error",
+            "message": "Attachment 'a.txt': content is not valid base64.",
+        }

@@ -15,6 +15,9 @@ MB = 1024 * 1024
 _ADDRESS = re.compile(r"^[^@\s<>()\[\],;:\"]+@[^@\s<>()\[\],;:\".]+(\.[^@\s<>()\[\],;:\".]+)+$")
 
 
+_BASE64 = re.compile(r"[A-Za-z0-9+/\s]*=?\s*=?\s*")
+
+
 def valid_address(value: object) -> TypeGuard[str]:
     """Is ``value`` a string holding one plausible email address?"""
     return isinstance(value, str) and len(value) <= 320 and _ADDRESS.match(value) is not None
@@ -34,6 +37,10 @@ def rfc5322_address(value: str) -> str | None:
 def decoded_size(content: object) -> int | None:
     """Bytes that base64 ``content`` decodes to, or None if it is not base64 text."""
     if not isinstance(content, str):
+        return None
+    # a2b_base64 skips characters outside the alphabet ("!!!" decodes to nothing); line
+    # breaks and spaces (MIME-wrapped base64) are fine, anything else is not base64.
+    if _BASE64.fullmatch(content) is None:
         return None
     try:
         return len(binascii.a2b_base64(content))
