@@ -58,7 +58,7 @@ from typing import Any, Literal
 
 import polars as pl
 
-from batchsend.errors import BatchsendError, StoreError
+from batchsend.errors import BatchsendError, InputError, StoreError
 from batchsend.states import RecipientState, RunState
 from batchsend.store import RunInfo, Store
 
@@ -234,6 +234,21 @@ def _listing(store: Store, run: RunInfo, db_path: str | Path) -> RunListing:
     if state in (RunState.INTERRUPTED, RunState.FATAL) and not run.dry_run:
         resume = resume_command(run.id, db_path)
     return RunListing(run=run, state=state, resume=resume)
+
+
+def _get_run(store: Store, run_id: str) -> RunInfo:
+    """The run, or an :class:`InputError` (exit 2) naming the runs there are."""
+    try:
+        return store.get_run(run_id)
+    except StoreError:
+        known = [r.id for r in store.list_runs()]
+        if run_id in known:
+            raise
+        latest = f"; the latest is {known[0]}" if known else "; it has no runs"
+        raise InputError(
+            f"no run {run_id!r} in {store.path}{latest}",
+            fix=f"list the runs with: batchsend runs --db {store.path}",
+        ) from None
 
 
 def list_runs(db_path: str | Path) -> list[RunListing]:
@@ -580,7 +595,7 @@ def iter_report(
     """
     wanted = _state_values(states)
     with _open(db_path) as store:
-        run = store.get_run(run_id)
+        run = _get_run(store, run_id)
         cols, source = report_columns(run, with_input=with_input)
         sql, params, schema = _select(store.conn, run_id, cols, wanted)
     joiner = _InputJoiner(source, cols.input_extra, chunk_rows) if source else None
@@ -825,7 +840,7 @@ def read_summary(
         print(summary.counts, summary.reasons[:3])
     """
     with _open(db_path) as store:
-        listing = _listing(store, store.get_run(run_id), db_path)
+        listing = _listing(store, _get_run(store, run_id), db_path)
         timeline, first, last, total = _timeline(store.conn, run_id, buckets)
         return RunSummary(
             listing=listing,

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_report_data import TRICKY, FakeClock, Person, build_run
 
-from batchsend.errors import StoreError
+from batchsend.errors import InputError, StoreError
 from batchsend.report import (
     FORMULA_PREFIXES,
     _csv_safe,
@@ -180,8 +180,12 @@ def test_address_and_name_columns_take_the_campaigns_names(db: Path, tmp_path: P
 
 
 def test_missing_run_or_database_is_a_clear_error(db: Path, tricky_run: str, tmp_path) -> None:
-    with pytest.raises(StoreError, match="no run 'nope'"):
+    # A mistyped run id is bad input (exit 2) and the message says how to find the id.
+    with pytest.raises(InputError, match="no run 'nope'") as info:
         write_report(db, "nope", tmp_path / "x.csv")
+    assert info.value.exit_code == 2
+    assert f"the latest is {tricky_run}" in str(info.value)
+    assert "batchsend runs --db" in str(info.value)
     with pytest.raises(StoreError, match="no batchsend database"):
         write_report(tmp_path / "missing.db", tricky_run, tmp_path / "x.csv")
     assert not (tmp_path / "missing.db").exists()  # looking did not create one

@@ -147,7 +147,7 @@ def test_cli_report_default_path_and_errors(history, tmp_path: Path, monkeypatch
     path = Path(result.stdout.strip())
     assert path == Path("reports") / f"{ids['finished']}.jsonl" and path.is_file()
     bad = runner.invoke(main, ["report", "no-such-run", "--db", str(db)])
-    assert bad.exit_code == 1 and "no run 'no-such-run'" in bad.stderr
+    assert bad.exit_code == 2 and "no run 'no-such-run'" in bad.stderr
     bad_state = runner.invoke(main, ["report", ids["finished"], "--db", str(db), "--state", "x"])
     assert bad_state.exit_code == 2
 
