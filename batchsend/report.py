@@ -54,7 +54,7 @@ import threading
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import polars as pl
 
@@ -81,8 +81,17 @@ __all__ = [
     "write_report",
 ]
 
-Format = Literal["csv", "parquet", "json", "html"]
-FORMATS: tuple[str, ...] = ("csv", "parquet", "json", "html")
+Format = Literal["csv", "parquet", "json", "jsonl", "html"]
+FORMATS: tuple[str, ...] = ("csv", "parquet", "json", "jsonl", "html")
+_SUFFIX_FORMATS = {"ndjson": "jsonl", "htm": "html", "pq": "parquet"}
+
+
+def format_for(path: str | Path | None, default: Format = "csv") -> Format:
+    """The report format a file name asks for by its extension (``.jsonl`` -> jsonl)."""
+    suffix = Path(path).suffix.lower().lstrip(".") if path else ""
+    fmt = _SUFFIX_FORMATS.get(suffix, suffix)
+    return cast(Format, fmt) if fmt in FORMATS else default
+
 
 #: A CSV cell starting with one of these is a formula (or may become one) in a spreadsheet.
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "\n")
@@ -630,11 +639,28 @@ def _write_csv(frames: Iterator[pl.DataFrame], out: Path) -> None:
             first = False
 
 
-def _write_json(frames: Iterator[pl.DataFrame], out: Path) -> None:
+def _write_jsonl(frames: Iterator[pl.DataFrame], out: Path) -> None:
     with out.open("wb") as fh:
         for frame in frames:
             if frame.height:
                 frame.write_ndjson(fh)
+
+
+def _write_json(frames: Iterator[pl.DataFrame], out: Path) -> None:
+    # One JSON array, written a chunk at a time: each chunk's JSON lines become array
+    # items, so `json.load` reads the file and memory stays bounded.
+    with out.open("wb") as fh:
+        fh.write(b"[")
+        separator = b"\n"
+        for frame in frames:
+            if not frame.height:
+                continue
+            lines = frame.write_ndjson().encode().rstrip(b"\n").split(b"\n")
+            for line in lines:
+                fh.write(separator)
+                fh.write(line)
+                separator = b",\n"
+        fh.write(b"\n]\n")
 
 
 def _write_parquet(frames: Iterator[pl.DataFrame], out: Path) -> None:
@@ -695,7 +721,8 @@ def write_report(
     """Write run ``run_id``'s report to ``out`` and return its path.
 
     ``format`` is ``csv`` (spreadsheet-safe, see the module docstring), ``parquet``,
-    ``json`` (JSON lines: one object per row) or ``html`` (the one-page summary).
+    ``json`` (one array of row objects), ``jsonl`` (JSON lines: one object per line) or
+    ``html`` (the one-page summary).
     ``states`` keeps only rows in those states: ``states=["failed"]`` with CSV gives a
     recipient file the same campaign can run again.
 
@@ -721,6 +748,8 @@ def write_report(
                 _write_csv(frames, tmp)
             elif format == "json":
                 _write_json(frames, tmp)
+            elif format == "jsonl":
+                _write_jsonl(frames, tmp)
             else:
                 _write_parquet(frames, tmp)
             tmp.replace(out)  # a reader never sees half a report under the final name

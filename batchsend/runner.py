@@ -970,16 +970,14 @@ def _dry_run(store: Store, run_id: str, provider: Any, units: Iterable[SendUnit]
 
 
 def _write_report(store: Store, run_id: str, report_path: str | Path | None) -> str | None:
-    try:
-        from batchsend.report import write_report
-    except ImportError:  # the reports module is optional at this layer
-        return None
+    from batchsend.report import format_for, write_report
+
     out = Path(report_path) if report_path else Path(DEFAULT_REPORT_DIR) / f"{run_id}.csv"
-    suffix = out.suffix.lower().lstrip(".")
-    fmt = {"jsonl": "json", "htm": "html"}.get(suffix, suffix or "csv")
+    # Absolute, so the path printed at the end can be opened from anywhere.
+    out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        written = write_report(store.path, run_id, out, format=fmt)  # type: ignore[arg-type]
+        written = write_report(store.path, run_id, out, format=format_for(out))
     except BatchsendError as exc:
         print(f"batchsend: the report could not be written: {exc}", file=sys.stderr)
         return None

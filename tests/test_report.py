@@ -20,6 +20,7 @@ from batchsend.errors import InputError, StoreError
 from batchsend.report import (
     FORMULA_PREFIXES,
     _csv_safe,
+    format_for,
     iter_report,
     neutralise,
     unneutralise,
@@ -102,9 +103,40 @@ def test_parquet_and_json_round_trip_exactly(db: Path, tricky_run: str, tmp_path
         write_report(db, tricky_run, tmp_path / "r.parquet", format="parquet")
     )
     assert as_records(parquet) == want
-    lines = write_report(db, tricky_run, tmp_path / "r.jsonl", format="json").read_text("utf-8")
+    lines = write_report(db, tricky_run, tmp_path / "r.jsonl", format="jsonl").read_text("utf-8")
     records = [json.loads(line) for line in lines.splitlines()]
     assert [{k: r[k] for k in want[0]} for r in records] == want
+
+
+def test_json_is_one_array_that_json_load_reads(db: Path, tricky_run: str, tmp_path: Path) -> None:
+    want = expected(store_rows(db, tricky_run))
+    # chunk_rows=3 makes the array span several chunks, which is where joining can go wrong
+    out = write_report(db, tricky_run, tmp_path / "r.json", format="json", chunk_rows=3)
+    records = json.loads(out.read_text("utf-8"))
+    assert isinstance(records, list)
+    assert [{k: r[k] for k in want[0]} for r in records] == want
+
+
+def test_json_of_no_rows_is_an_empty_array(db: Path, tricky_run: str, tmp_path: Path) -> None:
+    out = write_report(db, tricky_run, tmp_path / "r.json", format="json", states=["sending"])
+    assert json.loads(out.read_text("utf-8")) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "fmt"),
+    [
+        ("r.csv", "csv"),
+        ("r.JSON", "json"),
+        ("r.jsonl", "jsonl"),
+        ("r.ndjson", "jsonl"),
+        ("r.parquet", "parquet"),
+        ("r.htm", "html"),
+        ("r.txt", "csv"),
+        (None, "csv"),
+    ],
+)
+def test_format_follows_the_file_extension(name: str | None, fmt: str) -> None:
+    assert format_for(name) == fmt
 
 
 def test_reasons_say_why(db: Path, tricky_run: str) -> None:

@@ -145,7 +145,8 @@ def test_cli_report_default_path_and_errors(history, tmp_path: Path, monkeypatch
     result = runner.invoke(main, ["report", ids["finished"], "--db", str(db), "--format", "json"])
     assert result.exit_code == 0, result.output
     path = Path(result.stdout.strip())
-    assert path == Path("reports") / f"{ids['finished']}.jsonl" and path.is_file()
+    assert path == Path("reports") / f"{ids['finished']}.json" and path.is_file()
+    assert isinstance(json.loads(path.read_text("utf-8")), list)
     bad = runner.invoke(main, ["report", "no-such-run", "--db", str(db)])
     assert bad.exit_code == 2 and "no run 'no-such-run'" in bad.stderr
     bad_state = runner.invoke(main, ["report", ids["finished"], "--db", str(db), "--state", "x"])

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import click
 
-from batchsend.report import FORMATS, RunListing, dumps_listings, list_runs, write_report
+from batchsend.report import (
+    FORMATS,
+    RunListing,
+    dumps_listings,
+    format_for,
+    list_runs,
+    write_report,
+)
 from batchsend.states import RecipientState
 
 _db_option = click.option(
@@ -78,7 +85,7 @@ def runs(db_path: str, as_json: bool) -> None:
     "fmt",
     type=click.Choice(FORMATS),
     default=None,
-    help="csv, parquet, json (JSON lines) or html (one-page summary); "
+    help="csv, parquet, json (one array), jsonl (JSON lines) or html (one-page summary); "
     "default: from --out's extension, else csv.",
 )
 @click.option(
@@ -118,12 +125,8 @@ def report(
       batchsend report 20261121T103455-ab12cd --format html --out summary.html
     """
     if fmt is None:
-        suffix = Path(out).suffix.lower().lstrip(".") if out else ""
-        fmt = {"jsonl": "json", "ndjson": "json", "htm": "html"}.get(suffix, suffix)
-        if fmt not in FORMATS:
-            fmt = "csv"
-    extension = {"json": "jsonl"}.get(fmt, fmt)
-    target = Path(out) if out else Path("reports") / f"{run_id}.{extension}"
+        fmt = format_for(out)
+    target = Path(out) if out else Path("reports") / f"{run_id}.{fmt}"
     target.parent.mkdir(parents=True, exist_ok=True)
     written = write_report(
         db_path,
