@@ -5,7 +5,7 @@ is checked against the schema below: an unknown key is an error that names it an
 nearest valid key, a value of the wrong type names the key and the expected type. Paths
 (recipient file, template files, attachments, suppression lists, key file) are relative
 to the folder holding the campaign file. Every key and its default is documented in
-``docs/campaign.md``; a test keeps that page and :data:`SCHEMA` in step.
+the README's "Campaign file reference"; a test keeps it and :data:`SCHEMA` in step.
 """
 
 from __future__ import annotations
@@ -351,7 +351,7 @@ class _Builder:
         return self.fail(
             dotted,
             f"unknown key {where}; {hint}",
-            fix=f"valid keys {where}: {', '.join(valid)} (see docs/campaign.md)",
+            fix=f"valid keys {where}: {', '.join(valid)} (see README: campaign file reference)",
         )
 
     def check_type(self, dotted: str, kind: str, value: Any) -> Any:

@@ -156,7 +156,7 @@ def test_mixed_encodings(send) -> None:
 
 
 def test_ten_thousand_duplicates_are_skipped_and_said_so(send) -> None:
-    """Not an error by design (docs/campaign.md): one message, the rest reported skipped.
+    """Not an error by design (README): one message, the rest reported skipped.
 
     Flaw found: with --json the reason (duplicate) was missing, only a skipped count.
     """
