@@ -145,6 +145,56 @@ async def send_units(
     return await engine.run(units, concurrency)
 
 
+class _SendingMarks:
+    """Group commit: the ``sending`` marks of every worker ready in one loop turn, one commit.
+
+    When several answers arrive together, several workers reach their next unit in the
+    same turn of the event loop. Each registers its unit and waits; the first schedules
+    a commit for the next turn, which marks every registered unit ``sending`` in ONE
+    transaction (``recorder.mark_sending_many``) and only then releases the workers. A
+    request still leaves only after its own rows are committed; what changes is that a
+    commit (the costliest step of a small request) is shared. A recorder without
+    ``mark_sending_many`` is called unit by unit, as before.
+    """
+
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder = recorder
+        self.many: Callable[[Sequence[SendUnit]], None] | None = getattr(
+            recorder, "mark_sending_many", None
+        )
+        self.waiting: list[tuple[SendUnit, asyncio.Future[None]]] = []
+        self.commits = 0
+
+    async def mark(self, unit: SendUnit) -> None:
+        if self.many is None:
+            self.recorder.mark_sending(unit)
+            self.commits += 1
+            return
+        loop = asyncio.get_running_loop()
+        if not self.waiting:
+            loop.call_soon(self.commit)
+        done: asyncio.Future[None] = loop.create_future()
+        self.waiting.append((unit, done))
+        await done
+
+    def commit(self) -> None:
+        waiting, self.waiting = self.waiting, []
+        assert self.many is not None
+        try:
+            self.many([unit for unit, _ in waiting])
+        except BaseException as exc:  # nothing of the group was committed: none may leave
+            for _, done in waiting:
+                if not done.done():
+                    done.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        self.commits += 1
+        for _, done in waiting:
+            if not done.done():  # a worker cancelled meanwhile: its rows become unknown
+                done.set_result(None)
+
+
 class _Engine:
     def __init__(
         self,
@@ -173,6 +223,7 @@ class _Engine:
         self.throttled = self.in_flight = self.retrying = 0
         self.start = clock()
         self._next_progress = self.start
+        self.marks = _SendingMarks(recorder)
 
     def halted(self) -> bool:
         return self.fatal is not None or self.stop_event.is_set()
@@ -221,6 +272,7 @@ class _Engine:
     async def worker(self, take: Callable[[], object]) -> None:
         limiter = self.limiter
         recorder = self.recorder
+        marks = self.marks
         while not self.halted():
             unit = await take()  # type: ignore[misc]
             if unit is None:
@@ -230,7 +282,7 @@ class _Engine:
             if self.halted():
                 return  # never marked sending: the unit stays pending
             rows = sum(len(pm.rows) for pm in unit.messages)
-            recorder.mark_sending(unit)
+            await marks.mark(unit)  # committed `sending` when this returns
             crashpoint("sending")  # test-only: the gauntlet's kill -9 after the commit
             self.in_flight += rows
             try:
@@ -379,6 +431,10 @@ class MemoryRecorder:
         for pm in unit.messages:
             for row in pm.rows:
                 self.states[row] = "sending"
+
+    def mark_sending_many(self, units: Sequence[SendUnit]) -> None:
+        for unit in units:
+            self.mark_sending(unit)
 
     def record_attempt(
         self, unit: SendUnit, attempt: int, outcomes: Sequence[MessageOutcome], elapsed_ms: float

@@ -37,6 +37,10 @@ class Recorder(Protocol):
     The engine calls :meth:`mark_sending` and awaits nothing before it returns: the
     rows must be durably ``sending`` (committed) before the request leaves. Outcomes
     may be buffered and committed in small batches; :meth:`flush` commits them.
+
+    Optional: ``mark_sending_many(units)``, the same for several units in one commit;
+    when a recorder has it, the engine uses it to share one commit between the workers
+    that are ready at the same moment (group commit).
     """
 
     def mark_sending(self, unit: SendUnit) -> None: ...

@@ -724,6 +724,18 @@ class Store:
         return RunRecorder(self, run_id, monotonic=monotonic)
 
 
+_MARK_SENDING_SQL = (
+    "UPDATE recipients SET state = ?, unit_key = ?, message_key = ?, updated_at = ?,"
+    " reason = NULL, retryable = NULL WHERE run_id = ? AND row = ? AND state IN ("
+    + ",".join(f"'{s.value}'" for s in _RECIPIENT_STATES_SENDABLE)
+    + ")"
+)
+_UNIT_SENDING_SQL = (
+    "INSERT INTO units (run_id, key, composition, batch, state, attempts, created_at)"
+    " VALUES (?,?,?,?,'sending',0,?) ON CONFLICT(run_id, key) DO UPDATE SET state = 'sending'"
+)
+
+
 def _composition(unit: SendUnit) -> str:
     return json.dumps([list(m.rows) for m in unit.messages])
 
@@ -768,35 +780,46 @@ class RunRecorder:
         Refuses (:class:`StoreError`, nothing changed) if any row is already ``sent``,
         ``sending`` or ``skipped``: batchsend never sends a row twice by its own doing.
         """
+        self.mark_sending_many((unit,))
+
+    def mark_sending_many(self, units: Sequence[SendUnit]) -> None:
+        """:meth:`mark_sending` for several units in ONE transaction (the engine's group commit).
+
+        All or nothing: if any unit is refused, none is marked and :class:`StoreError`
+        names it.
+        """
         store = self.store
         conn = store.conn
         now = store.now()
+        run_id = self.run_id
+        sending = RecipientState.SENDING.value
         rows = [
-            (RecipientState.SENDING.value, unit.key, m.key, now, self.run_id, row)
+            (sending, unit.key, m.key, now, run_id, row)
+            for unit in units
             for m in unit.messages
             for row in m.rows
         ]
-        allowed = ",".join(f"'{s.value}'" for s in _RECIPIENT_STATES_SENDABLE)
         store._begin()
         try:
             self._write_buffers()
-            cursor = conn.executemany(
-                "UPDATE recipients SET state = ?, unit_key = ?, message_key = ?, updated_at = ?,"
-                " reason = NULL, retryable = NULL"
-                f" WHERE run_id = ? AND row = ? AND state IN ({allowed})",
-                rows,
-            )
+            cursor = conn.executemany(_MARK_SENDING_SQL, rows)
             if cursor.rowcount != len(rows):
+                for unit in units:  # which one? (rare: a bug or a second process)
+                    n = conn.execute(
+                        "SELECT COUNT(*) FROM recipients WHERE run_id = ? AND unit_key = ?"
+                        " AND state = ?",
+                        (run_id, unit.key, sending),
+                    ).fetchone()[0]
+                    if n != len(unit.rows):
+                        break
                 raise StoreError(
-                    f"run {self.run_id}: refusing to send request {unit.key}: some of rows "
+                    f"run {run_id}: refusing to send request {unit.key}: some of rows "
                     f"{list(unit.rows)[:10]} are unknown to the run or already sending, sent "
                     "or skipped"
                 )
-            conn.execute(
-                "INSERT INTO units (run_id, key, composition, batch, state, attempts, created_at)"
-                " VALUES (?,?,?,?,'sending',0,?)"
-                " ON CONFLICT(run_id, key) DO UPDATE SET state = 'sending'",
-                (self.run_id, unit.key, _composition(unit), int(unit.batch), now),
+            conn.executemany(
+                _UNIT_SENDING_SQL,
+                [(run_id, unit.key, _composition(unit), int(unit.batch), now) for unit in units],
             )
             store._commit()
         except BaseException:

@@ -25,8 +25,11 @@ from batchsend.crashpoints import ENV_VAR, _parse
 def test_kill_9_at_the_sending_commit_and_at_the_answer_never_sends_twice(
     tmp_path: Path,
 ) -> None:
+    # 480 rows (24 requests): the engine's group commit marks every worker's unit of one
+    # turn at once (4 units at the start), so a kill can leave more rows in flight than
+    # its count suggests; 240 rows could run out before the fourth kill point came.
     result = gauntlet.crash_campaign(
-        tmp_path, rows=240, kills=4, modes=("sending", "response"), seed=7, log=lambda _: None
+        tmp_path, rows=480, kills=4, modes=("sending", "response"), seed=7, log=lambda _: None
     )
     assert result["kills_by_mode"] == {"sending": 2, "response": 2}
     assert result["processes_that_finished_before_their_kill"] == 0
@@ -35,7 +38,7 @@ def test_kill_9_at_the_sending_commit_and_at_the_answer_never_sends_twice(
     assert result["recipients_with_two_messages"] == 0
     assert result["recipients_without_a_message"] == 0
     assert result["rows_without_terminal_state"] == 0
-    assert result["final_counts"]["sent"] == 240
+    assert result["final_counts"]["sent"] == 480
     # The "response" kills had answers in hand: the provider accepted those requests,
     # and --resend-unknown got them back from its idempotency store, not a new delivery.
     assert result["sandbox_idempotent_replays"] > 0
