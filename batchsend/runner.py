@@ -327,8 +327,11 @@ def resume_run(
                 store,
                 session,
                 run_id,
+                # The rebuilt units are bound (and checked against their recorded keys)
+                # before the engine starts: a refusal is then one clear error, not an
+                # exception raised inside the engine's task group.
                 units=lambda provider: itertools.chain(
-                    _bind(rebuilt, provider),
+                    list(_bind(rebuilt, provider)),
                     _units_for_pending(store, campaign, run_id, provider, test_address, limit),
                 ),
                 started=started,
