@@ -75,3 +75,40 @@ def test_a_malformed_crash_point_is_refused(spec: str) -> None:
 
 def test_crash_points_are_off_without_the_variable() -> None:
     assert _parse(None) is None and _parse("") is None
+
+
+def test_a_changed_unknown_request_is_refused_cleanly_before_sending(tmp_path: Path) -> None:
+    """``--resend-unknown --force`` after a template edit: the recorded request cannot be
+    rebuilt, so its rows stay unknown -- said in one line, exit 2, nothing sent.
+
+    Flaw found: the refusal was raised from inside the engine's task group and came out
+    as an exception-group traceback (seen when the templates changed under a crash test).
+    """
+    from batchsend.sandbox import Sandbox
+
+    with Sandbox(api_keys=(gauntlet.KEY,), domains=(gauntlet.DOMAIN,)) as sandbox:
+        campaign = gauntlet.write_campaign(
+            tmp_path / "c", rows=30, send={"concurrency": 1}, base_url=sandbox.base_url
+        )
+        db = str(tmp_path / "k.db")
+        env = {**os.environ, "BATCHSEND_API_KEY": gauntlet.KEY}
+        killed = subprocess.run(
+            [sys.executable, "-m", "batchsend", "run", str(campaign), "--db", db],
+            env={**env, ENV_VAR: "sending:1"},
+            capture_output=True,
+            timeout=60,
+        )
+        assert killed.returncode == -9
+        [(run_id,)] = gauntlet.query(Path(db), "SELECT id FROM runs")
+        campaign.write_text(campaign.read_text().replace("Hello", "Hi"))
+        again = subprocess.run(
+            [sys.executable, "-m", "batchsend", "resume", run_id, "--db", db, "--force",
+             "--resend-unknown"],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert again.returncode == 2, again.stderr
+        assert "cannot be rebuilt identically" in again.stderr
+        assert "Traceback" not in again.stderr
+        assert sandbox.stats()["requests"] <= 1  # the account check, no send
+        states = dict(gauntlet.query(Path(db), "SELECT state, count(*) FROM recipients GROUP BY 1"))
+        assert states == {"unknown": 20, "pending": 10}
