@@ -68,6 +68,7 @@ from batchsend.message import Address, Message
 from batchsend.plan import SendUnit, plan_units, rebuild_unit
 from batchsend.progress import ProgressDisplay
 from batchsend.secrets import load_api_key, redact, remember
+from batchsend.spool import MessageSpool
 from batchsend.states import RecipientState, RunState
 from batchsend.store import NewRecipient, RunInfo, Store, UnitRecord
 
@@ -214,7 +215,11 @@ def run_campaign(
     test_address = _test_address(test_to) if test_to else None
     if test_address is not None and limit is None:
         limit = 1  # a proof copy: one message unless asked for more
-    with Store(db_path) as store, _Session(campaign, sandbox=sandbox, dry_run=dry_run) as session:
+    with (
+        Store(db_path) as store,
+        _Session(campaign, sandbox=sandbox, dry_run=dry_run) as session,
+        MessageSpool(Path(db_path).resolve().parent) as spool,
+    ):
         if not (new_run or test_address or dry_run):
             _refuse_unfinished(store, campaign, db_path)
         session.open(api_key=api_key, api_key_file=api_key_file, api_key_stdin=api_key_stdin)
@@ -234,7 +239,12 @@ def run_campaign(
             metadata_columns=list(campaign.metadata_columns),
         ) as run_id:
             tally = _Preflight(
-                campaign, skip_invalid=skip_invalid, limit=limit, test=test_to, dry_run=dry_run
+                campaign,
+                skip_invalid=skip_invalid,
+                limit=limit,
+                test=test_to,
+                dry_run=dry_run,
+                spool=spool,
             )
             store.add_recipients(run_id, tally.recipients())
             tally.raise_if_bad()
@@ -245,7 +255,7 @@ def run_campaign(
             session,
             run_id,
             units=lambda provider: _units_for_pending(
-                store, campaign, run_id, provider, test_address, limit=limit
+                store, campaign, run_id, provider, test_address, limit=limit, spool=spool
             ),
             started=started,
             http_client=http_client,
@@ -488,7 +498,9 @@ class _Preflight:
         limit: int | None,
         test: str | None,
         dry_run: bool = False,
+        spool: MessageSpool | None = None,
     ) -> None:
+        self.spool = spool
         self.dry_run = dry_run
         self.campaign = campaign
         self.skip_invalid = skip_invalid
@@ -503,9 +515,11 @@ class _Preflight:
 
     def recipients(self) -> Iterator[NewRecipient]:
         from batchsend.preflight import iter_rows
+        from batchsend.render import html_to_text
 
+        spool = self.spool
         # derive_text=False: the HTML-to-text conversion cannot fail and is the slowest
-        # step; the send pass renders it.
+        # step; only the rows about to be sent need it, when they enter the spool.
         for r in iter_rows(self.campaign, derive_text=False):
             if r.skip_reason is not None:
                 self.skipped[r.skip_reason] = self.skipped.get(r.skip_reason, 0) + 1
@@ -533,6 +547,10 @@ class _Preflight:
                 m = r.message
                 assert m is not None
                 self.recipients_to_send += 1 if self.test else len(m.to) + len(m.cc) + len(m.bcc)
+                if spool is not None and spool.usable:
+                    if m.text is None and m.html is not None:
+                        m = dataclasses.replace(m, text=html_to_text(m.html))
+                    spool.add(r.group, m)
             elif self.test:
                 # A proof run sends its first rows only; the others are settled at once.
                 state, reason = RecipientState.SKIPPED, "limit"
@@ -682,6 +700,18 @@ def _rows_to_messages(
         yield r
 
 
+def _spooled(
+    spool: MessageSpool, wanted: set[int], test_address: Address | None
+) -> Iterator[tuple[str | None, Message]]:
+    """The spooled ``(group, message)`` of the rows ``wanted``, proof-copied if asked."""
+    for group, message in spool:
+        if message.row not in wanted:  # defence: the spool holds the pending rows only
+            raise RuntimeError(f"row {message.row} is in the spool but not pending")
+        if test_address is not None:
+            message = _proof(message, test_address)
+        yield group, message
+
+
 def _proof(message: Message, to: Address) -> Message:
     return dataclasses.replace(message, to=(to,), cc=(), bcc=())
 
@@ -693,8 +723,13 @@ def _units_for_pending(
     provider: Any,
     test_address: Address | None,
     limit: int | None,
+    spool: MessageSpool | None = None,
 ) -> Iterator[SendUnit]:
-    """Plan the run's ``pending`` rows (the first ``limit`` of them) into units, streaming."""
+    """Plan the run's ``pending`` rows (the first ``limit`` of them) into units, streaming.
+
+    With a ``spool`` holding exactly those rows (a run right after its preflight), the
+    messages come from it; otherwise (a resume, a dropped spool) they are rendered again.
+    """
     pending = store.rows_in_state(run_id, [RecipientState.PENDING])
     if limit is not None:
         pending = pending[:limit]
@@ -702,7 +737,11 @@ def _units_for_pending(
         return iter(())
     wanted = set(pending)
     merge = campaign.merge.enabled and test_address is None
-    rows = _rows_to_messages(campaign, wanted.__contains__, test_address)
+    rows: Iterable[Any]
+    if spool is not None and spool.usable and spool.count == len(wanted):
+        rows = _spooled(spool, wanted, test_address)
+    else:
+        rows = _rows_to_messages(campaign, wanted.__contains__, test_address)
     return plan_units(
         rows,
         run_id=run_id,
