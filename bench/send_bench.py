@@ -12,15 +12,19 @@ Every figure comes from the same run:
   single sends, ToSend batches of 100 and v1;
 * rendering alone (``iter_rows``: read, validate, render), then rendering + planning
   (message keys), per message;
-* batchsend ``tosend`` (batch of 100) and ``v1``, aiohttp transport: messages/s, CPU
-  per message (user + system of the child), peak RSS; and ``v1`` over the httpx
-  transport;
+* THE REAL PATH, on which the goals are judged: ``run_campaign`` (what ``batchsend
+  run`` calls) on the generated campaign folder: preflight of every row, the SQLite
+  store (rows inserted, ``sending`` committed before each request, outcomes), the
+  spool, the engine, the aiohttp transport and the final CSV report; ``tosend``
+  (batch of 100) and ``v1``: messages/s, CPU per message (process CPU time / messages),
+  peak RSS;
+* the engine alone (render + plan + engine + HTTP, an in-memory recorder), same
+  providers, and both over the httpx transport;
 * a naive sender: a loop over the rendered rows posting each with
   ``httpx.AsyncClient`` under a semaphore of 16 (over ``--naive-rows`` rows: it is slow);
 * merging: requests for a 100,000-recipient broadcast with and without merging.
 
-The engine runs with an in-memory recorder here (the SQLite store is measured by the
-store's own benchmark), so the figures are render + plan + engine + HTTP.
+The output ends with the goals of issue 4, each judged on the real path's figures.
 """
 
 from __future__ import annotations
@@ -151,6 +155,26 @@ def child(mode: str, campaign_path: str, base_url: str, limit: int, option: str)
         count, requests = result.sent, result.requests
     elif mode == "naive":
         count, requests = asyncio.run(naive(campaign.provider, base_url, rows()))
+    elif mode == "run":
+        # The real path: run_campaign with preflight, the SQLite store, the engine and
+        # the report, exactly as `batchsend run` does it.
+        from batchsend.runner import run_campaign
+
+        work = Path(campaign_path).parent / f"run-{os.getpid()}"
+        work.mkdir()
+        summary = run_campaign(
+            campaign_path,
+            db_path=work / "batchsend.db",
+            base_url=base_url,
+            api_key=KEY,
+            concurrency=int(option) if option else None,
+            new_run=True,
+            progress=False,
+            report_path=work / "report.csv",
+        )
+        assert summary.counts["sent"] == summary.sent_now, summary
+        assert not summary.counts["failed"] and summary.fatal_error is None, summary
+        count, requests = summary.sent_now, summary.requests
     else:
         raise SystemExit(f"unknown mode {mode}")
     wall = time.perf_counter() - start
@@ -285,6 +309,10 @@ def measured(name: str, mode: str, campaign: Path, limit: int = 0, option: str =
     return r
 
 
+def _ok(met: bool) -> str:
+    return "MET" if met else "MISSED"
+
+
 def merging(rows: int) -> None:
     from batchsend.message import Address, Message
     from batchsend.plan import plan_units
@@ -333,7 +361,10 @@ def main() -> None:
         measured("render + plan (keys, tosend)", "plan", tosend)
         measured("render + plan (keys, v1)", "plan", v1)
 
-        print("-- batchsend, aiohttp transport")
+        print("-- batchsend run_campaign, the real path (preflight, SQLite, spool, engine, report)")
+        f_batch = measured("RUN tosend batch 100, conc. 8", "run", tosend, 0, "8")
+        f_v1 = measured("RUN v1, concurrency 32", "run", v1, 0, "32")
+        print("-- the engine alone (render + plan + engine + HTTP, in-memory recorder), aiohttp")
         t_batch = measured("tosend batch 100, concurrency 8", "engine", tosend, 0, "aiohttp:8")
         t_v1 = measured("v1, concurrency 32", "engine", v1, 0, "aiohttp:32")
         print("-- (d) the httpx transport")
@@ -343,19 +374,35 @@ def main() -> None:
         n_tosend = measured("naive tosend (/v2/emails)", "naive", tosend, args.naive_rows)
         n_v1 = measured("naive v1", "naive", v1, args.naive_rows)
 
-        print("-- goals")
+        print("-- goals (issue 4), judged on the REAL PATH (run_campaign) figures above")
         r = render["us_per_msg"]
+        fb, fv = f_batch, f_v1
+        t_speed = fb["msg_per_s"] / n_tosend["msg_per_s"]
+        t_cpu = n_tosend["us_per_msg"] / fb["us_per_msg"]
+        v_speed = fv["msg_per_s"] / n_v1["msg_per_s"]
+        v_cpu = n_v1["us_per_msg"] / fv["us_per_msg"]
         print(
-            f"tosend: CPU/msg {t_batch['us_per_msg']:.0f} us = "
-            f"{t_batch['us_per_msg'] / r:.2f}x render alone ({r:.0f} us) (goal <= 1.5x); "
-            f"{t_batch['msg_per_s'] / n_tosend['msg_per_s']:.1f}x the naive sender's msg/s, "
-            f"{n_tosend['us_per_msg'] / t_batch['us_per_msg']:.1f}x less CPU/msg (goal >= 8x)"
+            f"tosend: CPU/msg {fb['us_per_msg']:.0f} us = {fb['us_per_msg'] / r:.2f}x render "
+            f"alone ({r:.0f} us) (goal <= 1.5x): {_ok(fb['us_per_msg'] / r <= 1.5)}; naive "
+            f"sender: {t_speed:.1f}x its msg/s, {t_cpu:.1f}x less CPU/msg (goal >= 8x): "
+            f"{_ok(min(t_speed, t_cpu) >= 8)}"
         )
         print(
-            f"v1: {t_v1['msg_per_s']:,.0f} msg/s = {t_v1['msg_per_s'] / v1_cap:.2f} of the "
-            f"sandbox's capacity (goal >= 0.6); CPU/msg {t_v1['us_per_msg']:.0f} us incl. render "
-            f"(goal <= 330); {t_v1['msg_per_s'] / n_v1['msg_per_s']:.1f}x the naive sender's "
-            f"msg/s, {n_v1['us_per_msg'] / t_v1['us_per_msg']:.1f}x less CPU/msg (goal >= 4x)"
+            f"v1: {fv['msg_per_s']:,.0f} msg/s = {fv['msg_per_s'] / v1_cap:.2f} of the sandbox's "
+            f"capacity (goal >= 0.6): {_ok(fv['msg_per_s'] / v1_cap >= 0.6)}; CPU/msg "
+            f"{fv['us_per_msg']:.0f} us incl. render (goal <= 330): "
+            f"{_ok(fv['us_per_msg'] <= 330)}; naive sender: "
+            f"{v_speed:.1f}x its msg/s, {v_cpu:.1f}x less CPU/msg (goal >= 4x): "
+            f"{_ok(min(v_speed, v_cpu) >= 4)}"
+        )
+        print(
+            "   (the naive goals are met only when BOTH ratios reach them; msg/s on v1 is "
+            "capped by the sandbox's capacity, which the naive sender does not approach)"
+        )
+        print(
+            f"engine alone, for reference: tosend {t_batch['us_per_msg']:.0f} us/msg "
+            f"({t_batch['us_per_msg'] / r:.2f}x render), v1 {t_v1['us_per_msg']:.0f} us/msg, "
+            f"{t_v1['msg_per_s'] / v1_cap:.2f} of capacity"
         )
         print(
             f"transport: httpx costs {x_v1['us_per_msg'] - t_v1['us_per_msg']:.0f} us more CPU "
