@@ -344,8 +344,13 @@ class Controller(threading.Thread):
         self.join(timeout=10)
 
 
+#: How long a held request waits; the controller restarts the sandbox well before.
+HOLD_MS = 20_000
+
+
 def _restart(sandbox: Sandbox, down_s: float) -> dict[str, Any]:
-    sandbox.stop()
+    sandbox.stop()  # drops the held requests: their answers are lost
+    sandbox.configure(latency_ms=0)  # stopped: applied to the kept state
     time.sleep(down_s)  # the provider is down: connections are refused meanwhile
     sandbox.start()
     return {"restarted": True}
@@ -354,16 +359,28 @@ def _restart(sandbox: Sandbox, down_s: float) -> dict[str, Any]:
 def _cells(requests: int, provider: str = "tosend") -> dict[str, dict[str, Any]]:
     """Fault matrix cells: sandbox settings, live steps, campaign [send] overrides.
 
-    ``requests`` is how many requests the campaign needs without faults; the 429 storms
-    allow a quarter of them per second, so the storm lasts about four seconds whatever
-    the size, and 8 workers start well over the limit. The storm begins after ToSend's
-    ``GET /v2/info``: the client paces itself to the rate that advertises, so the
-    storm is a provider limiting below it (shared account, a lowered limit).
+    ``requests`` is how many requests the campaign needs without faults. Every fault is
+    keyed to the sandbox's own request count (its ``schedule`` setting), so it lands at
+    the same point of the run however fast the client is: a thread polling the counters
+    missed a whole run once runs got faster. The 429 storms refuse a fixed number of
+    requests outright, then hold the account to a quarter of the requests per second, so
+    the storm lasts about four seconds whatever the size, and 8 workers start well over
+    the limit. They begin after ToSend's ``GET /v2/info``: the client paces itself to the
+    rate that advertises, so the storm is a provider limiting below it (shared account, a
+    lowered limit). The restart is the one live step: the sandbox holds every request
+    from a scheduled one on until the controller thread has restarted it.
     """
     burst_at = requests // 10
     burst_faults = max(8, requests // 5)
     storm = max(2, requests // 4)
     after_info = 1 if provider == "tosend" else 0
+    first = after_info + burst_at + 1  # the first request a scheduled fault hits
+    hold_at = after_info + max(1, burst_at) + 1  # after at least one send answered
+
+    def storm_schedule(**extra: Any) -> dict[str, Any]:
+        changes = {"rate_limit": storm, "refuse_next": storm, **extra}
+        return {"schedule": ((after_info + 1, changes),)}
+
     return {
         "latency_spikes": {
             "config": {"spike_rate": 0.3, "spike_ms": 300, "seed": 1},
@@ -371,37 +388,24 @@ def _cells(requests: int, provider: str = "tosend") -> dict[str, dict[str, Any]]
             "expect_fault": "spike",
         },
         "5xx_bursts": {
-            "config": {"seed": 2},
-            "steps": [
-                # a burst of 500/502/503 on every request, then back to normal
-                (lambda s: s["requests"] >= burst_at, lambda sb: sb.configure(fail_rate=1.0)),
-                (
-                    lambda s: (
-                        sum(s["faults"].get(k, 0) for k in ("500", "502", "503")) >= burst_faults
-                    ),
-                    lambda sb: sb.configure(fail_rate=0.0),
+            # a burst of exactly burst_faults 500/502/503 answers, then back to normal
+            "config": {
+                "seed": 2,
+                "schedule": (
+                    (first, {"fail_rate": 1.0}),
+                    (first + burst_faults, {"fail_rate": 0.0}),
                 ),
-            ],
+            },
             "send": {"max_attempts": 8},
             "expect_fault": ("500", "502", "503"),
         },
         "429_storm_retry_after": {
-            "steps": [
-                (
-                    lambda s: s["requests"] >= after_info,
-                    lambda sb: sb.configure(rate_limit=storm),
-                )
-            ],
+            "config": storm_schedule(),
             "send": {"concurrency": 8, "max_attempts": 10},
             "expect_fault": "429",
         },
         "429_storm_no_retry_after": {
-            "steps": [
-                (
-                    lambda s: s["requests"] >= after_info,
-                    lambda sb: sb.configure(rate_limit=storm, retry_after=False),
-                )
-            ],
+            "config": storm_schedule(retry_after=False),
             "send": {"concurrency": 8, "max_attempts": 10},
             "expect_fault": "429",
         },
@@ -417,10 +421,13 @@ def _cells(requests: int, provider: str = "tosend") -> dict[str, dict[str, Any]]
             "expect_all_failed": "timeout",
         },
         "sandbox_restarted": {
+            # From request hold_at on the sandbox answers nothing (the client's timeout is
+            # longer) until the controller sees that request and restarts it.
+            "config": {"schedule": ((hold_at, {"latency_ms": HOLD_MS}),)},
             "steps": [
-                (lambda s: s["accepted"] >= max(1, burst_at), lambda sb: _restart(sb, 0.3)),
+                (lambda s: s["requests"] >= hold_at, lambda sb: _restart(sb, 0.3)),
             ],
-            "send": {"max_attempts": 10},
+            "send": {"max_attempts": 10, "timeout": 2 * HOLD_MS / 1000},
         },
     }
 

@@ -106,14 +106,15 @@ def test_the_tosend_account_check_rides_out_a_transient_fault(
         sandbox.stop()
         threading.Timer(0.3, sandbox.start).start()
     else:
-        sandbox.configure(rate_limit=1)
-        with httpx.Client() as client:  # uses up this second's only request
-            client.get(sandbox.base_url + "/v2/info", headers={"Authorization": "Bearer x"})
-            client.get(sandbox.base_url + "/v2/info",
-                       headers={"Authorization": f"Bearer {gauntlet.KEY}"})  # fmt: skip
+        # Exactly two 429s, then admitted: a rate limit that clears is ridden out. (A
+        # real 1 request/s window flaked: the account check's retries do not wait for
+        # Retry-After, so five quick jittered attempts could all land in one second.)
+        sandbox.configure(refuse_next=2)
     summary = run_campaign(
         campaign, db_path=tmp_path / "a.db", api_key=gauntlet.KEY, progress=False,
         report_path=tmp_path / "r.csv",
     )  # fmt: skip
     assert summary.state.value == "finished"
     assert summary.counts["sent"] == 5
+    if fault == "429":
+        assert sandbox.stats()["faults"] == {"429": 2}  # both refusals hit the account check

@@ -191,6 +191,40 @@ def test_rate_limit_changes_live(client, make_sandbox) -> None:
     assert tosend(client, sb).status_code == 200
 
 
+def test_refuse_next_is_a_storm_of_exactly_n_429s(client, make_sandbox) -> None:
+    sb = make_sandbox(clock=Clock())
+    sb.configure(refuse_next=2, retry_after=False)
+    bad = client.post(sb.base_url + "/v2/emails", json=EMAIL, headers={"Authorization": "Bearer x"})
+    assert bad.status_code == 403  # a refused key does not use up the storm
+    answers = [tosend(client, sb) for _ in range(2)] + [v1(client, sb), tosend(client, sb)]
+    assert [a.status_code for a in answers] == [429, 429, 200, 200]
+    assert "Retry-After" not in answers[0].headers
+    assert answers[0].json()["error_type"]
+    assert sb.stats()["faults"] == {"429": 2}
+
+
+def test_a_schedule_changes_settings_at_a_request_count(client, make_sandbox) -> None:
+    sb = make_sandbox(clock=Clock(), seed=1)
+    sb.configure(schedule=[[3, {"fail_rate": 1.0}], [5, {"fail_rate": 0.0, "refuse_next": 1}]])
+    statuses = [tosend(client, sb).status_code for _ in range(7)]
+    # requests 3 and 4 are faulted, 5 is refused, then back to normal
+    assert statuses[:2] == [200, 200] and statuses[2] in (500, 502, 503)
+    assert statuses[3] in (500, 502, 503) and statuses[4:] == [429, 200, 200]
+    assert client.get(sb.base_url + "/_sandbox/config").json()["schedule"][0] == [
+        3, {"fail_rate": 1.0}
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [[[0, {"fail_rate": 1.0}]], [[2, {"no_such": 1}]], [[2, {"schedule": []}]], [[2]]],
+)
+def test_a_bad_schedule_is_refused(client, make_sandbox, schedule) -> None:
+    sb = make_sandbox()
+    r = client.post(sb.base_url + "/_sandbox/config", json={"schedule": schedule})
+    assert r.status_code == 400 and "schedule" in r.json()["message"]
+
+
 # fail rate ----------------------------------------------------------------------------------
 
 

@@ -84,11 +84,10 @@ async def _provider_request(
             "X-RateLimit-Reset": str(reset),
         }
     if not admitted:
-        assert cfg.rate_limit is not None
         headers = headers or {}
         if cfg.retry_after:
             headers["Retry-After"] = "1"  # the window is one wall-clock second
-        status, body = provider.rate_limited(cfg.rate_limit)
+        status, body = provider.rate_limited(cfg.rate_limit or 1)
         return _response(status, _dump(body), headers)
 
     if kind == "info":

@@ -77,6 +77,13 @@ class SandboxConfig:
     # Latency spikes: this fraction of provider requests waits spike_ms more (seeded draw).
     spike_rate: float = 0.0
     spike_ms: float = 0.0
+    # A storm of exactly this many 429s: the next ``refuse_next`` provider requests with a
+    # valid key are refused as rate limited, whatever the rate window (counted down).
+    refuse_next: int = 0
+    # Changes applied as the n-th provider request arrives, before it is answered:
+    # ``((n, {setting: value, ...}), ...)``. Faults keyed to the request count land at
+    # the same point of a run however fast it goes (no thread racing the client).
+    schedule: tuple[tuple[int, dict[str, Any]], ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("fail_rate", "drop_rate", "spike_rate"):
@@ -90,6 +97,9 @@ class SandboxConfig:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
         if self.credits is not None and self.credits < 0:
             raise ValueError(f"credits must not be negative, got {self.credits}")
+        if self.refuse_next < 0:
+            raise ValueError(f"refuse_next must not be negative, got {self.refuse_next}")
+        object.__setattr__(self, "schedule", _checked_schedule(self.schedule))
         # tuples, whatever sequence the caller gave (a list from JSON config, say)
         for name in ("api_keys", "domains", "pending_domains"):
             value = getattr(self, name)
@@ -102,6 +112,30 @@ class SandboxConfig:
 
 
 CONFIG_FIELDS = frozenset(f.name for f in fields(SandboxConfig))
+
+
+def _checked_schedule(schedule: Any) -> tuple[tuple[int, dict[str, Any]], ...]:
+    """``schedule`` as sorted ``(request number, changes)`` pairs, each change a setting."""
+    out = []
+    for entry in schedule or ():
+        try:
+            at, changes = entry
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"schedule entries are [request number, {{settings}}], got {entry!r}"
+            ) from None
+        if (
+            isinstance(at, bool)
+            or not isinstance(at, int)
+            or at < 1
+            or not isinstance(changes, dict)
+        ):
+            raise ValueError(f"schedule entries are [request number, {{settings}}], got {entry!r}")
+        unknown = set(changes) - CONFIG_FIELDS | ({"schedule"} & set(changes))
+        if unknown:
+            raise ValueError(f"schedule: unknown or unschedulable setting(s): {sorted(unknown)}")
+        out.append((at, dict(changes)))
+    return tuple(sorted(out, key=lambda pair: pair[0]))
 
 
 class StoredResponse(NamedTuple):
@@ -199,6 +233,8 @@ class SandboxState:
         # rate window
         self._window = -1
         self._window_count = 0
+        self.refuse_left = config.refuse_next
+        self._schedule = list(config.schedule)
         self._set_derived()
 
     # settings --------------------------------------------------------------------------
@@ -220,6 +256,10 @@ class SandboxState:
             self.credits = self.config.credits
         if "seed" in changes:
             self.rng = random.Random(self.config.seed)
+        if "refuse_next" in changes:
+            self.refuse_left = self.config.refuse_next
+        if "schedule" in changes:
+            self._schedule = list(self.config.schedule)
         self._set_derived()
         return self.config
 
@@ -247,11 +287,17 @@ class SandboxState:
         self.requests += 1
         second = int(now)
         self.per_second[second] = self.per_second.get(second, 0) + 1
+        while self._schedule and self._schedule[0][0] <= self.requests:
+            self.configure(**self._schedule.pop(0)[1])
 
     def rate_check(self, now: float) -> tuple[bool, int, int]:
         """Admit one request under the rate limit: (admitted, remaining, reset epoch second)."""
         limit = self.config.rate_limit
         second = int(now)
+        if self.refuse_left:
+            self.refuse_left -= 1
+            self.faults["429"] = self.faults.get("429", 0) + 1
+            return False, 0, second + 1
         if limit is None:
             return True, 0, second + 1
         if second != self._window:
@@ -371,6 +417,7 @@ class SandboxState:
         cfg = self.config
         out = {name: getattr(cfg, name) for name in CONFIG_FIELDS}
         out["key_domains"] = {k: list(v) for k, v in cfg.key_domains.items()}
+        out["schedule"] = [[at, changes] for at, changes in cfg.schedule]
         for name in ("api_keys", "domains", "pending_domains"):
             out[name] = list(out[name])
         return out
