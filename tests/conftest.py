@@ -4,6 +4,10 @@
 ``make_sandbox(**options)`` builds one with any :class:`batchsend.sandbox.Sandbox`
 option (``credits=5``, ``rate_limit=10``, ``fail_rate=0.3, seed=1``, ``clock=...``),
 started; every sandbox it made is stopped at teardown.
+
+Tests marked ``slow`` (the long forms of the crash and fault campaigns) are deselected
+unless a ``-m`` expression is given: ``python -m pytest -m slow`` runs them. Each has a
+short form of the same check in the default run.
 """
 
 from __future__ import annotations
@@ -17,6 +21,16 @@ from batchsend.sandbox import Sandbox
 
 TEST_KEY = "sk-test"
 TEST_DOMAIN = "example.com"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Leave the ``slow`` tier out of a run that did not ask for it with ``-m``."""
+    if config.getoption("markexpr"):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow") is not None]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if item.get_closest_marker("slow") is None]
 
 
 @pytest.fixture
