@@ -230,9 +230,11 @@ def resume_command(run_id: str, db_path: str | Path) -> str:
 
 def _open(db_path: str | Path) -> Store:
     path = Path(db_path)
-    if not path.is_file():
-        raise StoreError(
-            f"{path}: no batchsend database here (pass --db with the file a run wrote)"
+    if not path.is_file():  # checked first: opening it would create an empty database
+        raise InputError(
+            "no batchsend database here (no such file)",
+            file=str(path),
+            fix="pass --db with the database file a run wrote (default: batchsend.db)",
         )
     return Store(path)
 

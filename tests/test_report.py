@@ -218,8 +218,9 @@ def test_missing_run_or_database_is_a_clear_error(db: Path, tricky_run: str, tmp
     assert info.value.exit_code == 2
     assert f"the latest is {tricky_run}" in str(info.value)
     assert "batchsend runs --db" in str(info.value)
-    with pytest.raises(StoreError, match="no batchsend database"):
+    with pytest.raises(InputError, match="no batchsend database") as missing:
         write_report(tmp_path / "missing.db", tricky_run, tmp_path / "x.csv")
+    assert missing.value.exit_code == 2 and missing.value.location.file.endswith("missing.db")
     assert not (tmp_path / "missing.db").exists()  # looking did not create one
     with pytest.raises(StoreError, match="unknown recipient state 'lost'"):
         write_report(db, tricky_run, tmp_path / "x.csv", states=["lost"])

@@ -111,11 +111,19 @@ def test_cli_runs_text(history) -> None:
     assert "fatal error: 403 invalid_api_key" in out
 
 
-def test_cli_runs_without_a_database(tmp_path: Path) -> None:
-    result = CliRunner().invoke(main, ["runs", "--db", str(tmp_path / "none.db")])
-    assert result.exit_code == 1
-    assert "no batchsend database" in result.stderr and "--db" in result.stderr
-    assert not (tmp_path / "none.db").exists()
+@pytest.mark.parametrize(
+    "args",
+    [["runs"], ["report", "20261121T103455-ab12cd"], ["resume", "20261121T103455-ab12cd"]],
+)
+def test_cli_without_a_database_names_the_file_exits_2_and_creates_nothing(
+    tmp_path: Path, args: list[str]
+) -> None:
+    missing = tmp_path / "none.db"
+    result = CliRunner().invoke(main, [*args, "--db", str(missing)])
+    assert result.exit_code == 2, result.output
+    assert f"{missing}: no batchsend database" in result.stderr and "--db" in result.stderr
+    assert "Traceback" not in result.output
+    assert not missing.exists()  # looking did not create an empty one
 
 
 def test_cli_report_writes_and_prints_the_path(history, tmp_path: Path) -> None:
