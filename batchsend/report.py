@@ -48,7 +48,6 @@ import io
 import json
 import os
 import queue
-import shlex
 import socket
 import sqlite3
 import threading
@@ -77,7 +76,6 @@ __all__ = [
     "neutralise",
     "read_summary",
     "report_columns",
-    "resume_command",
     "unneutralise",
     "write_report",
 ]
@@ -223,11 +221,6 @@ def effective_state(run: RunInfo) -> RunState:
     return RunState.RUNNING
 
 
-def resume_command(run_id: str, db_path: str | Path) -> str:
-    """The shell command that resumes ``run_id`` from the database at ``db_path``."""
-    return f"batchsend resume {shlex.quote(run_id)} --db {shlex.quote(str(db_path))}"
-
-
 def _open(db_path: str | Path) -> Store:
     path = Path(db_path)
     if not path.is_file():  # checked first: opening it would create an empty database
@@ -244,6 +237,8 @@ def _listing(store: Store, run: RunInfo, db_path: str | Path) -> RunListing:
     state = effective_state(run)
     resume = None
     if state in (RunState.INTERRUPTED, RunState.FATAL) and not run.dry_run:
+        from batchsend.runner import resume_command  # one copy; imported only when needed
+
         resume = resume_command(run.id, db_path)
     return RunListing(run=run, state=state, resume=resume)
 
