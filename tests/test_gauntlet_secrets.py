@@ -17,8 +17,6 @@ import logging
 import os
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -59,19 +57,14 @@ def files_with_key(folder: Path) -> list[str]:
     ]
 
 
-def revoke_after(sandbox: Sandbox, accepted: int) -> threading.Thread:
-    """Revoke every key once the sandbox has accepted ``accepted`` recipients (from now)."""
-    accepted += sandbox.stats()["recipients_accepted"]
+def revoke_at_request(sandbox: Sandbox, n: int) -> None:
+    """Revoke every key as the ``n``-th provider request from now arrives.
 
-    def watch() -> None:
-        deadline = time.monotonic() + 60
-        while sandbox.stats()["recipients_accepted"] < accepted and time.monotonic() < deadline:
-            time.sleep(0.002)
-        sandbox.configure(api_keys=())
-
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    return thread
+    Keyed to the sandbox's request count, the revocation lands mid-run however fast the
+    run goes (a thread watching the counters could miss a fast one).
+    """
+    start = sandbox.stats()["requests"]
+    sandbox.configure(schedule=((start + n, {"api_keys": ()}),))
 
 
 def test_the_key_never_reaches_the_store_reports_output_or_errors(tmp_path: Path) -> None:
@@ -88,10 +81,9 @@ def test_the_key_never_reaches_the_store_reports_output_or_errors(tmp_path: Path
         outputs: list[str] = []
 
         # 1. the key from the environment; revoked mid-run: a fatal stop
-        watcher = revoke_after(sandbox, 100)
+        revoke_at_request(sandbox, 12)  # GET /v2/info, then 10 or so batches of 10
         first = batchsend("run", str(campaign), "--db", db, "--json",
                           env={"BATCHSEND_API_KEY": KEY})  # fmt: skip
-        watcher.join()
         outputs += [first.stdout, first.stderr]
         assert first.returncode == 1, first.stderr
         summary = json.loads(first.stdout)
@@ -149,11 +141,10 @@ def test_the_key_is_not_in_debug_logs_of_either_http_client(
                 send={"concurrency": 2, "batch_size": 5, "max_attempts": 2, "max_retry_time": 2},
                 base_url=sandbox.base_url,
             )  # fmt: skip
-            watcher = revoke_after(sandbox, 20)  # a fatal 403 mid-run
+            revoke_at_request(sandbox, 6)  # a fatal 403 mid-run (12 batches, info first)
             summary = run_campaign(campaign, db_path=tmp_path / f"{client}.db", api_key=KEY,
                                    http_client=client, progress=False,
                                    report_path=tmp_path / f"{client}.html")  # fmt: skip
-            watcher.join()
             assert summary.state.value == "fatal"
             sandbox.configure(api_keys=(KEY,))
             with pytest.raises(BatchsendError) as info:  # a refused resume: its message
