@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import httpx
 import pytest
 from runkit import KEY, query, start_sandbox, write_campaign
 
@@ -39,6 +40,10 @@ def test_ctrl_c_leaves_a_resumable_run(tmp_path: Path, presses: int) -> None:
             if found and found[0][0] >= 100:
                 break
             time.sleep(0.005)
+        if presses == 2:
+            # Requests from now on are held 1.5 s, and one has arrived: the second press
+            # finds it in flight however slowly this machine handles the signals.
+            hold(base_url)
         for _ in range(presses):
             proc.send_signal(signal.SIGINT)
             time.sleep(0.01)
@@ -54,6 +59,7 @@ def test_ctrl_c_leaves_a_resumable_run(tmp_path: Path, presses: int) -> None:
         else:
             assert counts["sending"] > 0  # it did not wait for the answers in flight
         (run_id,) = query(db, "SELECT id FROM runs")[0]
+        settle(base_url)
         resumed = subprocess.run(
             [sys.executable, "-m", "batchsend", "resume", run_id, *common, "--resend-unknown"],
             env=env,
@@ -72,3 +78,28 @@ def test_ctrl_c_leaves_a_resumable_run(tmp_path: Path, presses: int) -> None:
         sandbox.wait(timeout=10)
         assert sandbox.stdout is not None
         sandbox.stdout.close()
+
+
+def hold(base_url: str) -> None:
+    """Hold every request arriving from now on for 1.5 s; return once one has arrived."""
+    with httpx.Client(base_url=base_url, timeout=10) as client:
+        client.post("/_sandbox/config", json={"latency_ms": 1500}).raise_for_status()
+        before = client.get("/_sandbox/stats").json()["requests"]  # counted after the change
+        deadline = time.monotonic() + 30
+        while client.get("/_sandbox/stats").json()["requests"] <= before:
+            assert time.monotonic() < deadline, "no request arrived after the hold"
+            time.sleep(0.005)
+
+
+def settle(base_url: str) -> None:
+    """Drop the latency and wait until the sandbox has answered every request it holds.
+
+    A held request of the killed process is still accepted afterwards: resent before
+    that, under the same Idempotency-Key, it would not be a replay but a second message.
+    """
+    with httpx.Client(base_url=base_url, timeout=10) as client:
+        client.post("/_sandbox/config", json={"latency_ms": 0}).raise_for_status()
+        deadline = time.monotonic() + 30
+        while client.get("/_sandbox/stats").json()["in_flight"]:
+            assert time.monotonic() < deadline, "the sandbox still holds requests"
+            time.sleep(0.01)

@@ -56,6 +56,16 @@ async def _provider_request(
     request: web.Request, provider: ModuleType, kind: str
 ) -> web.StreamResponse:
     state = request.app[STATE]
+    state.in_flight += 1
+    try:
+        return await _answer(request, state, provider, kind)
+    finally:
+        state.in_flight -= 1
+
+
+async def _answer(
+    request: web.Request, state: SandboxState, provider: ModuleType, kind: str
+) -> web.StreamResponse:
     now = state.clock()
     state.count_request(now)
     cfg = state.config

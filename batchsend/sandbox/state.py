@@ -223,6 +223,7 @@ class SandboxState:
         self.domain_sent: dict[str, int] = {}
         # stats
         self.requests = 0
+        self.in_flight = 0  # provider requests being handled right now
         self.accepted = 0
         self.recipients_accepted = 0
         self.dropped_disposable = 0
@@ -396,10 +397,12 @@ class SandboxState:
         the contract by status code (each refused email of a batch counts); ``faults``:
         injected ``"500"``/``"502"``/``"503"``, ``"429"`` (rate limit), ``"dropped"`` and
         ``"spike"`` (a delayed request);
-        ``requests_per_second``: provider requests per epoch second (keys are strings).
+        ``requests_per_second``: provider requests per epoch second (keys are strings);
+        ``in_flight``: provider requests still being handled (a held or slow one).
         """
         return {
             "requests": self.requests,
+            "in_flight": self.in_flight,
             "accepted": self.accepted,
             "recipients_accepted": self.recipients_accepted,
             "disposable_dropped": self.dropped_disposable,
