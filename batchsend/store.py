@@ -679,7 +679,10 @@ class Store:
             (run_id, key),
         ).fetchone()
         if found is None:
-            raise StoreError(f"run {run_id} has no recorded request {key}")
+            derived = self._single_message_units(run_id, [key])
+            if not derived:
+                raise StoreError(f"run {run_id} has no recorded request {key}")
+            return derived[key]
         return UnitRecord(
             key=found[0],
             composition=tuple(tuple(m) for m in json.loads(found[1])),
@@ -702,7 +705,49 @@ class Store:
             sql += " AND retryable = 1"
         sql += " GROUP BY unit_key ORDER BY MIN(row)"
         keys = [k for k, _ in self.conn.execute(sql, (run_id, *values))]
-        return [self.unit(run_id, key) for key in keys]
+        recorded: dict[str, UnitRecord] = {}
+        for key in keys:
+            found = self.conn.execute(
+                "SELECT key, composition, batch, state, attempts FROM units"
+                " WHERE run_id = ? AND key = ?",
+                (run_id, key),
+            ).fetchone()
+            if found is not None:
+                recorded[key] = UnitRecord(
+                    key=found[0],
+                    composition=tuple(tuple(m) for m in json.loads(found[1])),
+                    batch=bool(found[2]),
+                    state=found[3],
+                    attempts=found[4] or 0,
+                )
+        derived = self._single_message_units(run_id, [k for k in keys if k not in recorded])
+        return [recorded[k] if k in recorded else derived[k] for k in keys]
+
+    def _single_message_units(self, run_id: str, keys: Sequence[str]) -> dict[str, UnitRecord]:
+        """Units with no ``units`` row (one message, single send), rebuilt from their rows.
+
+        One pass over the run's rows for any number of keys (``unit_key`` has no index:
+        keeping one would cost every sending mark a random insert).
+        """
+        found: dict[str, list[tuple[int, str, int]]] = {}
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            for key, row, state, attempts in self.conn.execute(
+                "SELECT unit_key, row, state, attempts FROM recipients WHERE run_id = ?"
+                f" AND unit_key IN ({','.join('?' * len(chunk))}) ORDER BY row",
+                (run_id, *chunk),
+            ):
+                found.setdefault(key, []).append((row, state, attempts or 0))
+        return {
+            key: UnitRecord(
+                key=key,
+                composition=(tuple(r for r, _, _ in rows),),
+                batch=False,
+                state=rows[0][1],
+                attempts=max(a for _, _, a in rows),
+            )
+            for key, rows in found.items()
+        }
 
     def attempts(self, run_id: str) -> list[dict[str, Any]]:
         """Every logged HTTP attempt of the run, in time order."""
@@ -783,6 +828,17 @@ _UNIT_SENDING_SQL = (
     "INSERT INTO units (run_id, key, composition, batch, state, attempts, created_at)"
     " VALUES (?,?,?,?,'sending',0,?) ON CONFLICT(run_id, key) DO UPDATE SET state = 'sending'"
 )
+
+
+def _recorded(unit: SendUnit) -> bool:
+    """Whether the unit needs a ``units`` row: not for one message on a single-send endpoint.
+
+    Such a unit (every v1 request) is fully described by its rows' ``unit_key``: its
+    composition is those rows, in one message, and its state and attempts are theirs
+    (the rows of one message always share them). Not writing the row saves a random
+    B-tree insert and an update per request in the commit that precedes it.
+    """
+    return unit.batch or len(unit.messages) != 1
 
 
 def _composition(unit: SendUnit) -> str:
@@ -873,10 +929,13 @@ class RunRecorder:
                     f"{list(unit.rows)[:10]} are unknown to the run or already sending, sent "
                     "or skipped"
                 )
-            conn.executemany(
-                _UNIT_SENDING_SQL,
-                [(run_id, unit.key, _composition(unit), int(unit.batch), now) for unit in units],
-            )
+            recorded = [
+                (run_id, unit.key, _composition(unit), int(unit.batch), now)
+                for unit in units
+                if _recorded(unit)
+            ]
+            if recorded:
+                conn.executemany(_UNIT_SENDING_SQL, recorded)
             store._commit()
         except BaseException:
             store._rollback()
@@ -974,7 +1033,8 @@ class RunRecorder:
             unit_state = "mixed"
         else:
             unit_state = "failed"
-        self._unit_states.append((unit_state, attempts, self.run_id, unit.key))
+        if _recorded(unit):
+            self._unit_states.append((unit_state, attempts, self.run_id, unit.key))
         self.in_flight = max(0, self.in_flight - len(unit.rows))
         self._touch()
 
