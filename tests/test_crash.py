@@ -73,7 +73,7 @@ def crash_and_resume(
         assert run_id is not None, "no kill left a recorded run; raise the targets"
         assert in_flight_at_kills, "no kill caught a request in flight"
 
-        final = subprocess.run(command(), env=env, capture_output=True, text=True, timeout=60)
+        final = subprocess.run(command(), env=env, capture_output=True, text=True, timeout=300)
         assert final.returncode == 0, final.stderr
         summary = json.loads(final.stdout)
         assert summary["state"] == "finished"
@@ -95,7 +95,7 @@ def crash_and_resume(
 
         # The unknown rows, sent as the very same requests: still one message each.
         args = [*command(), "--resend-unknown"]
-        again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)
+        again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
         assert again.returncode == 0, again.stderr
         assert json.loads(again.stdout)["counts"]["sent"] == rows
         delivered = Counter(
