@@ -79,10 +79,20 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+# The last second formatted: strftime is most of the cost of a timestamp, and the store
+# writes three per single send. Keyed by the fields, not a float timestamp (exact).
+_SECOND: dict[tuple[int, ...], str] = {}
+
+
 def _iso(moment: datetime) -> str:
     if moment.tzinfo is not UTC:
         moment = moment.astimezone(UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    second = (moment.second, moment.minute, moment.hour, moment.day, moment.month, moment.year)
+    prefix = _SECOND.get(second)
+    if prefix is None:
+        _SECOND.clear()
+        prefix = _SECOND[second] = moment.strftime("%Y-%m-%dT%H:%M:%S.")
+    return f"{prefix}{moment.microsecond // 1000:03d}Z"
 
 
 def new_run_id(now: datetime | None = None) -> str:
