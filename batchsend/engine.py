@@ -150,12 +150,21 @@ class _SendingMarks:
 
     When several answers arrive together, several workers reach their next unit in the
     same turn of the event loop. Each registers its unit and waits; the first schedules
-    a commit for the next turn, which marks every registered unit ``sending`` in ONE
-    transaction (``recorder.mark_sending_many``) and only then releases the workers. A
+    a commit a few turns later (:attr:`TURNS`, sooner when :attr:`ENOUGH` wait), which
+    marks every registered unit ``sending`` in ONE transaction
+    (``recorder.mark_sending_many``) and only then releases the workers. A
     request still leaves only after its own rows are committed; what changes is that a
     commit (the costliest step of a small request) is shared. A recorder without
     ``mark_sending_many`` is called unit by unit, as before.
     """
+
+    # The commit waits up to TURNS turns of the loop, or until ENOUGH units wait: on a
+    # busy single core each turn brings a few more answers, so small single-send
+    # requests (v1) share a commit among ~3x more units (v1, 20k rows, concurrency 32:
+    # sending commits 46-53 -> 31-38 us per message). A worker waits a few turns more
+    # before its request leaves, never less: its rows are still committed first.
+    TURNS = 3
+    ENOUGH = 16
 
     def __init__(self, recorder: Recorder) -> None:
         self.recorder = recorder
@@ -172,10 +181,16 @@ class _SendingMarks:
             return
         loop = asyncio.get_running_loop()
         if not self.waiting:
-            loop.call_soon(self.commit)
+            loop.call_soon(self.later, self.TURNS - 1)
         done: asyncio.Future[None] = loop.create_future()
         self.waiting.append((unit, done))
         await done
+
+    def later(self, turns: int) -> None:
+        if turns > 0 and len(self.waiting) < self.ENOUGH:
+            asyncio.get_running_loop().call_soon(self.later, turns - 1)
+        else:
+            self.commit()
 
     def commit(self) -> None:
         waiting, self.waiting = self.waiting, []
