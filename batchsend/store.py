@@ -2,8 +2,14 @@
 
 Only this module speaks SQL. sqlite-utils creates the tables and indexes and switches
 the file to WAL; the hot paths (inserting millions of rows at run start, marking a
-unit ``sending``) use plain ``executemany`` inside explicit transactions, because
-they are the ones that must be fast and whose commit points matter.
+unit ``sending``, its outcomes) use plain SQL inside explicit transactions -- multi-row
+``INSERT`` and ``UPDATE ... FROM (VALUES ...)`` for groups of rows -- because they are
+the ones that must be fast and whose commit points matter.
+
+A request's composition is recorded with its ``sending`` mark: in the ``units`` table
+for a batch or several messages; for one message on a single-send endpoint (every v1
+request) the rows' own ``unit_key`` is the record (no ``units`` row is written, which
+halves the pages of a small commit), and :meth:`Store.unit` rebuilds it from them.
 
 Durability. The file runs in WAL mode with ``synchronous=NORMAL`` by default: a
 transaction is in the WAL file (the operating system's page cache) when ``COMMIT``
