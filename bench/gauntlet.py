@@ -362,13 +362,14 @@ def _cells(requests: int, provider: str = "tosend") -> dict[str, dict[str, Any]]
     ``requests`` is how many requests the campaign needs without faults. Every fault is
     keyed to the sandbox's own request count (its ``schedule`` setting), so it lands at
     the same point of the run however fast the client is: a thread polling the counters
-    missed a whole run once runs got faster. The 429 storms refuse a fixed number of
-    requests outright, then hold the account to a quarter of the requests per second, so
-    the storm lasts about four seconds whatever the size, and 8 workers start well over
-    the limit. They begin after ToSend's ``GET /v2/info``: the client paces itself to the
-    rate that advertises, so the storm is a provider limiting below it (shared account, a
-    lowered limit). The restart is the one live step: the sandbox holds every request
-    from a scheduled one on until the controller thread has restarted it.
+    missed a whole run once runs got faster. The 429 storms refuse a few requests
+    outright (so even a fast run meets one), then hold the account to a quarter of the
+    requests per second, so the storm lasts about four seconds whatever the size, and 8
+    workers start well over the limit. They begin after ToSend's ``GET /v2/info``: the
+    client paces itself to the rate that advertises, so the storm is a provider limiting
+    below it (shared account, a lowered limit). The restart is the one live step: the
+    sandbox holds every request from a scheduled one on until the controller thread has
+    restarted it.
     """
     burst_at = requests // 10
     burst_faults = max(8, requests // 5)
@@ -378,7 +379,8 @@ def _cells(requests: int, provider: str = "tosend") -> dict[str, dict[str, Any]]
     hold_at = after_info + max(1, burst_at) + 1  # after at least one send answered
 
     def storm_schedule(**extra: Any) -> dict[str, Any]:
-        changes = {"rate_limit": storm, "refuse_next": storm, **extra}
+        # a few certain 429s (fewer than the workers), then the lowered limit's own
+        changes = {"rate_limit": storm, "refuse_next": min(storm, 4), **extra}
         return {"schedule": ((after_info + 1, changes),)}
 
     return {
