@@ -27,6 +27,7 @@ leaves, so a one-second window can exceed the recipient rate by at most one requ
 from __future__ import annotations
 
 import asyncio
+import collections
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -105,6 +106,14 @@ class RateLimiter:
         self._cap0: float | None = None
         self._cap_since = 0.0
         self._active = requests_per_second is not None or recipients_per_second is not None
+        # The actual departure times of the last floor(rate) requests. Slots are reserved
+        # ahead on a schedule; a worker that wakes late would otherwise leave close behind
+        # the next one, and a one-second window could then hold rate + 1 requests.
+        self._departures: collections.deque[float] | None = None
+        if requests_per_second is not None:
+            self._departures = collections.deque(
+                maxlen=max(1, math.floor(requests_per_second + burst - 1.0))
+            )
         # successes per clock second: the current second and the one before it
         self._sec = 0
         self._sec_count = 0
@@ -224,6 +233,17 @@ class RateLimiter:
         wait = self.reserve(recipients)
         if wait > 0:
             await self._sleep(wait)
+        departures = self._departures
+        if departures is None:
+            return
+        window = 1.0 + PACING_MARGIN
+        while True:
+            now = self._clock()
+            if len(departures) == departures.maxlen and now < departures[0] + window:
+                await self._sleep(departures[0] + window - now)
+                continue
+            departures.append(now)  # no await between the check and this: atomic in asyncio
+            return
 
     def _count_release(self, at: float) -> None:
         sec = int(at)

@@ -154,3 +154,58 @@ def test_bad_settings_are_refused():
         RateLimiter(requests_per_second=0)
     with pytest.raises(ValueError):
         RateLimiter(burst=0.5)
+
+
+class VirtualTime:
+    """Concurrent sleepers on a virtual clock; one chosen wake-up comes late."""
+
+    def __init__(self, late_call: int, lateness: float) -> None:
+        self.t = 1000.0
+        self.calls = 0
+        self.late_call = late_call
+        self.lateness = lateness
+        self.sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+
+    def __call__(self) -> float:
+        return self.t
+
+    async def sleep(self, seconds: float) -> None:
+        self.calls += 1
+        extra = self.lateness if self.calls == self.late_call else 0.0
+        future = asyncio.get_running_loop().create_future()
+        self.sleepers.append((self.t + seconds + extra, self.calls, future))
+        await future
+
+    async def run(self, tasks: list[asyncio.Task[None]]) -> None:
+        while not all(task.done() for task in tasks):
+            for _ in range(5):  # let every runnable task reach its next sleep
+                await asyncio.sleep(0)
+            if not self.sleepers:
+                continue
+            self.sleepers.sort(key=lambda s: (s[0], s[1]))
+            wake, _, future = self.sleepers.pop(0)
+            self.t = max(self.t, wake)
+            future.set_result(None)
+
+
+def test_a_late_wake_up_never_puts_rate_plus_one_requests_in_a_second() -> None:
+    """Slots are reserved ahead; a worker that wakes 50 ms late must not leave so close
+    behind the next ones that one second of departures holds 11 at 10 requests/s."""
+    clock = VirtualTime(late_call=1, lateness=0.05)
+    limiter = RateLimiter(requests_per_second=10, clock=clock, sleep=clock.sleep)
+    departures: list[float] = []
+
+    async def worker() -> None:
+        for _ in range(5):
+            await limiter.acquire()
+            departures.append(clock.t)
+
+    async def main() -> None:
+        tasks = [asyncio.create_task(worker()) for _ in range(6)]
+        await clock.run(tasks)
+
+    asyncio.run(main())
+    departures.sort()
+    assert len(departures) == 30
+    busiest = max(sum(1 for d in departures if start <= d < start + 1.0) for start in departures)
+    assert busiest <= 10
