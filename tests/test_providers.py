@@ -351,6 +351,24 @@ def test_account_info_reads_the_account(make_sandbox):
     assert "new.com" in info.pending_domains
 
 
+def test_account_info_waits_as_long_as_a_429_asks(make_sandbox):
+    """The account check honours Retry-After like a send; it once retried at random."""
+    from batchsend.retry import RetryPolicy
+
+    sb = make_sandbox()
+    sb.configure(refuse_next=2)  # exactly two 429s, each with Retry-After: 1
+    waits: list[float] = []
+
+    async def record(seconds: float) -> None:
+        waits.append(seconds)
+
+    p = get_provider("tosend", base_url=sb.base_url, api_key=KEY)
+    policy = RetryPolicy(max_attempts=5, max_time=60, initial_wait=0.01, sleep=record)
+    info = asyncio.run(p.account_info(retry=policy))
+    assert info.status == "active"
+    assert len(waits) == 2 and all(w >= 1.0 for w in waits), waits
+
+
 def test_account_info_with_a_bad_key_is_fatal_and_secret_free(sandbox):
     remember("sk-bad-secret")
     p = get_provider("tosend", base_url=sandbox.base_url, api_key="sk-bad-secret")

@@ -171,8 +171,14 @@ class ToSendProvider(Provider):
         headers = {k: v for k, v in self._base_headers.items() if k != "Content-Type"}
         return HttpRequest("GET", self.base_url + INFO_PATH, headers, None)
 
-    def parse_info(self, status: int, body: bytes) -> AccountInfo:
-        """``GET /v2/info``'s answer, or :class:`FatalSendError` saying what is wrong."""
+    def parse_info(
+        self, status: int, body: bytes, headers: Mapping[str, str] | None = None
+    ) -> AccountInfo:
+        """``GET /v2/info``'s answer, or :class:`FatalSendError` saying what is wrong.
+
+        A 429 or 5xx is :class:`RetryableSendError` carrying the answer's ``Retry-After``,
+        so the account check waits as long as the provider asks, like a send does.
+        """
         data = loads(body)
         data = data if isinstance(data, dict) else {}
         if status != 200:
@@ -182,6 +188,7 @@ class ToSendProvider(Provider):
                     f"GET /v2/info failed ({status}: {message})",
                     status=status,
                     error_type=_error_type(status, data),
+                    retry_after=self.retry_after(headers) if headers else None,
                 )
             if status in (401, 403):
                 raise FatalSendError(
@@ -235,7 +242,7 @@ class ToSendProvider(Provider):
         async def ask(via: Any) -> AccountInfo:
             async def once(_attempt: int) -> AccountInfo:
                 response = await via.send(request)
-                return self.parse_info(response.status, response.body)
+                return self.parse_info(response.status, response.body, response.headers)
 
             try:
                 return await policy.call(once)
