@@ -16,6 +16,7 @@ One root, so callers can catch everything batchsend means with one clause::
     │   ├── PermanentSendError          other 4xx: this message will never be accepted
     │   └── FatalSendError              the whole run must stop (bad key, no credits, domain)
     └── StoreError                      the SQLite store
+        ├── DatabaseFileError           exit 2: --db names a file that is not a usable database
         └── ResumeRefusedError          inputs changed since the run began, or nothing to resume
 
 Messages never contain an API key: code that builds one from a response body or a
@@ -140,6 +141,12 @@ class FatalSendError(SendError):
 
 class StoreError(BatchsendError):
     """The SQLite store is unusable or inconsistent."""
+
+
+class DatabaseFileError(StoreError):
+    """The database file cannot be opened, or is not an SQLite database: bad input."""
+
+    exit_code = 2
 
 
 class ResumeRefusedError(StoreError):

@@ -46,7 +46,7 @@ from typing import Any
 
 import sqlite_utils
 
-from batchsend.errors import StoreError
+from batchsend.errors import DatabaseFileError, StoreError
 from batchsend.outcome import MessageOutcome, OutcomeKind
 from batchsend.plan import SendUnit
 from batchsend.secrets import redact
@@ -170,6 +170,9 @@ class UnitRecord:
     attempts: int
 
 
+_DB_FIX = "point --db at a batchsend database, or at a new file name to start one"
+
+
 class Store:
     """The batchsend database file. One instance per process, used from one thread.
 
@@ -196,7 +199,9 @@ class Store:
             # commit that makes a unit ``sending`` is exactly where the code says it is.
             conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=30)
         except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: cannot open the database: {exc}") from None
+            raise DatabaseFileError(
+                f"{self.path}: cannot open the database: {exc}\n  fix: {_DB_FIX}"
+            ) from None
         self.conn = conn
         self.db = sqlite_utils.Database(conn)
         try:
@@ -205,7 +210,9 @@ class Store:
             self._create_schema()
         except sqlite3.DatabaseError as exc:
             conn.close()
-            raise StoreError(f"{self.path}: not a usable batchsend database: {exc}") from None
+            raise DatabaseFileError(
+                f"{self.path}: not a usable batchsend database: {exc}\n  fix: {_DB_FIX}"
+            ) from None
 
     # -- lifecycle -----------------------------------------------------------------
 

@@ -203,3 +203,17 @@ def test_real_runs_against_the_sandbox_are_listed_and_reported(
     states = {r["id"]: r["state"] for r in json.loads(result.stdout)}
     assert states == {fatal.run_id: "fatal", interrupted.run_id: "interrupted",
                       finished.run_id: "finished"}  # fmt: skip
+
+
+@pytest.mark.parametrize("command", [["runs"], ["report", "some-run"], ["resume", "some-run"]])
+def test_a_corrupt_database_file_is_bad_input_and_left_alone(
+    command: list[str], tmp_path: Path
+) -> None:
+    bad = tmp_path / "garbage.db"
+    content = b"this is not an SQLite file\n" * 200
+    bad.write_bytes(content)
+    result = CliRunner().invoke(main, [*command, "--db", str(bad)])
+    assert result.exit_code == 2, result.output
+    assert "garbage.db" in result.stderr and "not a usable batchsend database" in result.stderr
+    assert "fix:" in result.stderr
+    assert bad.read_bytes() == content
