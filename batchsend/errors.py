@@ -17,6 +17,7 @@ One root, so callers can catch everything batchsend means with one clause::
     │   └── FatalSendError              the whole run must stop (bad key, no credits, domain)
     └── StoreError                      the SQLite store
         ├── DatabaseFileError           exit 2: --db names a file that is not a usable database
+        ├── RunNotFoundError            exit 2: no run with the id the user gave
         └── ResumeRefusedError          inputs changed since the run began, or nothing to resume
 
 Messages never contain an API key: code that builds one from a response body or a
@@ -145,6 +146,12 @@ class StoreError(BatchsendError):
 
 class DatabaseFileError(StoreError):
     """The database file cannot be opened, or is not an SQLite database: bad input."""
+
+    exit_code = 2
+
+
+class RunNotFoundError(StoreError):
+    """The database holds no run with the id the user gave: bad input."""
 
     exit_code = 2
 

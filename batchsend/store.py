@@ -46,7 +46,7 @@ from typing import Any
 
 import sqlite_utils
 
-from batchsend.errors import DatabaseFileError, StoreError
+from batchsend.errors import DatabaseFileError, RunNotFoundError, StoreError
 from batchsend.outcome import MessageOutcome, OutcomeKind
 from batchsend.plan import SendUnit
 from batchsend.secrets import redact
@@ -445,8 +445,9 @@ class Store:
         """The run ``run_id``; :class:`StoreError` if there is none."""
         found = self._select_runs("WHERE id = ?", (run_id,))
         if not found:
-            raise StoreError(
-                f"no run {run_id!r} in {self.path}",
+            raise RunNotFoundError(
+                f"no run {run_id!r} in {self.path}\n"
+                f"  fix: list the runs with: batchsend runs --db {self.path}"
             )
         return found[0]
 

@@ -39,6 +39,7 @@ def test_fault_cell_tosend(cell: str, tmp_path: Path) -> None:
         assert result["counts"]["failed"] == rows
     if cell in ("5xx_bursts", "429_storm_retry_after", "429_storm_no_retry_after"):
         # every injected fault was seen by the client and recorded as an attempt
+        assert result["sandbox_faults"], result  # the cell did inject faults
         for status, n in result["sandbox_faults"].items():
             assert result["http_statuses"].get(status) == n, (status, result)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from runkit import recipients_in, write_campaign
 
-from batchsend.errors import ResumeRefusedError
+from batchsend.errors import ResumeRefusedError, RunNotFoundError
 from batchsend.providers import get_provider
 from batchsend.runner import _units_for_pending, resume_run, run_campaign
 from batchsend.sandbox import Sandbox
@@ -143,7 +143,7 @@ def test_resume_refuses_a_dry_run_and_an_unknown_id(tmp_path: Path, sandbox: San
     dry = run(campaign, sandbox, dry_run=True)
     with pytest.raises(ResumeRefusedError, match="dry run"):
         resume(dry.run_id, sandbox)
-    with pytest.raises(Exception, match="no run"):
+    with pytest.raises(RunNotFoundError, match="no run"):
         resume("20990101T000000-000000", sandbox)
 
 

@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -100,6 +101,9 @@ def test_run_ids_sort_by_time_and_are_unique() -> None:
     assert len(ids) == 200
     one = next(iter(ids))
     assert len(one) == len("20261121T103455-ab12cd") and one[8] == "T"
+    earlier = new_run_id(datetime(2026, 1, 1, 23, 59, 59, tzinfo=UTC))
+    later = new_run_id(datetime(2026, 1, 2, 0, 0, 0, tzinfo=UTC))
+    assert earlier < later
 
 
 def test_run_round_trip_and_latest(store: Store) -> None:
