@@ -464,7 +464,8 @@ class MemoryRecorder:
         by_key = {o.key: o for o in outcomes}
         for pm in unit.messages:
             o = by_key[pm.key]
-            state = {ACCEPTED: "sent", FATAL: "pending"}.get(o.kind, "failed")
+            fatal_state = "pending" if attempts == 1 else "failed"  # as the SQLite store does
+            state = {ACCEPTED: "sent", FATAL: fatal_state}.get(o.kind, "failed")
             for row in pm.rows:
                 self.states[row] = state
                 self.finals[row] = o

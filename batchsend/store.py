@@ -1030,7 +1030,9 @@ class RunRecorder:
             if outcome.kind is OutcomeKind.ACCEPTED:
                 state, reason, retryable, sent_at = RecipientState.SENT, None, None, now
                 self.sent += len(message.rows)
-            elif outcome.kind is OutcomeKind.FATAL:
+            elif outcome.kind is OutcomeKind.FATAL and attempts == 1:
+                # Refused on its first attempt: nothing of this request can have been
+                # delivered, so the rows go back to pending for a resume to plan afresh.
                 state, reason, retryable, sent_at = (
                     RecipientState.PENDING,
                     outcome.error_type or "fatal",
@@ -1038,9 +1040,13 @@ class RunRecorder:
                     None,
                 )
             else:
+                # A fatal answer on a retry may follow an attempt that was delivered but
+                # not answered (a timeout, a 5xx): pending would let a resume re-plan the
+                # rows under a new Idempotency-Key and send them twice. Failed-retryable
+                # keeps them for --retry-failed, which repeats this very request and key.
                 state = RecipientState.FAILED
                 reason = outcome.error_type or f"http_{outcome.http_status or 'error'}"
-                retryable = int(outcome.kind is OutcomeKind.RETRYABLE)
+                retryable = int(outcome.kind in (OutcomeKind.RETRYABLE, OutcomeKind.FATAL))
                 sent_at = None
                 self.failed += len(message.rows)
             error_message = redact(outcome.error_message) if outcome.error_message else None
@@ -1063,7 +1069,7 @@ class RunRecorder:
                 )
         if kinds == {OutcomeKind.ACCEPTED}:
             unit_state = "sent"
-        elif OutcomeKind.FATAL in kinds:
+        elif OutcomeKind.FATAL in kinds and attempts == 1:
             unit_state = "pending"
         elif OutcomeKind.ACCEPTED in kinds:
             unit_state = "mixed"

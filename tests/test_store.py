@@ -208,6 +208,22 @@ def test_fatal_answer_leaves_rows_pending_for_a_later_resume(store: Store) -> No
     assert store.recipient(run_id, 1)["state"] == "sending"
 
 
+def test_fatal_answer_on_a_retry_keeps_rows_for_retry_failed(store: Store) -> None:
+    """Attempt 1 may have been delivered unanswered (a timeout); if attempt 2 is refused
+    as fatal, pending would let a resume re-plan the rows under a new key: a second send.
+    They end failed and retryable, for --retry-failed to repeat the same request."""
+    run_id = new_run(store, 2)
+    rec = store.recorder(run_id)
+    unit = unit_for("u1", (1,))
+    rec.mark_sending(unit)
+    rec.record_final(unit, [MessageOutcome("u1-m0", OutcomeKind.FATAL, 403, "forbidden")], 2)
+    rec.flush()
+    row = store.recipient(run_id, 1)
+    assert row["state"] == "failed" and row["retryable"] == 1 and row["attempts"] == 2
+    assert store.rows_in_state(run_id, [RecipientState.PENDING]) == [2]
+    assert store.rows_in_state(run_id, [RecipientState.FAILED], retryable_only=True) == [1]
+
+
 @pytest.mark.parametrize("state", ["sent", "sending", "skipped"])
 def test_mark_sending_refuses_rows_not_sendable(store: Store, state: str) -> None:
     run_id = new_run(store, 3)
