@@ -29,9 +29,9 @@ import polars as pl
 
 from batchsend.addresses import AddressBook, InvalidAddress, split_list
 from batchsend.campaign import Campaign, TemplateRef
-from batchsend.errors import AttachmentError, SourceError
+from batchsend.errors import AttachmentError, SourceError, TemplateError
 from batchsend.message import Address, Attachment, Message, content_digest
-from batchsend.render import Renderer, RowRenderError
+from batchsend.render import Renderer, RowRenderError, read_template
 from batchsend.source import SourceSpec, iter_batches, read_columns
 
 MB = 1024 * 1024
@@ -575,7 +575,9 @@ def fingerprints(campaign: Campaign) -> tuple[str, str]:
 
 def _campaign_files(campaign: Campaign) -> list[Path]:
     files = [campaign.path]
-    env = Renderer(campaign).env
+    # Parsing needs no sandbox, loader or compiled templates: a plain environment will do.
+    env = jinja2.Environment()
+    folder = campaign.folder.resolve()
     pending = [r for r in campaign.templates()]
     seen: set[str] = set()
     while pending:
@@ -585,12 +587,22 @@ def _campaign_files(campaign: Campaign) -> list[Path]:
         seen.add(ref.name)
         if ref.file is not None:
             files.append(ref.file)
-            source = ref.file.read_text(encoding="utf-8")
+            source = read_template(ref)
         else:
             source = ref.inline or ""
-        for name in jinja2.meta.find_referenced_templates(env.parse(source)):
-            if name and (campaign.folder / name).is_file():
-                pending.append(TemplateRef(name, file=campaign.folder / name))
+        try:
+            tree = env.parse(source)
+        except jinja2.TemplateSyntaxError as exc:
+            raise TemplateError(
+                f"template syntax error at line {exc.lineno}: {exc.message}", file=ref.name
+            ) from None
+        for name in jinja2.meta.find_referenced_templates(tree):
+            if not name:
+                continue
+            target = (campaign.folder / name).resolve()
+            # an include outside the folder is the renderer's to refuse; never read it here
+            if target.is_relative_to(folder) and target.is_file():
+                pending.append(TemplateRef(name, file=target))
     # Resolved (and refused if escaping the folder) before anything reads them: hashing
     # is reading, and a path like ../secret.txt must never be opened.
     loader = AttachmentLoader(campaign)

@@ -227,7 +227,7 @@ class Renderer:
     def _compile(self, ref: TemplateRef | None) -> _Part | None:
         if ref is None:
             return None
-        source = ref.inline if ref.inline is not None else _read(ref)
+        source = ref.inline if ref.inline is not None else read_template(ref)
         where = "campaign.toml" if ref.inline is not None else ref.name
         try:
             return _Part(self.env, ref, source)
@@ -362,7 +362,8 @@ def _header_safe(column: str, value: str) -> None:
         )
 
 
-def _read(ref: TemplateRef) -> str:
+def read_template(ref: TemplateRef) -> str:
+    """A template file's text; :class:`TemplateError` naming it if it cannot be read."""
     assert ref.file is not None
     try:
         return ref.file.read_text(encoding="utf-8")
