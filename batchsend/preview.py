@@ -15,7 +15,7 @@ from typing import Any
 
 from batchsend.campaign import Campaign
 from batchsend.errors import InputError, PreflightError
-from batchsend.message import message_key
+from batchsend.message import Message, message_key
 from batchsend.plan import PlannedMessage, SendUnit
 from batchsend.preflight import RowResult, iter_rows
 
@@ -121,19 +121,32 @@ def preview(campaign: Campaign, row: int, out_dir: str | Path | None = None) -> 
         headline["calendar invite"] = f"{len(message.ical)} characters"
     files: list[Path] = []
     if out_dir is not None:
-        out = Path(out_dir)
+        files = _write(Path(out_dir), row, message, shown)
+    return Preview(result, url, shown, headline, tuple(files))
+
+
+def _write(out: Path, row: int, message: Message, shown: Any) -> list[Path]:
+    """Write row ``row``'s parts into ``out``; :class:`InputError` when that is impossible."""
+    parts = {
+        f"row-{row}.html": message.html,
+        f"row-{row}.txt": message.text,
+        f"row-{row}.ics": message.ical,
+        f"row-{row}.json": json.dumps(shown, indent=2, ensure_ascii=False) + "\n",
+    }
+    files: list[Path] = []
+    try:
         out.mkdir(parents=True, exist_ok=True)
-        parts = {
-            f"row-{row}.html": message.html,
-            f"row-{row}.txt": message.text,
-            f"row-{row}.ics": message.ical,
-            f"row-{row}.json": json.dumps(shown, indent=2, ensure_ascii=False) + "\n",
-        }
         for name, text in parts.items():
             if text is not None:
                 (out / name).write_text(text, encoding="utf-8")
                 files.append(out / name)
-    return Preview(result, url, shown, headline, tuple(files))
+    except OSError as exc:
+        raise InputError(
+            f"cannot write the preview: {exc.strerror}",
+            file=str(exc.filename or out),
+            fix="give --out a folder that can be created and written (not an existing file)",
+        ) from None
+    return files
 
 
 def _address(email: str, name: str | None) -> str:

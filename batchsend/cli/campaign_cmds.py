@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from batchsend.campaign import load_campaign
+from batchsend.errors import InputError
 
 
 @click.command()
@@ -56,7 +57,15 @@ def check(campaign_file: Path, errors_file: Path | None) -> None:
     if errors_file is None:
         report = preflight(campaign)
     else:
-        with errors_file.open("w", encoding="utf-8", newline="") as fh:
+        try:
+            fh = errors_file.open("w", encoding="utf-8", newline="")
+        except OSError as exc:
+            raise InputError(
+                f"cannot write the errors file: {exc.strerror}",
+                file=str(errors_file),
+                fix="give --errors a file path inside an existing folder you can write to",
+            ) from None
+        with fh:
             report = preflight(campaign, errors=fh)
     click.echo(format_report(report))
     if errors_file is not None and not report.ok:
