@@ -11,6 +11,7 @@ the README's "Campaign file reference"; a test keeps it and :data:`SCHEMA` in st
 from __future__ import annotations
 
 import difflib
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,6 +118,7 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
     },
 }
 _TABLES_AT_TOP = {name for name in SCHEMA if name}
+_ENV_VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _ARRAY_TABLES = {"attachments"}
 
 # Keys that only one provider understands: (table, key) -> provider.
@@ -373,6 +375,7 @@ class _Builder:
     # -- building -------------------------------------------------------------------------
 
     def build(self) -> Campaign:
+        self.check_api_key_env(self.data.get("api_key_env", DEFAULT_ENV_VAR))
         top = self.check_table("", self.data)
         tables: dict[str, dict[str, Any]] = {}
         for name in _TABLES_AT_TOP - _ARRAY_TABLES:
@@ -430,6 +433,17 @@ class _Builder:
             send=send,
             merge=merge,
             max_render_bytes=top["max_render_bytes"],
+        )
+
+    def check_api_key_env(self, value: Any) -> None:
+        """Refuse anything but a variable name; the value is never shown: it may be the key."""
+        if isinstance(value, str) and _ENV_VAR_NAME.fullmatch(value):
+            return
+        raise self.fail(
+            "api_key_env",
+            "is not an environment variable name (value not shown: it may be an API key)",
+            fix="api_key_env names an environment variable, e.g. BATCHSEND_API_KEY; "
+            "put the key itself in that variable or in api_key_file",
         )
 
     def check_provider_keys(

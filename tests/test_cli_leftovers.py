@@ -61,3 +61,30 @@ def test_preview_out_that_is_a_file(tmp_path: Path, afile: Path) -> None:
     assert result.exit_code == 2
     assert str(afile) in result.stderr and "is a file" in result.stderr
     assert afile.read_text(encoding="utf-8") == "not a folder\n"
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        'api_key_env = "sk-live-abc123DEF456ghi789"',
+        'api_key_env = "BATCHSEND KEY sk-live-abc123DEF456ghi789"',
+        'api_key_env = ""',
+        "api_key_env = 4111222233334444",
+    ],
+)
+def test_key_pasted_into_api_key_env_is_refused_without_echoing_it(
+    tmp_path: Path, line: str
+) -> None:
+    campaign = write_campaign(tmp_path / "c", rows=2)
+    text = campaign.read_text(encoding="utf-8")
+    campaign.write_text(text.replace('api_key_env = "BATCHSEND_API_KEY"', line), "utf-8")
+    pasted = line.split("=", 1)[1].strip().strip('"')
+    for command in (["check", str(campaign)], ["run", str(campaign), "--db", str(tmp_path / "db")]):
+        result = invoke(*command)
+        assert result.exit_code == 2, result.output
+        assert "api_key_env" in result.stderr and str(campaign) in result.stderr
+        assert "e.g. BATCHSEND_API_KEY" in result.stderr and "api_key_file" in result.stderr
+        if pasted:
+            assert pasted not in result.stdout + result.stderr
+            assert "abc123" not in result.stdout + result.stderr
+        assert not (tmp_path / "db").exists()
