@@ -206,6 +206,10 @@ class Store:
         self.db = sqlite_utils.Database(conn)
         try:
             self.db.enable_wal()
+            # Checkpoint every 32 MB of WAL instead of 4: a checkpoint copies pages back
+            # and syncs the file; fewer, larger ones coalesce the many rewrites of the
+            # same pages that a run's small commits make.
+            conn.execute("PRAGMA wal_autocheckpoint=8192")
             conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
             self._create_schema()
         except sqlite3.DatabaseError as exc:
@@ -260,34 +264,15 @@ class Store:
             pk="id",
             if_not_exists=True,
         )
-        db.table("recipients").create(
-            {
-                "run_id": str,
-                "row": int,
-                "email": str,
-                "name": str,
-                "state": str,
-                "reason": str,
-                "attempts": int,
-                "message_key": str,
-                "unit_key": str,
-                "http_status": int,
-                "error_type": str,
-                "error_message": str,
-                "provider_message_id": str,
-                "provider_email_id": str,
-                "tag": str,
-                "metadata": str,
-                "sent_at": str,
-                "updated_at": str,
-                "retryable": int,  # additive: 1 when a failure is worth --retry-failed
-            },
-            pk=("run_id", "row"),
-            if_not_exists=True,
-        )
-        db.table("recipients").create_index(
-            ["run_id", "state"], index_name="recipients_run_state", if_not_exists=True
-        )
+        # recipients: WITHOUT ROWID, clustered on (run_id, row). Every hot statement
+        # finds its rows by that key, so the rows live in the key's own B-tree: a sending
+        # mark or an outcome dirties one page where a rowid table dirtied two (table +
+        # key index). There is deliberately NO index on state: each state change would
+        # rewrite two entries of it (the costliest part of a row's updates, measured in
+        # bench/store_bench.py); the few queries by state (counts, pending rows at a
+        # resume) scan the run's rows by key instead, once per run.
+        self.conn.execute(_RECIPIENTS_TABLE)
+        self.conn.execute("DROP INDEX IF EXISTS recipients_run_state")  # older files
         db.table("units").create(
             {
                 "run_id": str,
@@ -301,23 +286,13 @@ class Store:
             pk=("run_id", "key"),
             if_not_exists=True,
         )
-        db.table("attempts").create(
-            {
-                "run_id": str,
-                "unit_key": str,
-                "attempt": int,
-                "at": str,
-                "elapsed_ms": float,
-                "http_status": int,
-                "outcome": str,
-                "messages": int,
-                "recipients": int,
-            },
-            if_not_exists=True,
-        )
-        db.table("attempts").create_index(
-            ["run_id", "at"], index_name="attempts_run_at", if_not_exists=True
-        )
+        # attempts: appended in time order under a per-run sequence number, so the
+        # log's own key orders it and a commit dirties only its last page (a rowid table
+        # with a (run_id, at) index dirtied two).
+        self.conn.execute(_ATTEMPTS_TABLE)
+        columns = {r[1] for r in self.conn.execute("PRAGMA table_info(attempts)")}
+        if "seq" not in columns:  # a file written before the sequence existed
+            self.conn.execute("ALTER TABLE attempts ADD COLUMN seq INTEGER")
 
     # -- transactions --------------------------------------------------------------
 
@@ -778,7 +753,7 @@ class Store:
     def attempts(self, run_id: str) -> list[dict[str, Any]]:
         """Every logged HTTP attempt of the run, in time order."""
         cursor = self.conn.execute(
-            "SELECT * FROM attempts WHERE run_id = ? ORDER BY at, rowid", (run_id,)
+            "SELECT * FROM attempts WHERE run_id = ? ORDER BY seq", (run_id,)
         )
         names = [d[0] for d in cursor.description]
         return [dict(zip(names, r, strict=True)) for r in cursor]
@@ -804,19 +779,71 @@ _VALUES_CHUNK = 300
 # Below this many rows the statement's fixed cost (a materialised VALUES table, a
 # two-pass update) outweighs the gain: a few single sends use executemany.
 _VALUES_MIN = 16
+_SENDABLE_IN = ",".join(f"'{s.value}'" for s in _RECIPIENT_STATES_SENDABLE)
+# One request's rows when they are consecutive (a batch of a file's rows): one range.
+# ``message_key`` is written with the outcome (a batch's messages each have their own).
+_MARK_RANGE_SQL = (
+    "UPDATE recipients SET state = 'sending', unit_key = ?, updated_at = ?, reason = NULL,"
+    " retryable = NULL WHERE run_id = ? AND row BETWEEN ? AND ?"
+    f" AND state IN ({_SENDABLE_IN})"
+)
 _MARK_SENDING_SQL = (
-    "UPDATE recipients SET state = ?, unit_key = ?, message_key = ?, updated_at = ?,"
-    " reason = NULL, retryable = NULL WHERE run_id = ? AND row = ? AND state IN ("
-    + ",".join(f"'{s.value}'" for s in _RECIPIENT_STATES_SENDABLE)
-    + ")"
+    "UPDATE recipients SET state = 'sending', unit_key = ?, message_key = ?, updated_at = ?,"
+    f" reason = NULL, retryable = NULL WHERE run_id = ? AND row = ? AND state IN ({_SENDABLE_IN})"
 )
 _OUTCOME_SQL = (
     "UPDATE recipients SET state = ?, reason = ?, attempts = attempts + ?,"
     " http_status = ?, error_type = ?, error_message = ?,"
     " provider_message_id = ?, provider_email_id = ?, sent_at = ?, updated_at = ?,"
-    " retryable = ? WHERE run_id = ? AND row = ? AND state = 'sending'"
+    " retryable = ?, message_key = ? WHERE run_id = ? AND row = ? AND state = 'sending'"
 )
-_SENDABLE_IN = ",".join(f"'{s.value}'" for s in _RECIPIENT_STATES_SENDABLE)
+_SENT_SQL = (
+    "UPDATE recipients SET state = 'sent', reason = NULL, attempts = attempts + ?1,"
+    " http_status = ?2, error_type = NULL, error_message = NULL, provider_message_id = ?3,"
+    " provider_email_id = ?4, sent_at = ?5, updated_at = ?5, retryable = NULL,"
+    " message_key = ?6 WHERE run_id = ?7 AND row = ?8 AND state = 'sending'"
+)
+_INSERT_ATTEMPTS_SQL = (
+    "INSERT INTO attempts (run_id, seq, unit_key, attempt, at, elapsed_ms, http_status,"
+    " outcome, messages, recipients) VALUES (?,?,?,?,?,?,?,?,?,?)"
+)
+
+_RECIPIENTS_TABLE = """CREATE TABLE IF NOT EXISTS recipients (
+    run_id TEXT NOT NULL,
+    row INTEGER NOT NULL,
+    email TEXT,
+    name TEXT,
+    state TEXT,
+    reason TEXT,
+    attempts INTEGER,
+    message_key TEXT,
+    unit_key TEXT,
+    http_status INTEGER,
+    error_type TEXT,
+    error_message TEXT,
+    provider_message_id TEXT,
+    provider_email_id TEXT,
+    tag TEXT,
+    metadata TEXT,
+    sent_at TEXT,
+    updated_at TEXT,
+    retryable INTEGER,
+    PRIMARY KEY (run_id, row)
+) WITHOUT ROWID"""
+
+_ATTEMPTS_TABLE = """CREATE TABLE IF NOT EXISTS attempts (
+    run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    unit_key TEXT,
+    attempt INTEGER,
+    at TEXT,
+    elapsed_ms REAL,
+    http_status INTEGER,
+    outcome TEXT,
+    messages INTEGER,
+    recipients INTEGER,
+    PRIMARY KEY (run_id, seq)
+) WITHOUT ROWID"""
 
 
 def _values(n: int, width: int) -> str:
@@ -836,9 +863,9 @@ def _insert_recipients_sql(n: int) -> str:
 
 @functools.cache
 def _mark_sending_sql(n: int) -> str:
-    """Mark ``n`` rows ``sending``: parameters state, now, (row, unit, message) x n, run_id."""
+    """Mark ``n`` rows ``sending``: parameters now, (row, unit, message) x n, run_id."""
     return (
-        "UPDATE recipients SET state = ?, unit_key = v.column2, message_key = v.column3,"
+        "UPDATE recipients SET state = 'sending', unit_key = v.column2, message_key = v.column3,"
         f" updated_at = ?, reason = NULL, retryable = NULL FROM (VALUES {_values(n, 3)}) AS v"
         " WHERE recipients.run_id = ? AND recipients.row = v.column1"
         f" AND recipients.state IN ({_SENDABLE_IN})"
@@ -846,15 +873,29 @@ def _mark_sending_sql(n: int) -> str:
 
 
 @functools.cache
+def _sent_sql(n: int) -> str:
+    """Accepted outcome of ``n`` rows: parameters 7 values per row, then run_id."""
+    return (
+        "UPDATE recipients SET state = 'sent', reason = NULL,"
+        " attempts = recipients.attempts + v.column2, http_status = v.column3,"
+        " error_type = NULL, error_message = NULL, provider_message_id = v.column4,"
+        " provider_email_id = v.column5, sent_at = v.column6, updated_at = v.column6,"
+        f" retryable = NULL, message_key = v.column7 FROM (VALUES {_values(n, 7)}) AS v"
+        " WHERE recipients.run_id = ? AND recipients.row = v.column1"
+        " AND recipients.state = 'sending'"
+    )
+
+
+@functools.cache
 def _outcome_sql(n: int) -> str:
-    """Terminal outcome of ``n`` rows: parameters 12 values per row, then run_id."""
+    """Terminal outcome of ``n`` rows: parameters 13 values per row, then run_id."""
     return (
         "UPDATE recipients SET state = v.column2, reason = v.column3,"
         " attempts = recipients.attempts + v.column4, http_status = v.column5,"
         " error_type = v.column6, error_message = v.column7,"
         " provider_message_id = v.column8, provider_email_id = v.column9,"
-        " sent_at = v.column10, updated_at = v.column11, retryable = v.column12"
-        f" FROM (VALUES {_values(n, 12)}) AS v"
+        " sent_at = v.column10, updated_at = v.column11, retryable = v.column12,"
+        f" message_key = v.column13 FROM (VALUES {_values(n, 13)}) AS v"
         " WHERE recipients.run_id = ? AND recipients.row = v.column1"
         " AND recipients.state = 'sending'"
     )
@@ -875,6 +916,17 @@ def _recorded(unit: SendUnit) -> bool:
     B-tree insert and an update per request in the commit that precedes it.
     """
     return unit.batch or len(unit.messages) != 1
+
+
+def _consecutive(messages: Sequence[Any], first: int) -> bool:
+    """Whether the messages' rows are exactly ``first, first + 1, ...`` in order."""
+    expected = first
+    for m in messages:
+        for row in m.rows:
+            if row != expected:
+                return False
+            expected += 1
+    return True
 
 
 def _composition(unit: SendUnit) -> str:
@@ -904,8 +956,12 @@ class RunRecorder:
         self.run_id = run_id
         self._monotonic = monotonic
         self._outcome_rows: list[tuple[Any, ...]] = []
+        self._sent_rows: list[tuple[Any, ...]] = []
         self._unit_states: list[tuple[Any, ...]] = []
         self._attempt_rows: list[tuple[Any, ...]] = []
+        self._attempt_seq: int = store.conn.execute(
+            "SELECT COALESCE(MAX(seq), 0) FROM attempts WHERE run_id = ?", (run_id,)
+        ).fetchone()[0]
         self._oldest: float | None = None
         # Counters the progress display reads (no SQL needed for a live view).
         self.sent = 0
@@ -933,30 +989,48 @@ class RunRecorder:
         conn = store.conn
         now = store.now()
         run_id = self.run_id
-        sending = RecipientState.SENDING.value
-        rows = [(row, unit.key, m.key) for unit in units for m in unit.messages for row in m.rows]
+        spans: list[tuple[str, int, int]] = []  # (unit, first, last): consecutive rows
+        rows: list[tuple[int, str, str]] = []  # (row, unit, message): any other row
+        expected = 0
+        for unit in units:
+            messages = unit.messages
+            if len(messages) > 1:
+                first = messages[0].rows[0]
+                last = messages[-1].rows[-1]
+                n = sum(len(m.rows) for m in messages)
+                if last - first + 1 == n and _consecutive(messages, first):
+                    spans.append((unit.key, first, last))
+                    expected += n
+                    continue
+            for m in messages:
+                for row in m.rows:
+                    rows.append((row, unit.key, m.key))
+        expected += len(rows)
         store._begin()
         try:
             self._write_buffers()
+            marked = 0
+            for key, first, last in spans:
+                marked += conn.execute(_MARK_RANGE_SQL, (key, now, run_id, first, last)).rowcount
             if len(rows) < _VALUES_MIN:
-                marked = conn.executemany(
-                    _MARK_SENDING_SQL, [(sending, u, m, now, run_id, row) for row, u, m in rows]
-                ).rowcount
+                if rows:
+                    marked += conn.executemany(
+                        _MARK_SENDING_SQL, [(u, m, now, run_id, row) for row, u, m in rows]
+                    ).rowcount
             else:
-                marked = 0
                 for i in range(0, len(rows), _VALUES_CHUNK):
                     chunk = rows[i : i + _VALUES_CHUNK]
-                    params: list[Any] = [sending, now]
+                    params: list[Any] = [now]
                     for r in chunk:
                         params.extend(r)
                     params.append(run_id)
                     marked += conn.execute(_mark_sending_sql(len(chunk)), params).rowcount
-            if marked != len(rows):
+            if marked != expected:
                 for unit in units:  # which one? (rare: a bug or a second process)
                     n = conn.execute(
                         "SELECT COUNT(*) FROM recipients WHERE run_id = ? AND unit_key = ?"
                         " AND state = ?",
-                        (run_id, unit.key, sending),
+                        (run_id, unit.key, RecipientState.SENDING.value),
                     ).fetchone()[0]
                     if n != len(unit.rows):
                         break
@@ -988,9 +1062,11 @@ class RunRecorder:
         """Log one HTTP attempt (buffered)."""
         statuses = [o.http_status for o in outcomes if o.http_status is not None]
         kind = _aggregate(outcomes)
+        self._attempt_seq += 1
         self._attempt_rows.append(
             (
                 self.run_id,
+                self._attempt_seq,
                 unit.key,
                 attempt,
                 self.store.now(),
@@ -1028,9 +1104,22 @@ class RunRecorder:
                 )
             kinds.add(outcome.kind)
             if outcome.kind is OutcomeKind.ACCEPTED:
-                state, reason, retryable, sent_at = RecipientState.SENT, None, None, now
+                # the common case has its own narrower statement: 7 values a row, not 13
                 self.sent += len(message.rows)
-            elif outcome.kind is OutcomeKind.FATAL and attempts == 1:
+                for row in message.rows:
+                    self._sent_rows.append(
+                        (
+                            row,
+                            attempts,
+                            outcome.http_status,
+                            outcome.provider_message_id,
+                            outcome.provider_email_id,
+                            now,
+                            message.key,
+                        )
+                    )
+                continue
+            if outcome.kind is OutcomeKind.FATAL and attempts == 1:
                 # Refused on its first attempt: nothing of this request can have been
                 # delivered, so the rows go back to pending for a resume to plan afresh.
                 state, reason, retryable, sent_at = (
@@ -1065,6 +1154,7 @@ class RunRecorder:
                         sent_at,
                         now,
                         retryable,
+                        message.key,
                     )
                 )
         if kinds == {OutcomeKind.ACCEPTED}:
@@ -1082,7 +1172,7 @@ class RunRecorder:
 
     def flush(self) -> None:
         """Commit every buffered outcome and attempt now."""
-        if not (self._outcome_rows or self._attempt_rows or self._unit_states):
+        if not (self._sent_rows or self._outcome_rows or self._attempt_rows or self._unit_states):
             return
         store = self.store
         store._begin()
@@ -1099,27 +1189,38 @@ class RunRecorder:
         now = self._monotonic()
         if self._oldest is None:
             self._oldest = now
-        if len(self._outcome_rows) >= FLUSH_ROWS or now - self._oldest >= FLUSH_SECONDS:
+        if (
+            len(self._sent_rows) + len(self._outcome_rows) >= FLUSH_ROWS
+            or now - self._oldest >= FLUSH_SECONDS
+        ):
             self.flush()
+
+    def _update(self, rows: list[tuple[Any, ...]], one: str, many: Callable[[int], str]) -> None:
+        """Run an outcome statement over buffered ``(row, values...)`` tuples.
+
+        Only rows still ``sending`` take an outcome: a late answer never overwrites a
+        state decided since (defence in depth; the engine answers each unit once).
+        """
+        conn = self.store.conn
+        run_id = self.run_id
+        if len(rows) < _VALUES_MIN:
+            conn.executemany(one, [(*r[1:], run_id, r[0]) for r in rows])
+            return
+        for i in range(0, len(rows), _VALUES_CHUNK):
+            chunk = rows[i : i + _VALUES_CHUNK]
+            params: list[Any] = []
+            for r in chunk:
+                params.extend(r)
+            params.append(run_id)
+            conn.execute(many(len(chunk)), params)
 
     def _write_buffers(self) -> None:
         """Write the buffers inside the caller's open transaction, then empty them."""
         conn = self.store.conn
+        if self._sent_rows:
+            self._update(self._sent_rows, _SENT_SQL, _sent_sql)
         if self._outcome_rows:
-            # Only rows still ``sending`` take an outcome: a late answer never overwrites
-            # a state decided since (defence in depth; the engine answers each unit once).
-            rows = self._outcome_rows
-            if len(rows) < _VALUES_MIN:
-                run_id = self.run_id
-                conn.executemany(_OUTCOME_SQL, [(*r[1:], run_id, r[0]) for r in rows])
-                rows = []
-            for i in range(0, len(rows), _VALUES_CHUNK):
-                chunk = rows[i : i + _VALUES_CHUNK]
-                params: list[Any] = []
-                for r in chunk:
-                    params.extend(r)
-                params.append(self.run_id)
-                conn.execute(_outcome_sql(len(chunk)), params)
+            self._update(self._outcome_rows, _OUTCOME_SQL, _outcome_sql)
         if self._unit_states:
             conn.executemany(
                 "UPDATE units SET state = ?, attempts = attempts + ? WHERE run_id = ? AND key = ?",
@@ -1127,11 +1228,11 @@ class RunRecorder:
             )
         if self._attempt_rows:
             conn.executemany(
-                "INSERT INTO attempts (run_id, unit_key, attempt, at, elapsed_ms, http_status,"
-                " outcome, messages, recipients) VALUES (?,?,?,?,?,?,?,?,?)",
+                _INSERT_ATTEMPTS_SQL,
                 self._attempt_rows,
             )
         self._outcome_rows = []
+        self._sent_rows = []
         self._unit_states = []
         self._attempt_rows = []
         self._oldest = None

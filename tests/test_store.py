@@ -92,8 +92,44 @@ def test_schema_has_the_columns_the_reports_read(store: Store) -> None:
         assert columns <= set(store.db[table].columns_dict), table
     assert store.db["recipients"].pks == ["run_id", "row"]
     assert store.db["units"].pks == ["run_id", "key"]
-    assert any(ix.columns == ["run_id", "state"] for ix in store.db["recipients"].indexes)
+    # No index on state: every state change would rewrite two of its entries.
+    assert [ix.columns for ix in store.db["recipients"].indexes if ix.origin != "pk"] == []
+    assert "WITHOUT ROWID" in store.db["recipients"].schema
+    assert store.db["attempts"].pks == ["run_id", "seq"]
     assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_file_of_the_older_layout_is_upgraded_in_place(tmp_path) -> None:
+    """A rowid recipients table with a state index, an attempts log without ``seq``."""
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        """
+        CREATE TABLE recipients (run_id TEXT, row INTEGER, email TEXT, name TEXT, state TEXT,
+          reason TEXT, attempts INTEGER, message_key TEXT, unit_key TEXT, http_status INTEGER,
+          error_type TEXT, error_message TEXT, provider_message_id TEXT,
+          provider_email_id TEXT, tag TEXT, metadata TEXT, sent_at TEXT, updated_at TEXT,
+          retryable INTEGER, PRIMARY KEY (run_id, row));
+        CREATE INDEX recipients_run_state ON recipients (run_id, state);
+        CREATE TABLE attempts (run_id TEXT, unit_key TEXT, attempt INTEGER, at TEXT,
+          elapsed_ms FLOAT, http_status INTEGER, outcome TEXT, messages INTEGER,
+          recipients INTEGER);
+        """
+    )
+    conn.close()
+    with Store(path) as old:
+        assert [ix for ix in old.db["recipients"].indexes if ix.origin != "pk"] == []
+        assert "seq" in old.db["attempts"].columns_dict
+        run_id = new_run(old, rows=3)
+        recorder = old.recorder(run_id)
+        u = unit_for("u1", (1,), (2,))
+        ok = [MessageOutcome(f"u1-m{i}", OutcomeKind.ACCEPTED, 200) for i in range(2)]
+        recorder.mark_sending(u)
+        recorder.record_attempt(u, 1, ok, 3.0)
+        recorder.record_final(u, ok, 1)
+        recorder.flush()
+        assert [a["seq"] for a in old.attempts(run_id)] == [1]
+        assert old.counts(run_id)["sent"] == 2
 
 
 def test_run_ids_sort_by_time_and_are_unique() -> None:
