@@ -19,7 +19,7 @@ import math
 import mimetypes
 import re
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, TextIO
@@ -250,9 +250,19 @@ class _RowChecker:
             ) from None
 
     def check(
-        self, row: int, values: dict[str, Any], normalised: Any, duplicate: bool
+        self,
+        row: int,
+        values: dict[str, Any],
+        normalised: Any,
+        duplicate: bool,
+        *,
+        render: bool = True,
     ) -> tuple[RowResult, str | None]:
-        """The row's result, and its dedup key if it is sendable."""
+        """The row's result, and its dedup key if it is sendable.
+
+        ``render=False``: stop after the address checks; a row that passes them counts as
+        sendable (for duplicates) and comes back without a message.
+        """
         raw_email = values.get(self.col_email)
         email = "" if raw_email is None else str(raw_email).strip()
         name = values.get(self.col_name) if self.col_name else None
@@ -275,6 +285,8 @@ class _RowChecker:
             return result("suppressed"), None
         if duplicate:
             return result("duplicate"), None
+        if not render:
+            return result(None), normalised.key
         email = normalised.email
         problems: list[Problem] = []
         if name is not None and _HEADER_BREAK.search(name):
@@ -421,12 +433,22 @@ def _other_delimiter(names: list[str], delimiter: str) -> str | None:
     return None
 
 
-def iter_rows(campaign: Campaign, *, derive_text: bool = True) -> Iterator[RowResult]:
+def iter_rows(
+    campaign: Campaign,
+    *,
+    derive_text: bool = True,
+    only: Callable[[int], bool] | None = None,
+) -> Iterator[RowResult]:
     """Yield one :class:`RowResult` per input row, in order, rendering every good row.
 
     File-level problems raise at the first ``next()``. ``derive_text=False`` leaves out
     the text part generated from HTML (when the campaign has no text template); preflight
     uses it because that conversion cannot fail and is the slowest step.
+
+    ``only``: render just the rows it accepts (a resume rebuilding a few rows of a
+    large file). The other rows still have their addresses checked, so duplicates are
+    judged as in a full pass, but they are assumed to render and come back with no
+    message (``skip_reason`` None, ``message`` None).
 
     Example::
 
@@ -458,7 +480,7 @@ def iter_rows(campaign: Campaign, *, derive_text: bool = True) -> Iterator[RowRe
         for values, n, h, before in zip(records, normalised, hashes, earlier, strict=True):
             row += 1
             duplicate = before or (h is not None and h in seen.batch)
-            result, key = checker.check(row, values, n, duplicate)
+            result, key = checker.check(row, values, n, duplicate, render=only is None or only(row))
             if key is not None and h is not None:
                 seen.batch.add(h)
             yield result

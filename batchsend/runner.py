@@ -692,7 +692,7 @@ def _rows_to_messages(
     """Preflight rows (rendered in full) for the rows ``wanted`` says, proof-copied if asked."""
     from batchsend.preflight import iter_rows
 
-    for r in iter_rows(campaign):
+    for r in iter_rows(campaign, only=wanted):
         if r.message is None or not wanted(r.row):
             continue
         if test_address is not None:

@@ -360,3 +360,37 @@ def test_a_header_split_by_another_delimiter_names_the_setting(tmp_path, separat
     assert result.exit_code == 2
     assert "r.csv, header row, column 'email'" in result.output
     assert f"set [source] delimiter = {shown}" in result.output
+
+
+def test_only_renders_the_rows_asked_for_and_judges_duplicates_as_a_full_pass(
+    tmp_path, monkeypatch
+) -> None:
+    """A resume rebuilding a few rows of a big file must not render all of it."""
+    from batchsend.render import Renderer
+
+    campaign = make(
+        tmp_path,
+        "email,name,first_name\nann@example.com,A,Ann\nbob@example.com,B,Bob\n"
+        "ANN@example.com,A,Ann\ncarol@example.com,C,Carol\nnot-an-address,D,Dan\n",
+    )
+    rendered: list[str] = []
+    real = Renderer.render
+
+    def counting(self, values, **kw):
+        rendered.append(values["first_name"])
+        return real(self, values, **kw)
+
+    monkeypatch.setattr(Renderer, "render", counting)
+    wanted = {2, 4}
+    full = [(r.skip_reason, r.message is not None) for r in iter_rows(campaign)]
+    assert rendered == ["Ann", "Bob", "Carol"]
+    rendered.clear()
+    only = [
+        (r.skip_reason, r.message is not None)
+        for r in iter_rows(campaign, only=wanted.__contains__)
+    ]
+    assert rendered == ["Bob", "Carol"]  # rows 2 and 4 only
+    # the same verdicts as the full pass; unrendered sendable rows come without a message
+    assert [reason for reason, _ in only] == [reason for reason, _ in full]
+    assert [only[1][1], only[3][1]] == [True, True]  # rows 2 and 4 carry their message
+    assert only[0] == (None, False) and only[2] == ("duplicate", False)
