@@ -37,6 +37,7 @@ import os
 import re
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -105,6 +106,21 @@ def child(mode: str, campaign_path: str, base_url: str, limit: int, option: str)
     from batchsend.preflight import iter_rows
 
     campaign = load_campaign(campaign_path)
+    # Start-up is a fixed cost, not a per-message one: every mode imports what it uses
+    # before the clock starts (render-alone's own imports are above). It is printed.
+    startup = time.process_time()
+    if mode in ("run", "engine", "plan"):
+        import aiohttp  # noqa: F401
+        import sqlite_utils  # noqa: F401
+
+        import batchsend.engine
+        import batchsend.providers
+        import batchsend.ratelimit
+        import batchsend.report
+        import batchsend.retry
+        import batchsend.runner
+        import batchsend.transport  # noqa: F401
+    startup = time.process_time() - startup
 
     def rows():
         n = 0
@@ -181,7 +197,7 @@ def child(mode: str, campaign_path: str, base_url: str, limit: int, option: str)
     cpu = time.process_time() - start_cpu
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"messages": count, "requests": requests, "wall": wall, "cpu": cpu,
-                      "peak_mb": peak}))  # fmt: skip
+                      "peak_mb": peak, "startup_cpu": startup}))  # fmt: skip
 
 
 async def naive(provider: str, base_url: str, rows) -> tuple[int, int]:
@@ -334,80 +350,121 @@ def merging(rows: int) -> None:
         )
 
 
+def capacity_wrk(path: str, body: str, seconds: float, connections: int = 64) -> float | None:
+    """Requests/s the sandbox answers 200 to under wrk (C, pinned to core 0); None without wrk."""
+    if not shutil.which("wrk"):
+        return None
+    cap = _load("sandbox_capacity")
+    cap.LOAD_CORE = str(CLIENT_CORE)
+    proc, url = start_sandbox()
+    try:
+        cap.load(url + path, 1, connections, body)  # warm up
+        rps, bad = cap.load(url + path, seconds, connections, body)
+    finally:
+        stop(proc)
+    if bad:
+        raise SystemExit(f"wrk got {bad} error answers on {path}: figure void")
+    return rps
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--naive-rows", type=int, default=10_000)
     parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     print(f"cores: {os.cpu_count()}; batchsend on core {CLIENT_CORE}, sandbox on {SERVER_CORE}")
     with tempfile.TemporaryDirectory(prefix="batchsend-send-bench-") as tmp:
         folder = Path(tmp)
         tosend = write_campaign(folder, args.rows, "tosend", "http://127.0.0.1:1")
         v1 = write_campaign(folder, args.rows, "v1", "http://127.0.0.1:1")
-
-        print("-- (a) sandbox capacity, aiohttp load generator, 64 connections")
-        print("   (the campaign's own first rendered emails as payloads, as batchsend sends them)")
         single_body, batch_body, v1_body = campaign_payloads(tosend, v1)
+
+        # The machine's speed drifts (a shared host: the same CPU-bound step varies by
+        # up to 40% from minute to minute), so the figures a goal compares are measured
+        # side by side in each round, and the goals are judged on the rounds' medians.
+        rounds = []
+        for n in range(1, args.rounds + 1):
+            print(f"-- round {n}/{args.rounds}")
+            r = {
+                "render": measured("render alone (iter_rows)", "render", tosend),
+                "tosend": measured("RUN tosend batch 100, conc. 8", "run", tosend, 0, "8"),
+                "v1": measured("RUN v1, concurrency 32", "run", v1, 0, "32"),
+                "cap_py": capacity("/api/v1/send", v1_body, args.seconds),
+                "cap_wrk": capacity_wrk("/api/v1/send", v1_body, args.seconds),
+            }
+            wrk_text = f"{r['cap_wrk']:,.0f} req/s" if r["cap_wrk"] else "n/a (no wrk)"
+            print(
+                f"v1 sandbox capacity: wrk {wrk_text}; aiohttp load loop {r['cap_py']:,.0f} req/s"
+            )
+            rounds.append(r)
+
+        print("-- once: other capacities, the engine alone, httpx, the naive sender")
         single = capacity("/v2/emails", single_body, args.seconds)
         batch = capacity("/v2/emails/batch", batch_body, args.seconds)
-        v1_cap = capacity("/api/v1/send", v1_body, args.seconds)
-        print(f"ToSend single        {single:>9,.0f} req/s")
-        print(f"ToSend batch of 100  {batch:>9,.0f} req/s = {batch * 100:,.0f} msg/s")
-        print(f"v1                   {v1_cap:>9,.0f} req/s")
-
-        print("-- (b) rendering alone, and rendering + planning")
-        render = measured("render (iter_rows)", "render", tosend)
+        print(f"ToSend single {single:,.0f} req/s; batch of 100 {batch:,.0f} req/s ="
+              f" {batch * 100:,.0f} msg/s (aiohttp load loop)")  # fmt: skip
         measured("render + plan (keys, tosend)", "plan", tosend)
-        measured("render + plan (keys, v1)", "plan", v1)
-
-        print("-- batchsend run_campaign, the real path (preflight, SQLite, spool, engine, report)")
-        f_batch = measured("RUN tosend batch 100, conc. 8", "run", tosend, 0, "8")
-        f_v1 = measured("RUN v1, concurrency 32", "run", v1, 0, "32")
-        print("-- the engine alone (render + plan + engine + HTTP, in-memory recorder), aiohttp")
-        t_batch = measured("tosend batch 100, concurrency 8", "engine", tosend, 0, "aiohttp:8")
-        t_v1 = measured("v1, concurrency 32", "engine", v1, 0, "aiohttp:32")
-        print("-- (d) the httpx transport")
-        x_batch = measured("tosend batch 100 httpx, conc. 8", "engine", tosend, 0, "httpx:8")
-        x_v1 = measured("v1 httpx, concurrency 32", "engine", v1, args.naive_rows, "httpx:32")
-        print("-- (c) naive sender: httpx.AsyncClient + semaphore 16, one request per row")
+        t_batch = measured("engine: tosend batch 100, conc. 8", "engine", tosend, 0, "aiohttp:8")
+        t_v1 = measured("engine: v1, concurrency 32", "engine", v1, 0, "aiohttp:32")
+        x_batch = measured("engine: tosend batch httpx, conc. 8", "engine", tosend, 0, "httpx:8")
+        x_v1 = measured(
+            "engine: v1 httpx, concurrency 32", "engine", v1, args.naive_rows, "httpx:32"
+        )
         n_tosend = measured("naive tosend (/v2/emails)", "naive", tosend, args.naive_rows)
         n_v1 = measured("naive v1", "naive", v1, args.naive_rows)
 
-        print("-- goals (issue 4), judged on the REAL PATH (run_campaign) figures above")
-        r = render["us_per_msg"]
-        fb, fv = f_batch, f_v1
-        t_speed = fb["msg_per_s"] / n_tosend["msg_per_s"]
-        t_cpu = n_tosend["us_per_msg"] / fb["us_per_msg"]
-        v_speed = fv["msg_per_s"] / n_v1["msg_per_s"]
-        v_cpu = n_v1["us_per_msg"] / fv["us_per_msg"]
+        print("-- per round (each ratio from figures of the same round)")
+        t_ratio, v_cap, v_cap_py, t_naive, v_naive = [], [], [], [], []
+        for i, r in enumerate(rounds, 1):
+            tr = r["tosend"]["us_per_msg"] / r["render"]["us_per_msg"]
+            cap = r["cap_wrk"] or r["cap_py"]
+            t_ratio.append(tr)
+            v_cap.append(r["v1"]["msg_per_s"] / cap)
+            v_cap_py.append(r["v1"]["msg_per_s"] / r["cap_py"])
+            t_naive.append(min(r["tosend"]["msg_per_s"] / n_tosend["msg_per_s"],
+                               n_tosend["us_per_msg"] / r["tosend"]["us_per_msg"]))  # fmt: skip
+            v_naive.append(min(r["v1"]["msg_per_s"] / n_v1["msg_per_s"],
+                               n_v1["us_per_msg"] / r["v1"]["us_per_msg"]))  # fmt: skip
+            print(
+                f"round {i}: render {r['render']['us_per_msg']:.0f} us; tosend"
+                f" {r['tosend']['us_per_msg']:.0f} us = {tr:.2f}x render; v1"
+                f" {r['v1']['msg_per_s']:,.0f} msg/s, {r['v1']['us_per_msg']:.0f} us/msg ="
+                f" {v_cap[-1]:.2f} of capacity ({v_cap_py[-1]:.2f} of the aiohttp-loop figure)"
+            )
+        t_us = _median([r["tosend"]["us_per_msg"] for r in rounds])
+        v_us = _median([r["v1"]["us_per_msg"] for r in rounds])
+        print("-- goals (issue 4), medians over the rounds, judged on the REAL PATH (run_campaign)")
         print(
-            f"tosend: CPU/msg {fb['us_per_msg']:.0f} us = {fb['us_per_msg'] / r:.2f}x render "
-            f"alone ({r:.0f} us) (goal <= 1.5x): {_ok(fb['us_per_msg'] / r <= 1.5)}; naive "
-            f"sender: {t_speed:.1f}x its msg/s, {t_cpu:.1f}x less CPU/msg (goal >= 8x): "
-            f"{_ok(min(t_speed, t_cpu) >= 8)}"
+            f"tosend: CPU/msg {t_us:.0f} us, {_median(t_ratio):.2f}x render alone (goal <= 1.5x):"
+            f" {_ok(_median(t_ratio) <= 1.5)}; naive sender: {_median(t_naive):.1f}x (the lower"
+            f" of msg/s and CPU/msg ratios; goal >= 8x): {_ok(_median(t_naive) >= 8)}"
         )
         print(
-            f"v1: {fv['msg_per_s']:,.0f} msg/s = {fv['msg_per_s'] / v1_cap:.2f} of the sandbox's "
-            f"capacity (goal >= 0.6): {_ok(fv['msg_per_s'] / v1_cap >= 0.6)}; CPU/msg "
-            f"{fv['us_per_msg']:.0f} us incl. render (goal <= 330): "
-            f"{_ok(fv['us_per_msg'] <= 330)}; naive sender: "
-            f"{v_speed:.1f}x its msg/s, {v_cpu:.1f}x less CPU/msg (goal >= 4x): "
-            f"{_ok(min(v_speed, v_cpu) >= 4)}"
+            f"v1: {_median(v_cap):.2f} of the sandbox's capacity (goal >= 0.6):"
+            f" {_ok(_median(v_cap) >= 0.6)} [{_median(v_cap_py):.2f} of the aiohttp-loop"
+            f" figure]; CPU/msg {v_us:.0f} us incl. render (goal <= 330): {_ok(v_us <= 330)};"
+            f" naive sender: {_median(v_naive):.1f}x (goal >= 4x): {_ok(_median(v_naive) >= 4)}"
         )
         print(
-            "   (the naive goals are met only when BOTH ratios reach them; msg/s on v1 is "
-            "capped by the sandbox's capacity, which the naive sender does not approach)"
+            "   (capacity = wrk's figure when wrk is installed: a C load generator is the"
+            " one that comes closest to the sandbox's real limit; the aiohttp loop is itself"
+            " CPU-bound on its core and reports less)"
         )
         print(
-            f"engine alone, for reference: tosend {t_batch['us_per_msg']:.0f} us/msg "
-            f"({t_batch['us_per_msg'] / r:.2f}x render), v1 {t_v1['us_per_msg']:.0f} us/msg, "
-            f"{t_v1['msg_per_s'] / v1_cap:.2f} of capacity"
+            f"engine alone, for reference: tosend {t_batch['us_per_msg']:.0f} us/msg, v1"
+            f" {t_v1['us_per_msg']:.0f} us/msg; httpx: v1 {x_v1['us_per_msg']:.0f} vs aiohttp"
+            f" {t_v1['us_per_msg']:.0f} us/msg, tosend batch {x_batch['us_per_msg']:.0f} vs"
+            f" {t_batch['us_per_msg']:.0f} us/msg"
         )
+        startup = _median([r["tosend"]["startup_cpu"] for r in rounds])
         print(
-            f"transport: httpx costs {x_v1['us_per_msg'] - t_v1['us_per_msg']:.0f} us more CPU "
-            f"per v1 request than aiohttp ({x_v1['us_per_msg']:.0f} vs {t_v1['us_per_msg']:.0f}); "
-            f"tosend batch {x_batch['us_per_msg']:.0f} vs {t_batch['us_per_msg']:.0f} us/msg"
+            f"start-up (imports) of a run, excluded from the per-message figures: {startup:.2f} s"
         )
     print("-- merging")
     merging(100_000)
