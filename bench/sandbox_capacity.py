@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import re
+import secrets
 import shutil
 import statistics
 import subprocess
@@ -80,22 +81,23 @@ request = function()
   n = n + 1
   local headers = {}
   for k, v in pairs(wrk.headers) do headers[k] = v end
-  headers["Idempotency-Key"] = "k-" .. n
+  headers["Idempotency-Key"] = "k-%(prefix)s-" .. n
   return wrk.format(nil, nil, headers, nil)
 end
 """
 
 PY_LOAD = textwrap.dedent(
     """
-    import asyncio, sys, time, aiohttp
+    import asyncio, secrets, sys, time, aiohttp
     url, seconds, conns, body, key = sys.argv[1:6]
+    prefix = secrets.token_hex(6)  # fresh keys per invocation: no duplicate of the warm-up
     seconds, conns = float(seconds), int(conns)
     async def worker(session, deadline, counts, wid):
         n = 0
         while time.perf_counter() < deadline:
             n += 1
             headers = {"Authorization": "Bearer " + key, "Content-Type": "application/json",
-                       "Idempotency-Key": f"k-{wid}-{n}"}
+                       "Idempotency-Key": f"k-{prefix}-{wid}-{n}"}
             async with session.post(url, data=body, headers=headers) as r:
                 await r.read()
                 counts[r.status == 200] += 1
@@ -162,7 +164,10 @@ def load(url: str, seconds: float, connections: int, body: str = BODY) -> tuple[
     """(requests/s, non-200 answers) from wrk, or from the Python fallback."""
     if shutil.which("wrk"):
         with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-            f.write(WRK_SCRIPT % {"key": KEY, "body": json.dumps(body)})
+            # A fresh key prefix per invocation: the warm-up's keys must not come back in
+            # the measured run, where the sandbox would answer them as cheap duplicates.
+            prefix = secrets.token_hex(6)
+            f.write(WRK_SCRIPT % {"key": KEY, "body": json.dumps(body), "prefix": prefix})
         try:
             out = subprocess.run(
                 pinned(
