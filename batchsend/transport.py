@@ -105,7 +105,11 @@ class AiohttpTransport:
         # Parsing the same URL for every request costs more than the cache lookup.
         parsed = self._urls.get(url)
         if parsed is None:
-            parsed = self._urls[url] = self._yarl.URL(url)
+            try:
+                parsed = self._yarl.URL(url)
+            except ValueError as exc:  # a port out of range, a broken IPv6 literal
+                raise FatalSendError(f"invalid provider URL: {exc}", error_type="bad_url") from None
+            self._urls[url] = parsed
         return parsed
 
     async def send(self, request: HttpRequest) -> HttpResponse:
@@ -113,16 +117,18 @@ class AiohttpTransport:
         if self._session is None:
             raise RuntimeError("use the transport as 'async with make_transport(...)'")
         aiohttp = self._aiohttp
+        url = self._url(request.url)
         try:
             async with self._session.request(
-                request.method, self._url(request.url), data=request.body, headers=request.headers
+                request.method, url, data=request.body, headers=request.headers
             ) as response:
                 body = await response.read()
                 return HttpResponse(response.status, response.headers, body)
         except TimeoutError:
             raise RetryableSendError("the request timed out", error_type="timeout") from None
-        except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError, ValueError) as exc:
-            # ValueError: yarl refuses a port out of range before any connection
+        except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError) as exc:
+            # Only the URL is fatal: any other error inside the request stays what it is
+            # (a ValueError there is a bug to see, not a provider to give up on).
             raise FatalSendError(f"invalid provider URL: {exc}", error_type="bad_url") from None
         except aiohttp.ClientError as exc:
             raise RetryableSendError(
