@@ -28,14 +28,13 @@ PROVIDERS = ("v1", "tosend")
 STREAM_TYPES = ("transactional", "broadcast", "shared")
 
 # A key's value kind and its default. ``None`` means "not set".
-_STR, _INT, _NUM, _BOOL, _STRS, _TABLE_OF_STR, _TABLES = (
+_STR, _INT, _NUM, _BOOL, _STRS, _TABLE_OF_STR = (
     "string",
     "integer",
     "number",
     "boolean",
     "array of strings",
     "table of strings",
-    "array of tables",
 )
 
 #: Every key the campaign file may hold: table -> key -> (kind, default). The empty

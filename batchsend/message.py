@@ -8,7 +8,6 @@ their JSON; the planner may merge identical messages of several rows into one (s
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,52 +65,13 @@ class Message:
     stream_type: str | None = None  # v1: transactional | broadcast | shared
     domain: str | None = None  # v1 sending domain; None lets the provider choose
 
-    def content_dict(self) -> dict[str, Any]:
-        """Everything that makes up the email except which row it came from.
-
-        Two rows whose messages have equal content dicts send the same email (apart
-        from the recipients), which is what merging relies on.
-        """
-        return {
-            "sender": self.sender.to_dict(),
-            "subject": self.subject,
-            "html": self.html,
-            "text": self.text,
-            "reply_to": self.reply_to.to_dict() if self.reply_to else None,
-            "headers": dict(sorted(self.headers.items())),
-            "tag": self.tag,
-            "tags": dict(sorted(self.tags.items())),
-            "metadata": dict(sorted(self.metadata.items())),
-            "attachments": [
-                [a.filename, a.content_type, hashlib.sha256(a.content).hexdigest(), a.content_id]
-                for a in self.attachments
-            ],
-            "ical": self.ical,
-            "track_opens": self.track_opens,
-            "track_clicks": self.track_clicks,
-            "stream_type": self.stream_type,
-            "domain": self.domain,
-        }
-
-    def recipients_dict(self) -> dict[str, Any]:
-        return {
-            "to": [a.to_dict() for a in self.to],
-            "cc": [a.to_dict() for a in self.cc],
-            "bcc": [a.to_dict() for a in self.bcc],
-        }
-
-
-def canonical_json(value: Any) -> bytes:
-    """JSON with sorted keys and no spaces: equal values give equal bytes."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
 
 def _address(a: Address | None) -> list[str | None] | None:
     return None if a is None else [a.email, a.name]
 
 
 def _content_fields(message: Message) -> list[Any]:
-    # The fields of content_dict() in a FIXED order (mappings as sorted pairs), so that
+    # Everything but the recipients, in a FIXED order (mappings as sorted pairs), so that
     # orjson's encoding of this list is canonical without a key sort. JSON is
     # self-delimiting: no two different lists encode to the same bytes.
     m = message
@@ -140,7 +100,7 @@ def _content_fields(message: Message) -> list[Any]:
 def content_digest(message: Message) -> str:
     """A hex digest of the message's content (recipients excluded).
 
-    Equal for two messages exactly when their :meth:`Message.content_dict` are equal,
+    Equal for two messages exactly when everything but their recipients is equal,
     which is what merging groups by.
     """
     return hashlib.sha256(orjson.dumps(_content_fields(message))).hexdigest()

@@ -77,10 +77,6 @@ class RowResult:
     group: str | None = None
     values: Mapping[str, Any] = field(default_factory=dict)  # the row as read
 
-    @property
-    def sendable(self) -> bool:
-        return self.skip_reason is None
-
 
 @dataclass(frozen=True, slots=True)
 class PreflightReport:
@@ -229,7 +225,6 @@ class _RowChecker:
             self._static(a.path, a.filename, a.content_type, a.content_id)
             for a in campaign.attachments
         )
-        self.static_size = sum(len(a.content) for a in self.static)
         c = campaign.columns
         self.col_email, self.col_name = c.email, c.name
         self.col_cc, self.col_bcc, self.col_att = c.cc, c.bcc, c.attachments

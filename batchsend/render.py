@@ -62,10 +62,6 @@ class Rendered:
     tag: str | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
 
-    @property
-    def size(self) -> int:
-        return sum(len(p) for p in (self.subject, self.html, self.text, self.ical) if p)
-
 
 def ical_datetime(value: Any) -> str:
     """An RFC 5545 UTC date-time (``20260321T180000Z``) from a datetime or ISO string."""

@@ -497,15 +497,6 @@ class Store:
             (path, self.now(), run_id),
         )
 
-    def set_settings(self, run_id: str, settings: Mapping[str, Any]) -> None:
-        """Replace the run's recorded settings (secrets filtered out)."""
-        self.conn.execute(
-            "UPDATE runs SET settings = ?, updated_at = ? WHERE id = ?",
-            (json.dumps(safe_settings(settings), sort_keys=True, default=str), self.now(), run_id),
-        )
-
-    # -- recipients ----------------------------------------------------------------
-
     def add_recipients(
         self, run_id: str, recipients: Iterable[NewRecipient], *, chunk: int = INSERT_CHUNK
     ) -> int:
@@ -966,8 +957,6 @@ class RunRecorder:
         # Counters the progress display reads (no SQL needed for a live view).
         self.sent = 0
         self.failed = 0
-        self.retries = 0  # retryable answers so far (each leads to a retry or a failure)
-        self.in_flight = 0
 
     # -- Recorder protocol ---------------------------------------------------------
 
@@ -1050,7 +1039,6 @@ class RunRecorder:
         except BaseException:
             store._rollback()
             raise
-        self.in_flight += len(rows)
 
     def record_attempt(
         self,
@@ -1077,7 +1065,6 @@ class RunRecorder:
                 len(unit.rows),
             )
         )
-        self.retries += sum(1 for o in outcomes if o.kind is OutcomeKind.RETRYABLE)
         self._touch()
 
     def record_final(
@@ -1167,7 +1154,6 @@ class RunRecorder:
             unit_state = "failed"
         if _recorded(unit):
             self._unit_states.append((unit_state, attempts, self.run_id, unit.key))
-        self.in_flight = max(0, self.in_flight - len(unit.rows))
         self._touch()
 
     def flush(self) -> None:
