@@ -94,11 +94,7 @@ class _RetryUnit(RetryableSendError):
 
 def recipients_of(unit: SendUnit) -> int:
     """Addresses one request delivers to (to + cc + bcc of every message)."""
-    n = 0
-    for pm in unit.messages:
-        m = pm.message
-        n += len(m.to) + len(m.cc) + len(m.bcc)
-    return n
+    return sum(pm.recipient_count for pm in unit.messages)
 
 
 async def send_units(

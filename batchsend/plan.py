@@ -19,11 +19,28 @@ from batchsend.message import Message, content_digest, message_key
 
 @dataclass(frozen=True, slots=True)
 class PlannedMessage:
-    """One email as sent: ``message`` already carries every recipient of ``rows``."""
+    """One email as sent: ``message`` already carries every recipient of ``rows``.
+
+    ``wire``, when set, is the email already encoded by the provider (its exact bytes in
+    a request, see ``Provider.encode_message``): a run encodes each row once, in
+    preflight, and the send pass joins those bytes into requests without rebuilding
+    anything. Such a message may travel without ``message``; ``recipients`` then says
+    how many addresses it delivers to.
+    """
 
     key: str  # stable id: ToSend message_hash; the idempotency key of a single send
     rows: tuple[int, ...]
-    message: Message
+    message: Message | None
+    wire: bytes | None = None
+    recipients: int = 0
+
+    @property
+    def recipient_count(self) -> int:
+        """Addresses this email delivers to (to + cc + bcc)."""
+        m = self.message
+        if m is None:
+            return self.recipients
+        return len(m.to) + len(m.cc) + len(m.bcc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +124,7 @@ def _mergeable(message: Message) -> bool:
 
 
 def _split(item: Any) -> tuple[str | None, Message]:
+    # A PlannedMessage never gets here: plan_messages passes those through untouched.
     if isinstance(item, Message):
         return None, item
     if isinstance(item, tuple):
@@ -127,13 +145,18 @@ def plan_messages(
     """Stream planned messages, merging identical ones when ``merge`` is on.
 
     ``items`` are messages, ``(group, message)`` pairs, or rows with ``.message`` and
-    ``.group`` (preflight's RowResult). ``max_per_message`` caps the recipients of a
-    merged message (the provider's per-field limit of the placement field).
+    ``.group`` (preflight's RowResult); or, without merging, messages planned (and
+    encoded) already, which pass through as they are. ``max_per_message`` caps the
+    recipients of a merged message (the provider's per-field limit of the placement
+    field).
     """
     if placement not in PLACEMENTS:
         raise ValueError(f"merge placement must be one of {PLACEMENTS}, not {placement!r}")
     if not merge or max_per_message < 2:
         for item in items:
+            if type(item) is PlannedMessage:
+                yield item
+                continue
             _, m = _split(item)
             yield PlannedMessage(message_key(run_id, m), (m.row,), m)
         return
@@ -145,6 +168,8 @@ def plan_messages(
     waiting: dict[tuple[str | None, str], list[Message]] = {}
     buffered = 0
     for item in items:
+        if type(item) is PlannedMessage:
+            raise TypeError("merging needs the rendered messages, not planned ones")
         group_value, m = _split(item)
         if not _mergeable(m):
             yield PlannedMessage(message_key(run_id, m), (m.row,), m)

@@ -64,8 +64,8 @@ from batchsend.errors import (
     PreflightError,
     ResumeRefusedError,
 )
-from batchsend.message import Address, Message
-from batchsend.plan import SendUnit, plan_units, rebuild_unit
+from batchsend.message import Address, Message, message_key
+from batchsend.plan import PlannedMessage, SendUnit, plan_units, rebuild_unit
 from batchsend.progress import ProgressDisplay
 from batchsend.secrets import load_api_key, redact, remember
 from batchsend.spool import MessageSpool
@@ -245,6 +245,7 @@ def run_campaign(
                 test=test_to,
                 dry_run=dry_run,
                 spool=spool,
+                encode=_encoder(session, run_id, test_address),
             )
             store.add_recipients(run_id, tally.recipients())
             tally.raise_if_bad()
@@ -499,8 +500,10 @@ class _Preflight:
         test: str | None,
         dry_run: bool = False,
         spool: MessageSpool | None = None,
+        encode: Callable[[Message], PlannedMessage] | None = None,
     ) -> None:
         self.spool = spool
+        self.encode = encode
         self.dry_run = dry_run
         self.campaign = campaign
         self.skip_invalid = skip_invalid
@@ -518,6 +521,7 @@ class _Preflight:
         from batchsend.render import html_to_text
 
         spool = self.spool
+        encode = self.encode
         # derive_text=False: the HTML-to-text conversion cannot fail and is the slowest
         # step; only the rows about to be sent need it, when they enter the spool.
         for r in iter_rows(self.campaign, derive_text=False):
@@ -550,7 +554,17 @@ class _Preflight:
                 if spool is not None and spool.usable:
                     if m.text is None and m.html is not None:
                         m = dataclasses.replace(m, text=html_to_text(m.html))
-                    spool.add(r.group, m)
+                    if encode is None:
+                        spool.add(r.group, m)
+                    else:
+                        try:
+                            planned = encode(m)
+                        except (TypeError, ValueError) as exc:
+                            # the send pass renders again, and meets the error where it
+                            # always did: when the request is built
+                            spool.drop(f"row {m.row} could not be encoded: {exc}")
+                        else:
+                            spool.add_planned(planned)
             elif self.test:
                 # A proof run sends its first rows only; the others are settled at once.
                 state, reason = RecipientState.SKIPPED, "limit"
@@ -686,6 +700,28 @@ class _Session:
         self.account_rate = info.limit_per_second
 
 
+def _encoder(
+    session: _Session, run_id: str, test_address: Address | None
+) -> Callable[[Message], PlannedMessage] | None:
+    """Preflight's encoder of each row's message, when the send pass can use it as is.
+
+    Each message is planned (its key) and encoded by the provider once, in preflight;
+    the send pass then joins the spooled bytes into requests. Merging (which plans
+    across rows) and proof copies (which change the recipients) keep the rendered
+    messages instead.
+    """
+    if session.campaign.merge.enabled or test_address is not None:
+        return None
+    provider = session.provider()
+
+    def encode(m: Message) -> PlannedMessage:
+        planned = PlannedMessage(message_key(run_id, m), (m.row,), m)
+        wire = provider.encode_message(planned)
+        return PlannedMessage(planned.key, planned.rows, None, wire, planned.recipient_count)
+
+    return encode
+
+
 def _rows_to_messages(
     campaign: Campaign, wanted: Callable[[int], bool], test_address: Address | None
 ) -> Iterator[Any]:
@@ -710,6 +746,15 @@ def _spooled(
         if test_address is not None:
             message = _proof(message, test_address)
         yield group, message
+
+
+def _spooled_planned(spool: MessageSpool, wanted: set[int]) -> Iterator[PlannedMessage]:
+    """The spooled planned messages of the rows ``wanted`` (exactly those, in order)."""
+    for planned in spool.planned():
+        for row in planned.rows:
+            if row not in wanted:  # defence: the spool holds the pending rows only
+                raise RuntimeError(f"row {row} is in the spool but not pending")
+        yield planned
 
 
 def _proof(message: Message, to: Address) -> Message:
@@ -739,7 +784,10 @@ def _units_for_pending(
     merge = campaign.merge.enabled and test_address is None
     rows: Iterable[Any]
     if spool is not None and spool.usable and spool.count == len(wanted):
-        rows = _spooled(spool, wanted, test_address)
+        if spool.form == "planned":
+            rows = _spooled_planned(spool, wanted)
+        else:
+            rows = _spooled(spool, wanted, test_address)
     else:
         rows = _rows_to_messages(campaign, wanted.__contains__, test_address)
     return plan_units(

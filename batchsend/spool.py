@@ -3,10 +3,17 @@
 A run renders every row in preflight (nothing may leave before the whole input has
 passed), then sends. Rendering again at send time would double the run's largest cost,
 so preflight appends each row it is about to send to an anonymous temporary file next
-to the database, and the send pass streams the messages back in row order. A message
-is stored as a plain tuple through :mod:`marshal` (about 2 us to write and 10 us to
-read back, where rendering costs about 60 us; pickle took 28 us, and compressing with
-zlib another 25 us, for a file about five times smaller).
+to the database, and the send pass streams them back in row order. Two forms:
+
+* planned (a run without merging or proof copies): the message's key, rows, recipient
+  count and its provider-encoded JSON (``PlannedMessage.wire``). The send pass joins
+  those bytes into requests and never rebuilds a message: reading one back costs about
+  1 us, where the message form below cost about 10 us plus the key and the encoding;
+* messages: the rendered :class:`Message` as a plain tuple, for the planner to merge or
+  proof-copy (about 2 us to write and 10 us to read back).
+
+Records go through :mod:`marshal` (pickle took 28 us a message; compressing with zlib
+another 25 us, for a file about five times smaller).
 
 The spool is a cache, never a record:
 
@@ -26,6 +33,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from batchsend.message import Address, Attachment, Message
+from batchsend.plan import PlannedMessage
 
 __all__ = ["MAX_BYTES", "MessageSpool"]
 
@@ -108,6 +116,7 @@ class MessageSpool:
         self.size = 0  # bytes written
         self.dropped = False
         self.drop_reason: str | None = None
+        self.form: str | None = None  # "messages" or "planned", set by the first add
         self._file: IO[bytes] | None = None
 
     def __enter__(self) -> MessageSpool:
@@ -130,6 +139,22 @@ class MessageSpool:
         except ValueError:  # a value marshal cannot store: render again at send time
             self.drop("a value could not be stored")
             return
+        self._append(blob, "messages")
+
+    def add_planned(self, planned: PlannedMessage) -> None:
+        """Append one planned, encoded message (``planned.wire`` set)."""
+        if self.dropped:
+            return
+        if planned.wire is None:
+            raise ValueError("only encoded messages are spooled as planned")
+        record = (planned.key, planned.rows, planned.wire, planned.recipient_count)
+        self._append(marshal.dumps(record), "planned")
+
+    def _append(self, blob: bytes, form: str) -> None:
+        if self.form is None:
+            self.form = form
+        elif form != self.form:
+            raise ValueError(f"this spool holds {self.form}, not {form}")
         self.size += 4 + len(blob)
         if self._file is None:
             try:
@@ -144,27 +169,37 @@ class MessageSpool:
             self.drop(f"over {self.max_bytes:,} bytes")
             return
         try:
-            self._file.write(len(blob).to_bytes(4, "little"))
-            self._file.write(blob)
+            self._file.write(len(blob).to_bytes(4, "little") + blob)
         except OSError as exc:  # a full disk: render again rather than fail the run
             self.drop(f"write failed: {exc}")
             return
         self.count += 1
 
-    def __iter__(self) -> Iterator[tuple[str | None, Message]]:
-        """Every stored ``(group, message)``, in the order added."""
+    def _records(self, form: str) -> Iterator[Any]:
         if self.dropped:
             raise RuntimeError("the spool was dropped; render the messages again")
         f = self._file
         if f is None:
             return
+        if form != self.form:
+            raise RuntimeError(f"this spool holds {self.form}, not {form}")
         f.flush()
         f.seek(0)
         read = f.read
         loads = marshal.loads
         for _ in range(self.count):
             n = int.from_bytes(read(4), "little")
-            yield _unpack(loads(read(n)))
+            yield loads(read(n))
+
+    def __iter__(self) -> Iterator[tuple[str | None, Message]]:
+        """Every stored ``(group, message)``, in the order added."""
+        for record in self._records("messages"):
+            yield _unpack(record)
+
+    def planned(self) -> Iterator[PlannedMessage]:
+        """Every stored planned message, in the order added (``message`` is None)."""
+        for key, rows, wire, recipients in self._records("planned"):
+            yield PlannedMessage(key, rows, None, wire, recipients)
 
     def drop(self, reason: str) -> None:
         """Give up the spool (the send pass renders again); frees the disk space now."""

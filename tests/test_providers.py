@@ -12,7 +12,7 @@ from batchsend import USER_AGENT
 from batchsend.errors import FatalSendError
 from batchsend.message import Address, Attachment, Message
 from batchsend.outcome import OutcomeKind
-from batchsend.plan import plan_units
+from batchsend.plan import PlannedMessage, plan_units
 from batchsend.providers import AccountInfo, check_account, get_provider
 from batchsend.secrets import remember
 from batchsend.transport import make_transport
@@ -156,6 +156,33 @@ def test_tosend_batch_size_one_uses_the_single_endpoint():
     request = p.build_request(units(p, [msg()])[0])
     assert request.url == "http://x/v2/emails"
     assert "message_hash" in orjson.loads(request.body)
+
+
+@pytest.mark.parametrize(("provider", "batch_size"), [("tosend", 3), ("tosend", 1), ("v1", 1)])
+def test_encoded_messages_join_into_the_very_bytes_of_the_request(provider, batch_size):
+    # A run encodes each message in preflight (PlannedMessage.wire) and the send pass
+    # only joins the bytes: they must be the request a rebuild from the rendered
+    # messages makes, byte for byte, or a resend would meet the provider's 409.
+    p = get_provider(provider, base_url="http://x", api_key=KEY, batch_size=batch_size)
+    messages = [
+        msg(1, cc=(Address("cc@dest.test"),), html="<p>Zoë ✓ \u2028</p>"),
+        msg(2, headers={"X-Campaign": "june"}),
+        msg(3, attachments=(Attachment("a.pdf", "application/pdf", b"%PDF\xff"),)),
+    ]
+    for unit in units(p, messages):
+        encoded = [
+            PlannedMessage(pm.key, pm.rows, None, p.encode_message(pm), pm.recipient_count)
+            for pm in unit.messages
+        ]
+        (again,) = plan_units(encoded, run_id="run", provider=p)
+        assert again.key == unit.key and again.rows == unit.rows
+        assert p.build_request(again).body == p.build_request(unit).body
+        assert p.build_request(unit).body == orjson.dumps(p.request_body(unit))
+        assert [pm.recipient_count for pm in again.messages] == [
+            pm.recipient_count for pm in unit.messages
+        ]
+    with pytest.raises(ValueError, match="encoded only"):
+        p.message_body(PlannedMessage("k", (1,), None))
 
 
 def test_the_key_never_shows_in_reprs():

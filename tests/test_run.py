@@ -231,3 +231,46 @@ def test_httpx_transport_sends_the_same(tmp_path: Path, sandbox: Sandbox) -> Non
     summary = run(campaign, sandbox, http_client="httpx")
     assert summary.counts["sent"] == 12
     assert len(sandbox.messages()) == 12
+
+
+@pytest.mark.parametrize(("provider", "send"), [("tosend", {"batch_size": 10}), ("v1", {})])
+def test_a_runs_requests_are_the_bytes_a_resend_rebuilds(
+    tmp_path: Path, sandbox: Sandbox, provider: str, send: dict
+) -> None:
+    # A fresh run sends the messages preflight encoded; a resend after a crash rebuilds
+    # them by rendering again. Same key + same bytes is a duplicate to the provider;
+    # anything else would be a 409 (or, with a provider that ignores keys, a second email).
+    import asyncio
+
+    from batchsend.campaign import load_campaign
+    from batchsend.plan import rebuild_unit
+    from batchsend.preflight import iter_rows
+    from batchsend.providers import get_provider
+    from batchsend.transport import make_transport
+
+    campaign_path = write_campaign(tmp_path / "c", rows=25, provider=provider, send=send)
+    summary = run(campaign_path, sandbox)
+    assert summary.counts["sent"] == 25
+    campaign = load_campaign(campaign_path)
+    rendered = {r.row: r.message for r in iter_rows(campaign) if r.message is not None}
+    p = get_provider(provider, base_url=sandbox.base_url, api_key=KEY, batch_size=10)
+    with Store("b.db") as store:
+        keys = {r["unit_key"] for r in store.recipients(summary.run_id)}
+        rebuilt = []
+        for key in sorted(keys):
+            unit = store.unit(summary.run_id, key)
+            again = rebuild_unit(
+                unit.composition, rendered, run_id=summary.run_id, batch=unit.batch
+            )
+            assert again.key == key
+            rebuilt.append(p.build_request(again))
+
+    async def resend() -> list[int]:
+        async with make_transport("aiohttp", concurrency=4) as t:
+            return [(await t.send(request)).status for request in rebuilt]
+
+    before = sandbox.stats()["duplicates"]
+    statuses = asyncio.run(resend())
+    assert set(statuses) == {200}, statuses  # never 409: the very same bytes
+    assert sandbox.stats()["duplicates"] - before == len(rebuilt)
+    assert len(sandbox.messages()) == 25  # nobody got a second email

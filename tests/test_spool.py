@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from batchsend.message import Address, Attachment, Message, message_key
+from batchsend.plan import PlannedMessage
 from batchsend.spool import MessageSpool
 
 
@@ -79,3 +82,27 @@ def test_a_value_marshal_cannot_store_drops_the_spool(tmp_path: Path) -> None:
         ),
     )  # type: ignore[dict-item]
     assert not spool.usable
+
+
+def test_planned_messages_come_back_as_stored(tmp_path: Path) -> None:
+    planned = [
+        PlannedMessage(f"key{r}", (r,), None, f'{{"n":{r},"s":"Zoë ✓"}}'.encode(), r % 3 + 1)
+        for r in range(1, 41)
+    ]
+    with MessageSpool(tmp_path) as spool:
+        for pm in planned:
+            spool.add_planned(pm)
+        assert spool.form == "planned" and spool.count == 40
+        assert list(spool.planned()) == planned
+        assert list(spool.planned()) == planned  # read again from the start
+
+
+def test_one_spool_holds_one_form(tmp_path: Path) -> None:
+    with MessageSpool(tmp_path) as spool:
+        spool.add(None, full_message(1))
+        with pytest.raises(ValueError, match="holds messages"):
+            spool.add_planned(PlannedMessage("k", (2,), None, b"{}", 1))
+        with pytest.raises(RuntimeError, match="holds messages"):
+            list(spool.planned())
+    with MessageSpool(tmp_path) as spool, pytest.raises(ValueError, match="encoded"):
+        spool.add_planned(PlannedMessage("k", (1,), full_message(1)))  # no wire: refused

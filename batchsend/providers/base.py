@@ -25,6 +25,7 @@ import orjson
 
 from batchsend import USER_AGENT
 from batchsend.errors import SendError
+from batchsend.message import Message
 from batchsend.outcome import MessageOutcome, OutcomeKind
 from batchsend.plan import PlannedMessage, SendUnit
 from batchsend.ratelimit import parse_retry_after
@@ -161,7 +162,28 @@ class Provider(ABC):
         """The request for ``unit``: serialised once, identical on every retry and resume."""
         headers = dict(self._base_headers)
         headers["Idempotency-Key"] = unit.key
-        return HttpRequest("POST", self.url_for(unit), headers, dumps(self.request_body(unit)))
+        return HttpRequest("POST", self.url_for(unit), headers, self.encode_body(unit))
+
+    def encode_message(self, planned: PlannedMessage) -> bytes:
+        """One email's JSON, byte for byte as it appears in a request.
+
+        A run calls this in preflight and keeps the bytes (``PlannedMessage.wire``): the
+        send pass then only joins them (:meth:`join_messages`).
+        """
+        return dumps(self.message_body(planned))
+
+    def encode_body(self, unit: SendUnit) -> bytes:
+        """The request body: ``dumps(request_body(unit))``, from each email's bytes."""
+        encode = self.encode_message
+        return self.join_messages(
+            unit, [encode(pm) if pm.wire is None else pm.wire for pm in unit.messages]
+        )
+
+    def join_messages(self, unit: SendUnit, parts: list[bytes]) -> bytes:
+        """The request body made of its emails' encoded JSON (one email by default)."""
+        if len(parts) != 1:
+            raise ValueError(f"{self.name} sends one email per request, not {len(parts)}")
+        return parts[0]
 
     def retry_after(self, headers: Mapping[str, str]) -> float | None:
         """Seconds to wait, from ``Retry-After`` (seconds or HTTP-date)."""
@@ -204,6 +226,13 @@ class Provider(ABC):
             )
             for pm in unit.messages
         ]
+
+
+def rendered(planned: PlannedMessage) -> Message:
+    """The planned email's rendered message (absent when it travels encoded only)."""
+    if planned.message is None:
+        raise ValueError(f"message {planned.key} was planned encoded only: nothing to rebuild")
+    return planned.message
 
 
 def _kind_of_error(error: SendError) -> OutcomeKind:

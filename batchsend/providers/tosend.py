@@ -35,6 +35,7 @@ from batchsend.providers.base import (
     Provider,
     _text,
     loads,
+    rendered,
 )
 
 SEND_PATH = "/v2/emails"
@@ -74,8 +75,13 @@ class ToSendProvider(Provider):
             return {"emails": [body(pm) for pm in unit.messages]}
         return self.message_body(unit.messages[0])
 
+    def join_messages(self, unit: SendUnit, parts: list[bytes]) -> bytes:
+        if unit.batch:  # what dumps({"emails": [...]}) gives, without encoding again
+            return b'{"emails":[' + b",".join(parts) + b"]}"
+        return super().join_messages(unit, parts)
+
     def message_body(self, planned: PlannedMessage) -> dict[str, Any]:
-        m = planned.message
+        m = rendered(planned)
         body: dict[str, Any] = {
             "from": _address(m.sender),
             "to": [_address(a) for a in m.to],

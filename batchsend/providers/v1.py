@@ -30,6 +30,7 @@ from batchsend.providers.base import (
     RecipientLimits,
     _text,
     loads,
+    rendered,
 )
 
 SEND_PATH = "/api/v1/send"
@@ -68,7 +69,7 @@ class V1Provider(Provider):
         return self.message_body(unit.messages[0])
 
     def message_body(self, planned: PlannedMessage) -> dict[str, Any]:
-        m = planned.message
+        m = rendered(planned)
         if len(m.to) != 1:
             raise ValueError(f"v1 sends to exactly one address; row {m.row} has {len(m.to)}")
         body: dict[str, Any] = {"to": m.to[0].email, "subject": m.subject}
