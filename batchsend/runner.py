@@ -546,6 +546,7 @@ class _Preflight:
             self.sendable += 1
             state = RecipientState.PENDING
             reason = None
+            key = None  # the message's key, when preflight planned it
             if self.limit is None or self.to_send < self.limit:
                 self.to_send += 1
                 m = r.message
@@ -565,6 +566,7 @@ class _Preflight:
                             spool.drop(f"row {m.row} could not be encoded: {exc}")
                         else:
                             spool.add_planned(planned)
+                            key = planned.key
             elif self.test:
                 # A proof run sends its first rows only; the others are settled at once.
                 state, reason = RecipientState.SKIPPED, "limit"
@@ -576,6 +578,7 @@ class _Preflight:
                 reason=reason,
                 tag=r.tag,
                 metadata=r.metadata,
+                message_key=key,
             )
 
     def raise_if_bad(self) -> None:

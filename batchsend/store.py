@@ -128,6 +128,10 @@ class NewRecipient:
     error_message: str | None = None  # skipped: what was wrong, for the report
     tag: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    # The key of the row's message when preflight planned it already (a run's encoded
+    # spool): an accepted batch then takes its provider ids from the store (see
+    # RunRecorder.record_final).
+    message_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -553,6 +557,7 @@ class Store:
                     redact(r.error_message) if r.error_message else None,
                     r.tag,
                     json.dumps(dict(r.metadata), ensure_ascii=False) if r.metadata else None,
+                    r.message_key,
                     now,
                 )
             )
@@ -798,6 +803,19 @@ _SENT_SQL = (
     " provider_email_id = ?4, sent_at = ?5, updated_at = ?5, retryable = NULL,"
     " message_key = ?6 WHERE run_id = ?7 AND row = ?8 AND state = 'sending'"
 )
+# An accepted request whose rows are consecutive and whose messages were keyed in
+# preflight (the key stored with each row, and the provider's id = that key, as ToSend's
+# message_hash makes it): one statement for the whole range, about 1 us a row where the
+# VALUES form takes about 5. ``message_key IS NOT NULL`` guards the assumption: a row
+# without its key is left ``sending`` and written row by row instead (see _write_buffers).
+_SENT_RANGE_SQL = (
+    "UPDATE recipients SET state = 'sent', reason = NULL, attempts = attempts + ?,"
+    " http_status = ?, error_type = NULL, error_message = NULL,"
+    " provider_message_id = message_key, provider_email_id = NULL, sent_at = ?,"
+    " updated_at = ?, retryable = NULL"
+    " WHERE run_id = ? AND row BETWEEN ? AND ? AND state = 'sending'"
+    " AND message_key IS NOT NULL"
+)
 _INSERT_ATTEMPTS_SQL = (
     "INSERT INTO attempts (run_id, seq, unit_key, attempt, at, elapsed_ms, http_status,"
     " outcome, messages, recipients) VALUES (?,?,?,?,?,?,?,?,?,?)"
@@ -848,11 +866,11 @@ def _values(n: int, width: int) -> str:
 
 @functools.cache
 def _insert_recipients_sql(n: int) -> str:
-    """Insert ``n`` new rows: 10 parameters per row (attempts starts at 0)."""
-    one = "(?,?,?,?,?,?,0,?,?,?,?)"
+    """Insert ``n`` new rows: 11 parameters per row (attempts starts at 0)."""
+    one = "(?,?,?,?,?,?,0,?,?,?,?,?)"
     return (
         "INSERT INTO recipients (run_id, row, email, name, state, reason, attempts,"
-        " error_message, tag, metadata, updated_at) VALUES " + ",".join([one] * n)
+        " error_message, tag, metadata, message_key, updated_at) VALUES " + ",".join([one] * n)
     )
 
 
@@ -952,6 +970,9 @@ class RunRecorder:
         self._monotonic = monotonic
         self._outcome_rows: list[tuple[Any, ...]] = []
         self._sent_rows: list[tuple[Any, ...]] = []
+        # accepted consecutive ranges: (first, last, attempts, status, now, the unit)
+        self._sent_ranges: list[tuple[int, int, int, int | None, str, SendUnit]] = []
+        self._range_rows = 0
         self._unit_states: list[tuple[Any, ...]] = []
         self._attempt_rows: list[tuple[Any, ...]] = []
         self._attempt_seq: int = store.conn.execute(
@@ -1081,8 +1102,10 @@ class RunRecorder:
         stopped on that answer, nothing was sent, and a resume after the cause is fixed
         sends those rows.
         """
-        by_key = {o.key: o for o in outcomes}
         now = self.store.now()
+        if self._record_range(unit, outcomes, attempts, now):
+            return
+        by_key = {o.key: o for o in outcomes}
         kinds: set[OutcomeKind] = set()
         for message in unit.messages:
             outcome = by_key.get(message.key)
@@ -1162,7 +1185,13 @@ class RunRecorder:
 
     def flush(self) -> None:
         """Commit every buffered outcome and attempt now."""
-        if not (self._sent_rows or self._outcome_rows or self._attempt_rows or self._unit_states):
+        if not (
+            self._sent_rows
+            or self._sent_ranges
+            or self._outcome_rows
+            or self._attempt_rows
+            or self._unit_states
+        ):
             return
         store = self.store
         store._begin()
@@ -1175,12 +1204,49 @@ class RunRecorder:
 
     # -- internals -----------------------------------------------------------------
 
+    def _record_range(
+        self, unit: SendUnit, outcomes: Sequence[MessageOutcome], attempts: int, now: str
+    ) -> bool:
+        """Buffer an accepted batch as one range, when it qualifies (see _SENT_RANGE_SQL).
+
+        It qualifies when every message was planned in preflight (its key stored with its
+        row: ``message`` is None), covers one row, the rows are consecutive, and every
+        outcome is an acceptance whose provider id is that key, with no second id.
+        """
+        messages = unit.messages
+        n = len(messages)
+        if n < 2 or len(outcomes) != n:
+            return False
+        first = messages[0].rows[0]
+        status = outcomes[0].http_status
+        accepted = OutcomeKind.ACCEPTED
+        row = first
+        for pm, o in zip(messages, outcomes, strict=True):
+            if (
+                pm.message is not None
+                or pm.rows != (row,)
+                or o.kind is not accepted
+                or o.key != pm.key
+                or o.provider_message_id != pm.key
+                or o.provider_email_id is not None
+                or o.http_status != status
+            ):
+                return False
+            row += 1
+        self._sent_ranges.append((first, row - 1, attempts, status, now, unit))
+        self._range_rows += n
+        self.sent += n
+        if _recorded(unit):
+            self._unit_states.append(("sent", attempts, self.run_id, unit.key))
+        self._touch()
+        return True
+
     def _touch(self) -> None:
         now = self._monotonic()
         if self._oldest is None:
             self._oldest = now
         if (
-            len(self._sent_rows) + len(self._outcome_rows) >= FLUSH_ROWS
+            len(self._sent_rows) + len(self._outcome_rows) + self._range_rows >= FLUSH_ROWS
             or now - self._oldest >= FLUSH_SECONDS
         ):
             self.flush()
@@ -1207,6 +1273,14 @@ class RunRecorder:
     def _write_buffers(self) -> None:
         """Write the buffers inside the caller's open transaction, then empty them."""
         conn = self.store.conn
+        for first, last, attempts, status, now, unit in self._sent_ranges:
+            done = conn.execute(
+                _SENT_RANGE_SQL, (attempts, status, now, now, self.run_id, first, last)
+            ).rowcount
+            if done != last - first + 1:  # a row without its key: write those one by one
+                for pm in unit.messages:
+                    row = pm.rows[0]
+                    self._sent_rows.append((row, attempts, status, pm.key, None, now, pm.key))
         if self._sent_rows:
             self._update(self._sent_rows, _SENT_SQL, _sent_sql)
         if self._outcome_rows:
@@ -1223,6 +1297,8 @@ class RunRecorder:
             )
         self._outcome_rows = []
         self._sent_rows = []
+        self._sent_ranges = []
+        self._range_rows = 0
         self._unit_states = []
         self._attempt_rows = []
         self._oldest = None

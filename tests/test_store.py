@@ -232,6 +232,75 @@ def test_outcomes_are_buffered_then_flushed(store: Store) -> None:
     assert rec.sent == 1 and rec.failed == 2
 
 
+def keyed_run(store: Store, rows: int, unkeyed: tuple[int, ...] = ()) -> str:
+    """A run whose rows carry their message keys from preflight, as a fresh run's do."""
+    run_id = store.create_run(campaign_path="/c/campaign.toml", provider="tosend")
+    store.add_recipients(
+        run_id,
+        (
+            NewRecipient(
+                row=i,
+                email=f"r{i}@example.org",
+                message_key=None if i in unkeyed else f"key{i}",
+            )
+            for i in range(1, rows + 1)
+        ),
+    )
+    return run_id
+
+
+def encoded_unit(key: str, rows: range) -> SendUnit:
+    planned = tuple(PlannedMessage(f"key{r}", (r,), None, b"{}", 1) for r in rows)
+    return SendUnit(key=key, messages=planned, batch=True)
+
+
+def accepted(unit: SendUnit, status: int = 200) -> list[MessageOutcome]:
+    return [
+        MessageOutcome(pm.key, OutcomeKind.ACCEPTED, status, provider_message_id=pm.key)
+        for pm in unit.messages
+    ]
+
+
+@pytest.mark.parametrize("unkeyed", [(), (3,)])
+def test_an_accepted_batch_keyed_in_preflight_is_recorded_whole(store: Store, unkeyed) -> None:
+    # One range statement for the batch; a row missing its key falls back to row by row,
+    # and every row ends with the very same record either way.
+    run_id = keyed_run(store, 6, unkeyed)
+    rec = store.recorder(run_id)
+    unit = encoded_unit("u1", range(2, 6))
+    rec.mark_sending(unit)
+    rec.record_final(unit, accepted(unit, 207), attempts=2)
+    rec.flush()
+    view = other_view(store)
+    assert states(view, run_id) == {
+        1: "pending", 2: "sent", 3: "sent", 4: "sent", 5: "sent", 6: "pending"
+    }  # fmt: skip
+    for r in range(2, 6):
+        row = store.recipient(run_id, r)
+        assert row["provider_message_id"] == row["message_key"] == f"key{r}"
+        assert row["attempts"] == 2 and row["http_status"] == 207 and row["sent_at"]
+        assert row["unit_key"] == "u1" and row["provider_email_id"] is None
+    assert store.unit(run_id, "u1").state == "sent" and rec.sent == 4
+
+
+def test_a_batch_with_any_other_answer_is_recorded_row_by_row(store: Store) -> None:
+    run_id = keyed_run(store, 4)
+    rec = store.recorder(run_id)
+    unit = encoded_unit("u1", range(1, 5))
+    outcomes = accepted(unit)
+    outcomes[1] = MessageOutcome("key2", OutcomeKind.PERMANENT, 422, "validation_error", "bad")
+    # a provider that names its own ids, not the keys: those are what the store keeps
+    outcomes[2] = MessageOutcome("key3", OutcomeKind.ACCEPTED, 200, provider_message_id="<p3>")
+    rec.mark_sending(unit)
+    rec.record_final(unit, outcomes, attempts=1)
+    rec.flush()
+    assert states(other_view(store), run_id) == {1: "sent", 2: "failed", 3: "sent", 4: "sent"}
+    assert store.recipient(run_id, 3)["provider_message_id"] == "<p3>"
+    assert store.recipient(run_id, 4)["provider_message_id"] == "key4"
+    assert store.recipient(run_id, 2)["reason"] == "validation_error"
+    assert store.unit(run_id, "u1").state == "mixed"
+
+
 def test_fatal_answer_leaves_rows_pending_for_a_later_resume(store: Store) -> None:
     run_id = new_run(store, 2)
     rec = store.recorder(run_id)
