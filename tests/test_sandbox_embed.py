@@ -99,3 +99,32 @@ def test_stats_count_what_happened(sandbox: Sandbox) -> None:
     assert stats["rejections"] == {"401": 1, "400": 1}
     assert stats["faults"] == {}
     assert sum(stats["requests_per_second"].values()) == 3
+
+
+def test_only_the_newest_messages_are_kept_in_memory(make_sandbox, tmp_path) -> None:
+    # A long rehearsal must not grow the sandbox without bound: the newest N stay for
+    # inspection, the rest are counted, and the record file still has every one.
+    path = tmp_path / "sent.jsonl"
+    sb = make_sandbox(keep_messages=2, record=str(path))
+    with httpx.Client() as client:
+        ids = [
+            client.post(f"{sb.base_url}/v2/emails", json=EMAIL, headers=AUTH).json()["message_id"]
+            for _ in range(5)
+        ]
+        assert [m["message_id"] for m in sb.messages()] == ids[3:]
+        stats = sb.stats()
+        assert stats["accepted"] == 5
+        assert (stats["messages_kept"], stats["messages_forgotten"]) == (2, 3)
+        # ?since= counts every accepted message, kept or not
+        page = client.get(f"{sb.base_url}/_sandbox/messages", params={"since": 4}).json()
+        assert [m["message_id"] for m in page] == ids[4:]
+        page = client.get(f"{sb.base_url}/_sandbox/messages", params={"since": 1}).json()
+        assert [m["message_id"] for m in page] == ids[3:]
+        r = client.get(f"{sb.base_url}/_sandbox/messages", params={"since": -1})
+        assert r.status_code == 400
+        # lowered live: the oldest kept ones go too
+        client.post(f"{sb.base_url}/_sandbox/config", json={"keep_messages": 1})
+        assert [m["message_id"] for m in sb.messages()] == ids[4:]
+        assert sb.stats()["messages_forgotten"] == 4
+    recorded = [json.loads(line)["message_id"] for line in path.read_text().splitlines()]
+    assert recorded == ids

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from batchsend.sandbox import Sandbox, is_loopback
+from batchsend.sandbox.state import DEFAULT_KEEP_MESSAGES
 
 DEFAULT_KEY = "sk-test"
 
@@ -122,6 +123,15 @@ def _key_domains(
     help="Seed for --fail-rate and --drop-rate, to reproduce a run's faults.",
 )
 @click.option(
+    "--keep-messages",
+    type=click.IntRange(min=0),
+    default=DEFAULT_KEEP_MESSAGES,
+    show_default=True,
+    metavar="N",
+    help="Accepted messages kept in memory for /_sandbox/messages (about 4-5 KB each); "
+    "older ones are forgotten but counted (--record still writes every one).",
+)
+@click.option(
     "--record",
     type=click.Path(dir_okay=False, writable=True),
     default=None,
@@ -140,6 +150,7 @@ def sandbox(
     latency_ms: float,
     drop_rate: float,
     seed: int | None,
+    keep_messages: int,
     record: str | None,
 ) -> None:
     """Serve both provider APIs on loopback, for trying and testing batchsend offline.
@@ -160,7 +171,7 @@ def sandbox(
       batchsend sandbox --host 127.0.0.1 --port 8025 --api-key sk-live-test \\
           --domain acme.com --pending-domain news.acme.com --credits 1000 --rate-limit 50
       batchsend sandbox --fail-rate 0.1 --drop-rate 0.05 --latency 20 --seed 7 \\
-          --record sent.jsonl
+          --record sent.jsonl --keep-messages 10000
       batchsend sandbox --api-key sk-a --api-key sk-b --domain a.com --domain b.com \\
           --key-domain sk-b=b.com
     """
@@ -178,6 +189,7 @@ def sandbox(
         host=host,
         port=port,
         key_domains=key_domains,
+        keep_messages=keep_messages,
     )
 
     def banner(running: Sandbox) -> None:

@@ -27,6 +27,7 @@ and these handlers also refuse any non-loopback peer.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from types import ModuleType
 from typing import Any
@@ -222,14 +223,22 @@ def _loopback_only(request: web.Request) -> None:
 
 
 async def messages(request: web.Request) -> web.Response:
-    """``GET /_sandbox/messages[?since=N]``: accepted messages, oldest first."""
+    """``GET /_sandbox/messages[?since=N]``: accepted messages, oldest first.
+
+    ``since`` counts every message ever accepted (the first N are skipped), also those
+    forgotten beyond ``keep_messages``: a poller's position stays valid.
+    """
     _loopback_only(request)
     state = request.app[STATE]
     try:
         since = int(request.query.get("since", "0"))
     except ValueError:
         raise web.HTTPBadRequest(text="since must be an integer") from None
-    return _response(200, _dump([m.as_dict() for m in state.messages[since:]]))
+    if since < 0:
+        raise web.HTTPBadRequest(text="since must not be negative")
+    start = max(0, since - state.forgotten)
+    kept = itertools.islice(state.messages, start, None)
+    return _response(200, _dump([m.as_dict() for m in kept]))
 
 
 async def stats(request: web.Request) -> web.Response:

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from batchsend.sandbox.app import make_app
-from batchsend.sandbox.state import SandboxConfig, SandboxState
+from batchsend.sandbox.state import DEFAULT_KEEP_MESSAGES, SandboxConfig, SandboxState
 
 T = TypeVar("T")
 
@@ -73,6 +73,7 @@ class Sandbox:
         port: int = 0,
         *,
         key_domains: Mapping[str, Iterable[str]] | None = None,
+        keep_messages: int | None = DEFAULT_KEEP_MESSAGES,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if not is_loopback(host):
@@ -88,6 +89,7 @@ class Sandbox:
             latency_ms=latency_ms,
             drop_rate=drop_rate,
             seed=seed,
+            keep_messages=keep_messages,
         )
         self.state = SandboxState(config, record=str(record) if record else None, clock=clock)
         self.host = host
@@ -221,7 +223,11 @@ class Sandbox:
         return asyncio.run_coroutine_threadsafe(coro, loop).result()
 
     def messages(self) -> list[dict[str, Any]]:
-        """Every accepted email, oldest first (as ``GET /_sandbox/messages``)."""
+        """The accepted emails still kept (see ``keep_messages``), oldest first.
+
+        As ``GET /_sandbox/messages``; ``stats()["messages_forgotten"]`` says how many
+        older ones were let go.
+        """
         messages = self._call(lambda: list(self.state.messages))
         return [m.as_dict() for m in messages]
 

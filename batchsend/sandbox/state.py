@@ -24,7 +24,7 @@ import hashlib
 import json
 import random
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
@@ -51,6 +51,9 @@ DISPOSABLE_DOMAINS: frozenset[str] = frozenset(
         "discard.email",
     }
 )
+
+
+DEFAULT_KEEP_MESSAGES = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +87,10 @@ class SandboxConfig:
     # ``((n, {setting: value, ...}), ...)``. Faults keyed to the request count land at
     # the same point of a run however fast it goes (no thread racing the client).
     schedule: tuple[tuple[int, dict[str, Any]], ...] = ()
+    # How many accepted messages stay in memory for inspection (/_sandbox/messages); the
+    # oldest are forgotten beyond it (counted, and still in the --record file). None
+    # keeps them all: about 4-5 KB each, so 10 million would need ~45 GB.
+    keep_messages: int | None = DEFAULT_KEEP_MESSAGES
 
     def __post_init__(self) -> None:
         for name in ("fail_rate", "drop_rate", "spike_rate"):
@@ -97,6 +104,8 @@ class SandboxConfig:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
         if self.credits is not None and self.credits < 0:
             raise ValueError(f"credits must not be negative, got {self.credits}")
+        if self.keep_messages is not None and self.keep_messages < 0:
+            raise ValueError(f"keep_messages must not be negative, got {self.keep_messages}")
         if self.refuse_next < 0:
             raise ValueError(f"refuse_next must not be negative, got {self.refuse_next}")
         object.__setattr__(self, "schedule", _checked_schedule(self.schedule))
@@ -215,7 +224,8 @@ class SandboxState:
         self.clock = clock
         self.record_path = record
         self._record_file: IO[str] | None = None
-        self.messages: list[Logged] = []
+        self.messages: deque[Logged] = deque(maxlen=config.keep_messages)
+        self.forgotten = 0  # accepted messages no longer kept (beyond keep_messages)
         self.idempotency: OrderedDict[tuple[str, str, str], StoredResponse] = OrderedDict()
         self.config = config
         self.rng = random.Random(config.seed)
@@ -261,6 +271,10 @@ class SandboxState:
             self.refuse_left = self.config.refuse_next
         if "schedule" in changes:
             self._schedule = list(self.config.schedule)
+        if "keep_messages" in changes:
+            kept = deque(self.messages, maxlen=self.config.keep_messages)
+            self.forgotten += len(self.messages) - len(kept)
+            self.messages = kept
         self._set_derived()
         return self.config
 
@@ -374,7 +388,10 @@ class SandboxState:
         self.accepted += 1
         self.recipients_accepted += recipients
         self.domain_sent[domain] = self.domain_sent.get(domain, 0) + 1
-        self.messages.append(entry)
+        messages = self.messages
+        if len(messages) == messages.maxlen:
+            self.forgotten += 1  # the deque drops its oldest
+        messages.append(entry)
         if self.record_path is not None:
             if self._record_file is None:
                 self._record_file = open(self.record_path, "a", encoding="utf-8")  # noqa: SIM115
@@ -398,7 +415,9 @@ class SandboxState:
         injected ``"500"``/``"502"``/``"503"``, ``"429"`` (rate limit), ``"dropped"`` and
         ``"spike"`` (a delayed request);
         ``requests_per_second``: provider requests per epoch second (keys are strings);
-        ``in_flight``: provider requests still being handled (a held or slow one).
+        ``in_flight``: provider requests still being handled (a held or slow one);
+        ``messages_kept`` / ``messages_forgotten``: accepted messages still in memory, and
+        the oldest dropped beyond ``keep_messages``.
         """
         return {
             "requests": self.requests,
@@ -410,6 +429,8 @@ class SandboxState:
             "rejections": dict(self.rejections),
             "faults": dict(self.faults),
             "credits": self.credits,
+            "messages_kept": len(self.messages),
+            "messages_forgotten": self.forgotten,
             "idempotency_keys": len(self.idempotency),
             "requests_per_second": {str(k): v for k, v in self.per_second.items()},
             "max_requests_per_second": max(self.per_second.values(), default=0),
