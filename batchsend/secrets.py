@@ -50,6 +50,15 @@ def load_api_key(
         try:
             key = path.read_text(encoding="utf-8").strip()
         except OSError as exc:
+            if _maybe_a_key(path.name):
+                # A key pasted where a path belongs: never echo it (nor let it out later).
+                remember(path.name)
+                raise SecretError(
+                    f"cannot read the API key file: {exc.strerror} (its name is not shown:"
+                    " it looks like it could be a key itself)",
+                    fix="api_key_file (or --api-key-file) names a FILE holding the key; put"
+                    " the key in that file, or in an environment variable (api_key_env)",
+                ) from None
             raise SecretError(
                 f"cannot read the API key file: {exc.strerror}",
                 file=str(path),
@@ -66,3 +75,8 @@ def load_api_key(
             fix=f"export {name}=... (or set api_key_file in the campaign, or --api-key-stdin)",
         )
     return remember(key)
+
+
+def _maybe_a_key(name: str) -> bool:
+    """A file name that could be a pasted key: 16+ characters, no dot, no space."""
+    return len(name) >= 16 and "." not in name and " " not in name

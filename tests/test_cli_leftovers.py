@@ -88,3 +88,29 @@ def test_key_pasted_into_api_key_env_is_refused_without_echoing_it(
             assert pasted not in result.stdout + result.stderr
             assert "abc123" not in result.stdout + result.stderr
         assert not (tmp_path / "db").exists()
+
+
+@pytest.mark.parametrize("pasted", ["sk-live-abc123DEF456ghi789", "re_9f8e7d6c5b4a39281706"])
+def test_key_pasted_into_api_key_file_is_not_echoed(tmp_path: Path, pasted: str) -> None:
+    campaign = write_campaign(tmp_path / "c", rows=2)
+    text = campaign.read_text(encoding="utf-8")
+    campaign.write_text(
+        text.replace('api_key_env = "BATCHSEND_API_KEY"', f'api_key_file = "{pasted}"'), "utf-8"
+    )
+    result = invoke("run", str(campaign), "--db", str(tmp_path / "db"))
+    assert result.exit_code == 2, result.output
+    assert pasted not in result.stdout + result.stderr
+    assert "cannot read the API key file" in result.stderr
+    assert "names a FILE holding the key" in result.stderr
+
+
+def test_a_missing_key_file_is_named(tmp_path: Path) -> None:
+    campaign = write_campaign(tmp_path / "c", rows=2)
+    text = campaign.read_text(encoding="utf-8")
+    campaign.write_text(
+        text.replace('api_key_env = "BATCHSEND_API_KEY"', 'api_key_file = "secrets/key.txt"'),
+        "utf-8",
+    )
+    result = invoke("run", str(campaign), "--db", str(tmp_path / "db"))
+    assert result.exit_code == 2, result.output
+    assert "key.txt" in result.stderr and "No such file" in result.stderr
