@@ -65,6 +65,19 @@ def make_transport(
     raise ValueError(f"unknown HTTP client {name!r}; choose one of: {', '.join(TRANSPORTS)}")
 
 
+def _check_url(scheme: str, host: str | None, port: int | None) -> None:
+    """Refuse what no provider URL can be (both libraries parse some of it happily)."""
+    if scheme not in ("http", "https") or not host:
+        raise FatalSendError(
+            "invalid provider URL: an http:// or https:// URL with a host is needed",
+            error_type="bad_url",
+        ) from None
+    if port is not None and not 0 < port < 65536:
+        raise FatalSendError(
+            f"invalid provider URL: port {port} is out of range (1-65535)", error_type="bad_url"
+        ) from None
+
+
 class AiohttpTransport:
     """aiohttp's client: one ``ClientSession``, a connector limited to ``concurrency``."""
 
@@ -109,6 +122,7 @@ class AiohttpTransport:
                 parsed = self._yarl.URL(url)
             except ValueError as exc:  # a port out of range, a broken IPv6 literal
                 raise FatalSendError(f"invalid provider URL: {exc}", error_type="bad_url") from None
+            _check_url(parsed.scheme, parsed.host, parsed.explicit_port)
             self._urls[url] = parsed
         return parsed
 
@@ -145,6 +159,7 @@ class HttpxTransport:
         self.concurrency = concurrency
         self.timeout = timeout
         self._client: Any = None
+        self._urls: dict[str, Any] = {}
 
     async def __aenter__(self) -> HttpxTransport:
         import httpx
@@ -168,18 +183,34 @@ class HttpxTransport:
             await self._client.aclose()
             self._client = None
 
+    def _url(self, url: str) -> Any:
+        """The parsed URL, checked once: httpx itself accepts a port out of range (anyio
+        then fails deep inside the connect) and a URL without a host."""
+        parsed = self._urls.get(url)
+        if parsed is None:
+            try:
+                parsed = self._httpx.URL(url)
+            except self._httpx.InvalidURL as exc:
+                raise FatalSendError(f"invalid provider URL: {exc}", error_type="bad_url") from None
+            _check_url(parsed.scheme, parsed.host, parsed.port)
+            self._urls[url] = parsed
+        return parsed
+
     async def send(self, request: HttpRequest) -> HttpResponse:
         """Send ``request``; a timeout or a broken connection is a RetryableSendError."""
         if self._client is None:
             raise RuntimeError("use the transport as 'async with make_transport(...)'")
         httpx = self._httpx
+        url = self._url(request.url)
         try:
             response = await self._client.request(
-                request.method, request.url, content=request.body, headers=request.headers
+                request.method, url, content=request.body, headers=request.headers
             )
         except httpx.TimeoutException:
             raise RetryableSendError("the request timed out", error_type="timeout") from None
-        except (httpx.InvalidURL, ValueError, OverflowError) as exc:
+        except httpx.InvalidURL as exc:
+            # Only the URL is fatal: any other ValueError inside the request is a bug to
+            # see, not a provider to give up on (as with aiohttp).
             raise FatalSendError(f"invalid provider URL: {exc}", error_type="bad_url") from None
         except ExceptionGroup as group:
             # anyio's connect wraps socket errors in a group (a port out of range, say)

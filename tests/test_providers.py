@@ -311,6 +311,20 @@ def test_connection_errors_and_timeouts_are_retryable(make_sandbox, provider, tr
     assert (outcome.kind, outcome.error_type) == (RETRYABLE, "timeout")
 
 
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+@pytest.mark.parametrize(
+    "base_url",
+    ["http://127.0.0.1:99999", "http://127.0.0.1:0", "ftp://127.0.0.1:8025", "http://[::1"],
+)
+def test_a_bad_provider_url_is_fatal_on_both_transports(transport, base_url):
+    # Fatal (the run stops, rows stay resumable) and named as such, never a traceback
+    # from deep inside the connect, and never retried as if the provider were down.
+    p = get_provider("tosend", base_url=base_url, api_key=KEY)
+    (outcome,) = send(p, units(p, [msg()])[0], transport)
+    assert (outcome.kind, outcome.error_type) == (FATAL, "bad_url"), outcome
+    assert "invalid provider URL" in outcome.error_message
+
+
 @pytest.mark.parametrize("provider", ["tosend", "v1"])
 def test_same_key_different_body_is_a_permanent_conflict(sandbox, provider):
     p = get_provider(provider, base_url=sandbox.base_url, api_key=KEY, batch_size=1)
