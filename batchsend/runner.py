@@ -318,6 +318,7 @@ def resume_run(
         with _Session(campaign, sandbox=use_sandbox, dry_run=False) as session:
             session.open(api_key=api_key, api_key_file=api_key_file, api_key_stdin=api_key_stdin)
             store.claim_run(run_id)
+            store.forget_planned_keys(run_id)
             unknown = store.sending_to_unknown(run_id)
             notes = []
             if unknown:
@@ -711,9 +712,9 @@ def _encoder(
     Each message is planned (its key) and encoded by the provider once, in preflight;
     the send pass then joins the spooled bytes into requests. Merging (which plans
     across rows) and proof copies (which change the recipients) keep the rendered
-    messages instead.
+    messages instead; so does a dry run, whose rows never get a key.
     """
-    if session.campaign.merge.enabled or test_address is not None:
+    if session.campaign.merge.enabled or test_address is not None or session.dry_run:
         return None
     provider = session.provider()
 

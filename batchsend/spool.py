@@ -147,6 +147,8 @@ class MessageSpool:
             return
         if planned.wire is None:
             raise ValueError("only encoded messages are spooled as planned")
+        if planned.recipient_count < 1:  # the rate limiter counts these
+            raise ValueError(f"message {planned.key} delivers to nobody")
         record = (planned.key, planned.rows, planned.wire, planned.recipient_count)
         self._append(marshal.dumps(record), "planned")
 

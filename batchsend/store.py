@@ -671,6 +671,25 @@ class Store:
             self._rollback()
             raise
 
+    def forget_planned_keys(self, run_id: str) -> None:
+        """Pending rows drop the message key their run's preflight planned.
+
+        A resume plans them again, possibly (``--force`` after a template change) under
+        other keys, which are written when the rows are sent: a row must never show a key
+        its message did not carry.
+        """
+        self._begin()
+        try:
+            self.conn.execute(
+                "UPDATE recipients SET message_key = NULL"
+                " WHERE run_id = ? AND state = ? AND message_key IS NOT NULL",
+                (run_id, RecipientState.PENDING.value),
+            )
+            self._commit()
+        except BaseException:
+            self._rollback()
+            raise
+
     # -- units ---------------------------------------------------------------------
 
     def unit(self, run_id: str, key: str) -> UnitRecord:
@@ -807,15 +826,16 @@ _SENT_SQL = (
 # An accepted request whose rows are consecutive and whose messages were keyed in
 # preflight (the key stored with each row, and the provider's id = that key, as ToSend's
 # message_hash makes it): one statement for the whole range, about 1 us a row where the
-# VALUES form takes about 5. ``message_key IS NOT NULL`` guards the assumption: a row
-# without its key is left ``sending`` and written row by row instead (see _write_buffers).
+# VALUES form takes about 5. The rows must still be this request's (``unit_key``), and
+# ``message_key IS NOT NULL`` guards the assumption: a row without its key is left
+# ``sending`` and written row by row instead (see _write_buffers).
 _SENT_RANGE_SQL = (
     "UPDATE recipients SET state = 'sent', reason = NULL, attempts = attempts + ?,"
     " http_status = ?, error_type = NULL, error_message = NULL,"
     " provider_message_id = message_key, provider_email_id = NULL, sent_at = ?,"
     " updated_at = ?, retryable = NULL"
     " WHERE run_id = ? AND row BETWEEN ? AND ? AND state = 'sending'"
-    " AND message_key IS NOT NULL"
+    " AND unit_key = ? AND message_key IS NOT NULL"
 )
 _INSERT_ATTEMPTS_SQL = (
     "INSERT INTO attempts (run_id, seq, unit_key, attempt, at, elapsed_ms, http_status,"
@@ -1277,7 +1297,7 @@ class RunRecorder:
         conn = self.store.conn
         for first, last, attempts, status, now, unit in self._sent_ranges:
             done = conn.execute(
-                _SENT_RANGE_SQL, (attempts, status, now, now, self.run_id, first, last)
+                _SENT_RANGE_SQL, (attempts, status, now, now, self.run_id, first, last, unit.key)
             ).rowcount
             if done != last - first + 1:  # a row without its key: write those one by one
                 for pm in unit.messages:

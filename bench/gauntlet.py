@@ -204,8 +204,13 @@ def crash_campaign(
     record = workdir / "record.jsonl"
     db = workdir / "gauntlet.db"
     send = {"concurrency": 4, "batch_size": 20} if provider == "tosend" else {"concurrency": 8}
+    # keep_messages=None: the duplicate check reads every message ever accepted
     sandbox = Sandbox(
-        api_keys=(KEY,), domains=(DOMAIN,), latency_ms=latency_ms, record=str(record)
+        api_keys=(KEY,),
+        domains=(DOMAIN,),
+        latency_ms=latency_ms,
+        record=str(record),
+        keep_messages=None,
     ).start()
     campaign = write_campaign(
         workdir / "campaign", rows=rows, provider=provider, send=send, base_url=sandbox.base_url
@@ -454,7 +459,7 @@ def fault_cell(
     send = {"concurrency": 4, "batch_size": 10} if provider == "tosend" else {"concurrency": 4}
     cell = _cells(-(-rows // send.get("batch_size", 1)), provider)[name]
     workdir.mkdir(parents=True, exist_ok=True)
-    sandbox = Sandbox(api_keys=(KEY,), domains=(DOMAIN,)).start()
+    sandbox = Sandbox(api_keys=(KEY,), domains=(DOMAIN,), keep_messages=None).start()
     if cell.get("config"):
         sandbox.configure(**cell["config"])
     send.update(cell.get("send", {}))
@@ -571,7 +576,7 @@ def fatal_mid_run(
     the first 403 arrived; nothing new is taken after it.
     """
     workdir.mkdir(parents=True, exist_ok=True)
-    sandbox = Sandbox(api_keys=(KEY,), domains=(DOMAIN,), latency_ms=2).start()
+    sandbox = Sandbox(api_keys=(KEY,), domains=(DOMAIN,), latency_ms=2, keep_messages=None).start()
     per_request = batch_size if provider == "tosend" else 1
     send = {"concurrency": concurrency}
     if provider == "tosend":

@@ -13,7 +13,7 @@ from batchsend.errors import FatalSendError
 from batchsend.message import Address, Attachment, Message
 from batchsend.outcome import OutcomeKind
 from batchsend.plan import PlannedMessage, plan_units
-from batchsend.providers import AccountInfo, check_account, get_provider
+from batchsend.providers import PROVIDERS, AccountInfo, check_account, get_provider
 from batchsend.secrets import remember
 from batchsend.transport import make_transport
 
@@ -158,7 +158,17 @@ def test_tosend_batch_size_one_uses_the_single_endpoint():
     assert "message_hash" in orjson.loads(request.body)
 
 
-@pytest.mark.parametrize(("provider", "batch_size"), [("tosend", 3), ("tosend", 1), ("v1", 1)])
+_SIZES = {True: (1, 3), False: (1,)}  # batch sizes worth trying, by batch support
+
+
+@pytest.mark.parametrize(
+    ("provider", "batch_size"),
+    [
+        (name, size)
+        for name, cls in PROVIDERS.items()
+        for size in {1, 3 if cls.supports_batch else 1}
+    ],
+)
 def test_encoded_messages_join_into_the_very_bytes_of_the_request(provider, batch_size):
     # A run encodes each message in preflight (PlannedMessage.wire) and the send pass
     # only joins the bytes: they must be the request a rebuild from the rendered

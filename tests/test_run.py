@@ -121,6 +121,8 @@ def test_dry_run_makes_no_request(tmp_path: Path, sandbox: Sandbox) -> None:
     assert summary.dry_run and summary.requests == 2  # 12 messages, batches of 10
     assert sandbox.stats()["requests"] == 0
     assert summary.counts["skipped"] == 12 and summary.state is RunState.FINISHED
+    with Store("b.db") as store:  # no row shows a key its message never carried
+        assert {r["message_key"] for r in store.recipients(summary.run_id)} == {None}
 
 
 @pytest.mark.parametrize(
@@ -233,9 +235,28 @@ def test_httpx_transport_sends_the_same(tmp_path: Path, sandbox: Sandbox) -> Non
     assert len(sandbox.messages()) == 12
 
 
-@pytest.mark.parametrize(("provider", "send"), [("tosend", {"batch_size": 10}), ("v1", {})])
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+
+
+def bytes_campaign(tmp_path: Path, name: str) -> Path:
+    """A generated campaign ("tosend", "v1") or a copy of a sample (HTML only, files, iCal)."""
+    if name == "tosend":
+        return write_campaign(tmp_path / "c", rows=25, provider="tosend", send={"batch_size": 10})
+    if name == "v1":
+        return write_campaign(tmp_path / "c", rows=25, provider="v1")
+    import shutil
+
+    folder = shutil.copytree(SAMPLES / name, tmp_path / name)
+    path = folder / "campaign.toml"
+    if name == "invoices":  # HTML only, a PDF per row: batched here, 5 a request
+        text = path.read_text(encoding="utf-8").replace("batch_size = 1\n", "batch_size = 5\n")
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("name", ["tosend", "v1", "newsletter", "invoices", "event-invite"])
 def test_a_runs_requests_are_the_bytes_a_resend_rebuilds(
-    tmp_path: Path, sandbox: Sandbox, provider: str, send: dict
+    tmp_path: Path, make_sandbox, monkeypatch: pytest.MonkeyPatch, name: str
 ) -> None:
     # A fresh run sends the messages preflight encoded; a resend after a crash rebuilds
     # them by rendering again. Same key + same bytes is a duplicate to the provider;
@@ -246,16 +267,28 @@ def test_a_runs_requests_are_the_bytes_a_resend_rebuilds(
     from batchsend.plan import rebuild_unit
     from batchsend.preflight import iter_rows
     from batchsend.providers import get_provider
+    from batchsend.spool import MessageSpool
     from batchsend.transport import make_transport
 
-    campaign_path = write_campaign(tmp_path / "c", rows=25, provider=provider, send=send)
-    summary = run(campaign_path, sandbox)
-    assert summary.counts["sent"] == 25
+    campaign_path = bytes_campaign(tmp_path, name)
     campaign = load_campaign(campaign_path)
+    sandbox = make_sandbox(api_keys=(KEY,), domains=(campaign.sender_domain,))
+    spooled = []
+    add_planned = MessageSpool.add_planned
+    monkeypatch.setattr(
+        MessageSpool, "add_planned", lambda self, pm: (spooled.append(pm), add_planned(self, pm))
+    )
+    summary = run(campaign_path, sandbox)
+    sent = summary.counts["sent"]
+    assert sent >= 4 and summary.state is RunState.FINISHED
+    assert len(spooled) == sent  # the run sent what preflight encoded: the path under test
     rendered = {r.row: r.message for r in iter_rows(campaign) if r.message is not None}
-    p = get_provider(provider, base_url=sandbox.base_url, api_key=KEY, batch_size=10)
+    p = get_provider(
+        campaign.provider, base_url=sandbox.base_url, api_key=KEY,
+        batch_size=campaign.send.batch_size,
+    )  # fmt: skip
     with Store("b.db") as store:
-        keys = {r["unit_key"] for r in store.recipients(summary.run_id)}
+        keys = {r["unit_key"] for r in store.recipients(summary.run_id) if r["unit_key"]}
         rebuilt = []
         for key in sorted(keys):
             unit = store.unit(summary.run_id, key)
@@ -264,6 +297,7 @@ def test_a_runs_requests_are_the_bytes_a_resend_rebuilds(
             )
             assert again.key == key
             rebuilt.append(p.build_request(again))
+    assert len(rebuilt) == summary.requests
 
     async def resend() -> list[int]:
         async with make_transport("aiohttp", concurrency=4) as t:
@@ -273,4 +307,4 @@ def test_a_runs_requests_are_the_bytes_a_resend_rebuilds(
     statuses = asyncio.run(resend())
     assert set(statuses) == {200}, statuses  # never 409: the very same bytes
     assert sandbox.stats()["duplicates"] - before == len(rebuilt)
-    assert len(sandbox.messages()) == 25  # nobody got a second email
+    assert len(sandbox.messages()) == sent  # nobody got a second email

@@ -128,3 +128,16 @@ def test_only_the_newest_messages_are_kept_in_memory(make_sandbox, tmp_path) -> 
         assert sb.stats()["messages_forgotten"] == 4
     recorded = [json.loads(line)["message_id"] for line in path.read_text().splitlines()]
     assert recorded == ids
+
+
+@pytest.mark.parametrize("value", [2.5, True, -1, "10"])
+def test_a_refused_keep_messages_changes_nothing(sandbox: Sandbox, value) -> None:
+    r = httpx.post(
+        f"{sandbox.base_url}/_sandbox/config", json={"fail_rate": 1.0, "keep_messages": value}
+    )
+    assert r.status_code == 400
+    config = httpx.get(f"{sandbox.base_url}/_sandbox/config").json()
+    assert (
+        config["fail_rate"] == 0.0 and config["keep_messages"] == sandbox.state.config.keep_messages
+    )
+    assert httpx.post(f"{sandbox.base_url}/v2/emails", json=EMAIL, headers=AUTH).status_code == 200

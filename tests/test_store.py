@@ -283,6 +283,18 @@ def test_an_accepted_batch_keyed_in_preflight_is_recorded_whole(store: Store, un
     assert store.unit(run_id, "u1").state == "sent" and rec.sent == 4
 
 
+def test_a_resume_forgets_the_keys_of_rows_not_sent(store: Store) -> None:
+    run_id = keyed_run(store, 4)
+    rec = store.recorder(run_id)
+    unit = encoded_unit("u1", range(1, 3))
+    rec.mark_sending(unit)
+    rec.record_final(unit, accepted(unit), attempts=1)
+    rec.flush()
+    store.forget_planned_keys(run_id)
+    keys = {r["row"]: r["message_key"] for r in store.recipients(run_id)}
+    assert keys == {1: "key1", 2: "key2", 3: None, 4: None}
+
+
 def test_a_batch_with_any_other_answer_is_recorded_row_by_row(store: Store) -> None:
     run_id = keyed_run(store, 4)
     rec = store.recorder(run_id)

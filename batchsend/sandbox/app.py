@@ -226,7 +226,9 @@ async def messages(request: web.Request) -> web.Response:
     """``GET /_sandbox/messages[?since=N]``: accepted messages, oldest first.
 
     ``since`` counts every message ever accepted (the first N are skipped), also those
-    forgotten beyond ``keep_messages``: a poller's position stays valid.
+    forgotten beyond ``keep_messages``: a poller's position stays valid. A position
+    among the forgotten ones starts at the oldest message still kept (the stats'
+    ``messages_forgotten`` says how many went).
     """
     _loopback_only(request)
     state = request.app[STATE]

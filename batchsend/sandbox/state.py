@@ -104,8 +104,9 @@ class SandboxConfig:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
         if self.credits is not None and self.credits < 0:
             raise ValueError(f"credits must not be negative, got {self.credits}")
-        if self.keep_messages is not None and self.keep_messages < 0:
-            raise ValueError(f"keep_messages must not be negative, got {self.keep_messages}")
+        keep = self.keep_messages
+        if keep is not None and (type(keep) is not int or keep < 0):
+            raise ValueError(f"keep_messages must be a whole number >= 0 or null, got {keep!r}")
         if self.refuse_next < 0:
             raise ValueError(f"refuse_next must not be negative, got {self.refuse_next}")
         object.__setattr__(self, "schedule", _checked_schedule(self.schedule))
