@@ -8,7 +8,8 @@ to the database, and the send pass streams them back in row order. Two forms:
 * planned (a run without merging or proof copies): the message's key, rows, recipient
   count and its provider-encoded JSON (``PlannedMessage.wire``). The send pass joins
   those bytes into requests and never rebuilds a message: reading one back costs about
-  1 us, where the message form below cost about 10 us plus the key and the encoding;
+  2 us, where the message form below costs about 10 us, and the key and the encoding
+  on top;
 * messages: the rendered :class:`Message` as a plain tuple, for the planner to merge or
   proof-copy (about 2 us to write and 10 us to read back).
 
