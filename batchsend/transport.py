@@ -212,14 +212,6 @@ class HttpxTransport:
             # Only the URL is fatal: any other ValueError inside the request is a bug to
             # see, not a provider to give up on (as with aiohttp).
             raise FatalSendError(f"invalid provider URL: {exc}", error_type="bad_url") from None
-        except ExceptionGroup as group:
-            # anyio's connect wraps socket errors in a group (a port out of range, say)
-            bad = group.subgroup((ValueError, OverflowError))
-            if bad is None:
-                raise
-            raise FatalSendError(
-                f"invalid provider URL: {bad.exceptions[0]}", error_type="bad_url"
-            ) from None
         except (httpx.TransportError, httpx.UnsupportedProtocol) as exc:
             if isinstance(exc, httpx.UnsupportedProtocol):
                 raise FatalSendError(f"invalid provider URL: {exc}", error_type="bad_url") from None
