@@ -11,6 +11,7 @@ the README's "Campaign file reference"; a test keeps it and :data:`SCHEMA` in st
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import tomllib
 from dataclasses import dataclass
@@ -109,6 +110,8 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "timeout": (_NUM, 30.0),
         "max_attempts": (_INT, 5),
         "max_retry_time": (_NUM, 300.0),
+        "idempotent_provider": (_BOOL, False),
+        "on_server_error": (_STR, "unknown"),
     },
     "merge": {
         "enabled": (_BOOL, False),
@@ -144,6 +147,12 @@ class SendSettings:
     timeout: float = 30.0
     max_attempts: int = 5
     max_retry_time: float = 300.0
+    # The provider honours Idempotency-Key (neither documented one does): requests it may
+    # have processed are then retried under the same key instead of ending unknown.
+    idempotent_provider: bool = False
+    # "unknown" (default): a 5xx leaves its rows unknown; "retry": send them again,
+    # accepting that the provider may deliver twice.
+    on_server_error: str = "unknown"
 
 
 @dataclass(frozen=True, slots=True)
@@ -633,8 +642,14 @@ class _Builder:
             if t[key] < 1:
                 raise self.fail(f"send.{key}", f"must be at least 1, got {t[key]}")
         for key in ("rate", "recipients_rate", "timeout", "max_retry_time"):
-            if t[key] is not None and t[key] <= 0:
-                raise self.fail(f"send.{key}", f"must be positive, got {t[key]}")
+            if t[key] is not None and not (0 < t[key] < math.inf):
+                raise self.fail(f"send.{key}", f"must be a positive number, got {t[key]}")
+        if t["on_server_error"] not in ("unknown", "retry"):
+            raise self.fail(
+                "send.on_server_error",
+                f'{t["on_server_error"]!r}: use "unknown" (the rows wait to be settled) or '
+                '"retry" (send again, accepting that the provider may deliver twice)',
+            )
         if t["batch_size"] > 100:
             raise self.fail("send.batch_size", "ToSend accepts at most 100 emails per batch")
         return SendSettings(**t)

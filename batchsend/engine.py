@@ -5,50 +5,83 @@
 loops: take the next unit, wait for the rate limiter, mark the unit ``sending`` in the
 store (committed before the request leaves), send, classify, retry if the policy says
 so, record. One task per worker, not per message or per unit, and one JSON encoding
-per request (the body is built once and re-sent as the same bytes on every retry).
+per request.
 
-Retrying a unit means repeating the SAME request: same body, same ``Idempotency-Key``.
-A provider that honours the key answers a repeat with its first answer (the sandbox
-answers 409 if the body changed under the same key), so we never re-plan a batch to
-send only its failed messages: a new composition would need a new key, the recorded
-composition would no longer match, and a crash between the two would leave nobody
-knowing which request carried which rows. The consequences, all deliberate:
+Neither provider de-duplicates (API-CONTRACTS.md): a request sent twice may deliver
+twice. So what is sent again depends on whether the provider can have processed it
+(docs/engine.md, "Was it processed?"):
 
-* a batch retries as a whole when any of its messages is retryable; messages the
-  provider accepted on the first attempt are absorbed by its idempotency on the retry
-  (it stores a response that accepted anything and replays it);
-* a message accepted on any attempt stays accepted, even if a later attempt of the
-  same unit got no answer (a timeout on the repeat does not undo the first delivery);
-* retries exhausted => the retryable messages end ``failed`` (kept retryable, so
-  ``resume --retry-failed`` sends the same request again); permanent => ``failed``;
+* not processed (429, a refused connection, a connect timeout; each message the
+  provider explicitly refused with a retryable answer): tried again, within the retry
+  policy. When every message of the request is to go again, the same request goes
+  again. When the provider answered per message (a ToSend 207) and settled some of
+  them, only the others go again, in a NEW request of their own (its own key and
+  composition, committed with the settled outcomes before it leaves): an accepted
+  message never travels in a later request;
+* maybe processed (a read timeout, a connection lost before the answer, a 5xx, an
+  answer we cannot read): never sent again; its messages end ``unknown`` and the run
+  goes on. Only a campaign that declares ``idempotent_provider`` (the provider honours
+  ``Idempotency-Key``) retries them, repeating the very same request and key; with
+  ``on_server_error = "retry"`` a 5xx answer is retried too, the user having accepted
+  the duplicate risk;
+* retries exhausted => ``failed``, kept retryable (certainly not accepted); permanent
+  (a 4xx, ToSend's ``spam``) => ``failed``;
 * a fatal answer (bad key, no credits, sender domain) stops the run at once: no new
   unit is taken, units in flight finish and are recorded, and the result carries the
-  error. The fatal unit's rows go back to ``pending`` (the store's rule), as does every
-  unit never taken, so a resume after fixing the cause sends them.
+  error.
 
-A set ``stop_event`` (Ctrl-C) has the same effect without an error: finish what is in
-flight, take nothing new.
+A message the engine stops trying to send (a fatal answer, or ``stop_event``, Ctrl-C,
+while it waited for a retry) goes back to where it was: ``pending`` for a fresh
+message, so a resume sends it; the state it had for a request a resume rebuilt
+(``SendUnit.prior``: failed stays failed, unknown stays unknown); ``unknown`` when an
+earlier attempt may have been processed. A set ``stop_event`` has the same effect as a
+fatal answer without an error: finish what is in flight, take nothing new.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
-from collections.abc import AsyncIterable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from batchsend.crashpoints import crashpoint
 from batchsend.errors import FatalSendError, RetryableSendError, SendError
 from batchsend.outcome import MessageOutcome, OutcomeKind, Recorder
-from batchsend.plan import SendUnit
-from batchsend.providers.base import Provider
+from batchsend.plan import PlannedMessage, SendUnit
+from batchsend.providers.base import HttpRequest, Provider, is_server_error
 from batchsend.ratelimit import RateLimiter
 from batchsend.retry import RetryPolicy
 from batchsend.transport import Transport
 
 ACCEPTED = OutcomeKind.ACCEPTED
 RETRYABLE = OutcomeKind.RETRYABLE
+UNKNOWN = OutcomeKind.UNKNOWN
+PERMANENT = OutcomeKind.PERMANENT
 FATAL = OutcomeKind.FATAL
+UNSENT = OutcomeKind.UNSENT
+
+
+@dataclass(frozen=True, slots=True)
+class Uncertainty:
+    """What the campaign accepts for a request the provider may have processed.
+
+    ``idempotent_provider``: the provider honours ``Idempotency-Key`` (neither documented
+    provider does), so repeating the same request cannot deliver twice: maybe-processed
+    requests are retried under the same key. ``retry_server_errors``: a 5xx answer is
+    retried anyway (``on_server_error = "retry"``), accepting that it may deliver twice.
+    """
+
+    idempotent_provider: bool = False
+    retry_server_errors: bool = False
+
+    def retries(self, outcome: MessageOutcome) -> bool:
+        """Is this maybe-processed outcome sent again?"""
+        if self.idempotent_provider:
+            return True
+        status = outcome.http_status
+        return self.retry_server_errors and status is not None and is_server_error(status)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +91,7 @@ class Progress:
     sent: int
     failed: int
     retrying: int  # units waiting to be tried again
+    unknown: int  # rows the provider may or may not have accepted
     in_flight: int  # rows whose request is out (or waiting to be retried)
     requests: int  # HTTP attempts made
     elapsed: float  # seconds since the engine started
@@ -70,6 +104,7 @@ class EngineResult:
 
     sent: int  # rows accepted by the provider
     failed: int  # rows failed (permanent, or retries exhausted)
+    unknown: int  # rows the provider may have accepted (a lost answer, a 5xx)
     units: int  # units answered (recorded final)
     requests: int  # HTTP attempts
     retries: int  # attempts beyond the first
@@ -85,11 +120,38 @@ class EngineResult:
 
 
 class _RetryUnit(RetryableSendError):
-    """Some messages of the unit are worth another attempt of the same request."""
+    """Some messages of the unit are worth another attempt."""
 
     def __init__(self, outcomes: list[MessageOutcome], retry_after: float | None) -> None:
         super().__init__("retryable answer", retry_after=retry_after)
         self.outcomes = outcomes
+
+
+class _Halted(Exception):
+    """The run stopped while a unit waited for its next attempt (not retried)."""
+
+    def __init__(self, outcomes: list[MessageOutcome]) -> None:
+        super().__init__("halted")
+        self.outcomes = outcomes
+
+
+class _Delivery:
+    """One unit's way through its attempts: the request in flight and what is known."""
+
+    __slots__ = ("attempts", "kept", "last", "maybe", "request", "split", "stopped", "unit")
+
+    def __init__(self, unit: SendUnit, request: HttpRequest) -> None:
+        self.unit = unit
+        self.request = request
+        self.attempts = 0
+        self.last: list[MessageOutcome] = []
+        # accepted on an earlier attempt of the same request (idempotent provider only)
+        self.kept: dict[str, MessageOutcome] = {}
+        # an earlier attempt may have been processed (a maybe-processed failure retried)
+        self.maybe = False
+        self.stopped = False
+        # before the next attempt: (settled part, its outcomes, the request that goes on)
+        self.split: tuple[SendUnit, list[MessageOutcome], SendUnit] | None = None
 
 
 def recipients_of(unit: SendUnit) -> int:
@@ -110,6 +172,7 @@ async def send_units(
     progress_interval: float = 0.25,
     stop_event: asyncio.Event | None = None,
     clock: Callable[[], float] = time.monotonic,
+    uncertainty: Uncertainty | None = None,
 ) -> EngineResult:
     """Send every unit, at most ``concurrency`` requests in flight; record everything.
 
@@ -137,6 +200,7 @@ async def send_units(
         progress_interval=progress_interval,
         stop_event=stop_event or asyncio.Event(),
         clock=clock,
+        uncertainty=uncertainty or Uncertainty(),
     )
     return await engine.run(units, concurrency)
 
@@ -219,18 +283,23 @@ class _Engine:
         progress_interval: float,
         stop_event: asyncio.Event,
         clock: Callable[[], float],
+        uncertainty: Uncertainty,
     ) -> None:
         self.provider = provider
         self.transport = transport
         self.recorder = recorder
         self.limiter = limiter
-        self.retry = retry
+        # A wait for a retry ends early when the run stops: the unit's messages then go
+        # back at once instead of after the back-off.
+        self.retry = dataclasses.replace(retry, sleep=self._napper(retry.sleep))
         self.on_progress = on_progress
         self.progress_interval = progress_interval
         self.stop_event = stop_event
         self.clock = clock
+        self.uncertainty = uncertainty
         self.fatal: FatalSendError | None = None
-        self.sent = self.failed = self.units = self.requests = self.retries = 0
+        self._halt = asyncio.Event()  # set on a fatal answer or when stop_event is set
+        self.sent = self.failed = self.unknown = self.units = self.requests = self.retries = 0
         self.throttled = self.in_flight = self.retrying = 0
         self.start = clock()
         self._next_progress = self.start
@@ -263,14 +332,19 @@ class _Engine:
 
         # A TaskGroup: if planning or recording raises, the other workers are cancelled
         # (their rows stay `sending`, i.e. `unknown` to a resume) and the error surfaces.
-        async with asyncio.TaskGroup() as group:
-            for _ in range(concurrency):
-                group.create_task(self.worker(take))
+        watcher = asyncio.ensure_future(self._watch_stop())
+        try:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(concurrency):
+                    group.create_task(self.worker(take))
+        finally:
+            watcher.cancel()
         self.recorder.flush()
         self.progress(force=True)
         return EngineResult(
             sent=self.sent,
             failed=self.failed,
+            unknown=self.unknown,
             units=self.units,
             requests=self.requests,
             retries=self.retries,
@@ -280,9 +354,28 @@ class _Engine:
             fatal=self.fatal,
         )
 
+    async def _watch_stop(self) -> None:
+        await self.stop_event.wait()
+        self._halt.set()
+
+    def _napper(
+        self, sleep: Callable[[float], Awaitable[None]]
+    ) -> Callable[[float], Awaitable[None]]:
+        async def nap(seconds: float) -> None:
+            if self._halt.is_set():
+                return
+            waiting = asyncio.ensure_future(sleep(seconds))
+            halted = asyncio.ensure_future(self._halt.wait())
+            try:
+                await asyncio.wait((waiting, halted), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiting.cancel()
+                halted.cancel()
+
+        return nap
+
     async def worker(self, take: Callable[[], object]) -> None:
         limiter = self.limiter
-        recorder = self.recorder
         marks = self.marks
         while not self.halted():
             unit = await take()  # type: ignore[misc]
@@ -291,102 +384,152 @@ class _Engine:
             assert isinstance(unit, SendUnit)
             await limiter.acquire(recipients_of(unit))
             if self.halted():
-                return  # never marked sending: the unit stays pending
+                return  # never marked sending: the unit stays as it was
             rows = sum(len(pm.rows) for pm in unit.messages)
             await marks.mark(unit)  # committed `sending` when this returns
             crashpoint("sending")  # test-only: the gauntlet's kill -9 after the commit
             self.in_flight += rows
             try:
-                outcomes, attempts = await self.send(unit)
+                await self.deliver(unit)
             finally:
                 self.in_flight -= rows
-            recorder.record_final(unit, outcomes, attempts)
-            self.tally(unit, outcomes)
             if self.on_progress is not None:
                 self.progress()
 
-    async def send(self, unit: SendUnit) -> tuple[list[MessageOutcome], int]:
-        request = self.provider.build_request(unit)  # serialised once, for every attempt
-        accepted: dict[str, MessageOutcome] = {}
-        attempts = 0
-
-        async def attempt(number: int) -> list[MessageOutcome]:
-            nonlocal attempts
-            attempts = number
-            if number > 1:
-                self.retrying -= 1
-                self.retries += 1
-                await self.limiter.acquire(recipients_of(unit))
-            started = self.clock()
-            self.requests += 1
-            status = 0
-            try:
-                response = await self.transport.send(request)
-            except SendError as exc:
-                outcomes = self.provider.outcomes_for_error(unit, exc)
-            else:
-                crashpoint("response")  # test-only: kill -9 with the answer unrecorded
-                status = response.status
-                outcomes = self.provider.parse_response(
-                    unit, status, response.headers, response.body
-                )
-            self.recorder.record_attempt(unit, number, outcomes, (self.clock() - started) * 1000.0)
-            if status == 429:
-                self.throttled += 1
-                self.limiter.on_throttled(outcomes[0].retry_after if outcomes else None)
-            elif status:
-                self.limiter.on_success()
-            retry = False
-            retry_after = None
-            for o in outcomes:
-                kind = o.kind
-                if kind is ACCEPTED:
-                    continue
-                if kind is FATAL:
-                    self.stop_on(o)  # take no new unit from now on
-                    return outcomes
-                if kind is RETRYABLE:
-                    retry = True
-                    if o.retry_after is not None and (
-                        retry_after is None or o.retry_after > retry_after
-                    ):
-                        retry_after = o.retry_after
-            if retry and not self.halted():
-                for o in outcomes:
-                    if o.kind is ACCEPTED:
-                        accepted[o.key] = o
-                self.retrying += 1
-                raise _RetryUnit(outcomes, retry_after)
-            return outcomes
-
+    async def deliver(self, unit: SendUnit) -> None:
+        """Send ``unit`` until its messages are settled; record and count each of them."""
+        delivery = _Delivery(unit, self.provider.build_request(unit))
         try:
-            outcomes = await self.retry.call(attempt)
+            outcomes = await self.retry.call(lambda number: self.attempt(delivery, number))
         except _RetryUnit as exc:  # attempts or time exhausted
             self.retrying -= 1
             outcomes = exc.outcomes
-        if accepted:
-            outcomes = [accepted.get(o.key, o) if o.kind is not ACCEPTED else o for o in outcomes]
-        return outcomes, attempts
+        except _Halted as exc:
+            delivery.stopped = True
+            outcomes = exc.outcomes
+        if delivery.kept:
+            outcomes = [delivery.kept.get(o.key, o) for o in outcomes]
+        final = self.settle(delivery, outcomes)
+        self.recorder.record_final(delivery.unit, final, delivery.attempts)
+        self.tally(delivery.unit, final)
+
+    async def attempt(self, delivery: _Delivery, number: int) -> list[MessageOutcome]:
+        """One HTTP attempt of the delivery's current request; raises to retry."""
+        delivery.attempts = number
+        if number > 1:
+            self.retrying -= 1
+            self.retries += 1
+            if self.halted():
+                raise _Halted(delivery.last)
+            if delivery.split is not None:
+                self.split(delivery)
+            await self.limiter.acquire(recipients_of(delivery.unit))
+            if self.halted():
+                raise _Halted(delivery.last)
+        unit = delivery.unit
+        started = self.clock()
+        self.requests += 1
+        status = 0
+        try:
+            response = await self.transport.send(delivery.request)
+        except SendError as exc:
+            outcomes = self.provider.outcomes_for_error(unit, exc)
+        else:
+            crashpoint("response")  # test-only: kill -9 with the answer unrecorded
+            status = response.status
+            outcomes = self.provider.parse_response(unit, status, response.headers, response.body)
+        self.recorder.record_attempt(unit, number, outcomes, (self.clock() - started) * 1000.0)
+        delivery.last = outcomes
+        if status == 429:
+            self.throttled += 1
+            self.limiter.on_throttled(outcomes[0].retry_after if outcomes else None)
+        elif status:
+            self.limiter.on_success()
+
+        again: list[PlannedMessage] = []
+        retry_after = None
+        uncertain = False
+        for pm, o in zip(unit.messages, outcomes, strict=True):
+            kind = o.kind
+            if kind is ACCEPTED or kind is PERMANENT:
+                continue
+            if kind is FATAL:
+                self.stop_on(o)  # take no new unit from now on
+                return outcomes
+            if kind is UNKNOWN:
+                if not self.uncertainty.retries(o):
+                    continue
+                uncertain = True
+            again.append(pm)
+            if o.retry_after is not None and (retry_after is None or o.retry_after > retry_after):
+                retry_after = o.retry_after
+        if not again:
+            return outcomes
+        if self.halted():
+            delivery.stopped = True
+            return outcomes
+        delivery.maybe = delivery.maybe or uncertain
+        if self.uncertainty.idempotent_provider:
+            # The provider de-duplicates: repeat the very same request, keep what it took.
+            for o in outcomes:
+                if o.kind is ACCEPTED:
+                    delivery.kept[o.key] = o
+        elif len(again) < len(unit.messages):
+            going = {pm.key for pm in again}
+            settled = [pm for pm in unit.messages if pm.key not in going]
+            delivery.split = (
+                SendUnit(unit.key, tuple(settled), unit.batch, unit.prior),
+                [o for o in outcomes if o.key not in going],
+                unit.subset(again),
+            )
+        self.retrying += 1
+        raise _RetryUnit(outcomes, retry_after)
+
+    def split(self, delivery: _Delivery) -> None:
+        """Record the settled part of a request, and commit the rest as a request of its own."""
+        assert delivery.split is not None
+        settled_unit, settled, rest = delivery.split
+        delivery.split = None
+        settled_final = self.settle(delivery, settled)
+        self.recorder.record_final(settled_unit, settled_final, delivery.attempts - 1)
+        self.tally(settled_unit, settled_final)
+        self.recorder.mark_split(delivery.unit, rest)  # committed before it leaves
+        delivery.unit = rest
+        delivery.request = self.provider.build_request(rest)
+        delivery.last = [
+            o for o in delivery.last if o.key not in {pm.key for pm in settled_unit.messages}
+        ]
+
+    def settle(self, delivery: _Delivery, outcomes: list[MessageOutcome]) -> list[MessageOutcome]:
+        """Each outcome as the state it leaves: what was not settled goes back or fails.
+
+        A message never answered for good (retryable, or the run stopped on a fatal
+        answer or a stop) is ``unknown`` if an earlier attempt may have been processed or
+        a resume is sending an unknown row again; ``failed`` (retryable) if its retries
+        ran out, or a resume was sending a failed row again; else ``unsent`` (pending).
+        """
+        prior = delivery.unit.prior
+        stopped = delivery.stopped or self.halted()
+        out = []
+        for o in outcomes:
+            kind = o.kind
+            if kind is RETRYABLE or kind is FATAL:
+                if delivery.maybe or prior == "unknown":
+                    o = dataclasses.replace(o, kind=UNKNOWN)
+                elif kind is FATAL or stopped:
+                    o = dataclasses.replace(o, kind=RETRYABLE if prior == "failed" else UNSENT)
+            out.append(o)
+        return out
 
     def tally(self, unit: SendUnit, outcomes: list[MessageOutcome]) -> None:
         self.units += 1
-        if len(outcomes) == 1:
-            rows = len(unit.messages[0].rows)
-            kind = outcomes[0].kind
-            if kind is ACCEPTED:
-                self.sent += rows
-            elif kind is FATAL:
-                self.stop_on(outcomes[0])
-            else:
-                self.failed += rows
-            return
         for pm, o in zip(unit.messages, outcomes, strict=True):
             kind = o.kind
             if kind is ACCEPTED:
                 self.sent += len(pm.rows)
-            elif kind is FATAL:
-                self.stop_on(o)
-            else:
+            elif kind is UNKNOWN:
+                self.unknown += len(pm.rows)
+            elif kind is not UNSENT:
                 self.failed += len(pm.rows)
 
     def stop_on(self, outcome: MessageOutcome) -> None:
@@ -411,6 +554,7 @@ class _Engine:
                 sent=self.sent,
                 failed=self.failed,
                 retrying=self.retrying,
+                unknown=self.unknown,
                 in_flight=self.in_flight,
                 requests=self.requests,
                 elapsed=elapsed,
@@ -419,12 +563,16 @@ class _Engine:
         )
 
 
+_STATE_OF = {ACCEPTED: "sent", UNKNOWN: "unknown", UNSENT: "pending", FATAL: "pending"}
+
+
 class MemoryRecorder:
     """A :class:`Recorder` that keeps everything in memory (tests, benchmarks, scripts).
 
-    ``states`` maps each row to ``"sending"``, ``"sent"``, ``"failed"`` or ``"pending"``
-    (a fatal answer puts rows back to pending, as the store does); ``finals`` keeps each
-    row's last outcome and ``attempts`` every (unit key, attempt, status) seen.
+    ``states`` maps each row to ``"sending"``, ``"sent"``, ``"failed"``, ``"unknown"`` or
+    ``"pending"`` (an unsent message goes back to pending, as in the store); ``finals``
+    keeps each row's last outcome, ``attempts`` every (unit key, attempt, status) seen and
+    ``units`` every request's composition, split ones included.
     """
 
     def __init__(self, *, keep_attempts: bool = True) -> None:
@@ -454,14 +602,20 @@ class MemoryRecorder:
             status = outcomes[0].http_status if outcomes else None
             self.attempts.append((unit.key, attempt, status))
 
+    def mark_split(self, parent: SendUnit, unit: SendUnit) -> None:
+        for row in unit.rows:
+            if self.states.get(row) != "sending":
+                raise AssertionError(f"row {row} of {unit.key} is not in flight")
+        self.sending_marks += 1
+        self.units[unit.key] = tuple(pm.rows for pm in unit.messages)
+
     def record_final(
         self, unit: SendUnit, outcomes: Sequence[MessageOutcome], attempts: int
     ) -> None:
         by_key = {o.key: o for o in outcomes}
         for pm in unit.messages:
             o = by_key[pm.key]
-            fatal_state = "pending" if attempts == 1 else "failed"  # as the SQLite store does
-            state = {ACCEPTED: "sent", FATAL: fatal_state}.get(o.kind, "failed")
+            state = _STATE_OF.get(o.kind, "failed")
             for row in pm.rows:
                 self.states[row] = state
                 self.finals[row] = o

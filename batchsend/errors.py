@@ -12,7 +12,10 @@ One root, so callers can catch everything batchsend means with one clause::
     │   ├── SecretError                 no API key where the campaign says it is
     │   └── PreflightError              one or more rows failed preflight (carries the problems)
     ├── SendError                       a request did not succeed
-    │   ├── RetryableSendError          429, 500-504, timeouts, connection errors
+    │   ├── RetryableSendError          NOT processed, safe to send again: 429, refused
+    │   │                               connection, connect timeout
+    │   ├── UncertainSendError          MAYBE processed: read timeout after sending, the
+    │   │                               connection lost before a full answer, 500-504
     │   ├── PermanentSendError          other 4xx: this message will never be accepted
     │   └── FatalSendError              the whole run must stop (bad key, no credits, domain)
     └── StoreError                      the SQLite store
@@ -129,7 +132,21 @@ class SendError(BatchsendError):
 
 
 class RetryableSendError(SendError):
-    """Worth trying again later: 429, 500-504, timeout, connection error."""
+    """Not processed, worth trying again later: 429, refused connection, connect timeout.
+
+    The provider certainly did not act on the request, so sending the same request
+    again cannot deliver anything twice.
+    """
+
+
+class UncertainSendError(SendError):
+    """The provider may have processed the request: never sent again on our own.
+
+    A read timeout after the request was written, a connection closed before a complete
+    answer, a 500-504: the message may have been delivered. Neither provider
+    de-duplicates, so the rows become ``unknown`` until the provider is asked or the user
+    accepts the risk of a second delivery (docs/engine.md, "Was it processed?").
+    """
 
 
 class PermanentSendError(SendError):

@@ -11,10 +11,18 @@ from batchsend.plan import SendUnit
 
 
 class OutcomeKind(StrEnum):
+    """What one answer (or its absence) says about one message.
+
+    The first five come from a provider's classification of an answer; ``UNSENT`` is the
+    engine's verdict for a message it stopped trying to send (the run stopped).
+    """
+
     ACCEPTED = "accepted"  # the provider took it: the rows are sent
-    RETRYABLE = "retryable"  # 429, 500-504, timeout, connection error: try again later
-    PERMANENT = "permanent"  # other 4xx: this message will never be accepted
+    RETRYABLE = "retryable"  # NOT processed (429, refused, connect timeout): may go again
+    UNKNOWN = "unknown"  # MAYBE processed (read timeout, connection lost, 5xx): never again
+    PERMANENT = "permanent"  # other 4xx, spam: this message will never be accepted
     FATAL = "fatal"  # stop the whole run (bad key, no credits, sender domain)
+    UNSENT = "unsent"  # never delivered, and the run stopped: back to where it was
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +61,18 @@ class Recorder(Protocol):
     def record_final(
         self, unit: SendUnit, outcomes: Sequence[MessageOutcome], attempts: int
     ) -> None:
-        """Give each message of the unit its terminal state: accepted -> sent, else failed."""
+        """Give each message of ``unit`` its state from its outcome.
+
+        accepted -> sent; permanent -> failed; retryable (retries exhausted) -> failed,
+        kept retryable; unknown -> unknown; unsent -> pending, or for a unit rebuilt by a
+        resume (``unit.prior``) the state its rows had before.
+        """
+
+    def mark_split(self, parent: SendUnit, unit: SendUnit) -> None:
+        """Commit ``unit`` (some messages of ``parent``, in flight) as a request of its own.
+
+        Its rows are ``sending`` under ``parent``; when this returns they are ``sending``
+        under ``unit``, whose composition is recorded: the request may then leave.
+        """
 
     def flush(self) -> None: ...

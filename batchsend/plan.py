@@ -45,11 +45,25 @@ class PlannedMessage:
 
 @dataclass(frozen=True, slots=True)
 class SendUnit:
-    """One HTTP request. ``key`` is its Idempotency-Key, stable across retries and resumes."""
+    """One HTTP request. ``key`` is its Idempotency-Key, stable across retries and resumes.
+
+    ``prior`` is set on a request a resume rebuilt from the record (``"failed"`` for
+    ``--retry-failed``, ``"unknown"`` for ``--resend-unknown``): the state its rows keep
+    when this attempt ends without an answer that settles them.
+    """
 
     key: str
     messages: tuple[PlannedMessage, ...]
     batch: bool  # True: ToSend's /v2/emails/batch; False: a single-send endpoint
+    prior: str | None = None
+
+    def subset(self, messages: Sequence[PlannedMessage]) -> SendUnit:
+        """A new request carrying only ``messages`` (a key of their own, same endpoint)."""
+        if len(messages) == len(self.messages):
+            return self
+        keys = [pm.key for pm in messages]
+        key = unit_key(keys, batch=True) if self.batch else keys[0]
+        return SendUnit(key, tuple(messages), self.batch, self.prior)
 
     @property
     def rows(self) -> tuple[int, ...]:

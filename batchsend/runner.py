@@ -432,6 +432,8 @@ def _settings(
         "max_attempts": send.max_attempts,
         "max_retry_time": send.max_retry_time,
         "timeout": send.timeout,
+        "idempotent_provider": send.idempotent_provider,
+        "on_server_error": send.on_server_error,
         "merge": campaign.merge.enabled,
         "merge_group_column": campaign.merge.group_column,
         "merge_placement": campaign.merge.placement,
@@ -814,6 +816,7 @@ class _Rebuild:
     composition: tuple[tuple[int, ...], ...]
     same_request: bool  # True: the recorded request exactly (same key)
     messages: dict[int, Message]
+    prior: str  # the state its rows are in now, and keep unless an answer settles them
 
 
 def _rebuild_units(
@@ -826,10 +829,10 @@ def _rebuild_units(
     unknown: bool,
     failed: bool,
 ) -> list[_Rebuild]:
-    plans: list[tuple[UnitRecord, tuple[tuple[int, ...], ...], bool]] = []
+    plans: list[tuple[UnitRecord, tuple[tuple[int, ...], ...], bool, str]] = []
     if unknown:
         for record in store.units_with_rows_in(run_id, [RecipientState.UNKNOWN]):
-            plans.append((record, record.composition, True))
+            plans.append((record, record.composition, True, RecipientState.UNKNOWN.value))
     if failed:
         retryable = set(store.rows_in_state(run_id, [RecipientState.FAILED], retryable_only=True))
         for record in store.units_with_rows_in(
@@ -837,10 +840,12 @@ def _rebuild_units(
         ):
             again = tuple(rows for rows in record.composition if set(rows) <= retryable)
             if again:
-                plans.append((record, again, again == record.composition))
+                plans.append(
+                    (record, again, again == record.composition, RecipientState.FAILED.value)
+                )
     if not plans:
         return []
-    needed = {row for _, composition, _ in plans for rows in composition for row in rows}
+    needed = {row for _, composition, _, _ in plans for rows in composition for row in rows}
     messages = {
         r.row: r.message for r in _rows_to_messages(campaign, needed.__contains__, test_address)
     }
@@ -858,8 +863,9 @@ def _rebuild_units(
             composition,
             same,
             {r: messages[r] for rows in composition for r in rows},
+            prior,
         )
-        for record, composition, same in plans
+        for record, composition, same, prior in plans
     ]
 
 
@@ -878,7 +884,7 @@ def _bind(rebuilt: list[_Rebuild], provider: Any) -> Iterator[SendUnit]:
                 f"the request {item.record.key} cannot be rebuilt identically (its messages "
                 "render differently now); its rows stay unknown rather than risk a duplicate"
             )
-        yield unit
+        yield dataclasses.replace(unit, prior=item.prior)
 
 
 # --- sending and finishing ------------------------------------------------------------------
@@ -912,11 +918,12 @@ async def _drive(
     recorder: Any,
     campaign: Campaign,
     rate: float | None,
+    recipients_rate: float | None,
     http_client: str,
     display: ProgressDisplay,
     interrupts: list[_Interrupts],
 ) -> Any:
-    from batchsend.engine import send_units
+    from batchsend.engine import Uncertainty, send_units
     from batchsend.ratelimit import RateLimiter
     from batchsend.retry import RetryPolicy
     from batchsend.transport import make_transport
@@ -943,11 +950,15 @@ async def _drive(
                 recorder=recorder,
                 concurrency=send.concurrency,
                 limiter=RateLimiter(
-                    requests_per_second=rate, recipients_per_second=send.recipients_rate
+                    requests_per_second=rate, recipients_per_second=recipients_rate
                 ),
                 retry=RetryPolicy(max_attempts=send.max_attempts, max_time=send.max_retry_time),
                 on_progress=display.on_engine_progress,
                 stop_event=stop,
+                uncertainty=Uncertainty(
+                    idempotent_provider=send.idempotent_provider,
+                    retry_server_errors=send.on_server_error == "retry",
+                ),
             )
     finally:
         if installed:
@@ -992,7 +1003,10 @@ def _send_and_finish(
             except FatalSendError as exc:
                 store.set_run_state(run_id, RunState.FATAL, fatal_error=str(exc), ended=True)
                 raise
-        rate = campaign.send.rate or session.account_rate
+        # ToSend's limit_per_second counts emails (every address), not requests: it is
+        # the recipients' rate unless the campaign sets its own.
+        rate = campaign.send.rate
+        recipients_rate = campaign.send.recipients_rate or session.account_rate
         display = ProgressDisplay(to_send, enabled=progress)
         interrupts: list[_Interrupts] = []
         result = None
@@ -1004,6 +1018,7 @@ def _send_and_finish(
                     recorder=recorder,
                     campaign=campaign,
                     rate=rate,
+                    recipients_rate=recipients_rate,
                     http_client=http_client,
                     display=display,
                     interrupts=interrupts,

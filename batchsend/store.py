@@ -811,6 +811,10 @@ _MARK_SENDING_SQL = (
     "UPDATE recipients SET state = 'sending', unit_key = ?, message_key = ?, updated_at = ?,"
     f" reason = NULL, retryable = NULL WHERE run_id = ? AND row = ? AND state IN ({_SENDABLE_IN})"
 )
+_MARK_SPLIT_SQL = (
+    "UPDATE recipients SET unit_key = ?, message_key = ?, updated_at = ?"
+    " WHERE run_id = ? AND row = ? AND state = 'sending' AND unit_key = ?"
+)
 _OUTCOME_SQL = (
     "UPDATE recipients SET state = ?, reason = ?, attempts = attempts + ?,"
     " http_status = ?, error_type = ?, error_message = ?,"
@@ -968,6 +972,22 @@ def _composition(unit: SendUnit) -> str:
     return orjson.dumps([m.rows for m in unit.messages]).decode()
 
 
+def _settled(outcome: MessageOutcome, attempts: int) -> tuple[RecipientState, str, int | None]:
+    """(state, reason, retryable) of a row whose message ended with ``outcome``."""
+    kind = outcome.kind
+    reason = outcome.error_type or f"http_{outcome.http_status or 'error'}"
+    if kind is OutcomeKind.UNKNOWN:
+        return RecipientState.UNKNOWN, reason, None
+    if kind is OutcomeKind.UNSENT or (kind is OutcomeKind.FATAL and attempts == 1):
+        # Nothing of it was delivered and the run stopped: a resume sends it.
+        return RecipientState.PENDING, outcome.error_type or "stopped", None
+    if kind is OutcomeKind.PERMANENT:
+        return RecipientState.FAILED, reason, 0
+    # retryable with its retries spent (or a fatal answer after a retry): certainly not
+    # accepted, and kept retryable for ``resume --retry-failed``
+    return RecipientState.FAILED, reason, 1
+
+
 def _aggregate(outcomes: Sequence[MessageOutcome]) -> str:
     kinds = {o.kind for o in outcomes}
     if len(kinds) == 1:
@@ -1087,6 +1107,41 @@ class RunRecorder:
             store._rollback()
             raise
 
+    def mark_split(self, parent: SendUnit, unit: SendUnit) -> None:
+        """Commit ``unit``, part of ``parent`` still in flight, as a request of its own.
+
+        The rows move from ``parent``'s key to ``unit``'s and its composition is
+        recorded, in one transaction with every buffered outcome (the part of ``parent``
+        that was settled): then the request may leave. All or nothing: a row not in
+        flight under ``parent`` refuses the whole split (:class:`StoreError`).
+        """
+        store = self.store
+        conn = store.conn
+        now = store.now()
+        params = [
+            (unit.key, m.key, now, self.run_id, row, parent.key)
+            for m in unit.messages
+            for row in m.rows
+        ]
+        store._begin()
+        try:
+            self._write_buffers()
+            moved = conn.executemany(_MARK_SPLIT_SQL, params).rowcount
+            if moved != len(params):
+                raise StoreError(
+                    f"run {self.run_id}: refusing to send request {unit.key}: some of rows "
+                    f"{list(unit.rows)[:10]} are not in flight under {parent.key}"
+                )
+            if _recorded(unit):
+                conn.execute(
+                    _UNIT_SENDING_SQL,
+                    (self.run_id, unit.key, _composition(unit), int(unit.batch), now),
+                )
+            store._commit()
+        except BaseException:
+            store._rollback()
+            raise
+
     def record_attempt(
         self,
         unit: SendUnit,
@@ -1120,9 +1175,10 @@ class RunRecorder:
         """Give every row of the unit its terminal state (buffered; see :meth:`flush`).
 
         accepted -> ``sent``; retryable (retries exhausted) -> ``failed`` with
-        ``retryable = 1``; permanent -> ``failed``; fatal -> back to ``pending``: the run
-        stopped on that answer, nothing was sent, and a resume after the cause is fixed
-        sends those rows.
+        ``retryable = 1``; permanent -> ``failed``; unknown (the provider may have taken
+        it) -> ``unknown``; unsent -> back to ``pending``: nothing was delivered and the
+        run stopped, so a resume sends those rows. (The engine decides which of these a
+        message ends as; see :mod:`batchsend.engine`.)
         """
         now = self.store.now()
         if self._record_range(unit, outcomes, attempts, now):
@@ -1134,7 +1190,7 @@ class RunRecorder:
             if outcome is None:  # a provider answered fewer results than messages
                 outcome = MessageOutcome(
                     key=message.key,
-                    kind=OutcomeKind.RETRYABLE,
+                    kind=OutcomeKind.UNKNOWN,  # it may have been processed
                     error_type="missing_result",
                     error_message="the provider's answer had no result for this message",
                 )
@@ -1155,24 +1211,9 @@ class RunRecorder:
                         )
                     )
                 continue
-            if outcome.kind is OutcomeKind.FATAL and attempts == 1:
-                # Refused on its first attempt: nothing of this request can have been
-                # delivered, so the rows go back to pending for a resume to plan afresh.
-                state, reason, retryable, sent_at = (
-                    RecipientState.PENDING,
-                    outcome.error_type or "fatal",
-                    None,
-                    None,
-                )
-            else:
-                # A fatal answer on a retry may follow an attempt that was delivered but
-                # not answered (a timeout, a 5xx): pending would let a resume re-plan the
-                # rows under a new Idempotency-Key and send them twice. Failed-retryable
-                # keeps them for --retry-failed, which repeats this very request and key.
-                state = RecipientState.FAILED
-                reason = outcome.error_type or f"http_{outcome.http_status or 'error'}"
-                retryable = int(outcome.kind in (OutcomeKind.RETRYABLE, OutcomeKind.FATAL))
-                sent_at = None
+            state, reason, retryable = _settled(outcome, attempts)
+            sent_at = None
+            if state is RecipientState.FAILED:
                 self.failed += len(message.rows)
             error_message = redact(outcome.error_message) if outcome.error_message else None
             for row in message.rows:
@@ -1195,10 +1236,12 @@ class RunRecorder:
                 )
         if kinds == {OutcomeKind.ACCEPTED}:
             unit_state = "sent"
-        elif OutcomeKind.FATAL in kinds and attempts == 1:
+        elif kinds == {OutcomeKind.UNSENT} or (kinds == {OutcomeKind.FATAL} and attempts == 1):
             unit_state = "pending"
-        elif OutcomeKind.ACCEPTED in kinds:
+        elif len(kinds) > 1:
             unit_state = "mixed"
+        elif kinds == {OutcomeKind.UNKNOWN}:
+            unit_state = "unknown"
         else:
             unit_state = "failed"
         if _recorded(unit):

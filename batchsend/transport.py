@@ -9,9 +9,19 @@ Two transports, chosen by name:
   (``--http-client httpx``).
 
 Both open ONE client for the whole run with at most ``concurrency`` connections, and
-turn the library's own failures into :class:`RetryableSendError` (``error_type``
-``timeout`` or ``connection_error``), so nothing above this module knows which
-library is underneath.
+turn the library's own failures into one of two errors, so nothing above this module
+knows which library is underneath (docs/engine.md, "Was it processed?"):
+
+* :class:`RetryableSendError`, the request never reached the provider: the connection
+  was refused or could not be made (``connection_refused``), or making it timed out
+  (``connect_timeout``). Safe to send again.
+* :class:`UncertainSendError`, the request was (or may have been) written and no
+  complete answer came back: a read timeout (``timeout``), the connection closed or
+  broken mid-answer (``connection_lost``). The provider may have delivered it.
+
+Neither library re-sends a POST on its own (aiohttp retries a broken keep-alive
+connection only for idempotent methods; httpx never), so one ``send`` is at most one
+delivery.
 
 Example::
 
@@ -26,11 +36,14 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol
 
-from batchsend.errors import FatalSendError, RetryableSendError
+from batchsend.errors import FatalSendError, RetryableSendError, UncertainSendError
 from batchsend.providers.base import HttpRequest
 
 TRANSPORTS = ("aiohttp", "httpx")
 DEFAULT_TIMEOUT = 30.0
+#: Connecting takes at most this long (or the whole timeout, when shorter): a request
+#: whose connection is not made in time has not left, so it may be tried again.
+CONNECT_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +110,11 @@ class AiohttpTransport:
         self._aiohttp = aiohttp
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=self.concurrency, limit_per_host=0),
-            timeout=aiohttp.ClientTimeout(total=self.timeout),
+            # ``connect`` bounds waiting for a pooled connection and making one: a request
+            # stopped there never left. ``total`` still bounds the whole exchange.
+            timeout=aiohttp.ClientTimeout(
+                total=self.timeout, connect=min(CONNECT_TIMEOUT, self.timeout)
+            ),
             # our User-Agent comes from the provider's headers
             skip_auto_headers=("User-Agent",),
             auto_decompress=True,
@@ -127,7 +144,7 @@ class AiohttpTransport:
         return parsed
 
     async def send(self, request: HttpRequest) -> HttpResponse:
-        """Send ``request``; a timeout or a broken connection is a RetryableSendError."""
+        """Send ``request``; see the module notes for the two kinds of failure."""
         if self._session is None:
             raise RuntimeError("use the transport as 'async with make_transport(...)'")
         aiohttp = self._aiohttp
@@ -138,15 +155,20 @@ class AiohttpTransport:
             ) as response:
                 body = await response.read()
                 return HttpResponse(response.status, response.headers, body)
+        except aiohttp.ConnectionTimeoutError:
+            raise not_sent("connect_timeout", "connecting to the provider timed out") from None
+        except aiohttp.ClientConnectorError as exc:
+            raise not_sent("connection_refused", f"cannot connect: {_reason(exc)}") from None
         except TimeoutError:
-            raise RetryableSendError("the request timed out", error_type="timeout") from None
+            raise maybe_sent("timeout", f"no answer within {self.timeout:g} s") from None
         except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError) as exc:
             # Only the URL is fatal: any other error inside the request stays what it is
             # (a ValueError there is a bug to see, not a provider to give up on).
             raise FatalSendError(f"invalid provider URL: {exc}", error_type="bad_url") from None
         except aiohttp.ClientError as exc:
-            raise RetryableSendError(
-                f"connection error: {type(exc).__name__}", error_type="connection_error"
+            raise maybe_sent(
+                "connection_lost",
+                f"the connection broke before a full answer ({type(exc).__name__})",
             ) from None
 
 
@@ -197,7 +219,7 @@ class HttpxTransport:
         return parsed
 
     async def send(self, request: HttpRequest) -> HttpResponse:
-        """Send ``request``; a timeout or a broken connection is a RetryableSendError."""
+        """Send ``request``; see the module notes for the two kinds of failure."""
         if self._client is None:
             raise RuntimeError("use the transport as 'async with make_transport(...)'")
         httpx = self._httpx
@@ -206,8 +228,12 @@ class HttpxTransport:
             response = await self._client.request(
                 request.method, url, content=request.body, headers=request.headers
             )
-        except httpx.TimeoutException:
-            raise RetryableSendError("the request timed out", error_type="timeout") from None
+        except (httpx.ConnectTimeout, httpx.PoolTimeout):
+            raise not_sent("connect_timeout", "connecting to the provider timed out") from None
+        except httpx.TimeoutException:  # read or write: the request may be at the provider
+            raise maybe_sent("timeout", f"no answer within {self.timeout:g} s") from None
+        except httpx.ConnectError as exc:
+            raise not_sent("connection_refused", f"cannot connect: {exc}") from None
         except httpx.InvalidURL as exc:
             # Only the URL is fatal: any other ValueError inside the request is a bug to
             # see, not a provider to give up on (as with aiohttp).
@@ -215,7 +241,25 @@ class HttpxTransport:
         except (httpx.TransportError, httpx.UnsupportedProtocol) as exc:
             if isinstance(exc, httpx.UnsupportedProtocol):
                 raise FatalSendError(f"invalid provider URL: {exc}", error_type="bad_url") from None
-            raise RetryableSendError(
-                f"connection error: {type(exc).__name__}", error_type="connection_error"
+            raise maybe_sent(
+                "connection_lost",
+                f"the connection broke before a full answer ({type(exc).__name__})",
             ) from None
         return HttpResponse(response.status_code, response.headers, response.content)
+
+
+def not_sent(error_type: str, message: str) -> RetryableSendError:
+    """The request never reached the provider: safe to send again."""
+    return RetryableSendError(message, error_type=error_type)
+
+
+def maybe_sent(error_type: str, message: str) -> UncertainSendError:
+    """The request may have been processed: its messages are unknown."""
+    return UncertainSendError(message, error_type=error_type)
+
+
+def _reason(exc: BaseException) -> str:
+    """A connector error's cause in a few words (``Connection refused``), no traceback."""
+    cause = getattr(exc, "os_error", None)
+    text = getattr(cause, "strerror", None) or str(cause or exc)
+    return str(text)[:200]

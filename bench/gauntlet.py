@@ -140,8 +140,8 @@ def explain(
 
     Every row terminal; sent + failed + unknown + skipped = rows; each sent row delivered
     exactly once; nobody delivered twice; a row delivered but not ``sent`` is only
-    possible when its answer was lost (``failed`` retryable after a timeout or a broken
-    connection, or ``unknown``).
+    possible when its answer was lost, and is then ``unknown`` (a ``failed`` row was
+    certainly not accepted).
     """
     states = row_states(db, run_id)
     check(sorted(states) == list(range(1, rows + 1)), f"rows lost: {rows - len(states)}")
@@ -159,12 +159,10 @@ def explain(
     check(not missing, f"rows marked sent that the provider never accepted: {missing[:10]}")
     lost_answer = 0
     for r in delivered_rows:
-        state, error_type, retryable = states[r]
+        state, error_type, _retryable = states[r]
         if state == "sent":
             continue
-        lost = state == "unknown" or (
-            state == "failed" and retryable == 1 and error_type in {"timeout", "connection_error"}
-        )
+        lost = state == "unknown"
         check(
             lost and lost_answers_ok,
             f"row {r} was delivered but is {state} ({error_type}): not explained by a lost answer",
@@ -353,6 +351,13 @@ class Controller(threading.Thread):
 HOLD_MS = 20_000
 
 
+def _settle_in_flight(sandbox: Sandbox, timeout: float = 10.0) -> None:
+    """Wait until the sandbox has finished every request it holds (a slow one delivers late)."""
+    deadline = time.monotonic() + timeout
+    while sandbox.stats()["in_flight"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def _restart(sandbox: Sandbox, down_s: float) -> dict[str, Any]:
     sandbox.stop()  # drops the held requests: their answers are lost
     sandbox.configure(latency_ms=0)  # stopped: applied to the kept state
@@ -395,7 +400,8 @@ def _cells(requests: int, provider: str = "tosend") -> dict[str, dict[str, Any]]
             "expect_fault": "spike",
         },
         "5xx_bursts": {
-            # a burst of exactly burst_faults 500/502/503 answers, then back to normal
+            # A burst of exactly burst_faults 500/502/503 answers, then back to normal. The
+            # client cannot know that these were refused before processing: unknown.
             "config": {
                 "seed": 2,
                 "schedule": (
@@ -405,6 +411,7 @@ def _cells(requests: int, provider: str = "tosend") -> dict[str, dict[str, Any]]
             },
             "send": {"max_attempts": 8},
             "expect_fault": ("500", "502", "503"),
+            "unknown_rows": "not_delivered",
         },
         "429_storm_retry_after": {
             "config": storm_schedule(),
@@ -417,15 +424,20 @@ def _cells(requests: int, provider: str = "tosend") -> dict[str, dict[str, Any]]
             "expect_fault": "429",
         },
         "dropped_responses": {
+            # accepted, then the connection closed: delivered, and the client cannot know
             "config": {"drop_rate": 0.3, "seed": 3},
             "send": {"max_attempts": 8},
             "expect_fault": "dropped",
+            "unknown_rows": "delivered",
         },
         "provider_hangs": {
-            # Every request sleeps 1 s on the server; the client gives up after 0.2 s.
+            # Every request sleeps 1 s on the server before it is read; the client gives up
+            # after 0.2 s and closes the connection, so the sandbox never processes it.
+            # The client cannot know that: every row unknown, none sent again on its own.
             "config": {"latency_ms": 1000},
             "send": {"timeout": 0.2, "max_attempts": 2, "max_retry_time": 1},
-            "expect_all_failed": "timeout",
+            "expect_all_unknown": "timeout",
+            "unknown_rows": "not_delivered",
         },
         "sandbox_restarted": {
             # From request hold_at on the sandbox answers nothing (the client's timeout is
@@ -435,6 +447,8 @@ def _cells(requests: int, provider: str = "tosend") -> dict[str, dict[str, Any]]
                 (lambda s: s["requests"] >= hold_at, lambda sb: _restart(sb, 0.3)),
             ],
             "send": {"max_attempts": 10, "timeout": 2 * HOLD_MS / 1000},
+            # the held requests were dropped before the sandbox processed them
+            "unknown_rows": "not_delivered",
         },
     }
 
@@ -453,8 +467,11 @@ def fault_cell(
     """Run one cell of the fault matrix in this process; check and return its counts.
 
     Rows that failed with a retryable error are then sent with ``resume --retry-failed``
-    once the fault is gone: each ends ``sent``, still one message per recipient (an
-    answer lost to a timeout was replayed from the provider's idempotency store).
+    once the fault is gone: each ends ``sent``, still one message per recipient. Rows left
+    ``unknown`` are checked against what the sandbox knows (the cell's ``unknown_rows``):
+    where they were ``delivered`` (a dropped answer), each was delivered exactly once and
+    is left alone; where they were ``not_delivered`` (refused before processing, which
+    the client cannot know), ``resume --resend-unknown`` sends each, once.
     """
     send = {"concurrency": 4, "batch_size": 10} if provider == "tosend" else {"concurrency": 4}
     cell = _cells(-(-rows // send.get("batch_size", 1)), provider)[name]
@@ -491,6 +508,7 @@ def fault_cell(
                 sum(stats["faults"].get(k, 0) for k in kinds) > 0,
                 f"{name}: no {expected} fault injected",
             )
+        _settle_in_flight(sandbox)
         first = explain(db, summary.run_id, rows, deliveries(sandbox.messages()))
         statuses = Counter(
             str(s)
@@ -506,14 +524,23 @@ def fault_cell(
                 summary.run_id,
             )
         )
-        if cell.get("expect_all_failed"):
+        if cell.get("expect_all_unknown"):
             check(
-                first["failed"] == rows and set(errors) == {cell["expect_all_failed"]},
-                f"{name}: expected every row failed by {cell['expect_all_failed']}: "
+                first["unknown"] == rows and set(errors) == {cell["expect_all_unknown"]},
+                f"{name}: expected every row unknown by {cell['expect_all_unknown']}: "
                 f"{first} {errors}",
             )
         else:
             check(summary.state.value == "finished", f"{name}: the run ended {summary.state}")
+        if first["unknown"]:
+            expected_unknown = cell.get("unknown_rows")
+            delivered = first["delivered_unanswered"]
+            check(
+                (expected_unknown == "delivered" and delivered == first["unknown"])
+                or (expected_unknown == "not_delivered" and delivered == 0),
+                f"{name}: {first['unknown']} unknown rows, {delivered} of them delivered; "
+                f"expected {expected_unknown}",
+            )
         # Permanent failures would be a client bug here: every fault is transient.
         permanent = query(
             db,
@@ -523,7 +550,8 @@ def fault_cell(
         )[0][0]
         check(permanent == 0, f"{name}: {permanent} rows failed permanently on a transient fault")
         retried = None
-        if first["failed"]:
+        resend = first["unknown"] and cell.get("unknown_rows") == "not_delivered"
+        if first["failed"] or resend:
             sandbox.configure(
                 fail_rate=0.0, drop_rate=0.0, latency_ms=0, spike_rate=0.0, rate_limit=None
             )
@@ -531,13 +559,17 @@ def fault_cell(
                 summary.run_id,
                 db_path=db,
                 api_key=KEY,
-                retry_failed=True,
+                retry_failed=bool(first["failed"]),
+                resend_unknown=bool(resend),
                 progress=False,
                 report_path=workdir / f"{name}-retry.csv",
             )
-            check(again.state.value == "finished", f"{name}: --retry-failed ended {again.state}")
+            check(again.state.value == "finished", f"{name}: the resume ended {again.state}")
             retried = explain(db, summary.run_id, rows, deliveries(sandbox.messages()))
-            check(retried["sent"] == rows, f"{name}: after --retry-failed: {retried}")
+            check(
+                retried["sent"] + retried["unknown"] == rows and retried["failed"] == 0,
+                f"{name}: after the resume: {retried}",
+            )
         result = {
             "cell": name,
             "rows": rows,

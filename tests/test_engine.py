@@ -7,10 +7,11 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
+import orjson
 import pytest
 from aiohttp import web
 
-from batchsend.engine import MemoryRecorder, Progress, send_units
+from batchsend.engine import MemoryRecorder, Progress, Uncertainty, send_units
 from batchsend.message import Address, Message
 from batchsend.plan import plan_units
 from batchsend.providers import get_provider
@@ -55,6 +56,7 @@ def run(
     api_key=KEY,
     batch_size=100,
     asynchronous=False,
+    uncertainty=None,
 ):
     recorder = recorder or MemoryRecorder()
     p = get_provider(provider, base_url=base_url, api_key=api_key, batch_size=batch_size)
@@ -81,6 +83,7 @@ def run(
                 stop_event=stop_event,
                 on_progress=on_progress,
                 progress_interval=0.0,
+                uncertainty=uncertainty,
             )
 
     return asyncio.run(go()), recorder
@@ -171,39 +174,67 @@ def test_a_bad_key_stops_at_once(sandbox, provider):
 
 
 @pytest.mark.parametrize("provider", ["tosend", "v1"])
-def test_server_faults_are_retried_until_sent(make_sandbox, provider):
+def test_server_errors_leave_rows_unknown_and_nothing_is_sent_again(make_sandbox, provider):
+    # A 5xx may come after the provider delivered the message: never sent again on our own.
     sb = make_sandbox(fail_rate=0.3, seed=7)
     result, rec = run(
         sb.base_url, [msg(i) for i in range(1, 301)], provider=provider, batch_size=10
     )
-    assert (result.sent, result.failed) == (300, 0)
-    assert result.retries > 0
-    assert result.requests == result.units + result.retries
-    assert recipients(sb) == everyone(300)
-    assert any(a > 1 for _, a, _ in rec.attempts)
+    assert result.failed == 0 and result.retries == 0
+    assert result.unknown > 0 and result.sent + result.unknown == 300
+    assert result.requests == result.units
+    unknown = [row for row, state in rec.states.items() if state == "unknown"]
+    assert len(unknown) == result.unknown
+    assert all(rec.finals[row].http_status in (500, 502, 503) for row in unknown)
+    sent = sorted(f"user{row}@dest.test" for row, s in rec.states.items() if s == "sent")
+    assert recipients(sb) == sent  # each accepted once, the unknown ones never again
 
 
 @pytest.mark.parametrize("provider", ["tosend", "v1"])
-def test_dropped_answers_are_retried_and_absorbed_by_idempotency(make_sandbox, provider):
-    sb = make_sandbox(drop_rate=0.2, seed=11)
+def test_on_server_error_retry_sends_them_again(make_sandbox, provider):
+    # The user accepted the duplicate risk; this sandbox refuses before processing, so
+    # here the retries cannot deliver twice.
+    sb = make_sandbox(fail_rate=0.3, seed=7)
     result, _rec = run(
+        sb.base_url,
+        [msg(i) for i in range(1, 301)],
+        provider=provider,
+        batch_size=10,
+        uncertainty=Uncertainty(retry_server_errors=True),
+    )
+    assert (result.sent, result.failed, result.unknown) == (300, 0, 0)
+    assert result.retries > 0
+    assert recipients(sb) == everyone(300)
+
+
+@pytest.mark.parametrize("provider", ["tosend", "v1"])
+def test_dropped_answers_end_unknown_and_each_message_is_delivered_once(make_sandbox, provider):
+    sb = make_sandbox(drop_rate=0.2, seed=11)
+    result, rec = run(
         sb.base_url, [msg(i) for i in range(1, 201)], provider=provider, batch_size=10
     )
-    assert (result.sent, result.failed) == (200, 0)
-    assert sb.stats()["faults"].get("dropped", 0) > 0
-    assert recipients(sb) == everyone(200)  # exactly one message per recipient
+    dropped = sb.stats()["faults"].get("dropped", 0)
+    assert dropped > 0 and result.retries == 0
+    per_request = 10 if provider == "tosend" else 1
+    assert result.unknown == dropped * per_request
+    assert (result.sent + result.unknown, result.failed) == (200, 0)
+    assert {rec.finals[r].error_type for r, s in rec.states.items() if s == "unknown"} == {
+        "connection_lost"
+    }
+    assert recipients(sb) == everyone(200)  # the dropped ones were delivered, once
 
 
-def test_exhausted_retries_fail_the_rows_as_retryable(make_sandbox):
-    sb = make_sandbox(fail_rate=1.0, seed=1)
+def test_exhausted_retries_fail_the_rows_as_retryable():
+    # Nothing listens on port 9: every attempt is refused, certainly not processed.
     result, rec = run(
-        sb.base_url,
+        "http://127.0.0.1:9",
         [msg(i) for i in range(1, 21)],
         provider="v1",
         retry=RetryPolicy(max_attempts=3, sleep=no_wait),
     )
     assert (result.sent, result.failed, result.requests) == (0, 20, 60)
     assert {rec.finals[i].kind.value for i in range(1, 21)} == {"retryable"}
+    assert {rec.finals[i].error_type for i in range(1, 21)} == {"connection_refused"}
     assert result.complete  # every unit got its final answer
 
 
@@ -364,44 +395,80 @@ def test_429_with_an_http_date_pauses_the_run_and_repeats_the_same_request():
     assert [o.provider_message_id for o in (rec.finals[1], rec.finals[2])] == ["m1", "m2"]
 
 
-def test_a_message_accepted_on_an_earlier_attempt_stays_accepted():
-    script = Scripted(
-        [
-            (
-                207,
-                {},
-                {
-                    "results": [
-                        {"status": "success", "message_id": "m1"},
-                        {
-                            "status": "error",
-                            "status_code": 503,
-                            "error_type": "service_unavailable",
-                            "message": "try later",
-                        },
-                    ]
-                },
-            ),
-            (500, {}, {"status_code": 500, "error_type": "internal_error", "message": "down"}),
-        ]
-    )
-
+def scripted_run(script, messages, *, retry, uncertainty=None):
     async def go():
         async with script as url:
             p = get_provider("tosend", base_url=url, api_key=KEY)
             rec = MemoryRecorder()
             async with make_transport("aiohttp") as t:
                 result = await send_units(
-                    plan_units([msg(1), msg(2)], run_id="r", provider=p),
+                    plan_units(messages, run_id="r", provider=p),
                     provider=p,
                     transport=t,
                     recorder=rec,
-                    retry=RetryPolicy(max_attempts=2, sleep=no_wait),
+                    retry=retry,
+                    uncertainty=uncertainty,
                 )
             return result, rec
 
-    result, rec = asyncio.run(go())
-    assert (result.sent, result.failed, result.requests) == (1, 1, 2)
-    assert rec.states == {1: "sent", 2: "failed"}
+    return asyncio.run(go())
+
+
+SUCCESS = {"status": "success", "message_id": "m1"}
+SPAM = {
+    "status": "spam",
+    "message": "All recipient email addresses are marked as spam / disposable.",
+    "errors": {"to": {"spam": "All recipient email addresses are marked as spam / disposable."}},
+}
+
+
+def per_message_error(status: int) -> dict:
+    return {"status": "error", "status_code": status, "error_type": "x", "message": "no"}
+
+
+def test_a_207_sends_only_the_refused_messages_again_in_a_request_of_their_own():
+    script = Scripted(
+        [
+            (207, {}, {"results": [SUCCESS, per_message_error(429), SPAM]}),
+            (200, {}, {"results": [{"status": "success", "message_id": "m2"}]}),
+        ]
+    )
+    result, rec = scripted_run(
+        script, [msg(1), msg(2), msg(3)], retry=RetryPolicy(max_attempts=3, sleep=no_wait)
+    )
+    assert (result.sent, result.failed, result.unknown, result.requests) == (2, 1, 0, 2)
+    assert rec.states == {1: "sent", 2: "sent", 3: "failed"}
+    assert rec.finals[3].error_type == "disposable"  # spam: never retried
+    (key1, body1), (key2, body2) = script.seen
+    first = [e["message_hash"] for e in orjson.loads(body1)["emails"]]
+    second = [e["message_hash"] for e in orjson.loads(body2)["emails"]]
+    assert second == [first[1]]  # the accepted and the spam messages never travel again
+    assert key2 != key1 and key2 in rec.units and rec.units[key2] == ((2,),)
+
+
+def test_a_per_message_5xx_is_unknown_and_not_sent_again():
+    script = Scripted([(207, {}, {"results": [SUCCESS, per_message_error(503)]})])
+    result, rec = scripted_run(
+        script, [msg(1), msg(2)], retry=RetryPolicy(max_attempts=3, sleep=no_wait)
+    )
+    assert (result.sent, result.failed, result.unknown, result.requests) == (1, 0, 1, 1)
+    assert rec.states == {1: "sent", 2: "unknown"}
     assert rec.finals[1].provider_message_id == "m1"
-    assert rec.finals[2].http_status == 500
+
+
+def test_an_idempotent_provider_gets_the_same_request_again():
+    script = Scripted(
+        [
+            (207, {}, {"results": [SUCCESS, per_message_error(503)]}),
+            (500, {}, {"status_code": 500, "error_type": "internal_error", "message": "down"}),
+        ]
+    )
+    result, rec = scripted_run(
+        script,
+        [msg(1), msg(2)],
+        retry=RetryPolicy(max_attempts=2, sleep=no_wait),
+        uncertainty=Uncertainty(idempotent_provider=True),
+    )
+    assert (result.sent, result.unknown, result.requests) == (1, 1, 2)
+    assert rec.states == {1: "sent", 2: "unknown"}  # an attempt may have delivered it
+    assert script.seen[0] == script.seen[1]  # same key, same bytes

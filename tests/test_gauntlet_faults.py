@@ -3,8 +3,9 @@
 Each cell runs a campaign against a sandbox misbehaving in one way and checks, from the
 store and the sandbox's own log: every row terminal, sent + failed + unknown + skipped =
 rows, each sent recipient delivered exactly once, nobody twice, and a row delivered
-without being ``sent`` only when its answer was lost. Rows that failed on a transient
-fault are then sent with ``resume --retry-failed``. Long form: ``python bench/gauntlet.py
+without being ``sent`` only when its answer was lost (then it is ``unknown``). Rows that
+failed on a transient fault are then sent with ``resume --retry-failed``; unknown rows
+that the sandbox never processed, with ``--resend-unknown``. Long form: ``python bench/gauntlet.py
 faults`` and ``fatal``.
 """
 
@@ -32,11 +33,18 @@ def test_fault_cell_tosend(cell: str, tmp_path: Path) -> None:
     rows = 20 if cell == "provider_hangs" else 40
     result = gauntlet.fault_cell(cell, tmp_path, rows=rows, provider="tosend", log=quiet)
     final = result["after_retry_failed"] or result["counts"]
-    assert final["sent"] == rows
+    assert final["sent"] + final["unknown"] == rows and final["failed"] == 0
+    # an unknown row is one whose answer was lost after the provider delivered it
+    assert final["unknown"] == final["delivered_unanswered"]
+    if cell in ("dropped_responses", "provider_hangs"):
+        assert result["counts"]["unknown"] > 0, result
     if cell == "provider_hangs":
-        # The client's [send] timeout fired on every attempt (the server sleeps 1 s).
+        # The client's [send] timeout fired on the first attempt (the server sleeps 1 s)
+        # and nothing was sent again on its own: every row unknown, until the explicit
+        # --resend-unknown (this sandbox never processed them) sent each once.
         assert result["row_errors"] == {"timeout": rows}
-        assert result["counts"]["failed"] == rows
+        assert result["counts"]["unknown"] == rows
+        assert result["after_retry_failed"]["sent"] == rows
     if cell in ("5xx_bursts", "429_storm_retry_after", "429_storm_no_retry_after"):
         # every injected fault was seen by the client and recorded as an attempt
         assert result["sandbox_faults"], result  # the cell did inject faults
@@ -48,7 +56,9 @@ def test_fault_cell_tosend(cell: str, tmp_path: Path) -> None:
 def test_fault_cell_v1(cell: str, tmp_path: Path) -> None:
     rows = 6 if cell == "provider_hangs" else 12
     result = gauntlet.fault_cell(cell, tmp_path, rows=rows, provider="v1", log=quiet)
-    assert (result["after_retry_failed"] or result["counts"])["sent"] == rows
+    final = result["after_retry_failed"] or result["counts"]
+    assert final["sent"] + final["unknown"] == rows and final["failed"] == 0
+    assert final["unknown"] == final["delivered_unanswered"]
 
 
 @pytest.mark.parametrize("provider", ["tosend", "v1"])

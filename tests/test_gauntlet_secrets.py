@@ -71,7 +71,7 @@ def revoke_at_request(sandbox: Sandbox, n: int) -> None:
 def test_the_key_never_reaches_the_store_reports_output_or_errors(tmp_path: Path) -> None:
     sandbox = Sandbox(api_keys=(KEY,), domains=(gauntlet.DOMAIN,), latency_ms=2).start()
     try:
-        sandbox.configure(fail_rate=0.2, seed=4)  # retryable failures, some exhausted
+        sandbox.configure(fail_rate=0.2, seed=4)  # 5xx: those rows end unknown
         campaign = gauntlet.write_campaign(
             tmp_path / "c",
             rows=300,
@@ -106,10 +106,11 @@ def test_the_key_never_reaches_the_store_reports_output_or_errors(tmp_path: Path
         assert second.returncode == 0, second.stderr
         key_file.unlink()  # the only file allowed to hold the key
 
-        # 4. from standard input, retrying the failures
+        # 4. from standard input, retrying the failures and resending the unknown rows
+        # (this sandbox's 5xx come before processing, so nothing was delivered twice)
         sandbox.configure(fail_rate=0.0)
         third = batchsend("resume", summary["run_id"], "--db", db, "--json", "--retry-failed",
-                          "--api-key-stdin", stdin=KEY + "\n")  # fmt: skip
+                          "--resend-unknown", "--api-key-stdin", stdin=KEY + "\n")  # fmt: skip
         outputs += [third.stdout, third.stderr]
         assert third.returncode == 0, third.stderr
         assert json.loads(third.stdout)["counts"]["sent"] == 300

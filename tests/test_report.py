@@ -311,7 +311,7 @@ def test_failures_file_of_a_real_run_is_a_recipient_file_for_the_same_campaign(
     assert frame["email"].to_list() == ["user3@mailinator.com", "user8@mailinator.com"]
     assert frame["first"].to_list() == ["First3", "First8"]  # template variables kept
     assert frame["http_status"].to_list() == ["403", "403"]
-    assert frame["reason"].to_list() == ["to_disposable", "to_disposable"]
+    assert frame["reason"].to_list() == ["disposable", "disposable"]
     assert all("disposable" in m for m in frame["error_message"].to_list())
 
     # The same campaign, pointed at the failures file, reads and renders both rows.

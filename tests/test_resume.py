@@ -108,25 +108,50 @@ def test_in_flight_rows_become_unknown_and_resend_repeats_the_same_request(
     assert keys == {never_left.key}
 
 
-@pytest.mark.parametrize("fault", ["fail_rate", "drop_rate"])
 def test_retry_failed_repeats_the_whole_request_under_its_key(
-    tmp_path: Path, sandbox: Sandbox, fault: str
+    tmp_path: Path, sandbox: Sandbox
 ) -> None:
-    """drop_rate: the provider accepted but no answer came; the retry must not redeliver."""
-    campaign = write_campaign(tmp_path / "c", rows=20, send={"max_attempts": 1})
-    sandbox.configure(**{fault: 1.0})
-    first = run(campaign, sandbox)
-    assert first.counts["failed"] == 20 and first.state is RunState.FINISHED
+    """A request that never reached the provider failed retryable; --retry-failed sends it."""
+    # v1: no account check first; nothing listens on port 9, every connection is refused
+    campaign = write_campaign(tmp_path / "c", rows=20, provider="v1", send={"max_attempts": 2})
+    first = run_campaign(
+        campaign, db_path="b.db", api_key=KEY, base_url="http://127.0.0.1:9", progress=False
+    )
+    assert first.counts["failed"] == 20
     with Store("b.db") as store:
-        assert store.rows_in_state(first.run_id, [RecipientState.FAILED], retryable_only=True)
+        assert (
+            len(store.rows_in_state(first.run_id, [RecipientState.FAILED], retryable_only=True))
+            == 20
+        )
         keys = {r["unit_key"] for r in store.recipients(first.run_id)}
-    sandbox.configure(**{fault: 0.0})
     plain = resume(first.run_id, sandbox)  # without the flag, failures stay failed
-    assert plain.counts["failed"] == 20
+    assert plain.counts["failed"] == 20 and sandbox.messages() == []
     retried = resume(first.run_id, sandbox, retry_failed=True)
     assert retried.counts["sent"] == 20 and retried.counts["failed"] == 0
     assert_each_once(sandbox, 20)
     assert {m["idempotency_key"] for m in sandbox.messages()} == keys
+
+
+@pytest.mark.parametrize("fault", ["fail_rate", "drop_rate"])
+def test_a_maybe_processed_request_is_unknown_and_only_an_explicit_resend_sends_it(
+    tmp_path: Path, sandbox: Sandbox, fault: str
+) -> None:
+    """fail_rate: refused before processing; drop_rate: delivered, answer lost. The client
+    cannot tell the two apart, so neither is ever sent again without --resend-unknown."""
+    campaign = write_campaign(tmp_path / "c", rows=20, send={"max_attempts": 3})
+    sandbox.configure(**{fault: 1.0})
+    first = run(campaign, sandbox)
+    assert first.counts["unknown"] == 20 and first.counts["failed"] == 0
+    delivered = len(sandbox.messages())
+    assert delivered == (20 if fault == "drop_rate" else 0)
+    assert sandbox.stats()["requests"] == 3  # GET /v2/info and two batches, no retry
+    sandbox.configure(**{fault: 0.0})
+    plain = resume(first.run_id, sandbox, retry_failed=True)  # unknown is not failed
+    assert plain.counts["unknown"] == 20 and len(sandbox.messages()) == delivered
+    if fault == "fail_rate":  # the user knows these were not delivered, and says so
+        again = resume(first.run_id, sandbox, resend_unknown=True)
+        assert again.counts["sent"] == 20
+    assert_each_once(sandbox, 20)
 
 
 def test_resume_with_nothing_to_do_sends_nothing(tmp_path: Path, sandbox: Sandbox) -> None:

@@ -7,10 +7,13 @@ building and response classification are pure functions, tested without I/O.
 Two rules every provider follows:
 
 * a :class:`SendUnit` becomes exactly one :class:`HttpRequest` whose body is serialised
-  once; a retry or a resume sends the very same bytes with the same ``Idempotency-Key``
-  (the unit's key), so a provider that honours the key never delivers twice;
+  once; a retry sends the very same bytes with the same ``Idempotency-Key`` (the unit's
+  key). Neither provider honours the key (API-CONTRACTS.md): it is sent because it is
+  harmless and helps a provider that does;
 * an answer (or a transport failure) becomes exactly one :class:`MessageOutcome` per
-  planned message, in the unit's order.
+  planned message, in the unit's order, of the kind that says whether the provider can
+  have processed it: ``RETRYABLE`` only when it certainly did not (429, no connection),
+  ``UNKNOWN`` when it may have (5xx, a lost answer, an answer we cannot read).
 """
 
 from __future__ import annotations
@@ -24,15 +27,21 @@ from typing import Any
 import orjson
 
 from batchsend import USER_AGENT
-from batchsend.errors import SendError
+from batchsend.errors import FatalSendError, PermanentSendError, SendError, UncertainSendError
 from batchsend.message import Message
 from batchsend.outcome import MessageOutcome, OutcomeKind
 from batchsend.plan import PlannedMessage, SendUnit
 from batchsend.ratelimit import parse_retry_after
 from batchsend.secrets import redact
 
-# Retryable by contract (API-CONTRACTS.md, "Decisions common to both").
-RETRYABLE_STATUSES = frozenset({429, 500, 501, 502, 503, 504})
+# API-CONTRACTS.md, "Was it processed?": a 429 refused the request before processing it;
+# a 5xx may come after the provider delivered it (an error on the way back).
+RETRYABLE_STATUSES = frozenset({429})
+
+
+def is_server_error(status: int) -> bool:
+    """A 5xx: the provider may have processed the request (its rows are unknown)."""
+    return 500 <= status <= 599
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,12 +245,12 @@ def rendered(planned: PlannedMessage) -> Message:
 
 
 def _kind_of_error(error: SendError) -> OutcomeKind:
-    from batchsend.errors import FatalSendError, PermanentSendError
-
     if isinstance(error, FatalSendError):
         return OutcomeKind.FATAL
     if isinstance(error, PermanentSendError):
         return OutcomeKind.PERMANENT
+    if isinstance(error, UncertainSendError):
+        return OutcomeKind.UNKNOWN
     return OutcomeKind.RETRYABLE
 
 

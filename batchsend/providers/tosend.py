@@ -8,15 +8,20 @@ its planned key, so the provider's ``message_id`` is known before the request le
 Classification (a batch's per-email results are classified the same way, each alone,
 so one bad email never fails its neighbours):
 
-==================================  ==============================================
-200 / batch ``success``             accepted (``message_id``)
-429, 500-504                        retryable (``Retry-After`` honoured)
-401, 403 (key, credits, account)    fatal for the run
-403 with only disposable recipients permanent for that email
-422 ``from``: domain not verified   fatal for the run
-or not allowed for the key
-other 4xx                           permanent for that email (400, 404, 409, 422)
-==================================  ==============================================
+====================================  ============================================
+200 / batch ``success``               accepted (``message_id``)
+batch ``spam`` (no ``status_code``)   permanent for that email (``disposable``)
+403 ``to.spam`` (single send)         permanent for that email (``disposable``)
+429                                   retryable (``Retry-After`` honoured)
+5xx, or an answer we cannot read      unknown: ToSend may have delivered it
+401, 403 (key, credits, account)      fatal for the run
+422 ``from``: domain not verified,    fatal for the run
+not allowed for the key, not found
+other 4xx                             permanent for that email (400, 404, 422)
+====================================  ============================================
+
+A calendar invite travels as an attachment: ToSend has no calendar field, so the
+invite is ``invite.ics`` of type ``text/calendar; method=REQUEST``.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from batchsend.providers.base import (
     HttpRequest,
     Provider,
     _text,
+    is_server_error,
     loads,
     rendered,
 )
@@ -43,7 +49,12 @@ BATCH_PATH = "/v2/emails/batch"
 INFO_PATH = "/v2/info"
 MAX_BATCH = 100
 
-_FATAL_DOMAIN_RULES = frozenset({"domain_not_verified", "domain_not_allowed"})
+_FATAL_DOMAIN_RULES = frozenset({"domain_not_verified", "domain_not_allowed", "domain_not_found"})
+#: Rules that say every recipient was disposable: that email is never sent, on its own.
+_SPAM_RULES = frozenset({"spam", "disposable"})
+DISPOSABLE = "disposable"
+INVITE_NAME = "invite.ics"
+INVITE_TYPE = "text/calendar; method=REQUEST"
 
 
 def _address(a: Any) -> dict[str, str]:
@@ -101,8 +112,17 @@ class ToSendProvider(Provider):
             body["headers"] = dict(m.headers)
         if m.tags:
             body["tags"] = dict(m.tags)
-        if m.attachments:
-            body["attachments"] = [_attachment(a) for a in m.attachments]
+        attachments = [_attachment(a) for a in m.attachments]
+        if m.ical:
+            attachments.append(
+                {
+                    "type": INVITE_TYPE,
+                    "name": INVITE_NAME,
+                    "content": base64.b64encode(m.ical.encode("utf-8")).decode("ascii"),
+                }
+            )
+        if attachments:
+            body["attachments"] = attachments
         body["message_hash"] = planned.key
         return body
 
@@ -119,9 +139,11 @@ class ToSendProvider(Provider):
                     self._one(pm.key, r if isinstance(r, dict) else {}, status)
                     for pm, r in zip(unit.messages, results, strict=True)
                 ]
+            # ToSend processed the batch (200/207) but we cannot tell which email it
+            # took: unknown, never sent again on our own.
             return self.same_for_all(
                 unit,
-                OutcomeKind.RETRYABLE,
+                OutcomeKind.UNKNOWN,
                 status,
                 "bad_response",
                 "the batch answer does not list one result per email",
@@ -138,7 +160,7 @@ class ToSendProvider(Provider):
                     )
                 ]
             return self.same_for_all(
-                unit, OutcomeKind.RETRYABLE, status, "bad_response", "200 without a message_id"
+                unit, OutcomeKind.UNKNOWN, status, "bad_response", "200 without a message_id"
             )
         # The request as a whole was refused: every email shares the answer.
         data = data if isinstance(data, dict) else {}
@@ -149,25 +171,41 @@ class ToSendProvider(Provider):
             status,
             _error_type(status, data),
             _text(data.get("message") or body[:200].decode("utf-8", "replace")),
-            self.retry_after(headers) if kind is OutcomeKind.RETRYABLE else None,
+            self.retry_after(headers) if kind is not OutcomeKind.PERMANENT else None,
         )
 
     def _one(self, key: str, result: dict[str, Any], batch_status: int) -> MessageOutcome:
-        if result.get("status") == "success" and result.get("message_id"):
+        """One entry of a batch answer: ``success``, ``error`` or ``spam``."""
+        kind_of = result.get("status")
+        if kind_of == "success" and result.get("message_id"):
             return MessageOutcome(
                 key,
                 OutcomeKind.ACCEPTED,
                 http_status=batch_status,
                 provider_message_id=str(result["message_id"]),
             )
+        message = _text(result.get("message") or "no result for this email")
+        if kind_of == "spam":
+            # every recipient disposable: never sent, and sending again changes nothing
+            return MessageOutcome(
+                key,
+                OutcomeKind.PERMANENT,
+                http_status=batch_status,
+                error_type=DISPOSABLE,
+                error_message=message,
+            )
         status = result.get("status_code")
-        status = status if isinstance(status, int) else 0
+        status = status if isinstance(status, int) and not isinstance(status, bool) else 0
+        if kind_of == "error":
+            kind = classify(status, result) if status else OutcomeKind.PERMANENT
+        else:  # a success without an id, or a shape ToSend does not document
+            kind = OutcomeKind.UNKNOWN
         return MessageOutcome(
             key,
-            classify(status, result) if status else OutcomeKind.RETRYABLE,
+            kind,
             http_status=status or batch_status,
-            error_type=_error_type(status, result),
-            error_message=_text(result.get("message") or "no result for this email"),
+            error_type=_error_type(status, result) if kind_of == "error" else "bad_response",
+            error_message=message,
         )
 
     # --- account ---------------------------------------------------------------------------
@@ -296,6 +334,8 @@ def classify(status: int, data: Mapping[str, Any]) -> OutcomeKind:
     """The kind of a ToSend error answer (a whole response, or one batch result)."""
     if status in RETRYABLE_STATUSES:
         return OutcomeKind.RETRYABLE
+    if is_server_error(status):
+        return OutcomeKind.UNKNOWN
     errors = data.get("errors")
     rules: dict[str, Any] = errors if isinstance(errors, dict) else {}
     if status == 401:
@@ -303,8 +343,7 @@ def classify(status: int, data: Mapping[str, Any]) -> OutcomeKind:
     if status == 403:
         # Key invalid or credits exhausted stop the run; only an email whose every
         # recipient was disposable is refused on its own.
-        to_rules = rules.get("to")
-        if isinstance(to_rules, dict) and "disposable" in to_rules:
+        if _is_spam(rules):
             return OutcomeKind.PERMANENT
         return OutcomeKind.FATAL
     if status == 422:
@@ -316,9 +355,16 @@ def classify(status: int, data: Mapping[str, Any]) -> OutcomeKind:
     return OutcomeKind.PERMANENT if status else OutcomeKind.RETRYABLE
 
 
+def _is_spam(rules: Mapping[str, Any]) -> bool:
+    to_rules = rules.get("to")
+    return isinstance(to_rules, dict) and bool(_SPAM_RULES & to_rules.keys())
+
+
 def _error_type(status: int, data: Mapping[str, Any]) -> str:
     """The most specific reason we can name: the first rule, else ``error_type``."""
     errors = data.get("errors")
+    if isinstance(errors, dict) and _is_spam(errors):
+        return DISPOSABLE
     if isinstance(errors, dict):
         for field, rules in errors.items():
             if isinstance(rules, dict) and rules:

@@ -29,6 +29,7 @@ from batchsend.providers.base import (
     Provider,
     RecipientLimits,
     _text,
+    is_server_error,
     loads,
     rendered,
 )
@@ -96,8 +97,9 @@ class V1Provider(Provider):
             body["tag"] = m.tag
         if m.stream_type:
             body["stream_type"] = m.stream_type
-        if m.metadata:
-            body["metadata"] = dict(m.metadata)
+        # batchsend's own id travels in metadata (echoed in every event of the message),
+        # so events and lookups map back to the row (API-CONTRACTS.md).
+        body["metadata"] = {**m.metadata, "batchsend_id": planned.key}
         if m.attachments:
             body["attachments"] = [
                 {
@@ -139,12 +141,11 @@ class V1Provider(Provider):
                         provider_email_id=_opt(data.get("email_id")),
                     )
                 ]
-            # Accepted or not, we cannot tell: repeating the same request under the same
-            # Idempotency-Key is safe, so call it retryable rather than guess.
+            # Accepted or not, we cannot tell, and v1 does not de-duplicate: unknown.
             return [
                 MessageOutcome(
                     key,
-                    OutcomeKind.RETRYABLE,
+                    OutcomeKind.UNKNOWN,
                     http_status=status,
                     error_type="bad_response",
                     error_message="200 without a message_id",
@@ -155,6 +156,9 @@ class V1Provider(Provider):
         message = _text(data.get("message") or body[:200].decode("utf-8", "replace"))
         if status in RETRYABLE_STATUSES:
             kind = OutcomeKind.RETRYABLE
+            retry_after = self.retry_after(headers)
+        elif is_server_error(status):
+            kind = OutcomeKind.UNKNOWN
             retry_after = self.retry_after(headers)
         else:
             kind = OutcomeKind.FATAL if status in (401, 403, 404) else OutcomeKind.PERMANENT
