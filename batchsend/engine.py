@@ -483,6 +483,8 @@ class _Engine:
                 unit.subset(again),
             )
         self.retrying += 1
+        if self.on_progress is not None:
+            self.progress()  # a unit now waits for its retry: show it
         raise _RetryUnit(outcomes, retry_after)
 
     def split(self, delivery: _Delivery) -> None:

@@ -88,6 +88,7 @@ class PreflightReport:
     problems: list[Problem]
     estimated_requests: int
     problem_count: int = 0
+    notes: tuple[str, ...] = ()  # how the campaign will travel, where that is not obvious
 
     @property
     def ok(self) -> bool:
@@ -545,7 +546,19 @@ def preflight(
         problems=problems,
         estimated_requests=estimate_requests(campaign, sendable, merged_count),
         problem_count=problem_count,
+        notes=delivery_notes(campaign),
     )
+
+
+def delivery_notes(campaign: Campaign) -> tuple[str, ...]:
+    """What ``check`` tells about how the messages will travel with this provider."""
+    notes = []
+    if campaign.message.ical is not None and campaign.provider == "tosend":
+        notes.append(
+            "note: ToSend has no calendar field: each invite travels as an attachment "
+            "named invite.ics (text/calendar; method=REQUEST)"
+        )
+    return tuple(notes)
 
 
 def format_report(report: PreflightReport, *, max_rows_listed: int = 20) -> str:
@@ -576,6 +589,7 @@ def format_report(report: PreflightReport, *, max_rows_listed: int = 20) -> str:
         f"rows {report.rows}, sendable {report.sendable}, skipped: {skipped},"
         f" estimated requests {report.estimated_requests}"
     )
+    lines.extend(report.notes)
     lines.append("ok: nothing wrong" if report.ok else f"{report.problem_count} problem(s)")
     return "\n".join(lines)
 

@@ -472,3 +472,38 @@ def test_an_idempotent_provider_gets_the_same_request_again():
     assert (result.sent, result.unknown, result.requests) == (1, 1, 2)
     assert rec.states == {1: "sent", 2: "unknown"}  # an attempt may have delivered it
     assert script.seen[0] == script.seen[1]  # same key, same bytes
+
+
+def test_a_stop_while_a_unit_waits_for_its_retry_puts_its_rows_back_to_pending(make_sandbox):
+    # Every request is refused as rate limited (not processed); the run is stopped while
+    # the units wait for their retry: nothing was delivered, so a resume must send them.
+    sb = make_sandbox()
+    sb.configure(refuse_next=10_000)
+    stop = asyncio.Event()
+
+    def progress(p: Progress) -> None:
+        if p.retrying:
+            stop.set()
+
+    result, rec = run(
+        sb.base_url,
+        [msg(i) for i in range(1, 31)],
+        batch_size=10,
+        concurrency=3,
+        stop_event=stop,
+        on_progress=progress,
+        retry=RetryPolicy(max_attempts=10, initial_wait=30, max_wait=30),
+    )
+    assert result.stopped and (result.sent, result.failed, result.unknown) == (0, 0, 0)
+    assert set(rec.states.values()) == {"pending"}
+    assert result.elapsed < 10  # the 30 s back-off ended when the run stopped
+    assert sb.messages() == []
+
+
+def test_an_all_disposable_single_send_fails_only_that_message(sandbox):
+    messages = [msg(1), msg(2, to=(Address("x@mailinator.com"),)), msg(3)]
+    result, rec = run(sandbox.base_url, messages, batch_size=1)
+    assert result.fatal is None and result.complete
+    assert rec.states == {1: "sent", 2: "failed", 3: "sent"}
+    assert rec.finals[2].error_type == "disposable"
+    assert recipients(sandbox) == ["user1@dest.test", "user3@dest.test"]

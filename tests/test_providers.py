@@ -455,3 +455,13 @@ def test_check_account_passes_a_good_account():
         sender_domains={"example.com"},
         recipients=10**9,
     )
+
+
+def test_tosend_carries_a_calendar_invite_as_an_invite_ics_attachment():
+    p = get_provider("tosend", base_url="http://127.0.0.1:9/", api_key=KEY)
+    ics = "BEGIN:VCALENDAR\r\nMETHOD:REQUEST\r\nEND:VCALENDAR\r\n"
+    (unit,) = units(p, [msg(ical=ics)])
+    (email,) = orjson.loads(p.build_request(unit).body)["emails"]
+    (invite,) = email["attachments"]
+    assert (invite["name"], invite["type"]) == ("invite.ics", "text/calendar; method=REQUEST")
+    assert base64.b64decode(invite["content"]).decode() == ics

@@ -189,3 +189,29 @@ def test_resume_refuses_a_run_another_live_process_is_sending(
         other.kill()
         other.wait()
     assert resume(first.run_id, sandbox).counts["sent"] == 5  # the process is gone now
+
+
+def test_a_fatal_answer_to_a_resent_request_keeps_its_rows_failed_or_unknown(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """A key revoked before --retry-failed / --resend-unknown: the rebuilt requests are
+    refused on their first attempt, and their rows keep the state they had (a plain resume
+    then must not send them: an unknown row may have been delivered)."""
+    campaign = write_campaign(tmp_path / "c", rows=6, provider="v1", send={"max_attempts": 1})
+    first = run_campaign(
+        campaign, db_path="b.db", api_key=KEY, base_url="http://127.0.0.1:9", progress=False,
+        limit=3,
+    )  # fmt: skip
+    assert first.counts["failed"] == 3  # rows 1-3: refused connections, retryable
+    sandbox.configure(fail_rate=1.0)
+    second = resume(first.run_id, sandbox)  # rows 4-6 meet a 5xx: unknown
+    assert second.counts["unknown"] == 3 and sandbox.messages() == []
+    sandbox.configure(fail_rate=0.0, api_keys=("sk-other",))  # our key is revoked
+    refused = resume(first.run_id, sandbox, retry_failed=True, resend_unknown=True)
+    assert refused.state is RunState.FATAL
+    assert (refused.counts["failed"], refused.counts["unknown"]) == (3, 3)
+    assert refused.counts["pending"] == 0
+    sandbox.configure(api_keys=(KEY,))
+    plain = resume(first.run_id, sandbox)
+    assert (plain.counts["failed"], plain.counts["unknown"]) == (3, 3)
+    assert sandbox.messages() == []

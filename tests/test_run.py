@@ -308,3 +308,23 @@ def test_a_runs_requests_are_the_bytes_a_resend_rebuilds(
     assert set(statuses) == {200}, statuses  # never 409: the very same bytes
     assert sandbox.stats()["duplicates"] - before == len(rebuilt)
     assert len(sandbox.messages()) == sent  # nobody got a second email
+
+
+def test_a_calendar_invite_travels_on_tosend_as_invite_ics(tmp_path: Path, make_sandbox) -> None:
+    import shutil
+
+    folder = tmp_path / "invite"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "samples" / "event-invite", folder)
+    text = (folder / "campaign.toml").read_text()
+    for v1_only in ("tag = ", "stream_type = ", "domain = ", "track_opens = ", "track_clicks = "):
+        text = "\n".join(line for line in text.splitlines() if not line.startswith(v1_only))
+    (folder / "campaign.toml").write_text(text.replace('provider = "v1"', 'provider = "tosend"'))
+    checked = CliRunner().invoke(main, ["check", str(folder / "campaign.toml")])
+    assert checked.exit_code == 0, checked.output
+    assert "invite.ics" in checked.output
+    sb = make_sandbox(domains=("pydata-lisbon.example",))
+    summary = run(folder / "campaign.toml", sb)
+    assert summary.counts["sent"] == len(sb.messages()) > 0
+    for m in sb.messages():
+        (invite,) = [a for a in m["body"]["attachments"] if a["name"] == "invite.ics"]
+        assert invite["type"] == "text/calendar; method=REQUEST"
