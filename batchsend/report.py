@@ -20,20 +20,22 @@ The report's columns, in order::
 
 The address and name columns carry the names the campaign maps them from (``email``
 and ``name`` when unknown), and the metadata columns their own names, so a report
-filtered to ``failed`` is a recipient file the same campaign can run again. When the
-run's recipient file is still there and unchanged, its other columns (template
-variables, cc, attachments...) follow, read from the file itself and joined by row
-number, so the rerun renders the very same messages. Input column names always win:
+reads like the recipient file it came from. When the run's recipient file is still
+there and unchanged, its other columns (template variables, cc, attachments...) follow,
+read from the file itself and joined by row number. A report is for reading, never an
+input to send again: failed rows fed back in as a new campaign would go out under new
+keys, and a row whose answer was lost would be emailed twice (``resume --retry-failed``
+sends retryable failures; see :mod:`batchsend.next_steps`). Input column names always win:
 a report column whose name is taken by an input column is renamed ``batchsend_<name>``
 (a recipient file with a ``state`` column gets ``batchsend_state``).
 
 Spreadsheet safety (CSV only). Every text cell that begins with ``=``, ``+``, ``-``,
 ``@``, a tab, a carriage return or a line feed is written with a single quote in front,
 as OWASP recommends against formula injection -- every column, addresses included:
-``-x@example.com`` is a valid address but also a formula to a spreadsheet. A rerun of a
-failures CSV would therefore read such a cell with its quote; :func:`unneutralise`
-undoes the prefix, and the Parquet and JSON exports, which no spreadsheet evaluates,
-carry every value untouched (use ``--format parquet`` for a byte-exact failures file).
+``-x@example.com`` is a valid address but also a formula to a spreadsheet. A program
+reading the CSV back gets such a cell with its quote; :func:`unneutralise` undoes the
+prefix, and the Parquet and JSON exports, which no spreadsheet evaluates, carry every
+value untouched (use ``--format parquet`` for byte-exact values).
 
 The store owns the schema; this module only reads it, through the connection of a
 :class:`batchsend.store.Store`, with the few set-based queries a report needs
@@ -59,6 +61,7 @@ from typing import Any, Literal, cast
 import polars as pl
 
 from batchsend.errors import BatchsendError, InputError, StoreError
+from batchsend.next_steps import NextStep, next_steps, resume_command, state_label
 from batchsend.states import RecipientState, RunState
 from batchsend.store import RunInfo, Store
 
@@ -158,12 +161,29 @@ class RunListing:
 
     ``run`` is the stored run with live ``counts``; ``state`` is its real state (a
     ``running`` run whose process is gone reads ``interrupted``); ``resume`` is the
-    command that finishes it, or ``None`` when there is nothing to resume.
+    command that finishes it, or ``None`` when there is nothing to resume;
+    ``failed_retryable`` how many of its failed rows ``--retry-failed`` would send.
     """
 
     run: RunInfo
     state: RunState
     resume: str | None
+    failed_retryable: int = 0
+    db_path: str = ""
+
+    @property
+    def label(self) -> str:
+        """The state as shown: ``finished with 3 failed / 2 unknown`` rather than finished."""
+        return state_label(self.state, self.run.counts)
+
+    @property
+    def next_steps(self) -> tuple[NextStep, ...]:
+        """What to do about the run's failed and unknown rows, with the exact commands."""
+        if self.run.dry_run:
+            return ()
+        return next_steps(
+            self.run.id, self.db_path, self.run.counts, failed_retryable=self.failed_retryable
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready values (``batchsend runs --json``)."""
@@ -174,17 +194,22 @@ class RunListing:
             "campaign_path": r.campaign_path,
             "provider": r.provider,
             "state": self.state.value,
+            "state_label": self.label,
             "stored_state": r.state.value,
             "started_at": r.started_at,
             "ended_at": r.ended_at,
             "updated_at": r.updated_at,
             "total_rows": r.total_rows,
             "counts": dict(r.counts),
+            "failed_retryable": self.failed_retryable,
+            "failed_permanent": r.counts.get(RecipientState.FAILED.value, 0)
+            - self.failed_retryable,
             "is_test": r.is_test,
             "dry_run": r.dry_run,
             "fatal_error": r.fatal_error,
             "report_path": r.report_path,
             "resume": self.resume,
+            "next_steps": [step.to_dict() for step in self.next_steps],
         }
 
 
@@ -237,10 +262,14 @@ def _listing(store: Store, run: RunInfo, db_path: str | Path) -> RunListing:
     state = effective_state(run)
     resume = None
     if state in (RunState.INTERRUPTED, RunState.FATAL) and not run.dry_run:
-        from batchsend.runner import resume_command  # one copy; imported only when needed
-
         resume = resume_command(run.id, db_path)
-    return RunListing(run=run, state=state, resume=resume)
+    return RunListing(
+        run=run,
+        state=state,
+        resume=resume,
+        failed_retryable=store.failed_retryable(run.id),
+        db_path=str(db_path),
+    )
 
 
 def _get_run(store: Store, run_id: str) -> RunInfo:
@@ -727,8 +756,9 @@ def write_report(
     ``format`` is ``csv`` (spreadsheet-safe, see the module docstring), ``parquet``,
     ``json`` (one array of row objects), ``jsonl`` (JSON lines: one object per line) or
     ``html`` (the one-page summary).
-    ``states`` keeps only rows in those states: ``states=["failed"]`` with CSV gives a
-    recipient file the same campaign can run again.
+    ``states`` keeps only rows in those states: ``states=["failed"]`` lists the failed
+    rows with their reasons (to read: :mod:`batchsend.next_steps` says how to send
+    them again, never as a new campaign).
 
     Example::
 

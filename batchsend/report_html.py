@@ -13,6 +13,7 @@ import math
 from collections.abc import Sequence
 from html import escape
 
+from batchsend.next_steps import NextStep
 from batchsend.report import ReasonCount, RunSummary, TimeBucket
 from batchsend.states import RecipientState
 
@@ -52,6 +53,8 @@ _RUN_STATE_COLOURS = {
     "interrupted": "#ef6c00",
     "fatal": "#c62828",
 }
+# "finished with N failed / M unknown": never the green of a clean finish.
+FINISHED_WITH_ROWS_LEFT_COLOUR = "#ef6c00"
 
 
 def _nice_max(value: float) -> float:
@@ -218,10 +221,24 @@ def _reasons_table(reasons: Sequence[ReasonCount]) -> str:
     )
 
 
+def _next_steps(steps: Sequence[NextStep]) -> str:
+    if not steps:
+        return ""
+    items = []
+    for step in steps:
+        command = f" <code>{escape(step.command)}</code>" if step.command else ""
+        warning = f" <strong>Warning: {escape(step.warning)}.</strong>" if step.warning else ""
+        items.append(f"<li>{step.rows:,} {escape(step.advice)}{command}{warning}</li>")
+    return (
+        '<div class="warn" id="next-steps"><strong>What to do next</strong>'
+        f"<ul>{''.join(items)}</ul></div>"
+    )
+
+
 def render_html(summary: RunSummary) -> str:
     """The one-page, self-contained HTML summary of a run."""
     run = summary.listing.run
-    state = summary.listing.state.value
+    state = summary.listing.label
     title = f"batchsend run {run.id}"
     kind = []
     if run.is_test:
@@ -239,7 +256,10 @@ def render_html(summary: RunSummary) -> str:
             '<p class="warn">This run is unfinished. Resume it with '
             f"<code>{escape(summary.listing.resume)}</code></p>"
         )
+    notes.append(_next_steps(summary.listing.next_steps))
     colour = _RUN_STATE_COLOURS.get(state, "#616161")
+    if state != summary.listing.state.value:
+        colour = FINISHED_WITH_ROWS_LEFT_COLOUR
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'">

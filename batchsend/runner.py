@@ -46,7 +46,6 @@ import dataclasses
 import itertools
 import os
 import secrets as _random
-import shlex
 import signal
 import socket
 import sys
@@ -65,6 +64,13 @@ from batchsend.errors import (
     ResumeRefusedError,
 )
 from batchsend.message import Address, Message, message_key
+from batchsend.next_steps import (
+    EXIT_ROWS_NOT_SENT,
+    NextStep,
+    next_steps,
+    resume_command,
+    state_label,
+)
 from batchsend.plan import PlannedMessage, SendUnit, plan_units, rebuild_unit
 from batchsend.progress import ProgressDisplay
 from batchsend.secrets import load_api_key, redact, remember
@@ -83,16 +89,12 @@ __all__ = [
 DEFAULT_DB = "batchsend.db"
 DEFAULT_REPORT_DIR = "reports"
 EXIT_INTERRUPTED = 130  # the shell's convention for "stopped by SIGINT"
+EXIT_FATAL = 1
 _SHOWN_PROBLEMS = 20
 
 
 class UnfinishedRunError(ResumeRefusedError):
     """``run`` on a campaign whose last run is unfinished: resume it, or ask for a new run."""
-
-
-def resume_command(run_id: str, db_path: str | Path) -> str:
-    """The shell command that resumes ``run_id`` from the database at ``db_path``."""
-    return f"batchsend resume {shlex.quote(run_id)} --db {shlex.quote(str(db_path))}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,15 +114,34 @@ class RunSummary:
     requests: int = 0  # HTTP attempts made by this invocation (planned ones for a dry run)
     sent_now: int = 0  # rows accepted by this invocation
     notes: tuple[str, ...] = field(default=())
+    failed_retryable: int = 0  # of counts["failed"]: the rows --retry-failed would send
+    resent_unknown: int = 0  # unknown rows this invocation sent again (--resend-unknown)
 
     @property
     def exit_code(self) -> int:
-        """0 done (or stopped by ``--limit``), 1 fatal provider error, 130 Ctrl-C."""
+        """1 fatal provider error, 130 Ctrl-C, 3 the run ended (or stopped at ``--limit``)
+        with rows failed or unknown, 0 otherwise."""
         if self.state is RunState.FATAL:
-            return 1
+            return EXIT_FATAL
         if self.interrupted:
             return EXIT_INTERRUPTED
+        if self.next_steps:
+            return EXIT_ROWS_NOT_SENT
         return 0
+
+    @property
+    def state_label(self) -> str:
+        """The state as shown: ``finished with 3 failed / 2 unknown`` rather than finished."""
+        return state_label(self.state, self.counts)
+
+    @property
+    def next_steps(self) -> tuple[NextStep, ...]:
+        """What to do about the failed and unknown rows, with the exact commands."""
+        if self.dry_run:
+            return ()
+        return next_steps(
+            self.run_id, self.db_path, self.counts, failed_retryable=self.failed_retryable
+        )
 
     @property
     def resume(self) -> str | None:
@@ -130,11 +151,17 @@ class RunSummary:
         return resume_command(self.run_id, self.db_path)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready object: run id, counts by state, duration, database, report."""
+        """A JSON-ready object: run id, counts by state, duration, database, report,
+        and the next steps for failed and unknown rows."""
+        failed = self.counts.get(RecipientState.FAILED.value, 0)
         return {
             "run_id": self.run_id,
             "state": self.state.value,
+            "state_label": self.state_label,
             "counts": dict(self.counts),
+            "failed_retryable": self.failed_retryable,
+            "failed_permanent": failed - self.failed_retryable,
+            "resent_unknown": self.resent_unknown,
             "duration_s": round(self.duration_s, 3),
             "db_path": self.db_path,
             "report_path": self.report_path,
@@ -145,6 +172,7 @@ class RunSummary:
             "requests": self.requests,
             "sent_now": self.sent_now,
             "resume": self.resume,
+            "next_steps": [step.to_dict() for step in self.next_steps],
             "exit_code": self.exit_code,
             # what preflight skipped and why (duplicates, suppressed), --limit, unknown rows
             "notes": list(self.notes),
@@ -155,7 +183,7 @@ class RunSummary:
         kind = " (dry run)" if self.dry_run else " (test run)" if self.is_test else ""
         counts = ", ".join(f"{n:,} {state}" for state, n in self.counts.items() if n)
         lines = [
-            f"run {self.run_id}{kind}: {self.state.value} in {self.duration_s:.1f}s",
+            f"run {self.run_id}{kind}: {self.state_label} in {self.duration_s:.1f}s",
             f"  {counts or 'no rows'}",
         ]
         lines += [f"  {note}" for note in self.notes]
@@ -165,6 +193,10 @@ class RunSummary:
             lines.append(f"  report: {self.report_path}")
         if self.resume:
             lines.append(f"  resume: {self.resume}")
+        steps = self.next_steps
+        if steps:
+            lines.append("  next:")
+            lines += [f"    {step.describe()}" for step in steps]
         return "\n".join(lines)
 
 
@@ -324,7 +356,7 @@ def resume_run(
             if unknown:
                 notes.append(
                     f"{len(unknown):,} row(s) were in flight when the run stopped: now unknown"
-                    + ("" if resend_unknown else " (not sent again; --resend-unknown does)")
+                    + ("" if resend_unknown else " (not sent again)")
                 )
             rebuilt = _rebuild_units(
                 store,
@@ -335,6 +367,16 @@ def resume_run(
                 unknown=resend_unknown,
                 failed=retry_failed,
             )
+            resending = _resending_unknown(store, run_id, rebuilt) if resend_unknown else set()
+            if resending:
+                # Said before anything leaves: the user accepted this with the flag, and
+                # must see what it means while there is still time to press Ctrl-C.
+                print(
+                    f"batchsend: --resend-unknown: sending {len(resending):,} row(s) of "
+                    "unknown outcome again; the provider may already have delivered them, "
+                    "so those people may get this message twice",
+                    file=sys.stderr,
+                )
             return _send_and_finish(
                 store,
                 session,
@@ -354,6 +396,7 @@ def resume_run(
                 check_account=True,
                 extra_rows=sum(len(rows) for item in rebuilt for rows in item.composition),
                 limit=limit,
+                resending=resending,
             )
 
 
@@ -869,6 +912,12 @@ def _rebuild_units(
     ]
 
 
+def _resending_unknown(store: Store, run_id: str, rebuilt: list[_Rebuild]) -> set[int]:
+    """The unknown rows that the rebuilt units are about to send again."""
+    rows = {r for item in rebuilt for composition in item.composition for r in composition}
+    return rows & set(store.rows_in_state(run_id, [RecipientState.UNKNOWN]))
+
+
 def _bind(rebuilt: list[_Rebuild], provider: Any) -> Iterator[SendUnit]:
     """The rebuilt units, checked: a repeat of a recorded request must carry its key."""
     for item in rebuilt:
@@ -979,11 +1028,13 @@ def _send_and_finish(
     check_account: bool = False,
     extra_rows: int = 0,
     limit: int | None = None,
+    resending: set[int] | None = None,
 ) -> RunSummary:
     run = store.get_run(run_id)
     campaign = session.campaign
     provider = session.provider()
     recorder = store.recorder(run_id)
+    since = store.now()
     fatal: str | None = None
     interrupted = False
     requests = 0
@@ -1039,6 +1090,15 @@ def _send_and_finish(
             left = len(store.rows_in_state(run_id, [RecipientState.SENDING]))
             notes_list.append(f"stopped at once: {left:,} row(s) in flight become unknown")
     counts = store.counts(run_id)
+    resent = 0
+    if resending:
+        # Sent again = marked sending by this invocation (its request left), whatever
+        # came back: an answer lost again leaves the row unknown, but it did travel.
+        resent = sum(1 for row in resending if store.recipient(run_id, row)["updated_at"] >= since)
+        notes_list.append(
+            f"--resend-unknown: {resent:,} row(s) of unknown outcome sent again (the "
+            "provider may have delivered them twice)"
+        )
     if fatal:
         state = RunState.FATAL
     elif interrupted or counts[RecipientState.PENDING.value] or counts["sending"]:
@@ -1061,6 +1121,8 @@ def _send_and_finish(
         requests=requests,
         sent_now=sent_now,
         notes=tuple(notes_list),
+        failed_retryable=store.failed_retryable(run_id),
+        resent_unknown=resent,
     )
 
 

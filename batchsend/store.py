@@ -593,6 +593,14 @@ class Store:
             sql += " AND retryable = 1"
         return [r for (r,) in self.conn.execute(sql + " ORDER BY row", (run_id, *values))]
 
+    def failed_retryable(self, run_id: str) -> int:
+        """How many rows are ``failed`` with a retryable error (``--retry-failed`` sends them)."""
+        (n,) = self.conn.execute(
+            "SELECT COUNT(*) FROM recipients WHERE run_id = ? AND state = ? AND retryable = 1",
+            (run_id, RecipientState.FAILED.value),
+        ).fetchone()
+        return int(n)
+
     def recipients(self, run_id: str) -> Iterator[dict[str, Any]]:
         """Every row of the run, in row order, as dicts (the report reads these)."""
         cursor = self.conn.execute(

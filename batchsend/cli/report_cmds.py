@@ -33,7 +33,7 @@ def _describe(item: RunListing) -> str:
         f" [{word}]" for word, on in (("test", run.is_test), ("dry run", run.dry_run)) if on
     )
     lines = [
-        f"{run.id}  {item.state.value}{flags}  {run.campaign_name or run.campaign_path}",
+        f"{run.id}  {item.label}{flags}  {run.campaign_name or run.campaign_path}",
         f"  started {run.started_at}  ended {run.ended_at or '-'}  provider {run.provider}",
         f"  {counts}",
     ]
@@ -43,6 +43,10 @@ def _describe(item: RunListing) -> str:
         lines.append(f"  report: {run.report_path}")
     if item.resume:
         lines.append(f"  resume: {item.resume}")
+    steps = item.next_steps
+    if steps:
+        lines.append("  next:")
+        lines += [f"    {step.describe()}" for step in steps]
     return "\n".join(lines)
 
 
@@ -53,9 +57,12 @@ def runs(db_path: str, as_json: bool) -> None:
     """List every run in the database, newest first.
 
     Shows each run's campaign, start and end times, state (running, interrupted,
-    finished, or fatal: stopped on an error that concerns the whole run), how many rows
-    are in each state, and the command that resumes it when it is unfinished. A run
-    recorded as running whose process is gone is shown as interrupted.
+    finished, "finished with N failed / M unknown", or fatal: stopped on an error that
+    concerns the whole run), how many rows are in each state, the command that resumes
+    it when it is unfinished, and what to do about its failed and unknown rows: the
+    command that sends retryable failures again, the one that sends unknown rows again
+    (with its risk: they may have been delivered already), and the report for permanent
+    failures. A run recorded as running whose process is gone is shown as interrupted.
 
     \b
     Example:
@@ -114,9 +121,16 @@ def report(
     status and provider message for failed, skipped and unknown rows), attempts,
     provider ids, timestamps, idempotency key, tag and the campaign's metadata columns,
     followed by the recipient file's other columns when that file is unchanged. CSV
-    cells that a spreadsheet would run as a formula get a leading quote.
-    `--state failed --format csv` gives a recipient file the same campaign can run
-    again. Prints the path written.
+    cells that a spreadsheet would run as a formula get a leading quote. Prints the
+    path written.
+
+    Do not feed a report of failed or unknown rows back in as a new campaign: those
+    rows would go out again under new keys, and one whose answer was lost would be
+    emailed twice. Retryable failures: `batchsend resume RUN_ID --db DB --retry-failed`.
+    Unknown rows may already have been delivered: `batchsend resume RUN_ID --db DB
+    --resend-unknown` sends them again only if you accept that those people may get
+    the message twice. Permanent failures will never be accepted as they are.
+    `batchsend runs` prints these commands for each run.
 
     \b
     Example:

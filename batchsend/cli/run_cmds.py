@@ -119,8 +119,17 @@ def run(campaign: str, **options: Any) -> None:
 
     Nothing is sent unless every row passes preflight (or --skip-invalid). If the
     campaign's last run is unfinished, batchsend says so and prints the resume command.
-    Ctrl-C once stops cleanly (resumable); twice stops at once. Exit codes: 0 done,
-    1 the run stopped on a fatal provider error, 2 bad input, 130 interrupted.
+    Ctrl-C once stops cleanly (resumable); twice stops at once. The summary ends with
+    the exact command for what is left: resume, retry the retryable failures, or
+    (accepting that those people may get it twice) send the unknown rows again.
+
+    \b
+    Exit codes:
+      0    done: every row sent or skipped (or the rest left pending by --limit)
+      1    the run stopped on a fatal provider error (key, credits, domain)
+      2    bad input, or a refused resume; nothing was sent
+      3    finished, but some rows failed or are unknown (see the summary's "next:")
+      130  interrupted (Ctrl-C)
 
     \b
     Example:
@@ -148,7 +157,8 @@ def run(campaign: str, **options: Any) -> None:
     "--resend-unknown",
     is_flag=True,
     help="Send again the rows whose outcome is unknown, as the very same request "
-    "(same Idempotency-Key).",
+    "(same Idempotency-Key). The provider may already have delivered them: those people "
+    "may get the message twice. Said on stderr before sending.",
 )
 @_send_options
 def resume(run_id: str, **options: Any) -> None:
@@ -156,7 +166,9 @@ def resume(run_id: str, **options: Any) -> None:
 
     Refuses if the input file or the templates changed since the run began (--force to
     override). Unknown rows are not sent again unless --resend-unknown; retryable
-    failures are sent again only with --retry-failed.
+    failures are sent again only with --retry-failed. Exit codes as for `batchsend run`:
+    0 done, 1 fatal provider error, 2 bad input or refused, 3 finished but some rows
+    failed or are unknown (the run's, not only this resume's), 130 interrupted.
 
     \b
     Example:

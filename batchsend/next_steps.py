@@ -1,0 +1,167 @@
+"""What a run's rows that did not end ``sent`` need next, as the exact commands to type.
+
+A run that ends with ``failed`` or ``unknown`` rows says so wherever it is shown: its
+state reads ``finished with N failed / M unknown`` (:func:`state_label`; the stored
+:class:`~batchsend.states.RunState` stays ``finished``), ``batchsend run``/``resume``
+exit with :data:`EXIT_ROWS_NOT_SENT`, and :func:`next_steps` gives one step per kind of
+row left behind:
+
+* ``unknown`` -- the provider may have accepted them. :func:`settle_unknown_step` is the
+  one place that says how to settle them: today only ``resume --resend-unknown``, with
+  the warning that it may email those people twice (a future ``batchsend reconcile``,
+  which asks the provider, belongs there, in front of that);
+* ``failed_retryable`` -- certainly not accepted, refused for a reason that may pass
+  (429, connection refused...): ``resume --retry-failed``;
+* ``failed_permanent`` -- certainly not accepted and never will be as they are: no
+  command, the report says why.
+
+Never suggest feeding a report of failed rows back in as a new campaign: those rows
+would go out under new keys, and a row whose answer was lost is then emailed twice.
+
+Everything here is pure: counts and ids in, text out.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from batchsend.states import RecipientState, RunState
+
+__all__ = [
+    "EXIT_ROWS_NOT_SENT",
+    "NextStep",
+    "next_steps",
+    "report_command",
+    "resume_command",
+    "settle_unknown_step",
+    "state_label",
+]
+
+#: ``batchsend run``/``resume``: the run ended, but some rows are failed or unknown.
+EXIT_ROWS_NOT_SENT = 3
+
+UNKNOWN = "unknown"
+FAILED_RETRYABLE = "failed_retryable"
+FAILED_PERMANENT = "failed_permanent"
+
+
+def resume_command(run_id: str, db_path: str | Path) -> str:
+    """The shell command that resumes ``run_id`` from the database at ``db_path``."""
+    return f"batchsend resume {shlex.quote(run_id)} --db {shlex.quote(str(db_path))}"
+
+
+def report_command(run_id: str, db_path: str | Path, state: str) -> str:
+    """The shell command that writes the rows of ``run_id`` in ``state`` to a CSV file."""
+    out = shlex.quote(f"{run_id}-{state}.csv")
+    return (
+        f"batchsend report {shlex.quote(run_id)} --db {shlex.quote(str(db_path))} "
+        f"--state {state} --out {out}"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class NextStep:
+    """What to do about ``rows`` rows of one ``kind``: ``command`` (None: nothing to
+    send), one line of ``advice``, and a ``warning`` the user must accept to run it."""
+
+    kind: str  # "unknown", "failed_retryable" or "failed_permanent"
+    rows: int
+    command: str | None
+    advice: str
+    warning: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (the ``next_steps`` of ``--json`` summaries and listings)."""
+        return {
+            "kind": self.kind,
+            "rows": self.rows,
+            "command": self.command,
+            "advice": self.advice,
+            "warning": self.warning,
+        }
+
+    def describe(self) -> str:
+        """One line: how many rows, the advice, the command and its warning."""
+        line = f"{self.rows:,} {self.advice}"
+        if self.command:
+            line += f" {self.command}"
+        if self.warning:
+            line += f" (WARNING: {self.warning})"
+        return line
+
+
+def state_label(state: RunState, counts: Mapping[str, int]) -> str:
+    """The run's state as shown to people: ``finished with 3 failed / 2 unknown`` when a
+    finished run left rows failed or unknown; otherwise the state's own name."""
+    failed = counts.get(RecipientState.FAILED.value, 0)
+    unknown = counts.get(RecipientState.UNKNOWN.value, 0)
+    if state is RunState.FINISHED and (failed or unknown):
+        return f"finished with {failed:,} failed / {unknown:,} unknown"
+    return state.value
+
+
+def settle_unknown_step(run_id: str, db_path: str | Path, rows: int) -> NextStep:
+    """How to settle ``rows`` unknown rows: the one place that says so.
+
+    There is no way yet to ask the provider what it accepted, so the only command is
+    the user's explicit acceptance of a possible duplicate.
+    """
+    return NextStep(
+        kind=UNKNOWN,
+        rows=rows,
+        command=f"{resume_command(run_id, db_path)} --resend-unknown",
+        advice="unknown: the provider may already have accepted them; batchsend cannot "
+        "ask it yet. Only if you accept that risk, send them again with:",
+        warning="this may email those people twice",
+    )
+
+
+def next_steps(
+    run_id: str,
+    db_path: str | Path,
+    counts: Mapping[str, int],
+    *,
+    failed_retryable: int,
+) -> tuple[NextStep, ...]:
+    """One step per kind of row a run left failed or unknown (none when there is none).
+
+    ``counts`` are the run's rows by state; ``failed_retryable`` how many of its
+    ``failed`` rows failed with a retryable error (the rest are permanent).
+
+    Example::
+
+        for step in next_steps(run_id, "batchsend.db", counts, failed_retryable=2):
+            print(step.describe())
+    """
+    steps = []
+    unknown = counts.get(RecipientState.UNKNOWN.value, 0)
+    failed = counts.get(RecipientState.FAILED.value, 0)
+    permanent = failed - failed_retryable
+    if unknown:
+        steps.append(settle_unknown_step(run_id, db_path, unknown))
+    if failed_retryable:
+        steps.append(
+            NextStep(
+                kind=FAILED_RETRYABLE,
+                rows=failed_retryable,
+                command=f"{resume_command(run_id, db_path)} --retry-failed",
+                advice="failed with a retryable error (certainly not accepted); once the "
+                "cause is gone, send them again with:",
+            )
+        )
+    if permanent > 0:
+        steps.append(
+            NextStep(
+                kind=FAILED_PERMANENT,
+                rows=permanent,
+                command=None,
+                advice="failed permanently: they will never be accepted as they are, so "
+                "there is nothing to send again; see the report for why: "
+                f"{report_command(run_id, db_path, RecipientState.FAILED.value)}",
+            )
+        )
+    return tuple(steps)
