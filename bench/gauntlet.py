@@ -14,8 +14,8 @@ The crash campaign kills a real ``batchsend`` process with SIGKILL in three ways
 turn: right after a unit's ``sending`` commit and right after a response arrives (the
 process kills itself there, armed by ``BATCHSEND_TEST_ONLY_SIGKILL_AT``, see
 :mod:`batchsend.crashpoints`), and at a random moment of its progress (the parent polls
-the database and kills it from outside). Each kill is followed by a resume, the last
-one with ``--resend-unknown``. The sandbox runs in this process and records every
+the database and kills it from outside). Each kill is followed by a resume; unknown rows
+are never sent again. The sandbox runs in this process and records every
 accepted message to a JSON-lines file, which is the ground truth: who got what, how
 many times.
 """
@@ -194,8 +194,11 @@ def crash_campaign(
 
     Kill modes rotate (``modes``): ``sending`` (just after a sending commit), ``response`` (just
     after an answer arrived, unrecorded), ``random`` (from outside, at a random point of
-    the progress the database shows). The last resume passes ``--resend-unknown``.
-    Returns the counts; raises :class:`GauntletFailure` on a broken promise.
+    the progress the database shows). The last resume is a plain one: an unknown row is
+    never sent again (the sandbox does not de-duplicate), so the checks are that nobody got
+    two messages, every row ends ``sent`` or ``unknown``, and every ``unknown`` row was in
+    flight at a kill. Returns the counts; raises :class:`GauntletFailure` on a broken
+    promise.
     """
     rng = random.Random(seed)
     started = time.monotonic()
@@ -276,10 +279,13 @@ def crash_campaign(
         before_final = Counter(
             s for (s,) in query(db, "SELECT state FROM recipients WHERE run_id = ?", run_id)
         )
-        final = subprocess.run(
-            [*command(), "--resend-unknown"], env=env, capture_output=True, text=True, timeout=600
+        # A plain resume: the sandbox does not de-duplicate, so sending an unknown row again
+        # could deliver it twice; those rows stay unknown for the user to settle.
+        final = subprocess.run(command(), env=env, capture_output=True, text=True, timeout=600)
+        check(
+            final.returncode in (0, 3),
+            f"the last resume failed ({final.returncode}): {final.stderr}",
         )
-        check(final.returncode == 0, f"the last resume failed ({final.returncode}): {final.stderr}")
         summary = json.loads(final.stdout)
         check(summary["state"] == "finished", f"the last resume ended {summary['state']}")
         stats = sandbox.stats()
@@ -288,8 +294,25 @@ def crash_campaign(
             [json.loads(line) for line in record.read_text(encoding="utf-8").splitlines()]
         )
         counts = explain(db, run_id, rows, delivered)
-        check(counts["sent"] == rows, f"after --resend-unknown not every row is sent: {counts}")
-        check(len(delivered) == rows, f"{rows - len(delivered)} recipients never got a message")
+        unknown = {
+            r
+            for (r,) in query(
+                db, "SELECT row FROM recipients WHERE run_id = ? AND state = 'unknown'", run_id
+            )
+        }
+        strays = unknown - in_flight_at_kills
+        check(
+            not strays, f"unknown rows that were never in flight at a kill: {sorted(strays)[:10]}"
+        )
+        check(
+            counts["sent"] + counts["unknown"] == rows,
+            f"rows neither sent nor unknown after the last resume: {counts}",
+        )
+        never = rows - len(delivered)
+        check(
+            never <= len(unknown),
+            f"{never} recipients never got a message, but only {len(unknown)} rows are unknown",
+        )
         integrity = _integrity(db)
         check(integrity == "ok", f"integrity_check after the last resume: {integrity}")
         check(integrity_ok == kills, f"integrity_check ok after {integrity_ok} of {kills} kills")
@@ -304,6 +327,8 @@ def crash_campaign(
         "rows_left_sending_by_kills": sending_left,
         "distinct_rows_in_flight_at_a_kill": len(in_flight_at_kills),
         "unknown_before_last_resume": before_final.get("unknown", 0),
+        "unknown_at_the_end": len(unknown),
+        "unknown_that_were_delivered": counts["delivered_unanswered"],
         "recipients_with_two_messages": sum(1 for n in delivered.values() if n > 1),
         "recipients_without_a_message": rows - len(delivered),
         "rows_without_terminal_state": rows - sum(counts[s] for s in TERMINAL),
