@@ -939,8 +939,13 @@ def _bind(rebuilt: list[_Rebuild], provider: Any) -> Iterator[SendUnit]:
 # --- sending and finishing ------------------------------------------------------------------
 
 
+#: Signals that stop a run like Ctrl-C: SIGTERM is what ``docker stop``, systemd and CI
+#: send, SIGHUP what a closed terminal sends. The first finishes what is in flight.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 class _Interrupts:
-    """Ctrl-C once: set the stop event; twice: cancel the send at once."""
+    """Ctrl-C (or SIGTERM, SIGHUP) once: set the stop event; twice: cancel the send at once."""
 
     def __init__(self, stop: asyncio.Event, task: asyncio.Task[Any]) -> None:
         self.stop = stop
@@ -953,7 +958,7 @@ class _Interrupts:
             self.stop.set()
             print(
                 "\nbatchsend: stopping -- finishing the requests in flight "
-                "(Ctrl-C again to quit at once)",
+                "(press Ctrl-C again, or send the signal again, to quit at once)",
                 file=sys.stderr,
             )
         else:
@@ -983,10 +988,11 @@ async def _drive(
     assert task is not None
     handler = _Interrupts(stop, task)
     interrupts.append(handler)
-    installed = False
+    installed: list[int] = []
     with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
-        loop.add_signal_handler(signal.SIGINT, handler)  # main thread only
-        installed = True
+        for signum in STOP_SIGNALS:
+            loop.add_signal_handler(signum, handler)  # main thread only
+            installed.append(signum)
     send = campaign.send
     try:
         async with make_transport(
@@ -1010,8 +1016,8 @@ async def _drive(
                 ),
             )
     finally:
-        if installed:
-            loop.remove_signal_handler(signal.SIGINT)
+        for signum in installed:
+            loop.remove_signal_handler(signum)
 
 
 def _send_and_finish(
