@@ -443,3 +443,69 @@ def test_latency_delays_answers(client, make_sandbox) -> None:
     started = time.perf_counter()
     assert tosend(client, sb).status_code == 200
     assert time.perf_counter() - started >= 0.06
+
+
+# faults after acceptance ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("send", [tosend, v1])
+def test_fail_after_accept_logs_then_answers_500(client, make_sandbox, send) -> None:
+    sb = make_sandbox(fail_after_accept_rate=1.0)
+    r = send(client, sb)
+    assert r.status_code == 500
+    assert len(sb.messages()) == 1  # delivered, though the answer says it failed
+    assert sb.stats()["faults"] == {"failed_after_accept": 1}
+    assert sb.stats()["accepted"] == 1
+
+
+def test_fail_after_accept_never_hits_refusals(client, make_sandbox) -> None:
+    sb = make_sandbox(fail_after_accept_rate=1.0, slow_rate=1.0, slow_ms=5000)
+    assert tosend(client, sb, body={**EMAIL, "subject": ""}).status_code == 422
+    assert sb.stats()["faults"] == {}
+
+
+def test_slow_answer_comes_late_but_the_message_is_delivered(make_sandbox) -> None:
+    sb = make_sandbox(slow_rate=1.0, slow_ms=400)
+    with httpx.Client(timeout=0.1) as impatient, pytest.raises(httpx.ReadTimeout):
+        tosend(impatient, sb)
+    assert len(sb.messages()) == 1
+    assert sb.stats()["faults"] == {"slow": 1}
+    started = time.perf_counter()
+    with httpx.Client(timeout=5) as patient:
+        assert tosend(patient, sb).status_code == 200
+    assert time.perf_counter() - started >= 0.4
+
+
+def test_each_fault_is_counted_under_its_own_name(client, make_sandbox) -> None:
+    sb = make_sandbox(seed=5, fail_rate=0.2, drop_rate=0.2, fail_after_accept_rate=0.25)
+    seen = []
+    for _ in range(60):
+        try:
+            seen.append(tosend(client, sb).status_code)
+        except httpx.RemoteProtocolError:
+            seen.append("dropped")
+    faults = sb.stats()["faults"]
+    before = sum(faults.get(k, 0) for k in ("500", "502", "503"))
+    assert faults["dropped"] == seen.count("dropped") > 0
+    assert faults["failed_after_accept"] > 0 and before > 0
+    # every answer but a refusal before processing accepted its message
+    assert len(sb.messages()) == 60 - before
+    assert (
+        seen.count(500) + seen.count(502) + seen.count(503)
+        == before + faults["failed_after_accept"]
+    )
+
+
+def test_after_accept_faults_are_reproducible_with_a_seed(client, make_sandbox) -> None:
+    def run(seed: int) -> list[str]:
+        sb = make_sandbox(seed=seed, drop_rate=0.3, fail_after_accept_rate=0.3)
+        out = []
+        for _ in range(30):
+            try:
+                out.append(str(tosend(client, sb).status_code))
+            except httpx.RemoteProtocolError:
+                out.append("dropped")
+        return out
+
+    assert run(4) == run(4)
+    assert run(4) != run(5)

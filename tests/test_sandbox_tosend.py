@@ -593,3 +593,16 @@ def test_a_bare_urllib_user_agent_is_refused_as_at_the_edge(client, sandbox, pat
     # The official SDK's agent, httpx's and batchsend's own pass.
     for name in ("tosend-python/1.2.0", "python-httpx/0.28", "batchsend/0.1"):
         assert send(client, sandbox, EMAIL, {"User-Agent": name, **AUTH}).status_code == 200
+
+
+def test_messages_show_sender_domain_and_an_invite_attachment(client, sandbox) -> None:
+    invite = {"type": "text/calendar; method=REQUEST", "name": "invite.ics", "content": "QkVHSU4="}
+    send(client, sandbox, email(attachments=[invite]))
+    send(client, sandbox, EMAIL)
+    first, second = sandbox.messages()
+    assert (first["delivered_from"], first["sending_domain"]) == (
+        "hello@example.com",
+        "example.com",
+    )
+    assert first["delivered_attachments"] == ["invite.ics"] and first["calendar_invite"] is True
+    assert second["delivered_attachments"] == [] and second["calendar_invite"] is False

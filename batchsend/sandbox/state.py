@@ -299,11 +299,11 @@ _iso_cache: list[Any] = [None, ""]
 
 def iso_time(now: float) -> str:
     """``now`` as ISO 8601 UTC with milliseconds and a Z, as the providers write times."""
-    second = int(now)
+    second, millis = divmod(round(now * 1000), 1000)  # rounded: x.001 is not x.000999...
     if _iso_cache[0] != second:  # formatting the date part once per second is enough
         _iso_cache[0] = second
         _iso_cache[1] = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{_iso_cache[1]}.{int((now - second) * 1000):03d}Z"
+    return f"{_iso_cache[1]}.{millis:03d}Z"
 
 
 def _count(counter: dict[str, int], key: str) -> None:
