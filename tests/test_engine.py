@@ -241,7 +241,7 @@ def test_stop_event_finishes_in_flight_and_takes_nothing_new(sandbox):
 
 
 def test_429_run_above_the_sandbox_limit_finishes_with_few_429s(make_sandbox):
-    sb = make_sandbox(rate_limit=20)
+    sb = make_sandbox(v1_requests_per_minute=20 * 60)
     result, _rec = run(
         sb.base_url,
         [msg(i) for i in range(1, 71)],

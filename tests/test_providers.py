@@ -285,7 +285,7 @@ def test_server_faults_are_retryable(make_sandbox, provider):
 
 @pytest.mark.parametrize("provider", ["tosend", "v1"])
 def test_429_is_retryable_with_retry_after(make_sandbox, provider):
-    sb = make_sandbox(rate_limit=1)
+    sb = make_sandbox(tosend_emails_per_second=1, v1_requests_per_minute=1)
     p = get_provider(provider, base_url=sb.base_url, api_key=KEY, batch_size=1)
     first, second = units(p, [msg(1), msg(2)])
 
@@ -391,7 +391,7 @@ def test_v1_bearer_auth_is_accepted_by_the_sandbox(sandbox):
 
 
 def test_account_info_reads_the_account(make_sandbox):
-    sb = make_sandbox(credits=7, rate_limit=12, pending_domains=("new.com",))
+    sb = make_sandbox(credits=7, tosend_emails_per_second=12, pending_domains=("new.com",))
     p = get_provider("tosend", base_url=sb.base_url, api_key=KEY)
     info = asyncio.run(p.account_info())
     assert info.status == "active"
