@@ -208,8 +208,8 @@ def _key_domains(
     default=DEFAULT_KEEP_MESSAGES,
     show_default=True,
     metavar="N",
-    help="Accepted messages kept whole in memory for /_sandbox/messages (about 4-5 KB "
-    "each); older ones are compacted to what lookups need (a few hundred bytes) and "
+    help="Accepted messages kept whole in memory for /_sandbox/messages (a few KB "
+    "each); older ones are compacted to what lookups need (about 650 bytes) and "
     "still found by the admin and events endpoints (--record writes every one).",
 )
 @click.option(

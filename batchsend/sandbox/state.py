@@ -131,9 +131,9 @@ class SandboxConfig:
     # ``((n, {setting: value, ...}), ...)``. Faults keyed to the request count land at
     # the same point of a run however fast it goes (no thread racing the client).
     schedule: tuple[tuple[int, dict[str, Any]], ...] = ()
-    # How many accepted messages stay in memory for inspection (/_sandbox/messages); the
-    # oldest are forgotten beyond it (counted, and still in the --record file). None
-    # keeps them all: about 4-5 KB each, so 10 million would need ~45 GB.
+    # How many accepted messages stay whole in memory for inspection (/_sandbox/messages);
+    # the oldest are compacted beyond it (counted, still in the --record file, and still
+    # found by the lookups: ~650 B each). None keeps them all whole: a few KB each.
     keep_messages: int | None = DEFAULT_KEEP_MESSAGES
 
     def __post_init__(self) -> None:
