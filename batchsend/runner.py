@@ -988,7 +988,7 @@ async def _drive(
     assert task is not None
     handler = _Interrupts(stop, task)
     interrupts.append(handler)
-    installed: list[int] = []
+    installed: list[signal.Signals] = []
     with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
         for signum in STOP_SIGNALS:
             loop.add_signal_handler(signum, handler)  # main thread only

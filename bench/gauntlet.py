@@ -375,6 +375,8 @@ class Controller(threading.Thread):
 
 #: How long a held request waits; the controller restarts the sandbox well before.
 HOLD_MS = 20_000
+#: The fault matrix's ToSend batch size (its 429 storm is set in emails per second).
+TOSEND_BATCH = 10
 
 
 def _settle_in_flight(sandbox: Sandbox, timeout: float = 10.0) -> None:
@@ -416,7 +418,14 @@ def _cells(requests: int, provider: str = "tosend") -> dict[str, dict[str, Any]]
 
     def storm_schedule(**extra: Any) -> dict[str, Any]:
         # a few certain 429s (fewer than the workers), then the lowered limit's own
-        changes = {"rate_limit": storm, "refuse_next": min(storm, 4), **extra}
+        # the same request rate in each provider's own unit: ToSend counts emails (this
+        # matrix sends batches of TOSEND_BATCH one-recipient emails), v1 requests a minute
+        limit = (
+            {"tosend_emails_per_second": storm * TOSEND_BATCH}
+            if provider == "tosend"
+            else {"v1_requests_per_minute": storm * 60}
+        )
+        changes = {**limit, "refuse_next": min(storm, 4), **extra}
         return {"schedule": ((after_info + 1, changes),)}
 
     return {
@@ -499,7 +508,11 @@ def fault_cell(
     is left alone; where they were ``not_delivered`` (refused before processing, which
     the client cannot know), ``resume --resend-unknown`` sends each, once.
     """
-    send = {"concurrency": 4, "batch_size": 10} if provider == "tosend" else {"concurrency": 4}
+    send = (
+        {"concurrency": 4, "batch_size": TOSEND_BATCH}
+        if provider == "tosend"
+        else {"concurrency": 4}
+    )
     cell = _cells(-(-rows // send.get("batch_size", 1)), provider)[name]
     workdir.mkdir(parents=True, exist_ok=True)
     sandbox = Sandbox(api_keys=(KEY,), domains=(DOMAIN,), keep_messages=None).start()
@@ -579,7 +592,12 @@ def fault_cell(
         resend = first["unknown"] and cell.get("unknown_rows") == "not_delivered"
         if first["failed"] or resend:
             sandbox.configure(
-                fail_rate=0.0, drop_rate=0.0, latency_ms=0, spike_rate=0.0, rate_limit=None
+                fail_rate=0.0,
+                drop_rate=0.0,
+                latency_ms=0,
+                spike_rate=0.0,
+                tosend_emails_per_second=None,
+                v1_requests_per_minute=None,
             )
             again = resume_run(
                 summary.run_id,

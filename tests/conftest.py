@@ -2,7 +2,8 @@
 
 ``sandbox`` is the default account: key ``sk-test``, verified domain ``example.com``.
 ``make_sandbox(**options)`` builds one with any :class:`batchsend.sandbox.Sandbox`
-option (``credits=5``, ``rate_limit=10``, ``fail_rate=0.3, seed=1``, ``clock=...``),
+option (``credits=5``, ``tosend_emails_per_second=10``, ``fail_rate=0.3, seed=1``,
+``clock=...``),
 started; every sandbox it made is stopped at teardown.
 
 Tests marked ``slow`` (the long forms of the crash and fault campaigns) are deselected

@@ -143,16 +143,18 @@ def test_permanent_failures_do_not_stop_the_run(sandbox):
 
 
 def test_insufficient_credits_stops_the_run_and_leaves_the_rest_pending(make_sandbox):
+    # ToSend checks credits for the whole batch before processing any of it: the second
+    # batch of 100 does not fit in the 50 credits left and is refused as a whole.
     sb = make_sandbox(credits=150)
     result, rec = run(sb.base_url, [msg(i) for i in range(1, 1001)], concurrency=1)
     assert result.fatal is not None
     assert result.fatal.error_type == "insufficient_balance"
-    assert result.sent == 150
-    assert rec.count("sent") == 150
+    assert result.sent == 100
+    assert rec.count("sent") == 100
     # the fatal unit's rows are pending again; units after it were never taken
-    assert rec.count("pending") == 50
+    assert rec.count("pending") == 100
     assert set(rec.states) == set(range(1, 201))
-    assert recipients(sb) == everyone(150)
+    assert recipients(sb) == everyone(100)
 
 
 @pytest.mark.parametrize("provider", ["tosend", "v1"])
@@ -272,7 +274,7 @@ def test_stop_event_finishes_in_flight_and_takes_nothing_new(sandbox):
 
 
 def test_429_run_above_the_sandbox_limit_finishes_with_few_429s(make_sandbox):
-    sb = make_sandbox(rate_limit=20)
+    sb = make_sandbox(v1_requests_per_minute=20 * 60)
     result, _rec = run(
         sb.base_url,
         [msg(i) for i in range(1, 71)],

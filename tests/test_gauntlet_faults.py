@@ -76,7 +76,7 @@ def test_a_key_revoked_mid_run_stops_within_one_window_and_a_resume_completes(
 
 
 def test_the_sandbox_can_refuse_without_retry_after(make_sandbox) -> None:
-    sandbox = make_sandbox(rate_limit=1)
+    sandbox = make_sandbox(tosend_emails_per_second=1)
     sandbox.configure(retry_after=False)
     body = {"from": {"email": "a@example.com"}, "to": [{"email": "b@example.org"}],
             "subject": "s", "text": "t"}  # fmt: skip

@@ -115,7 +115,7 @@ def test_an_answer_slower_than_the_timeout_leaves_rows_unknown_delivered_once(
 def test_accepted_then_500_leaves_rows_unknown_and_the_rest_sent(
     tmp_path: Path, sandbox: Sandbox
 ) -> None:
-    sandbox.configure(fail_after_accept_rate=0.3, seed=5)
+    sandbox.configure(fail_after_accept_rate=0.3, seed=1)
     summary = run(campaign(tmp_path, sandbox))
     counts = assert_truthful(summary.run_id, sandbox)
     assert counts["unknown"] > 0 and counts["sent"] + counts["unknown"] == ROWS

@@ -66,7 +66,12 @@ def test_resume_refuses_changed_inputs_unless_forced(tmp_path: Path, sandbox: Sa
 def test_in_flight_rows_become_unknown_and_resend_repeats_the_same_request(
     tmp_path: Path, sandbox: Sandbox
 ) -> None:
-    """A crash after one request left (answer lost) and before another left."""
+    """A crash after one request left (answer lost) and before another left.
+
+    Against a provider that honours Idempotency-Key (the sandbox's --idempotency-keys),
+    --resend-unknown delivers nobody twice; the next test shows the default provider.
+    """
+    sandbox.configure(idempotency_keys=True)
     campaign = write_campaign(tmp_path / "c", rows=40)
     first = run(campaign, sandbox, limit=10)
     with Store("b.db") as store:

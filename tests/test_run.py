@@ -259,8 +259,9 @@ def test_a_runs_requests_are_the_bytes_a_resend_rebuilds(
     tmp_path: Path, make_sandbox, monkeypatch: pytest.MonkeyPatch, name: str
 ) -> None:
     # A fresh run sends the messages preflight encoded; a resend after a crash rebuilds
-    # them by rendering again. Same key + same bytes is a duplicate to the provider;
-    # anything else would be a 409 (or, with a provider that ignores keys, a second email).
+    # them by rendering again. Same key + same bytes is a duplicate to a provider that
+    # honours the key (the sandbox's --idempotency-keys; neither documented provider
+    # does), anything else a 409: this is how byte identity is checked end to end.
     import asyncio
 
     from batchsend.campaign import load_campaign
@@ -272,7 +273,9 @@ def test_a_runs_requests_are_the_bytes_a_resend_rebuilds(
 
     campaign_path = bytes_campaign(tmp_path, name)
     campaign = load_campaign(campaign_path)
-    sandbox = make_sandbox(api_keys=(KEY,), domains=(campaign.sender_domain,))
+    sandbox = make_sandbox(
+        api_keys=(KEY,), domains=(campaign.sender_domain,), idempotency_keys=True
+    )
     spooled = []
     add_planned = MessageSpool.add_planned
     monkeypatch.setattr(

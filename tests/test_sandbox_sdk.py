@@ -61,7 +61,7 @@ def test_batch_mixed_results(sandbox) -> None:
 
 
 def test_account_info(make_sandbox) -> None:
-    sb = make_sandbox(pending_domains=("news.example.com",), credits=42, rate_limit=9)
+    sb = make_sandbox(pending_domains=("news.example.com",), credits=42, tosend_emails_per_second=9)
     info = sdk(sb).get_account_info()
     assert info.account.credit_balance == 42
     assert info.account.limit_per_second == 9
@@ -97,11 +97,14 @@ def test_unverified_domain_maps_to_a_validation_error(make_sandbox) -> None:
 
 
 def test_rate_limit_maps_to_a_rate_limit_error(make_sandbox) -> None:
-    sb = make_sandbox(rate_limit=1, clock=lambda: 1_700_000_000.0)  # time stands still
+    sb = make_sandbox(
+        tosend_emails_per_second=1, clock=lambda: 1_700_000_000.0
+    )  # time stands still
     client = sdk(sb)
-    client.get_account_info()
+    message = {"from_address": {"email": "a@example.com"}, "to": [{"email": "x@r.org"}]}
+    client.send(**message, subject="s", text="t")
     with pytest.raises(ToSendError) as caught:
-        client.get_account_info()
+        client.send(**message, subject="s", text="t")
     assert caught.value.status_code == 429
     assert caught.value.is_rate_limit_error
 

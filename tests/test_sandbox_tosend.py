@@ -94,16 +94,28 @@ def test_invalid_key_is_403_as_in_the_seed(client, sandbox, header) -> None:
 
 def test_domain_not_verified_as_in_the_seed(client, make_sandbox) -> None:
     sb = make_sandbox(pending_domains=("news.example.org",))
-    for sender in ("a@news.example.org", "a@unknown.org"):
-        r = send(client, sb, email(**{"from": {"email": sender}}))
-        assert r.status_code == 422
-        assert r.json() == {
-            "status_code": 422,
-            "error_type": "validation_error",
-            "message": "The from email domain is not verified.",
-            "errors": {"from": {"domain_not_verified": "The from email domain is not verified."}},
-        }
+    r = send(client, sb, email(**{"from": {"email": "a@news.example.org"}}))
+    assert r.status_code == 422
+    assert r.json() == {
+        "status_code": 422,
+        "error_type": "validation_error",
+        "message": "The from email domain is not verified.",
+        "errors": {"from": {"domain_not_verified": "The from email domain is not verified."}},
+    }
     assert sb.messages() == []
+
+
+def test_domain_not_on_the_account_is_not_found_as_in_the_batch_docs(client, sandbox) -> None:
+    r = send(client, sandbox, email(**{"from": {"email": "a@unknown.org"}}))
+    assert r.status_code == 422
+    assert r.json() == {
+        "status_code": 422,
+        "error_type": "validation_error",
+        "message": "The from email domain is not found.",
+        "errors": {
+            "from": {"domain_not_found": "The from email domain is not found in your account."}
+        },
+    }
 
 
 def test_domain_not_allowed_for_key_as_in_the_seed(client, make_sandbox) -> None:
@@ -308,19 +320,33 @@ def test_disposable_recipients_are_dropped(client, sandbox) -> None:
     assert sandbox.stats()["disposable_dropped"] == 2
 
 
+SPAM = "All recipient email addresses are marked as spam / disposable."
+
+
 def test_all_disposable_sends_nothing(client, sandbox) -> None:
     r = send(client, sandbox, email(to=[{"email": "junk@mailinator.com"}]))
     assert r.status_code == 403
-    body = r.json()
-    assert body["status_code"] == 403 and body["error_type"] == "forbidden"
-    assert body["errors"] == {
-        "to": {
-            "disposable": (
-                "All recipient email addresses are invalid or disposable; nothing was sent."
-            )
-        }
+    assert r.json() == {
+        "status_code": 403,
+        "error_type": "forbidden",
+        "message": SPAM,
+        "errors": {"to": {"spam": SPAM}},
     }
     assert sandbox.messages() == []
+
+
+def test_api_key_in_the_body_is_accepted_and_never_logged(client, sandbox) -> None:
+    r = send(client, sandbox, {**EMAIL, "api_key": "sk-test"}, headers={})
+    assert r.status_code == 200
+    (entry,) = sandbox.messages()
+    assert "api_key" not in entry["body"] and entry["body"] == EMAIL
+    wrong = send(client, sandbox, {**EMAIL, "api_key": "sk-wrong"}, headers={})
+    assert wrong.status_code == 403 and wrong.json()["errors"] == {
+        "api_key": {"invalid": "The provided API key is invalid."}
+    }
+    r = batch(client, sandbox, {"emails": [EMAIL, EMAIL], "api_key": "sk-test"}, headers={})
+    assert r.status_code == 200 and len(sandbox.messages()) == 3
+    assert batch(client, sandbox, [EMAIL], headers={}).status_code == 401  # bare array: no key
 
 
 @pytest.mark.parametrize("raw", [b"{not json", b"", b"[1, 2]", b'"text"', b"\xff\xfe"])
@@ -366,13 +392,13 @@ def test_batch_all_ok_is_200_in_order(client, sandbox, wrap) -> None:
 
 
 def test_batch_partial_is_207_with_each_result(client, make_sandbox) -> None:
-    sb = make_sandbox(credits=3)
+    sb = make_sandbox(pending_domains=("news.example.com",))
     emails = [
         email(to=rcpts(1), message_hash="ok-1"),
         email(subject=None),
-        email(**{"from": {"email": "x@unverified.org"}}),
+        email(**{"from": {"email": "x@news.example.com"}}),
         email(to=rcpts(2), message_hash="ok-2"),
-        email(to=rcpts(1), message_hash="no-credit"),
+        email(to=[{"email": "a@mailinator.com"}], cc=[{"email": "b@yopmail.com"}]),
     ]
     r = batch(client, sb, {"emails": emails})
     assert r.status_code == 207
@@ -389,29 +415,61 @@ def test_batch_partial_is_207_with_each_result(client, make_sandbox) -> None:
         "from": {"domain_not_verified": "The from email domain is not verified."}
     }
     assert results[3] == {"status": "success", "message_id": "ok-2"}
-    assert results[4]["status_code"] == 403
-    assert results[4]["errors"]["account"] == {
-        "insufficient_balance": (
-            "Insufficient credit balance to send emails. Please buy more credits."
-        )
-    }
+    assert results[4] == {"status": "spam", "message": SPAM, "errors": {"to": {"spam": SPAM}}}
     assert [e["message_id"] for e in sb.messages()] == ["ok-1", "ok-2"]
-    assert sb.stats()["rejections"] == {"422": 2, "403": 1}
+    assert sb.stats()["rejections"] == {"422": 2, "spam": 1}
+
+
+def test_batch_credits_are_checked_whole_before_processing(client, make_sandbox) -> None:
+    sb = make_sandbox(credits=3)
+    emails = [email(to=rcpts(1)), email(to=rcpts(2)), email(to=rcpts(1))]  # 4 recipients
+    r = batch(client, sb, {"emails": emails})
+    assert r.status_code == 403
+    assert r.json() == {
+        "status_code": 403,
+        "error_type": "forbidden",
+        "message": "Insufficient credit balance to send emails.",
+        "errors": {
+            "account": {
+                "insufficient_balance": (
+                    "Insufficient credit balance to send emails. Please buy more credits."
+                )
+            }
+        },
+    }
+    assert sb.messages() == [] and sb.stats()["credits"] == 3  # nothing accepted
+    assert batch(client, sb, {"emails": emails[:2]}).status_code == 200
+    assert sb.stats()["credits"] == 0
+
+
+BATCH_REQUIRED = {
+    "status_code": 422,
+    "error_type": "validation_error",
+    "message": "Emails data is required and must be an array",
+    "errors": {"emails": {"required": "Emails data is required and must be an array."}},
+}
+BATCH_MAX = {
+    "status_code": 422,
+    "error_type": "validation_error",
+    "message": "Maximum 100 emails allowed per batch request.",
+    "errors": {"emails": {"max_limit": "Maximum 100 emails allowed per batch request."}},
+}
 
 
 @pytest.mark.parametrize(
-    ("payload", "status", "field", "rule"),
+    ("payload", "expected"),
     [
-        ({"emails": []}, 422, "emails", "required"),
-        ([], 422, "emails", "required"),
-        ({"nope": 1}, 422, "emails", "required"),
-        ({"emails": [EMAIL] * 101}, 422, "emails", "max_limit"),
+        ({"emails": []}, BATCH_REQUIRED),
+        ([], BATCH_REQUIRED),
+        ({"nope": 1}, BATCH_REQUIRED),
+        ({"emails": "x"}, BATCH_REQUIRED),
+        ({"emails": [EMAIL] * 101}, BATCH_MAX),
     ],
 )
-def test_batch_size_limits(client, sandbox, payload, status, field, rule) -> None:
+def test_batch_size_limits_as_in_the_docs(client, sandbox, payload, expected) -> None:
     r = batch(client, sandbox, payload)
-    assert r.status_code == status
-    assert list(r.json()["errors"][field]) == [rule]
+    assert r.status_code == 422
+    assert r.json() == expected
     assert sandbox.messages() == []
 
 
@@ -439,7 +497,7 @@ def test_info_reports_the_sandbox_account(client, make_sandbox) -> None:
         domains=("example.com", "second.com"),
         pending_domains=("news.example.com",),
         credits=100,
-        rate_limit=14,
+        tosend_emails_per_second=14,
     )
     send(client, sb, EMAIL)
     r = client.get(f"{sb.base_url}/v2/info", headers=AUTH)
@@ -476,6 +534,39 @@ def test_info_reports_the_sandbox_account(client, make_sandbox) -> None:
     }
 
 
+def test_info_in_the_older_documented_shape(client, make_sandbox) -> None:
+    sb = make_sandbox(pending_domains=("mail.example.com",), info_shape="older")
+    send(client, sb, email(cc=[{"email": "c@recipients.org"}]))  # 3 recipients
+    info = client.get(f"{sb.base_url}/v2/info", headers=AUTH).json()
+    assert info["account"] == {
+        "title": "batchsend sandbox",
+        "plan_type": "unlimited",
+        "status": "active",
+        "emails_usage_this_month": 3,
+        "emails_sent_last_24hrs": 3,
+    }
+    assert [(d["domain_name"], d["verification_status"]) for d in info["domains"]] == [
+        ("example.com", "verified"),
+        ("mail.example.com", "pending"),
+    ]
+    assert all(
+        set(d) == {"domain_name", "verification_status", "created_at"} for d in info["domains"]
+    )
+    assert len(info["domains"][0]["created_at"]) == len("2024-01-15 10:30:00")
+    sb.configure(info_shape="current")
+    assert "credit_balance" in client.get(f"{sb.base_url}/v2/info", headers=AUTH).json()["account"]
+
+
+def test_info_shows_a_restricted_key_only_its_domains(client, make_sandbox) -> None:
+    sb = make_sandbox(
+        api_keys=("sk-test", "sk-b"),
+        domains=("example.com", "b.com"),
+        key_domains={"sk-b": ["b.com"]},
+    )
+    info = client.get(f"{sb.base_url}/v2/info", headers={"Authorization": "Bearer sk-b"}).json()
+    assert [d["domain_name"] for d in info["domains"]] == ["b.com"]
+
+
 def test_info_without_credits_is_not_credit_based(client, sandbox) -> None:
     account = client.get(f"{sandbox.base_url}/v2/info", headers=AUTH).json()["account"]
     assert account["credit_balance"] is None
@@ -502,3 +593,16 @@ def test_a_bare_urllib_user_agent_is_refused_as_at_the_edge(client, sandbox, pat
     # The official SDK's agent, httpx's and batchsend's own pass.
     for name in ("tosend-python/1.2.0", "python-httpx/0.28", "batchsend/0.1"):
         assert send(client, sandbox, EMAIL, {"User-Agent": name, **AUTH}).status_code == 200
+
+
+def test_messages_show_sender_domain_and_an_invite_attachment(client, sandbox) -> None:
+    invite = {"type": "text/calendar; method=REQUEST", "name": "invite.ics", "content": "QkVHSU4="}
+    send(client, sandbox, email(attachments=[invite]))
+    send(client, sandbox, EMAIL)
+    first, second = sandbox.messages()
+    assert (first["delivered_from"], first["sending_domain"]) == (
+        "hello@example.com",
+        "example.com",
+    )
+    assert first["delivered_attachments"] == ["invite.ics"] and first["calendar_invite"] is True
+    assert second["delivered_attachments"] == [] and second["calendar_invite"] is False

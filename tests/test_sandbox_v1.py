@@ -247,3 +247,33 @@ def test_attachment_content_must_be_base64(client, sandbox, content, ok) -> None
             "error": "validation_error",
             "message": "Attachment 'a.txt': content is not valid base64.",
         }
+
+
+# the message as delivered ---------------------------------------------------------------------
+
+ICS = "BEGIN:VCALENDAR\nVERSION:2.0\nBEGIN:VEVENT\nUID:m-1\nEND:VEVENT\nEND:VCALENDAR\n"
+
+
+def test_messages_show_the_effective_sender_and_auto_picked_domain(client, make_sandbox) -> None:
+    sb = make_sandbox(domains=("mail.acme.test", "other.test"))
+    send(client, sb, EMAIL)  # neither from nor domain: noreply@ the first verified domain
+    send(client, sb, email(domain="other.test"))
+    send(client, sb, email(domain="other.test", **{"from": "hello@other.test"}))
+    shown = [(m["delivered_from"], m["sending_domain"]) for m in sb.messages()]
+    assert shown == [
+        ("noreply@mail.acme.test", "mail.acme.test"),
+        ("noreply@other.test", "other.test"),
+        ("hello@other.test", "other.test"),
+    ]
+    assert "from" not in sb.messages()[0]["body"]  # the request itself is shown as sent
+
+
+def test_a_calendar_invite_travels_as_invite_ics(client, sandbox) -> None:
+    att = {"filename": "agenda.pdf", "content": b64(3), "contentType": "application/pdf"}
+    send(client, sandbox, email(icalEvent=ICS, attachments=[att]))
+    send(client, sandbox, EMAIL)
+    with_invite, plain = sandbox.messages()
+    assert with_invite["delivered_attachments"] == ["agenda.pdf", "invite.ics"]
+    assert with_invite["calendar_invite"] is True
+    assert (plain["delivered_attachments"], plain["calendar_invite"]) == ([], False)
+    assert with_invite["body"]["icalEvent"] == ICS

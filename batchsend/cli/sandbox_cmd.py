@@ -5,7 +5,12 @@ from __future__ import annotations
 import click
 
 from batchsend.sandbox import Sandbox, is_loopback
-from batchsend.sandbox.state import DEFAULT_KEEP_MESSAGES
+from batchsend.sandbox.state import (
+    ADMIN_KEY_PREFIX,
+    DEFAULT_ADMIN_KEY,
+    DEFAULT_KEEP_MESSAGES,
+    INFO_SHAPES,
+)
 
 DEFAULT_KEY = "sk-test"
 
@@ -17,6 +22,15 @@ def _loopback(ctx: click.Context, param: click.Parameter, value: str) -> str:
             "127.0.0.1, ::1 or localhost."
         )
     return value
+
+
+def _admin_keys(
+    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> tuple[str, ...]:
+    for value in values:
+        if not value.startswith(ADMIN_KEY_PREFIX):
+            raise click.BadParameter(f"admin keys start with {ADMIN_KEY_PREFIX!r}")
+    return values
 
 
 def _key_domains(
@@ -85,19 +99,61 @@ def _key_domains(
     "then 403 insufficient_balance. Default: not credit-based.",
 )
 @click.option(
-    "--rate-limit",
+    "--tosend-emails-per-second",
     type=click.IntRange(min=1),
     default=None,
-    metavar="REQ_PER_S",
-    help="Requests per wall-clock second; beyond it 429 with Retry-After "
-    "(v1 also X-RateLimit-*). Default: unlimited.",
+    metavar="EMAILS",
+    help="ToSend's sending rate in EMAILS/s (every to+cc+bcc address of every message "
+    "counts), reported as limit_per_second by /v2/info: a bucket of one second's worth, "
+    "refilled continuously; beyond it 429 with Retry-After. Default: unlimited.",
+)
+@click.option(
+    "--v1-requests-per-minute",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="REQUESTS",
+    help="v1 requests in any sliding 60 s (the real service: 600); every v1 answer then "
+    "carries X-RateLimit-Limit/-Remaining/-Reset, 429 with Retry-After beyond it. "
+    "Default: unlimited.",
+)
+@click.option(
+    "--idempotency-keys",
+    is_flag=True,
+    default=False,
+    help="Model a provider that honours Idempotency-Key: a repeat with the same body "
+    "replays the first answer, a different body is 409. Neither real provider does; "
+    "by default a request sent twice is two messages.",
+)
+@click.option(
+    "--info-shape",
+    type=click.Choice(INFO_SHAPES),
+    default="current",
+    show_default=True,
+    help="Which documented GET /v2/info body to answer with.",
+)
+@click.option(
+    "--admin-key",
+    "admin_keys",
+    multiple=True,
+    metavar="KEY",
+    callback=_admin_keys,
+    help="A ToSend admin key (tsend_admin_..., repeatable) for GET /v2/emails and "
+    f"GET /v2/emails/ID, with the emails:read scope. Default: {DEFAULT_ADMIN_KEY}.",
+)
+@click.option(
+    "--events-api",
+    type=click.Choice(("on", "off")),
+    default="on",
+    show_default=True,
+    help="v1's Events API (GET /api/v1/events, /api/v1/emails/ID/events); off answers "
+    "403 event_api_disabled, as for an account without it.",
 )
 @click.option(
     "--fail-rate",
     type=click.FloatRange(0, 1),
     default=0.0,
     show_default=True,
-    help="Probability that a send is answered 500, 502 or 503 (nothing accepted).",
+    help="Probability that a send is refused BEFORE processing: 500, 502 or 503, nothing accepted.",
 )
 @click.option(
     "--latency",
@@ -117,10 +173,34 @@ def _key_domains(
     "closed after the message was recorded (the 'unknown outcome' case).",
 )
 @click.option(
+    "--fail-after-accept-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Probability that an ACCEPTED send is answered 500 (the message was delivered).",
+)
+@click.option(
+    "--slow-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Probability that an ACCEPTED send is answered only after --slow-ms (a client "
+    "timeout shorter than that sees no answer, though the message was delivered).",
+)
+@click.option(
+    "--slow-ms",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    metavar="MS",
+    help="How late a --slow-rate answer comes.",
+)
+@click.option(
     "--seed",
     type=int,
     default=None,
-    help="Seed for --fail-rate and --drop-rate, to reproduce a run's faults.",
+    help="Seed for every drawn fault (--fail-rate, --drop-rate, --fail-after-accept-rate, "
+    "--slow-rate), to reproduce a run's faults.",
 )
 @click.option(
     "--keep-messages",
@@ -128,8 +208,9 @@ def _key_domains(
     default=DEFAULT_KEEP_MESSAGES,
     show_default=True,
     metavar="N",
-    help="Accepted messages kept in memory for /_sandbox/messages (about 4-5 KB each); "
-    "older ones are forgotten but counted (--record still writes every one).",
+    help="Accepted messages kept whole in memory for /_sandbox/messages (a few KB "
+    "each); older ones are compacted to what lookups need (about 650 bytes) and "
+    "still found by the admin and events endpoints (--record writes every one).",
 )
 @click.option(
     "--record",
@@ -145,32 +226,47 @@ def sandbox(
     pending_domains: tuple[str, ...],
     key_domains: dict[str, list[str]],
     credits: int | None,
-    rate_limit: int | None,
+    tosend_emails_per_second: int | None,
+    v1_requests_per_minute: int | None,
+    idempotency_keys: bool,
+    info_shape: str,
+    admin_keys: tuple[str, ...],
+    events_api: str,
     fail_rate: float,
     latency_ms: float,
     drop_rate: float,
+    fail_after_accept_rate: float,
+    slow_rate: float,
+    slow_ms: float,
     seed: int | None,
     keep_messages: int,
     record: str | None,
 ) -> None:
-    """Serve both provider APIs on loopback, for trying and testing batchsend offline.
+    """Serve both provider APIs on loopback, behaving as the real services document.
 
-    Serves v1 (POST /api/v1/send) and ToSend (POST /v2/emails, POST /v2/emails/batch,
-    GET /v2/info) until Ctrl-C, and prints the base URL and the accepted keys. Every
+    Serves v1 (POST /api/v1/send; GET /api/v1/events, /api/v1/emails/ID/events) and
+    ToSend (POST /v2/emails, POST /v2/emails/batch, GET /v2/info; with an admin key
+    GET /v2/emails, /v2/emails/ID) until Ctrl-C, and prints the base URL and the keys.
+    As at both real providers, nothing is de-duplicated: a request sent twice is two
+    messages (--idempotency-keys models one that honours Idempotency-Key). Every
     accepted message can be inspected, without a key, at GET /_sandbox/messages;
     counters at GET /_sandbox/stats; settings change live with POST /_sandbox/config
     (a JSON object, e.g. {"fail_rate": 0.2}). Like ToSend's edge, the ToSend routes
     refuse urllib's default User-Agent (403 "error code: 1010"): set your own.
+    docs/sandbox.md records each behaviour the providers' documents leave open.
 
     \b
-    Defaults: key sk-test, verified domain example.com, port 8025, no faults.
+    Defaults: key sk-test, admin key tsend_admin_test, verified domain example.com,
+    port 8025, no rate limits, no faults, no idempotency.
 
     \b
     Example:
       batchsend sandbox
       batchsend sandbox --host 127.0.0.1 --port 8025 --api-key sk-live-test \\
-          --domain acme.com --pending-domain news.acme.com --credits 1000 --rate-limit 50
-      batchsend sandbox --fail-rate 0.1 --drop-rate 0.05 --latency 20 --seed 7 \\
+          --domain acme.com --pending-domain news.acme.com --credits 1000 \\
+          --tosend-emails-per-second 14 --v1-requests-per-minute 600
+      batchsend sandbox --fail-rate 0.1 --drop-rate 0.05 --fail-after-accept-rate 0.05 \\
+          --slow-rate 0.05 --slow-ms 5000 --latency 20 --seed 7 \\
           --record sent.jsonl --keep-messages 10000
       batchsend sandbox --api-key sk-a --api-key sk-b --domain a.com --domain b.com \\
           --key-domain sk-b=b.com
@@ -180,10 +276,18 @@ def sandbox(
         domains=domains or ("example.com",),
         pending_domains=pending_domains,
         credits=credits,
-        rate_limit=rate_limit,
+        tosend_emails_per_second=tosend_emails_per_second,
+        v1_requests_per_minute=v1_requests_per_minute,
+        idempotency_keys=idempotency_keys,
+        info_shape=info_shape,
+        admin_keys=admin_keys or (DEFAULT_ADMIN_KEY,),
+        events_api=events_api == "on",
         fail_rate=fail_rate,
         latency_ms=latency_ms,
         drop_rate=drop_rate,
+        fail_after_accept_rate=fail_after_accept_rate,
+        slow_rate=slow_rate,
+        slow_ms=slow_ms,
         seed=seed,
         record=record,
         host=host,
@@ -196,8 +300,10 @@ def sandbox(
         click.echo(f"sandbox listening on {running.base_url}", err=False)
         click.echo(f"  v1:     POST {running.base_url}/api/v1/send")
         click.echo(f"  ToSend: POST {running.base_url}/v2/emails, /v2/emails/batch; GET /v2/info")
+        click.echo(f"  lookups: GET {running.base_url}/v2/emails[/ID] (admin key), /api/v1/events")
         click.echo(f"  inspect: GET {running.base_url}/_sandbox/messages, /_sandbox/stats")
         click.echo("  accepted API keys: " + ", ".join(running.api_keys))
+        click.echo("  admin keys: " + ", ".join(running.config.admin_keys))
         click.echo("Ctrl-C to stop.")
 
     try:

@@ -1,11 +1,16 @@
 """A loopback server that implements both provider APIs (see shared API-CONTRACTS.md).
 
+It is the real service, not a mirror of our client: nothing is de-duplicated unless
+``idempotency_keys`` says so, and each provider's limit counts its own unit.
 ``Sandbox`` embeds it (background thread, free port); ``batchsend sandbox`` runs it in
-the foreground. Endpoints: ``POST /api/v1/send`` (v1), ``POST /v2/emails``,
-``POST /v2/emails/batch``, ``GET /v2/info`` (ToSend), and for inspection without a key
+the foreground. Endpoints: ``POST /api/v1/send``, ``GET /api/v1/events``,
+``GET /api/v1/emails/{email_id}/events`` (v1); ``POST /v2/emails``,
+``POST /v2/emails/batch``, ``GET /v2/info``, and with an admin key ``GET /v2/emails``,
+``GET /v2/emails/{message_id}`` (ToSend); for inspection without a key
 ``GET /_sandbox/messages``, ``GET /_sandbox/stats``, ``GET|POST /_sandbox/config``.
 The order of checks is documented in :mod:`batchsend.sandbox.app`, the accounting
-decisions (credits, rate window, idempotency) in :mod:`batchsend.sandbox.state`.
+decisions (credits, rate limits, idempotency, lookups) in :mod:`batchsend.sandbox.state`,
+and every decision the providers' documents leave open in ``docs/sandbox.md``.
 """
 
 from __future__ import annotations

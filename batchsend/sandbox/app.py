@@ -7,18 +7,27 @@ Order of checks on a provider endpoint, and why:
 2. read the body (always, so keep-alive connections stay in step); on ToSend, a
    ``Python-urllib`` user agent is refused as ToSend's edge refuses it (403, plain text
    ``error code: 1010``), so a client without its own User-Agent fails here, not in
-   production;
-3. auth (missing / invalid key): a stranger is refused before anything else happens,
-   and a bad key is never hidden behind a random fault;
-4. rate limit (429 + ``Retry-After`` unless ``retry_after`` is off; v1 also
-   ``X-RateLimit-*`` on every answer);
-5. ``fail_rate``: an injected 500/502/503, before any processing, so it never accepts;
-   (``GET /v2/info`` stops after step 4: faults are for sends);
-6. idempotency: a known key with the same body replays the stored answer (counted as a
-   duplicate, no new message); with a different body, 409;
-7. malformed JSON (400), then the provider's rules, then acceptance;
-8. ``drop_rate``: only an answer that accepted something may be dropped, and only after
-   it was logged and stored for replay, so a retry with the same key gets it back.
+   production. A send's JSON is parsed here, once: ToSend may carry its key in the body
+   and its rate counts the emails inside;
+3. auth (missing / invalid key; on ToSend the ``Authorization`` header, else the body's
+   ``api_key``; a sending key on an admin endpoint or an admin key without
+   ``emails:send`` on a send endpoint is 403 ``insufficient_scope``): a stranger is
+   refused before anything else happens, and a bad key is never hidden behind a fault;
+4. rate limits: a ``refuse_next`` storm first, then ToSend's email bucket on sends
+   (``tosend_emails_per_second``) and v1's sliding minute on every v1 request
+   (``v1_requests_per_minute``, whose ``X-RateLimit-*`` headers then ride on every v1
+   answer); 429 + ``Retry-After`` unless ``retry_after`` is off. A refused request takes
+   nothing from a limit;
+5. ``GET /v2/info``, the admin lookups and the v1 events stop here: faults are for sends;
+6. ``fail_rate``: an injected 500/502/503, before any processing, so it never accepts;
+7. only with ``idempotency_keys``: a known key with the same body replays the stored
+   answer (counted as a duplicate, no new message); with a different body, 409. Without
+   it (the default, as at both real providers) the header is ignored;
+8. malformed JSON (400), then the provider's rules, then acceptance (logged, indexed);
+9. what happens to an answer that accepted something, one seeded draw per enabled
+   fault: ``drop_rate`` closes the connection with no answer, ``fail_after_accept_rate``
+   answers 500, ``slow_rate`` answers after ``slow_ms``. The message was delivered in
+   all three; only a refused or rejected request is certain not to be.
 
 Inspection endpoints (``/_sandbox/...``) need no key; the server binds to loopback only
 and these handlers also refuse any non-loopback peer.
@@ -27,8 +36,8 @@ and these handlers also refuse any non-loopback peer.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
+import math
 from types import ModuleType
 from typing import Any
 
@@ -43,6 +52,11 @@ LOOPBACK_PEERS = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
 MAX_BODY = 40 * 1024 * 1024
 
 _JSON = "application/json"
+_SENDS = frozenset({"send", "batch"})
+_ADMIN = frozenset({"email", "emails"})
+_EVENTS = frozenset({"events", "email_events"})
+
+Answer = tuple[int, dict[str, Any]]
 
 
 def _response(status: int, body: bytes, headers: dict[str, str] | None = None) -> web.Response:
@@ -64,6 +78,24 @@ async def _provider_request(
         state.in_flight -= 1
 
 
+def _authorize(state: SandboxState, provider: ModuleType, kind: str, key: str) -> Answer | None:
+    """The refusal for ``key`` on this endpoint, or None when it may go on."""
+    if provider is v1:
+        return None if key in state.keys else v1.INVALID_KEY
+    if key in state.admin_keys:
+        scopes = state.admin_scopes(key)
+        if kind in _SENDS and tosend.ADMIN_SEND_SCOPE not in scopes:
+            return tosend.insufficient_scope(tosend.ADMIN_SEND_SCOPE)
+        if kind in _ADMIN and tosend.ADMIN_READ_SCOPE not in scopes:
+            return tosend.insufficient_scope(tosend.ADMIN_READ_SCOPE)
+        return None
+    if key in state.keys:
+        if kind in _ADMIN:  # a sending key holds no admin scope
+            return tosend.insufficient_scope(tosend.ADMIN_READ_SCOPE)
+        return None
+    return tosend.INVALID_KEY
+
+
 async def _answer(
     request: web.Request, state: SandboxState, provider: ModuleType, kind: str
 ) -> web.StreamResponse:
@@ -80,29 +112,49 @@ async def _answer(
         state.reject(403)
         return web.Response(status=403, text="error code: 1010")
 
-    key = provider.api_key(request.headers)
-    if key is None or key not in state.keys:
-        status, body = provider.MISSING_KEY if key is None else provider.INVALID_KEY
+    payload = _parse(raw) if kind in _SENDS else _MALFORMED
+    if kind in _EVENTS:
+        key = v1.bearer_key(request.headers)
+    else:
+        key = provider.api_key(request.headers)
+        if key is None and provider is tosend:
+            key = tosend.body_key(payload)
+    refused = provider.MISSING_KEY if key is None else _authorize(state, provider, kind, key)
+    if refused is not None:
+        status, body = refused
         state.reject(status)
         return _response(status, _dump(body))
+    assert key is not None
 
     headers: dict[str, str] | None = None
-    admitted, remaining, reset = state.rate_check(now)
-    if cfg.rate_limit is not None and provider is v1:
-        headers = {
-            "X-RateLimit-Limit": str(cfg.rate_limit),
-            "X-RateLimit-Remaining": str(remaining),
-            "X-RateLimit-Reset": str(reset),
-        }
-    if not admitted:
+    limited = False
+    wait = 1.0
+    if state.refuse_storm():
+        limited = True
+        if provider is v1 and cfg.v1_requests_per_minute is not None:
+            remaining, reset = state.v1_window_state(now)
+            headers = _v1_headers(cfg.v1_requests_per_minute, remaining, reset)
+    elif provider is v1:
+        if cfg.v1_requests_per_minute is not None:
+            admitted, remaining, reset, after = state.v1_admit(now)
+            headers = _v1_headers(cfg.v1_requests_per_minute, remaining, reset)
+            limited, wait = not admitted, float(after)
+    elif kind in _SENDS and cfg.tosend_emails_per_second is not None:
+        wait = state.tosend_admit(now, tosend.emails_in(payload))
+        limited = wait > 0
+    if limited:
         headers = headers or {}
         if cfg.retry_after:
-            headers["Retry-After"] = "1"  # the window is one wall-clock second
-        status, body = provider.rate_limited(cfg.rate_limit or 1)
+            headers["Retry-After"] = str(max(1, math.ceil(wait)))
+        limit = cfg.v1_requests_per_minute if provider is v1 else cfg.tosend_emails_per_second
+        status, body = provider.rate_limited(limit)
         return _response(status, _dump(body), headers)
 
-    if kind == "info":
-        return _response(200, _dump(tosend.info(state)))
+    if kind not in _SENDS:
+        status, body = _lookup(request, state, kind, key)
+        if status >= 400:
+            state.reject(status)
+        return _response(status, _dump(body), headers)
 
     fault = state.draw_failure()
     if fault is not None:
@@ -110,7 +162,7 @@ async def _answer(
         return _response(status, _dump(body), headers)
 
     idempotency_key = request.headers.get("Idempotency-Key")
-    if idempotency_key:
+    if idempotency_key and cfg.idempotency_keys:
         scope = (key, request.path, idempotency_key)
         digest = state.digest(raw)
         stored = state.recall(scope, now)
@@ -120,14 +172,10 @@ async def _answer(
                 state.reject(status)
                 return _response(status, _dump(body), headers)
             state.duplicates += 1
-            if state.draw_drop():
-                return _drop(request)
-            return _response(stored.status, stored.body, headers)
+            return await _after_accept(
+                request, state, provider, stored.status, stored.body, headers
+            )
 
-    try:
-        payload = json.loads(raw)
-    except ValueError:  # also UnicodeDecodeError
-        payload = _MALFORMED
     if payload is _MALFORMED or (kind == "send" and not isinstance(payload, dict)):
         status, body = provider.MALFORMED if kind == "send" else tosend.MALFORMED_BATCH
         state.reject(status)
@@ -153,15 +201,67 @@ async def _answer(
     if status >= 400:
         state.reject(status)
     data = _dump(body)
-    if accepted:
-        if idempotency_key:
-            state.remember(scope, digest, status, data, now)
-        if state.draw_drop():
-            return _drop(request)
+    if not accepted:
+        return _response(status, data, headers)
+    if idempotency_key and cfg.idempotency_keys:
+        state.remember(scope, digest, status, data, now)
+    return await _after_accept(request, state, provider, status, data, headers)
+
+
+async def _after_accept(
+    request: web.Request,
+    state: SandboxState,
+    provider: ModuleType,
+    status: int,
+    data: bytes,
+    headers: dict[str, str] | None,
+) -> web.StreamResponse:
+    """Answer a request that accepted something, or fail to (the after-accept faults)."""
+    outcome = state.draw_after_accept()
+    if outcome is None:
+        return _response(status, data, headers)
+    if outcome == "drop":
+        return _drop(request)
+    if outcome == "fail":
+        fault_status, body = provider.server_fault(500)
+        return _response(fault_status, _dump(body), headers)
+    await asyncio.sleep(state.config.slow_ms / 1000)
     return _response(status, data, headers)
 
 
+def _lookup(request: web.Request, state: SandboxState, kind: str, key: str) -> Answer:
+    """The answer of a read endpoint (info, admin lookups, v1 events)."""
+    if kind == "info":
+        return 200, tosend.info(state, key)
+    if kind == "email":
+        return tosend.get_email(state, request.match_info["message_id"])
+    if kind == "emails":
+        return tosend.list_emails(state, request.query)
+    if not state.config.events_api:
+        return v1.EVENTS_DISABLED
+    if kind == "events":
+        return v1.list_events(state, request.query)
+    return v1.email_events(state, request.match_info["email_id"], request.query)
+
+
+def _v1_headers(limit: int, remaining: int, reset: int) -> dict[str, str]:
+    return {
+        "X-RateLimit-Limit": str(limit),
+        "X-RateLimit-Remaining": str(remaining),
+        "X-RateLimit-Reset": str(reset),
+    }
+
+
 _MALFORMED = object()
+
+
+def _parse(raw: bytes) -> Any:
+    """The request's JSON, or ``_MALFORMED``."""
+    try:
+        return json.loads(raw)
+    except ValueError:  # also UnicodeDecodeError
+        return _MALFORMED
+
 
 #: User agents ToSend's edge (a browser integrity check in front of the API) refuses with
 #: a bare ``403 error code: 1010`` before the API sees the request. The official SDK
@@ -202,6 +302,26 @@ async def tosend_info(request: web.Request) -> web.StreamResponse:
     return await _provider_request(request, tosend, "info")
 
 
+async def tosend_get_email(request: web.Request) -> web.StreamResponse:
+    """``GET /v2/emails/{message_id}`` (admin key with ``emails:read``)."""
+    return await _provider_request(request, tosend, "email")
+
+
+async def tosend_list_emails(request: web.Request) -> web.StreamResponse:
+    """``GET /v2/emails`` (admin key with ``emails:read``)."""
+    return await _provider_request(request, tosend, "emails")
+
+
+async def v1_events(request: web.Request) -> web.StreamResponse:
+    """``GET /api/v1/events``."""
+    return await _provider_request(request, v1, "events")
+
+
+async def v1_email_events(request: web.Request) -> web.StreamResponse:
+    """``GET /api/v1/emails/{email_id}/events``."""
+    return await _provider_request(request, v1, "email_events")
+
+
 async def tosend_not_found(request: web.Request) -> web.Response:
     """Any other ``/v2/...`` path or method: ToSend's JSON 404."""
     status, body = tosend.not_found(request.method, request.path)
@@ -238,9 +358,9 @@ async def messages(request: web.Request) -> web.Response:
         raise web.HTTPBadRequest(text="since must be an integer") from None
     if since < 0:
         raise web.HTTPBadRequest(text="since must not be negative")
-    start = max(0, since - state.forgotten)
-    kept = itertools.islice(state.messages, start, None)
-    return _response(200, _dump([m.as_dict() for m in kept]))
+    log = state.log
+    kept = range(max(since, state.forgotten), len(log))  # indexed: no walk over the skipped
+    return _response(200, _dump([log[i].as_dict() for i in kept]))
 
 
 async def stats(request: web.Request) -> web.Response:
@@ -273,6 +393,8 @@ def public_config(state: SandboxState) -> dict[str, Any]:
     """Settings without the keys themselves."""
     out = state.config_dict()
     out["api_keys"] = len(out["api_keys"])
+    out["admin_keys"] = len(out["admin_keys"])
+    out["admin_scopes"] = sorted({s for v in out["admin_scopes"].values() for s in v})
     out["key_domains"] = sorted({d for v in out["key_domains"].values() for d in v})
     return out
 
@@ -285,6 +407,10 @@ def make_app(state: SandboxState) -> web.Application:
     app.router.add_post("/v2/emails", tosend_send)
     app.router.add_post("/v2/emails/batch", tosend_batch)
     app.router.add_get("/v2/info", tosend_info)
+    app.router.add_get("/v2/emails", tosend_list_emails)
+    app.router.add_get("/v2/emails/{message_id}", tosend_get_email)
+    app.router.add_get("/api/v1/events", v1_events)
+    app.router.add_get("/api/v1/emails/{email_id}/events", v1_email_events)
     app.router.add_route("*", "/v2/{tail:.*}", tosend_not_found)
     app.router.add_route("*", "/api/{tail:.*}", v1_not_found)
     app.router.add_get("/_sandbox/messages", messages)

@@ -49,11 +49,15 @@ def decoded_size(content: object) -> int | None:
 
 
 def logged_body(body: dict[str, Any], raw: bytes | None) -> str | bytes:
-    """The JSON kept in the message log: ``body`` minus attachment contents.
+    """The JSON kept in the message log: ``body`` minus attachment contents and ``api_key``.
 
     ``raw`` is the request's own bytes when ``body`` is the whole request: without
-    attachments (the usual case) they are kept as they are, no copy, no re-encoding.
+    attachments or a key in the body (the usual case) they are kept as they are, no
+    copy, no re-encoding.
     """
+    if "api_key" in body:  # a key is a secret: it is never logged
+        body = {k: v for k, v in body.items() if k != "api_key"}
+        raw = None
     attachments = body.get("attachments")
     if not attachments or not isinstance(attachments, list):
         return raw if raw is not None else json.dumps(body, ensure_ascii=False)

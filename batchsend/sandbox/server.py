@@ -8,13 +8,19 @@ import ipaddress
 import signal
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
 from aiohttp import web
 
 from batchsend.sandbox.app import make_app
-from batchsend.sandbox.state import DEFAULT_KEEP_MESSAGES, SandboxConfig, SandboxState
+from batchsend.sandbox.state import (
+    CONFIG_FIELDS,
+    DEFAULT_KEEP_MESSAGES,
+    SandboxConfig,
+    SandboxState,
+    unknown_settings,
+)
 
 T = TypeVar("T")
 
@@ -51,9 +57,11 @@ class Sandbox:
             httpx.post(sb.base_url + "/v2/emails", ...)
             assert len(sb.messages()) == 1
 
+    Every :class:`~batchsend.sandbox.state.SandboxConfig` field is a keyword argument
+    (``credits=5``, ``tosend_emails_per_second=50``, ``idempotency_keys=True``...).
     ``port=0`` picks a free port; :meth:`stop` then :meth:`start` serves again on the same
     port with the state kept (a "provider restarted" scenario). Every setting can change
-    live with :meth:`configure`. ``clock`` (epoch seconds) drives the rate-limit window and
+    live with :meth:`configure`. ``clock`` (epoch seconds) drives the rate limits and
     timestamps; inject one to test rate limits without sleeping.
     """
 
@@ -61,36 +69,20 @@ class Sandbox:
         self,
         api_keys: Iterable[str] = ("sk-test",),
         domains: Iterable[str] = ("example.com",),
-        pending_domains: Iterable[str] = (),
-        credits: int | None = None,
-        rate_limit: int | None = None,
-        fail_rate: float = 0.0,
-        latency_ms: float = 0,
-        drop_rate: float = 0.0,
-        seed: int | None = None,
+        *,
         record: str | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
-        *,
-        key_domains: Mapping[str, Iterable[str]] | None = None,
-        keep_messages: int | None = DEFAULT_KEEP_MESSAGES,
         clock: Callable[[], float] = time.time,
+        **settings: Any,
     ) -> None:
         if not is_loopback(host):
             raise ValueError(f"the sandbox listens on loopback only, not {host!r}")
-        config = SandboxConfig(
-            api_keys=tuple(api_keys),
-            domains=tuple(domains),
-            pending_domains=tuple(pending_domains),
-            key_domains={k: tuple(v) for k, v in (key_domains or {}).items()},
-            credits=credits,
-            rate_limit=rate_limit,
-            fail_rate=fail_rate,
-            latency_ms=latency_ms,
-            drop_rate=drop_rate,
-            seed=seed,
-            keep_messages=keep_messages,
-        )
+        unknown = set(settings) - CONFIG_FIELDS
+        if unknown:
+            raise TypeError(unknown_settings(unknown))
+        settings.setdefault("keep_messages", DEFAULT_KEEP_MESSAGES)
+        config = SandboxConfig(api_keys=tuple(api_keys), domains=tuple(domains), **settings)
         self.state = SandboxState(config, record=str(record) if record else None, clock=clock)
         self.host = host
         self.port = port

@@ -1,19 +1,30 @@
-"""The sandbox's account and memory: settings, idempotency store, message log, stats, faults.
+"""The sandbox's account and memory: settings, rate limits, message log, lookups, faults.
 
 Everything here is plain Python driven by the server's event loop; nothing awaits. The
 settings are a frozen :class:`SandboxConfig` swapped whole by :meth:`SandboxState.configure`,
 so a handler reads one consistent snapshot and a live change never half-applies.
 
-Decisions recorded here (see also ``batchsend/sandbox/__init__.py``):
+The sandbox is the real service, not a mirror of our client: by default it does what the
+providers document and nothing more (no de-duplication: a request sent twice is two
+messages). Decisions where the documents are silent (docs/sandbox.md has the long form):
 
 - Credits: one credit per accepted recipient (to + cc + bcc, after disposable addresses
-  are dropped), on both providers. ``credits=None`` means the account is not credit-based.
-- Rate limit: a fixed window per wall-clock second (the ``X-RateLimit-Reset`` epoch),
-  shared by every authenticated provider request; requests past the limit in the
-  current second get 429 and do not count against the window.
-- Idempotency: keyed by (API key, path, ``Idempotency-Key``), compared on the SHA-256 of
-  the raw body bytes, kept 24 hours. Only responses that accepted at least one email are
-  stored, so a request that was refused (validation, credits) is evaluated afresh.
+  are dropped), on both providers; a batch is checked whole first (every address of
+  every email), then charged per accepted email. ``credits=None``: not credit-based.
+- ToSend rate (``tosend_emails_per_second`` = R): a token bucket of at most R emails,
+  refilled continuously at R/s; a send request costs every to+cc+bcc address of every
+  email in it (at least 1) and is admitted when the bucket holds min(cost, R); then the
+  whole cost is taken and the level may go negative. Info and lookups are not counted.
+- v1 rate (``v1_requests_per_minute``): a sliding 60-second window of admitted v1
+  requests (sends and events queries); ``X-RateLimit-Reset`` is the epoch second the
+  oldest one leaves the window.
+- Refused requests (429) take nothing from either limit.
+- Idempotency exists only with ``idempotency_keys=True``: keyed by (API key, path,
+  ``Idempotency-Key``), compared on the SHA-256 of the raw body, kept 24 hours; only
+  answers that accepted at least one email are stored.
+- Lookups: every accepted message stays in :attr:`SandboxState.log`. Beyond
+  ``keep_messages`` the oldest are compacted (body dropped, the fields lookups and
+  events need kept), so lookups find every message ever accepted.
 - Faults draw from one ``random.Random(seed)`` in request order, so a run with the same
   seed and the same request sequence injects the same faults.
 """
@@ -22,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import time
 from collections import OrderedDict, deque
@@ -54,6 +66,16 @@ DISPOSABLE_DOMAINS: frozenset[str] = frozenset(
 
 
 DEFAULT_KEEP_MESSAGES = 1_000_000
+DEFAULT_ADMIN_KEY = "tsend_admin_test"
+ADMIN_KEY_PREFIX = "tsend_admin_"
+#: What an admin key holds when ``admin_scopes`` does not list it: read the delivery log.
+DEFAULT_ADMIN_SCOPES: tuple[str, ...] = ("emails:read",)
+INFO_SHAPES = ("current", "older")
+#: Settings that no longer exist, and what replaced them (a clear error, not a silent no-op).
+REPLACED_SETTINGS = {
+    "rate_limit": "tosend_emails_per_second (ToSend, emails/s) and "
+    "v1_requests_per_minute (v1, requests/min)",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +83,9 @@ class SandboxConfig:
     """Everything that can be set at start or changed live with ``configure``.
 
     ``key_domains`` restricts keys to sending domains (key -> allowed domains); a key not
-    listed may send from every verified domain.
+    listed may send from every verified domain. ``admin_keys`` are ToSend admin keys
+    (``tsend_admin_...``) for the lookup endpoints; ``admin_scopes`` gives a key its
+    scopes (default :data:`DEFAULT_ADMIN_SCOPES`).
     """
 
     api_keys: tuple[str, ...] = ("sk-test",)
@@ -69,10 +93,30 @@ class SandboxConfig:
     pending_domains: tuple[str, ...] = ()
     key_domains: dict[str, tuple[str, ...]] = field(default_factory=dict)
     credits: int | None = None
-    rate_limit: int | None = None
+    # ToSend's sending rate in EMAILS per second (every to+cc+bcc address counted), as
+    # /v2/info reports it in limit_per_second; None: unlimited.
+    tosend_emails_per_second: int | None = None
+    # v1's documented limit is 600 requests per minute per customer; None: unlimited.
+    v1_requests_per_minute: int | None = None
+    # Honour Idempotency-Key (replay the first answer, 409 on a different body). Neither
+    # real provider documents this, so it is off by default: a resend is a new message.
+    idempotency_keys: bool = False
+    # /v2/info answers in ToSend's "current" shape or the "older" one its docs still show.
+    info_shape: str = "current"
+    admin_keys: tuple[str, ...] = (DEFAULT_ADMIN_KEY,)
+    admin_scopes: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # v1's Events API (an enterprise feature); False answers 403 event_api_disabled.
+    events_api: bool = True
+    # Refused before processing (500/502/503), nothing accepted.
     fail_rate: float = 0.0
     latency_ms: float = 0.0
+    # Accepted and logged, then the connection is closed with no answer.
     drop_rate: float = 0.0
+    # Accepted and logged, then answered 500.
+    fail_after_accept_rate: float = 0.0
+    # Accepted and logged, then answered only after slow_ms.
+    slow_rate: float = 0.0
+    slow_ms: float = 0.0
     seed: int | None = None
     # A 429 normally carries Retry-After; False answers without it, as some providers do,
     # so a client's own back-off is what keeps it from hammering.
@@ -87,19 +131,28 @@ class SandboxConfig:
     # ``((n, {setting: value, ...}), ...)``. Faults keyed to the request count land at
     # the same point of a run however fast it goes (no thread racing the client).
     schedule: tuple[tuple[int, dict[str, Any]], ...] = ()
-    # How many accepted messages stay in memory for inspection (/_sandbox/messages); the
-    # oldest are forgotten beyond it (counted, and still in the --record file). None
-    # keeps them all: about 4-5 KB each, so 10 million would need ~45 GB.
+    # How many accepted messages stay whole in memory for inspection (/_sandbox/messages);
+    # the oldest are compacted beyond it (counted, still in the --record file, and still
+    # found by the lookups: ~650 B each). None keeps them all whole: a few KB each.
     keep_messages: int | None = DEFAULT_KEEP_MESSAGES
 
     def __post_init__(self) -> None:
-        for name in ("fail_rate", "drop_rate", "spike_rate"):
+        for name in ("fail_rate", "drop_rate", "fail_after_accept_rate", "slow_rate", "spike_rate"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, got {value}")
-        if self.rate_limit is not None and self.rate_limit < 1:
-            raise ValueError(f"rate_limit must be at least 1 request/s, got {self.rate_limit}")
-        for name in ("latency_ms", "spike_ms"):
+        for name, unit in (
+            ("tosend_emails_per_second", "email/s"),
+            ("v1_requests_per_minute", "request/min"),
+        ):
+            value = getattr(self, name)
+            if value is not None and (type(value) is not int or value < 1):
+                raise ValueError(
+                    f"{name} must be a whole number >= 1 {unit} or null, got {value!r}"
+                )
+        if self.info_shape not in INFO_SHAPES:
+            raise ValueError(f"info_shape must be one of {INFO_SHAPES}, got {self.info_shape!r}")
+        for name in ("latency_ms", "spike_ms", "slow_ms"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
         if self.credits is not None and self.credits < 0:
@@ -111,14 +164,22 @@ class SandboxConfig:
             raise ValueError(f"refuse_next must not be negative, got {self.refuse_next}")
         object.__setattr__(self, "schedule", _checked_schedule(self.schedule))
         # tuples, whatever sequence the caller gave (a list from JSON config, say)
-        for name in ("api_keys", "domains", "pending_domains"):
+        for name in ("api_keys", "domains", "pending_domains", "admin_keys"):
             value = getattr(self, name)
             if isinstance(value, str):
                 value = (value,)
             object.__setattr__(self, name, tuple(value))
-        object.__setattr__(
-            self, "key_domains", {k: tuple(v) for k, v in dict(self.key_domains).items()}
-        )
+        bad = [k for k in self.admin_keys if not k.startswith(ADMIN_KEY_PREFIX)]
+        if bad:
+            raise ValueError(
+                f"admin keys start with {ADMIN_KEY_PREFIX!r}; got {len(bad)} that do not"
+            )
+        for name in ("key_domains", "admin_scopes"):
+            value = {
+                k: (v,) if isinstance(v, str) else tuple(v)
+                for k, v in dict(getattr(self, name)).items()
+            }
+            object.__setattr__(self, name, value)
 
 
 CONFIG_FIELDS = frozenset(f.name for f in fields(SandboxConfig))
@@ -148,6 +209,16 @@ def _checked_schedule(schedule: Any) -> tuple[tuple[int, dict[str, Any]], ...]:
     return tuple(sorted(out, key=lambda pair: pair[0]))
 
 
+def unknown_settings(names: set[str]) -> str:
+    """The error message for settings that do not exist (naming what replaced old ones)."""
+    replaced = [
+        f"{k} is now {REPLACED_SETTINGS[k]}" for k in sorted(names & REPLACED_SETTINGS.keys())
+    ]
+    return f"unknown sandbox setting(s): {', '.join(sorted(names))}" + (
+        f" ({'; '.join(replaced)})" if replaced else ""
+    )
+
+
 class StoredResponse(NamedTuple):
     """A response kept for idempotent replay (a tuple of atoms: the collector skips it)."""
 
@@ -163,6 +234,9 @@ class Logged(NamedTuple):
     Only strings, numbers and tuples of strings, so the cyclic collector untracks it
     after one pass: a sandbox that has taken a million messages does not make every
     collection walk a million parsed bodies. :meth:`as_dict` builds the public shape.
+    ``sender`` and ``domain`` are what the provider delivered from (v1 fills in
+    ``noreply@<domain>`` and the auto-picked domain); ``attachments`` are the file names
+    the recipient gets, ``invite.ics`` included where a calendar invite travelled.
     """
 
     provider: str
@@ -173,9 +247,18 @@ class Logged(NamedTuple):
     to: tuple[str, ...]
     cc: tuple[str, ...]
     bcc: tuple[str, ...]
-    body_json: str | bytes  # the request JSON minus attachment contents
+    body_json: str | bytes  # the request JSON minus attachment contents (and api_key)
     received: float
     batch_index: int | None = None
+    sender: str = ""
+    domain: str = ""
+    subject: str = ""
+    attachments: tuple[str, ...] = ()
+
+    @property
+    def calendar_invite(self) -> bool:
+        """Did a calendar invite travel with this message (as ``invite.ics``)?"""
+        return any(name.lower() == INVITE_ICS for name in self.attachments)
 
     def as_dict(self) -> dict[str, Any]:
         """The entry of ``GET /_sandbox/messages`` and of the ``--record`` file."""
@@ -194,25 +277,43 @@ class Logged(NamedTuple):
         out["received_at"] = iso_time(self.received)
         if self.batch_index is not None:
             out["batch_index"] = self.batch_index
+        out["delivered_from"] = self.sender
+        out["sending_domain"] = self.domain
+        out["delivered_attachments"] = list(self.attachments)
+        out["calendar_invite"] = self.calendar_invite
         return out
 
+    def compacted(self) -> Logged:
+        """This entry without its body: what lookups and events still need of it."""
+        if self.provider != "v1":
+            return self._replace(body_json="{}")
+        body = json.loads(self.body_json)
+        kept = {k: body[k] for k in ("metadata", "tag") if k in body}
+        return self._replace(body_json=json.dumps(kept, ensure_ascii=False))
+
+
+INVITE_ICS = "invite.ics"
 
 _iso_cache: list[Any] = [None, ""]
 
 
 def iso_time(now: float) -> str:
     """``now`` as ISO 8601 UTC with milliseconds and a Z, as the providers write times."""
-    second = int(now)
+    second, millis = divmod(round(now * 1000), 1000)  # rounded: x.001 is not x.000999...
     if _iso_cache[0] != second:  # formatting the date part once per second is enough
         _iso_cache[0] = second
         _iso_cache[1] = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{_iso_cache[1]}.{int((now - second) * 1000):03d}Z"
+    return f"{_iso_cache[1]}.{millis:03d}Z"
+
+
+def _count(counter: dict[str, int], key: str) -> None:
+    counter[key] = counter.get(key, 0) + 1
 
 
 class SandboxState:
     """The one account the sandbox serves, and what it saw.
 
-    ``clock`` returns epoch seconds; tests inject a fake one to step the rate window.
+    ``clock`` returns epoch seconds; tests inject a fake one to step the rate limits.
     """
 
     def __init__(
@@ -223,15 +324,22 @@ class SandboxState:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.clock = clock
+        self.started = clock()
         self.record_path = record
         self._record_file: IO[str] | None = None
-        self.messages: deque[Logged] = deque(maxlen=config.keep_messages)
-        self.forgotten = 0  # accepted messages no longer kept (beyond keep_messages)
+        # Every accepted message in order; the first ``forgotten`` are compacted.
+        self.log: list[Logged] = []
+        self.forgotten = 0  # accepted messages no longer kept whole (beyond keep_messages)
+        # lookups: ToSend message_id -> position in log (the latest when repeated);
+        # v1 email_id -> position
+        self.tosend_index: dict[str, int] = {}
+        self.v1_index: dict[str, int] = {}
         self.idempotency: OrderedDict[tuple[str, str, str], StoredResponse] = OrderedDict()
         self.config = config
         self.rng = random.Random(config.seed)
         self.credits = config.credits
         self.domain_sent: dict[str, int] = {}
+        self.recipients_per_hour: dict[int, int] = {}  # epoch hour -> recipients accepted
         # stats
         self.requests = 0
         self.in_flight = 0  # provider requests being handled right now
@@ -242,9 +350,10 @@ class SandboxState:
         self.rejections: dict[str, int] = {}
         self.faults: dict[str, int] = {}
         self.per_second: dict[int, int] = {}
-        # rate window
-        self._window = -1
-        self._window_count = 0
+        # rate limits
+        self._bucket: float | None = None  # ToSend emails in the bucket; None = full
+        self._bucket_at = 0.0
+        self._v1_window: deque[float] = deque()
         self.refuse_left = config.refuse_next
         self._schedule = list(config.schedule)
         self._set_derived()
@@ -254,6 +363,7 @@ class SandboxState:
     def _set_derived(self) -> None:
         cfg = self.config
         self.keys = frozenset(cfg.api_keys)
+        self.admin_keys = frozenset(cfg.admin_keys)
         self.verified = frozenset(d.lower() for d in cfg.domains)
         self.pending = frozenset(d.lower() for d in cfg.pending_domains) - self.verified
         self.key_domains = {k: frozenset(d.lower() for d in v) for k, v in cfg.key_domains.items()}
@@ -262,7 +372,7 @@ class SandboxState:
         """Apply setting changes live; ``credits`` and ``seed`` reset the balance / the RNG."""
         unknown = set(changes) - CONFIG_FIELDS
         if unknown:
-            raise ValueError(f"unknown sandbox setting(s): {', '.join(sorted(unknown))}")
+            raise ValueError(unknown_settings(unknown))
         self.config = replace(self.config, **changes)
         if "credits" in changes:
             self.credits = self.config.credits
@@ -272,10 +382,10 @@ class SandboxState:
             self.refuse_left = self.config.refuse_next
         if "schedule" in changes:
             self._schedule = list(self.config.schedule)
+        if "tosend_emails_per_second" in changes:
+            self._bucket = None  # a new limit starts with a full bucket
         if "keep_messages" in changes:
-            kept = deque(self.messages, maxlen=self.config.keep_messages)
-            self.forgotten += len(self.messages) - len(kept)
-            self.messages = kept
+            self._compact()
         self._set_derived()
         return self.config
 
@@ -296,6 +406,10 @@ class SandboxState:
         """Are there credits for ``n`` more recipients?"""
         return self.credits is None or self.credits >= n
 
+    def admin_scopes(self, key: str) -> tuple[str, ...]:
+        """The scopes an admin key holds."""
+        return self.config.admin_scopes.get(key, DEFAULT_ADMIN_SCOPES)
+
     # request accounting ------------------------------------------------------------------
 
     def count_request(self, now: float) -> None:
@@ -306,57 +420,107 @@ class SandboxState:
         while self._schedule and self._schedule[0][0] <= self.requests:
             self.configure(**self._schedule.pop(0)[1])
 
-    def rate_check(self, now: float) -> tuple[bool, int, int]:
-        """Admit one request under the rate limit: (admitted, remaining, reset epoch second)."""
-        limit = self.config.rate_limit
-        second = int(now)
+    def refuse_storm(self) -> bool:
+        """Is this request one of the ``refuse_next`` certain 429s (counted down)?"""
         if self.refuse_left:
             self.refuse_left -= 1
-            self.faults["429"] = self.faults.get("429", 0) + 1
-            return False, 0, second + 1
+            _count(self.faults, "429")
+            return True
+        return False
+
+    def tosend_admit(self, now: float, emails: int) -> float:
+        """Take ``emails`` from ToSend's bucket: 0.0 when admitted, else seconds to wait.
+
+        The bucket holds at most R emails and refills at R per second; a request is
+        admitted when it holds min(emails, R), so a request larger than R is never
+        refused forever, and the level may go negative (the next one waits longer).
+        """
+        rate = self.config.tosend_emails_per_second
+        if rate is None:
+            return 0.0
+        level = rate if self._bucket is None else self._bucket
+        level = min(float(rate), level + max(0.0, now - self._bucket_at) * rate)
+        self._bucket_at = now
+        need = min(emails, rate)
+        if level >= need:
+            self._bucket = level - emails
+            return 0.0
+        self._bucket = level
+        _count(self.faults, "429")
+        return (need - level) / rate
+
+    def v1_admit(self, now: float) -> tuple[bool, int, int, int]:
+        """Count one v1 request in the sliding minute.
+
+        Returns (admitted, remaining, reset epoch second, seconds to wait when refused);
+        the reset is when the oldest request in the window leaves it.
+        """
+        limit = self.config.v1_requests_per_minute
+        window = self._v1_window
         if limit is None:
-            return True, 0, second + 1
-        if second != self._window:
-            self._window = second
-            self._window_count = 0
-        if self._window_count >= limit:
-            self.faults["429"] = self.faults.get("429", 0) + 1
-            return False, 0, second + 1
-        self._window_count += 1
-        return True, limit - self._window_count, second + 1
+            return True, 0, math.ceil(now), 0
+        edge = now - 60
+        while window and window[0] <= edge:
+            window.popleft()
+        if len(window) >= limit:
+            frees = window[0] + 60
+            _count(self.faults, "429")
+            return False, 0, math.ceil(frees), max(1, math.ceil(frees - now))
+        window.append(now)
+        return True, limit - len(window), math.ceil(window[0] + 60), 0
+
+    def v1_window_state(self, now: float) -> tuple[int, int]:
+        """(remaining, reset) of the v1 window without counting a request."""
+        limit = self.config.v1_requests_per_minute or 0
+        window = self._v1_window
+        edge = now - 60
+        while window and window[0] <= edge:
+            window.popleft()
+        reset = math.ceil(window[0] + 60) if window else math.ceil(now)
+        return max(0, limit - len(window)), reset
+
+    def _draw(self, rate: float, fault: str) -> bool:
+        if rate and self.rng.random() < rate:
+            _count(self.faults, fault)
+            return True
+        return False
 
     def draw_failure(self) -> int | None:
         """A random 500/502/503 to inject, or None (one draw per send, only if enabled)."""
         rate = self.config.fail_rate
         if rate and self.rng.random() < rate:
             status = self.rng.choice((500, 502, 503))
-            key = str(status)
-            self.faults[key] = self.faults.get(key, 0) + 1
+            _count(self.faults, str(status))
             return status
         return None
 
     def draw_spike(self) -> float:
         """Extra seconds to delay this request (a latency spike), or 0."""
         cfg = self.config
-        if cfg.spike_rate and cfg.spike_ms and self.rng.random() < cfg.spike_rate:
-            self.faults["spike"] = self.faults.get("spike", 0) + 1
+        if cfg.spike_ms and self._draw(cfg.spike_rate, "spike"):
             return cfg.spike_ms / 1000
         return 0.0
 
-    def draw_drop(self) -> bool:
-        """Should this accepted response be dropped (connection closed, no answer)?"""
-        rate = self.config.drop_rate
-        if rate and self.rng.random() < rate:
-            self.faults["dropped"] = self.faults.get("dropped", 0) + 1
-            return True
-        return False
+    def draw_after_accept(self) -> str | None:
+        """What happens to an accepted answer: ``"drop"``, ``"fail"``, ``"slow"`` or None.
 
-    def reject(self, status: int) -> None:
+        One draw per enabled fault, in that order, so enabling a later one does not
+        change where the earlier ones land for a given seed.
+        """
+        cfg = self.config
+        if self._draw(cfg.drop_rate, "dropped"):
+            return "drop"
+        if self._draw(cfg.fail_after_accept_rate, "failed_after_accept"):
+            return "fail"
+        if cfg.slow_ms and self._draw(cfg.slow_rate, "slow"):
+            return "slow"
+        return None
+
+    def reject(self, status: int | str) -> None:
         """Count a request (or one email of a batch) refused by the contract."""
-        key = str(status)
-        self.rejections[key] = self.rejections.get(key, 0) + 1
+        _count(self.rejections, str(status))
 
-    # idempotency -------------------------------------------------------------------------
+    # idempotency (only with idempotency_keys) ------------------------------------------
 
     @staticmethod
     def digest(body: bytes) -> bytes:
@@ -382,22 +546,47 @@ class SandboxState:
 
     # messages ----------------------------------------------------------------------------
 
-    def accept(self, entry: Logged, domain: str, recipients: int) -> None:
+    @property
+    def messages(self) -> list[Logged]:
+        """The accepted messages still kept whole, oldest first."""
+        return self.log[self.forgotten :]
+
+    def accept(self, entry: Logged, recipients: int) -> None:
         """Log one accepted email, charge its credits, append it to the record file."""
         if self.credits is not None:
             self.credits -= recipients
         self.accepted += 1
         self.recipients_accepted += recipients
+        domain = entry.domain
         self.domain_sent[domain] = self.domain_sent.get(domain, 0) + 1
-        messages = self.messages
-        if len(messages) == messages.maxlen:
-            self.forgotten += 1  # the deque drops its oldest
-        messages.append(entry)
+        hour = int(entry.received) // 3600
+        self.recipients_per_hour[hour] = self.recipients_per_hour.get(hour, 0) + recipients
+        log = self.log
+        position = len(log)
+        log.append(entry)
+        if entry.provider == "v1":
+            assert entry.email_id is not None
+            self.v1_index[entry.email_id] = position
+        else:
+            self.tosend_index[entry.message_id] = position
         if self.record_path is not None:
             if self._record_file is None:
                 self._record_file = open(self.record_path, "a", encoding="utf-8")  # noqa: SIM115
             self._record_file.write(json.dumps(entry.as_dict(), ensure_ascii=False) + "\n")
             self._record_file.flush()
+        keep = self.config.keep_messages
+        if keep is not None and position + 1 - self.forgotten > keep:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Compact the oldest whole messages beyond ``keep_messages``."""
+        keep = self.config.keep_messages
+        if keep is None:
+            return
+        log = self.log
+        while len(log) - self.forgotten > keep:
+            log[self.forgotten] = log[self.forgotten].compacted()
+            self.forgotten += 1
 
     def close(self) -> None:
         """Close the record file (reopened on the next accepted message)."""
@@ -411,14 +600,18 @@ class SandboxState:
         """A JSON-ready snapshot of the counters (the body of ``GET /_sandbox/stats``).
 
         ``requests``: every request to a provider endpoint; ``accepted``: emails logged;
-        ``duplicates``: idempotent replays (no new message); ``rejections``: refusals by
-        the contract by status code (each refused email of a batch counts); ``faults``:
-        injected ``"500"``/``"502"``/``"503"``, ``"429"`` (rate limit), ``"dropped"`` and
-        ``"spike"`` (a delayed request);
-        ``requests_per_second``: provider requests per epoch second (keys are strings);
-        ``in_flight``: provider requests still being handled (a held or slow one);
-        ``messages_kept`` / ``messages_forgotten``: accepted messages still in memory, and
-        the oldest dropped beyond ``keep_messages``.
+        ``duplicates``: idempotent replays (only with ``idempotency_keys``; no new
+        message); ``rejections``: refusals by the contract by status code (each refused
+        email of a batch counts; a batch email answered ``spam`` counts as ``"spam"``);
+        ``faults``: ``"500"``/``"502"``/``"503"`` (``fail_rate``, refused before
+        processing), ``"429"`` (rate limits and ``refuse_next``), ``"dropped"``
+        (accepted, no answer), ``"failed_after_accept"`` (accepted, answered 500),
+        ``"slow"`` (accepted, answered after ``slow_ms``) and ``"spike"`` (a delayed
+        request); ``requests_per_second``: provider requests per epoch second (keys are
+        strings); ``in_flight``: provider requests still being handled (a held or slow
+        one); ``messages_kept`` / ``messages_forgotten``: accepted messages still whole
+        in memory, and the oldest compacted beyond ``keep_messages`` (still found by the
+        lookups); ``messages_indexed``: every accepted message the lookups can find.
         """
         return {
             "requests": self.requests,
@@ -430,8 +623,9 @@ class SandboxState:
             "rejections": dict(self.rejections),
             "faults": dict(self.faults),
             "credits": self.credits,
-            "messages_kept": len(self.messages),
+            "messages_kept": len(self.log) - self.forgotten,
             "messages_forgotten": self.forgotten,
+            "messages_indexed": len(self.log),
             "idempotency_keys": len(self.idempotency),
             "requests_per_second": {str(k): v for k, v in self.per_second.items()},
             "max_requests_per_second": max(self.per_second.values(), default=0),
@@ -442,7 +636,8 @@ class SandboxState:
         cfg = self.config
         out = {name: getattr(cfg, name) for name in CONFIG_FIELDS}
         out["key_domains"] = {k: list(v) for k, v in cfg.key_domains.items()}
+        out["admin_scopes"] = {k: list(v) for k, v in cfg.admin_scopes.items()}
         out["schedule"] = [[at, changes] for at, changes in cfg.schedule]
-        for name in ("api_keys", "domains", "pending_domains"):
+        for name in ("api_keys", "domains", "pending_domains", "admin_keys"):
             out[name] = list(out[name])
         return out

@@ -1,14 +1,18 @@
-"""ToSend's contract (``POST /v2/emails``, ``/v2/emails/batch``, ``GET /v2/info``).
+"""ToSend's contract: sends, batches, ``GET /v2/info`` and the admin API's email lookups.
 
 Error bodies are ``{status_code, error_type, message, errors: {field: {rule: text}}}``;
-where the seed (``shared/seeds/003_*``) shows an example, the message and rule text here
-are the seed's, word for word. Checks run in a fixed order and the first failing group
-answers (subject and content are reported together, as in the seed).
+where ToSend's documentation shows an example (the send page, seed 003, and the batch
+page), the message and rule text here are the docs', word for word. Checks run in a
+fixed order and the first failing group answers (subject and content are reported
+together, as in the docs). The admin API answers its errors flat, as ToSend's SDK
+describes them: ``{status_code, message, errors: {"code": ..., ...}}``, no error_type.
 """
 
 from __future__ import annotations
 
+import math
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from batchsend.sandbox.rules import (
@@ -19,7 +23,13 @@ from batchsend.sandbox.rules import (
     rfc5322_address,
     valid_address,
 )
-from batchsend.sandbox.state import DISPOSABLE_DOMAINS, Logged, SandboxState
+from batchsend.sandbox.state import (
+    ADMIN_KEY_PREFIX,
+    DISPOSABLE_DOMAINS,
+    Logged,
+    SandboxState,
+    iso_time,
+)
 
 MAX_PER_FIELD = 50
 MAX_BATCH = 100
@@ -69,6 +79,34 @@ DOMAIN_NOT_VERIFIED = _one(
 DOMAIN_NOT_ALLOWED = _one(
     422, "from", "domain_not_allowed", "The from email domain is not allowed for this API key."
 )
+# the batch page's example
+DOMAIN_NOT_FOUND = _one(
+    422,
+    "from",
+    "domain_not_found",
+    "The from email domain is not found in your account.",
+    "The from email domain is not found.",
+)
+SPAM_TEXT = "All recipient email addresses are marked as spam / disposable."
+#: A batch email whose every recipient is disposable: no status_code, it will never send.
+SPAM_RESULT: dict[str, Any] = {
+    "status": "spam",
+    "message": SPAM_TEXT,
+    "errors": {"to": {"spam": SPAM_TEXT}},
+}
+BATCH_EMPTY = _one(
+    422,
+    "emails",
+    "required",
+    "Emails data is required and must be an array.",
+    "Emails data is required and must be an array",
+)
+BATCH_TOO_MANY = _one(
+    422,
+    "emails",
+    "max_limit",
+    f"Maximum {MAX_BATCH} emails allowed per batch request.",
+)
 INSUFFICIENT_CREDITS = _one(
     403,
     "account",
@@ -97,17 +135,9 @@ MALFORMED_BATCH = _one(
     'The request body must be valid JSON: {"emails": [...]} or an array of emails.',
     "Malformed request body.",
 )
-ALL_DISPOSABLE = _one(
-    403,
-    "to",
-    "disposable",
-    "All recipient email addresses are invalid or disposable; nothing was sent.",
-    "All recipients are invalid or disposable.",
-)
-BATCH_EMPTY = _one(422, "emails", "required", "At least one email is required")
-BATCH_TOO_MANY = _one(
-    422, "emails", "max_limit", f"Maximum {MAX_BATCH} emails are allowed per batch."
-)
+# A single send whose every recipient is disposable: the batch page's spam text, as a
+# 403 forbidden (the docs list "all recipients disposable" among the 403s).
+ALL_DISPOSABLE = _one(403, "to", "spam", SPAM_TEXT)
 NOT_AN_OBJECT = _one(422, "email", "object", "Each email must be a JSON object.")
 
 
@@ -126,15 +156,14 @@ def not_found(method: str, path: str) -> Answer:
     return _one(404, "endpoint", "not_found", f"No endpoint {method} {path}.", "Not found.")
 
 
-def rate_limited(limit: int) -> Answer:
-    """Past the per-second limit."""
-    return _one(
-        429,
-        "rate_limit",
-        "exceeded",
-        f"Rate limit of {limit} requests per second exceeded.",
-        "Too many requests. Please slow down.",
+def rate_limited(limit: int | None) -> Answer:
+    """Past the account's emails-per-second limit (or a ``refuse_next`` storm)."""
+    text = (
+        f"Rate limit of {limit} emails per second exceeded."
+        if limit is not None
+        else "Rate limit exceeded."
     )
+    return _one(429, "rate_limit", "exceeded", text, "Too many requests. Please slow down.")
 
 
 def server_fault(status: int) -> Answer:
@@ -151,6 +180,43 @@ def api_key(headers: Any) -> str | None:
     if scheme.lower() != "bearer":
         return None
     return token.strip() or None
+
+
+def body_key(payload: Any) -> str | None:
+    """The ``api_key`` field of a send or ``{"emails": [...]}`` body (the docs allow it)."""
+    if isinstance(payload, dict):
+        value = payload.get("api_key")
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return None
+
+
+def emails_in(payload: Any) -> int:
+    """What a send request costs against the rate: every to+cc+bcc address, at least 1."""
+    if isinstance(payload, dict):
+        emails = payload.get("emails")
+        items = emails if isinstance(emails, list) else [payload]
+    elif isinstance(payload, list):
+        items = payload
+    else:
+        return 1
+    total = 0
+    for item in items:
+        if isinstance(item, dict):
+            for field in ("to", "cc", "bcc"):
+                value = item.get(field)
+                if isinstance(value, list):
+                    total += len(value)
+    return max(1, total)
+
+
+def insufficient_scope(scope: str) -> Answer:
+    """An admin call (or an admin key sending) without the scope it needs (SDK: flat)."""
+    return 403, {
+        "status_code": 403,
+        "message": f"This API key does not have the required scope: {scope}.",
+        "errors": {"code": "insufficient_scope", "required_scope": scope},
+    }
 
 
 # One email ----------------------------------------------------------------------------------
@@ -293,7 +359,7 @@ def send_one(
         )
     domain = domain_of(sender_address)
     if domain not in state.verified:
-        return DOMAIN_NOT_VERIFIED
+        return DOMAIN_NOT_VERIFIED if domain in state.pending else DOMAIN_NOT_FOUND
     if not state.domain_allowed(key, domain):
         return DOMAIN_NOT_ALLOWED
 
@@ -335,6 +401,8 @@ def send_one(
         return INSUFFICIENT_CREDITS
 
     message_id = email.get("message_hash") or uuid.uuid4().hex
+    attachments = email.get("attachments")
+    names = tuple(a["name"] for a in attachments) if attachments else ()
     entry = Logged(
         "tosend",
         endpoint,
@@ -347,8 +415,12 @@ def send_one(
         logged_body(email, raw),
         now,
         batch_index,
+        sender_address,
+        domain,
+        subject,
+        names,
     )
-    state.accept(entry, domain, count)
+    state.accept(entry, count)
     return 200, {"message_id": message_id}
 
 
@@ -369,10 +441,15 @@ def send_batch(
     if len(emails) > MAX_BATCH:
         status, body = BATCH_TOO_MANY
         return status, body, 0
-    results = []
+    # The docs: "Credit balance is checked before processing the batch": every address of
+    # every email, as given, so a short balance refuses the batch whole.
+    if state.credits is not None and not state.has_credits(_addresses_in(emails)):
+        status, body = INSUFFICIENT_CREDITS
+        return status, body, 0
+    results: list[dict[str, Any]] = []
     ok = 0
     for index, email in enumerate(emails):
-        status, body = send_one(
+        answer = send_one(
             state,
             key,
             email,
@@ -381,24 +458,69 @@ def send_batch(
             now=now,
             batch_index=index,
         )
+        status, body = answer
         if status == 200:
             ok += 1
             results.append({"status": "success", "message_id": body["message_id"]})
+        elif answer is ALL_DISPOSABLE:
+            state.reject("spam")
+            results.append(SPAM_RESULT)
         else:
             state.reject(status)
             results.append({"status": "error", **body})
     return (200 if ok == len(emails) else 207), {"results": results}, ok
 
 
-def info(state: SandboxState) -> dict[str, Any]:
-    """The body of ``GET /v2/info`` for the sandbox's one account."""
+def _addresses_in(emails: list[Any]) -> int:
+    total = 0
+    for item in emails:
+        if isinstance(item, dict):
+            for field in ("to", "cc", "bcc"):
+                value = item.get(field)
+                if isinstance(value, list):
+                    total += len(value)
+    return total
+
+
+def info(state: SandboxState, key: str) -> dict[str, Any]:
+    """The body of ``GET /v2/info`` in the configured shape (``info_shape``).
+
+    A key restricted to some domains sees only those (the docs: "only that domain's
+    statistics will be shown").
+    """
     cfg = state.config
     first = state.first_verified()
-    domains = []
     names = [d.lower() for d in cfg.domains] + [
         d.lower() for d in cfg.pending_domains if d.lower() not in state.verified
     ]
-    for number, name in enumerate(dict.fromkeys(names), start=1):
+    restricted = state.key_domains.get(key)
+    shown = [
+        (number, name)
+        for number, name in enumerate(dict.fromkeys(names), start=1)
+        if restricted is None or name in restricted
+    ]
+    plan = "credits" if state.credits is not None else "unlimited"
+    if cfg.info_shape == "older":
+        created = datetime.fromtimestamp(int(state.started), UTC).strftime("%Y-%m-%d %H:%M:%S")
+        return {
+            "account": {
+                "title": "batchsend sandbox",
+                "plan_type": plan,
+                "status": "active",
+                "emails_usage_this_month": _usage(state, month=True),
+                "emails_sent_last_24hrs": _usage(state, month=False),
+            },
+            "domains": [
+                {
+                    "domain_name": name,
+                    "verification_status": "verified" if name in state.verified else "pending",
+                    "created_at": created,
+                }
+                for _number, name in shown
+            ],
+        }
+    domains = []
+    for number, name in shown:
         sent = state.domain_sent.get(name, 0)
         domains.append(
             {
@@ -416,14 +538,151 @@ def info(state: SandboxState) -> dict[str, Any]:
         "account": {
             "id": 1,
             "status": "active",
-            "plan_type": "credits" if state.credits is not None else "unlimited",
+            "plan_type": plan,
             "credit_balance": state.credits,
             "monthly_email_limit": None,
-            "limit_per_second": cfg.rate_limit,
+            "limit_per_second": cfg.tosend_emails_per_second,
             "ses_region": "sandbox",
             "bounce_rate": 0.0,
             "complaint_rate": 0.0,
             "ses_status": "active",
         },
         "domains": domains,
+    }
+
+
+def _usage(state: SandboxState, *, month: bool) -> int:
+    """Recipients accepted this calendar month (UTC), or in the last 24 hours."""
+    now = state.clock()
+    if month:
+        day = datetime.fromtimestamp(now, UTC)
+        since = datetime(day.year, day.month, 1, tzinfo=UTC).timestamp() // 3600
+    else:
+        since = now // 3600 - 23  # hour granularity: the last 24 started hours
+    return sum(n for hour, n in state.recipients_per_hour.items() if hour >= since)
+
+
+# Admin API: the delivery log -------------------------------------------------------------
+
+ADMIN_READ_SCOPE = "emails:read"
+ADMIN_SEND_SCOPE = "emails:send"
+DEFAULT_PER_PAGE = 20
+MAX_PER_PAGE = 100
+
+
+def is_admin_key(key: str) -> bool:
+    """Does ``key`` look like an admin key (``tsend_admin_...``)?"""
+    return key.startswith(ADMIN_KEY_PREFIX)
+
+
+def email_resource(entry: Logged) -> dict[str, Any]:
+    """One accepted message as the admin API shows it."""
+    return {
+        "message_id": entry.message_id,
+        "status": "sent",
+        "from": entry.sender,
+        "to": list(entry.to),
+        "cc": list(entry.cc),
+        "bcc": list(entry.bcc),
+        "subject": entry.subject,
+        "domain": entry.domain,
+        "attachments": list(entry.attachments),
+        "created_at": iso_time(entry.received),
+    }
+
+
+def admin_error(status: int, message: str, errors: dict[str, Any] | None = None) -> Answer:
+    """An admin API error (flat ``errors``, no error_type)."""
+    body: dict[str, Any] = {"status_code": status, "message": message}
+    if errors:
+        body["errors"] = errors
+    return status, body
+
+
+def get_email(state: SandboxState, message_id: str) -> Answer:
+    """``GET /v2/emails/{message_id}``: ``{"data": {...}}`` or 404."""
+    position = state.tosend_index.get(message_id)
+    if position is None:
+        return admin_error(404, "Email not found.", {"code": "not_found"})
+    return 200, {"data": email_resource(state.log[position])}
+
+
+def _bound(value: str, *, upper: bool) -> float | None:
+    """An ISO 8601 date or date-time as epoch seconds; a bare date as an upper bound
+    means the end of that day."""
+    text = value.strip()
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    stamp = moment.timestamp()
+    if upper and len(text) == 10:  # YYYY-MM-DD
+        stamp += 86400 - 0.001
+    return stamp
+
+
+def list_emails(state: SandboxState, query: Any) -> Answer:
+    """``GET /v2/emails``: the delivery log, newest first, filtered and paged."""
+    try:
+        page = int(query.get("page", "1"))
+        per_page = int(query.get("per_page", str(DEFAULT_PER_PAGE)))
+    except ValueError:
+        return admin_error(422, "page and per_page must be integers.", {"page": "integer"})
+    if page < 1 or not 1 <= per_page <= MAX_PER_PAGE:
+        return admin_error(
+            422,
+            f"page must be >= 1 and per_page between 1 and {MAX_PER_PAGE}.",
+            {"per_page": "between"},
+        )
+    status = query.get("status") or None
+    domain = (query.get("domain") or "").lower() or None
+    if domain is not None and domain.isdigit():  # a domain id, as /v2/info numbers them
+        names = list(
+            dict.fromkeys(d.lower() for d in (*state.config.domains, *state.config.pending_domains))
+        )
+        number = int(domain)
+        domain = names[number - 1] if 1 <= number <= len(names) else "\0"
+    bounds = []
+    for name, upper in (("from", False), ("to", True)):
+        raw = query.get(name)
+        if raw:
+            stamp = _bound(raw, upper=upper)
+            if stamp is None:
+                return admin_error(422, f"{name} must be an ISO 8601 date.", {name: "date"})
+            bounds.append(stamp)
+        else:
+            bounds.append(-math.inf if not upper else math.inf)
+    low, high = bounds
+    search = (query.get("search") or "").lower() or None
+    matched = []
+    for entry in reversed(state.log):
+        if entry.provider != "tosend":
+            continue
+        if status is not None and status != "sent":
+            continue
+        if domain is not None and entry.domain != domain:
+            continue
+        if not low <= entry.received <= high:
+            continue
+        if search is not None and not any(
+            search in text.lower()
+            for text in (
+                entry.subject,
+                entry.message_id,
+                entry.sender,
+                *entry.to,
+                *entry.cc,
+                *entry.bcc,
+            )
+        ):
+            continue
+        matched.append(entry)
+    start = (page - 1) * per_page
+    return 200, {
+        "data": [email_resource(e) for e in matched[start : start + per_page]],
+        "total": len(matched),
+        "page": page,
+        "per_page": per_page,
     }

@@ -1,12 +1,21 @@
-"""MailerLogic's "Send a single email" (``POST /api/v1/send``), as API-CONTRACTS.md pins it.
+"""MailerLogic's "Send a single email" (``POST /api/v1/send``) and its Events API.
 
-Errors are ``{error, message}``; 403 adds ``reason``. ``error`` is a short machine code
-(``validation_error``, ``forbidden``, ``not_found``...), ``message`` says what to fix.
+As API-CONTRACTS.md pins them. Errors are ``{error, message}``; 403 adds ``reason``.
+``error`` is a short machine code (``validation_error``, ``forbidden``, ``not_found``...),
+``message`` says what to fix.
+
+Events (``GET /api/v1/events``, ``GET /api/v1/emails/{email_id}/events``) are derived
+from the message log when asked, not stored: every accepted message has a ``queued``
+event at its acceptance and a ``sent`` event 1 ms later, for its ``to`` recipient, with
+the message's ``metadata``, ``tag`` and ``message_id`` in ``event_data``.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from batchsend.sandbox.rules import (
@@ -16,7 +25,7 @@ from batchsend.sandbox.rules import (
     logged_body,
     valid_address,
 )
-from batchsend.sandbox.state import Logged, SandboxState, iso_time
+from batchsend.sandbox.state import INVITE_ICS, Logged, SandboxState, iso_time
 
 MAX_FILE = 10 * MB
 MAX_TOTAL = 25 * MB
@@ -60,9 +69,14 @@ def idempotency_conflict() -> Answer:
     )
 
 
-def rate_limited(limit: int) -> Answer:
-    """Past the per-second limit."""
-    return error(429, "rate_limit_exceeded", f"Rate limit of {limit} requests per second exceeded.")
+def rate_limited(limit: int | None) -> Answer:
+    """Past the per-minute limit (or a ``refuse_next`` storm)."""
+    text = (
+        f"Rate limit of {limit} requests per minute exceeded."
+        if limit is not None
+        else "Rate limit exceeded."
+    )
+    return error(429, "rate_limit_exceeded", text)
 
 
 def server_fault(status: int) -> Answer:
@@ -75,6 +89,16 @@ def api_key(headers: Any) -> str | None:
     value = headers.get("X-API-Key")
     if value and value.strip():
         return value.strip()
+    value = headers.get("Authorization")
+    if value:
+        scheme, _, token = value.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    return None
+
+
+def bearer_key(headers: Any) -> str | None:
+    """The Events API's ``Authorization: Bearer`` token, or None."""
     value = headers.get("Authorization")
     if value:
         scheme, _, token = value.partition(" ")
@@ -225,6 +249,10 @@ def send(
     email_id = str(uuid.uuid4())
     message_id = f"<{email_id}@{domain}>"
     submitted_at = iso_time(now)
+    attachments = email.get("attachments")
+    names = tuple(a["filename"] for a in attachments) if attachments else ()
+    if email.get("icalEvent"):  # sent as a text/calendar alternative AND invite.ics
+        names += (INVITE_ICS,)
     entry = Logged(
         "v1",
         endpoint,
@@ -236,8 +264,13 @@ def send(
         tuple(bcc),
         logged_body(email, raw),
         now,
+        None,
+        sender if sender is not None else f"noreply@{domain}",
+        domain,
+        subject,
+        names,
     )
-    state.accept(entry, domain, count)
+    state.accept(entry, count)
     return 200, {
         "to": to,
         "submitted_at": submitted_at,
@@ -246,3 +279,158 @@ def send(
         "status": "queued",
         "message": "Email queued for delivery.",
     }
+
+
+# Events API --------------------------------------------------------------------------------
+
+EVENT_TYPES = (
+    "queued",
+    "sent",
+    "delivered",
+    "bounced",
+    "complained",
+    "opened",
+    "clicked",
+    "unsubscribed",
+)
+#: How long after ``queued`` the sandbox's ``sent`` event is stamped.
+SENT_AFTER_S = 0.001
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 100
+CUSTOMER_ID = 1
+
+EVENTS_DISABLED = error(
+    403,
+    "event_api_disabled",
+    "The Events API is not enabled for this account.",
+    "event_api_disabled",
+)
+
+
+def _events(entry: Logged, position: int) -> list[dict[str, Any]]:
+    body = json.loads(entry.body_json)
+    data = {
+        "message_id": entry.message_id,
+        "tag": body.get("tag"),
+        "metadata": body.get("metadata") or {},
+        "subject": entry.subject,
+    }
+    out = []
+    for number, (kind, at) in enumerate(
+        (("queued", entry.received), ("sent", entry.received + SENT_AFTER_S)), start=1
+    ):
+        stamp = iso_time(at)
+        out.append(
+            {
+                "id": position * 2 + number,
+                "email_id": entry.email_id,
+                "customer_id": CUSTOMER_ID,
+                "event_type": kind,
+                "status": kind,
+                "recipient": entry.to[0],
+                "from": entry.sender,
+                "timestamp": stamp,
+                "event_data": data,
+                "created_at": stamp,
+                "_at": at,
+            }
+        )
+    return out
+
+
+def _moment(value: str) -> float | None:
+    """Epoch seconds from epoch digits or an ISO 8601 time (a Z, or UTC if none given)."""
+    text = value.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC).timestamp()
+    return moment.timestamp()
+
+
+def _page(events: list[dict[str, Any]], page: int, limit: int) -> dict[str, Any]:
+    start = (page - 1) * limit
+    shown = events[start : start + limit]
+    for event in shown:
+        event.pop("_at", None)
+    return {
+        "events": shown,
+        "pagination": {
+            "page": page,
+            "limit": limit,
+            "total": len(events),
+            "pages": math.ceil(len(events) / limit),
+        },
+    }
+
+
+def _paging(query: Any) -> tuple[int, int, Answer | None]:
+    """(page, limit, None), or (0, 0, the 400 to answer)."""
+    try:
+        page = int(query.get("page", "1"))
+        limit = int(query.get("limit", str(DEFAULT_LIMIT)))
+    except ValueError:
+        return 0, 0, _invalid("page and limit must be integers.")
+    if page < 1 or not 1 <= limit <= MAX_LIMIT:
+        return 0, 0, _invalid(f"page must be >= 1 and limit between 1 and {MAX_LIMIT}.")
+    return page, limit, None
+
+
+def list_events(state: SandboxState, query: Any) -> Answer:
+    """``GET /api/v1/events``: every event matching the filters, oldest first, paged."""
+    page, limit, refused = _paging(query)
+    if refused is not None:
+        return refused
+    kind = query.get("type") or None
+    if kind is not None:
+        kind = kind.removeprefix("email.")
+        if kind not in EVENT_TYPES:
+            return _invalid("The type filter must be one of: " + ", ".join(EVENT_TYPES) + ".")
+    bounds: list[float | None] = []
+    for name in ("from_timestamp", "to_timestamp"):
+        raw = query.get(name)
+        if raw:
+            moment = _moment(raw)
+            if moment is None:
+                return _invalid(f"{name} must be an ISO 8601 time or epoch seconds.")
+            bounds.append(moment)
+        else:
+            bounds.append(None)
+    low, high = bounds
+    recipient = (query.get("recipient") or "").lower() or None
+    email_id = query.get("email_id") or None
+    if email_id is not None:
+        position = state.v1_index.get(email_id)
+        candidates = [] if position is None else [(position, state.log[position])]
+    else:
+        candidates = [(i, e) for i, e in enumerate(state.log) if e.provider == "v1"]
+    events = []
+    for position, entry in candidates:
+        if recipient is not None and entry.to[0].lower() != recipient:
+            continue
+        for event in _events(entry, position):
+            if kind is not None and event["event_type"] != kind:
+                continue
+            if low is not None and event["_at"] < low:
+                continue
+            if high is not None and event["_at"] > high:
+                continue
+            events.append(event)
+    return 200, _page(events, page, limit)
+
+
+def email_events(state: SandboxState, email_id: str, query: Any) -> Answer:
+    """``GET /api/v1/emails/{email_id}/events``: one email's timeline, or 404."""
+    position = state.v1_index.get(email_id)
+    if position is None:
+        return error(404, "not_found", f"No email {email_id!r} on this account.")
+    page, limit, refused = _paging(query)
+    if refused is not None:
+        return refused
+    return 200, _page(_events(state.log[position], position), page, limit)
