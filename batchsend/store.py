@@ -259,21 +259,18 @@ class Store:
         self.conn = conn
         self.db = sqlite_utils.Database(conn)
         try:
-            # Recognised before anything is written: another application's file is
-            # refused unchanged (no WAL switch, no tables of ours).
-            kind = self._recognise()
-            if kind == "current":
-                self._check_sending_marks(wal_present, accept=accept_lost_record)
-            self.db.enable_wal()
-            # Checkpoint every 32 MB of WAL instead of 4: a checkpoint copies pages back
-            # and syncs the file; fewer, larger ones coalesce the many rewrites of the
-            # same pages that a run's small commits make.
-            conn.execute(f"PRAGMA wal_autocheckpoint={_WAL_AUTOCHECKPOINT_PAGES}")
-            conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
-            self._create_schema()
-            if kind != "current":  # a new file, or one written before files were marked
-                conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
-                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            deadline = time.monotonic() + BUSY_TIMEOUT
+            while True:
+                try:
+                    self._initialise(wal_present, synchronous, accept_lost_record)
+                    break
+                except sqlite3.OperationalError as exc:
+                    # Two processes setting up one new file: SQLite answers "locked" at
+                    # once (no busy wait) to one of them while the other switches it to
+                    # WAL. Every step is idempotent: go again.
+                    if not _is_busy(exc) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.02)
         except sqlite3.DatabaseError as exc:
             conn.close()
             if _is_busy(exc):
@@ -284,6 +281,24 @@ class Store:
         except BaseException:
             conn.close()
             raise
+
+    def _initialise(self, wal_present: bool, synchronous: str, accept_lost_record: bool) -> None:
+        conn = self.conn
+        # Recognised before anything is written: another application's file is
+        # refused unchanged (no WAL switch, no tables of ours).
+        kind = self._recognise()
+        if kind == "current":
+            self._check_sending_marks(wal_present, accept=accept_lost_record)
+        self.db.enable_wal()
+        # Checkpoint every 32 MB of WAL instead of 4: a checkpoint copies pages back
+        # and syncs the file; fewer, larger ones coalesce the many rewrites of the
+        # same pages that a run's small commits make.
+        conn.execute(f"PRAGMA wal_autocheckpoint={_WAL_AUTOCHECKPOINT_PAGES}")
+        conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        self._create_schema()
+        if kind != "current":  # a new file, or one written before files were marked
+            conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def _recognise(self) -> str:
         """ "current" (marked), "older" (batchsend's tables, unmarked) or "new" (empty).
