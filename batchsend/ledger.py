@@ -31,8 +31,11 @@ def ledger_path(db_path: str | Path) -> Path:
     return Path(db_path).resolve().parent / LEDGER_NAME
 
 
-def record(db_path: str | Path, event: str, *, run_id: str, campaign: str, **fields: Any) -> None:
-    """Append one event for the database at ``db_path`` (written through to the disk)."""
+def record(db_path: str | Path, event: str, *, run_id: str, campaign: str, **fields: Any) -> bool:
+    """Append one event for the database at ``db_path`` (written through to the disk).
+
+    False when the file cannot be written (the caller says so; the send goes on).
+    """
     line = {
         "event": event,
         "run_id": run_id,
@@ -43,12 +46,16 @@ def record(db_path: str | Path, event: str, *, run_id: str, campaign: str, **fie
         **fields,
     }
     data = (json.dumps(line, sort_keys=True) + "\n").encode()
-    fd = os.open(ledger_path(db_path), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fd = os.open(ledger_path(db_path), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        return False
+    return True
 
 
 def entries(db_path: str | Path, campaign: str) -> dict[str, list[dict[str, Any]]]:

@@ -1327,9 +1327,13 @@ def _send_and_finish(
         if not run.is_test:
             from batchsend import ledger
 
-            ledger.record(
+            if not ledger.record(
                 store.path, "sending", run_id=run_id, campaign=run.campaign_path, rows=to_send
-            )
+            ):
+                notes_list.append(
+                    f"could not write {ledger.ledger_path(store.path)}: a later loss of this "
+                    "database would not be detected"
+                )
         rate = campaign.send.rate or session.account_rate
         display = ProgressDisplay(to_send, enabled=progress)
         interrupts: list[_Interrupts] = []
