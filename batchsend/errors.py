@@ -20,8 +20,10 @@ One root, so callers can catch everything batchsend means with one clause::
     │   └── FatalSendError              the whole run must stop (bad key, no credits, domain)
     └── StoreError                      the SQLite store
         ├── DatabaseFileError           exit 2: --db names a file that is not a usable database
+        │   └── LostRecordError         the database lost a record of sends (-wal gone, older copy)
         ├── RunNotFoundError            exit 2: no run with the id the user gave
         └── ResumeRefusedError          inputs changed since the run began, or nothing to resume
+            └── ConcurrentCommandError  another batchsend command is at work on it right now
 
 Messages never contain an API key: code that builds one from a response body or a
 request must pass it through :func:`batchsend.secrets.redact` first.
@@ -177,3 +179,12 @@ class ResumeRefusedError(StoreError):
     """A resume cannot go on safely (inputs changed, or nothing to resume)."""
 
     exit_code = 2
+
+
+class LostRecordError(DatabaseFileError):
+    """The database lacks sends it once recorded (its ``-wal`` file is gone, or it is an
+    older copy): sending now could email people a second time."""
+
+
+class ConcurrentCommandError(ResumeRefusedError):
+    """Another live batchsend command is working on the campaign, the run or the database."""

@@ -46,6 +46,7 @@ import dataclasses
 import itertools
 import os
 import secrets as _random
+import shlex
 import signal
 import socket
 import sys
@@ -59,7 +60,9 @@ from batchsend.campaign import Campaign, load_campaign
 from batchsend.errors import (
     BatchsendError,
     CampaignError,
+    ConcurrentCommandError,
     FatalSendError,
+    LostRecordError,
     PreflightError,
     ResumeRefusedError,
 )
@@ -79,6 +82,7 @@ from batchsend.states import RecipientState, RunState
 from batchsend.store import NewRecipient, RunInfo, Store, UnitRecord
 
 __all__ = [
+    "CampaignSentError",
     "RunSummary",
     "UnfinishedRunError",
     "resume_command",
@@ -95,6 +99,10 @@ _SHOWN_PROBLEMS = 20
 
 class UnfinishedRunError(ResumeRefusedError):
     """``run`` on a campaign whose last run is unfinished: resume it, or ask for a new run."""
+
+
+class CampaignSentError(ResumeRefusedError):
+    """``run`` on a campaign whose last run finished: ``again`` or ``skip_sent`` says how."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +225,9 @@ def run_campaign(
     sandbox: bool = False,
     skip_invalid: bool = False,
     new_run: bool = False,
+    again: bool = False,
+    skip_sent: bool = False,
+    accept_lost_record: bool = False,
     http_client: str = "aiohttp",
     api_key: str | None = None,
     api_key_file: str | Path | None = None,
@@ -228,9 +239,15 @@ def run_campaign(
 
     Raises :class:`PreflightError` (nothing sent, nothing recorded) when a row is bad
     and ``skip_invalid`` is off, :class:`UnfinishedRunError` when the campaign's last
-    real run is unfinished and ``new_run`` is off, :class:`FatalSendError` when ToSend's
-    account check refuses before anything is sent. ``progress`` None: a live display
-    when standard error is a terminal.
+    real run is unfinished and ``new_run`` is off, :class:`CampaignSentError` when it
+    finished and neither ``again`` (send to everyone again, a new run) nor
+    ``skip_sent`` (send only to addresses no earlier run sent to) is given,
+    :class:`ConcurrentCommandError` when another live command is sending the campaign,
+    :class:`LostRecordError` when the database lost a record of this campaign's sends
+    (``accept_lost_record`` goes on anyway), :class:`FatalSendError` when ToSend's
+    account check refuses before anything is sent. Proof copies (``test_to``) and dry
+    runs are not refused for earlier runs. ``progress`` None: a live display when
+    standard error is a terminal.
 
     Example::
 
@@ -247,13 +264,37 @@ def run_campaign(
     test_address = _test_address(test_to) if test_to else None
     if test_address is not None and limit is None:
         limit = 1  # a proof copy: one message unless asked for more
+    if again and skip_sent:
+        raise CampaignError(
+            "--again and --skip-sent contradict each other",
+            fix="--again sends to everyone again; --skip-sent only to addresses not sent yet",
+        )
+    real = not (test_address or dry_run)
     with (
-        Store(db_path) as store,
+        Store(db_path, accept_lost_record=accept_lost_record) as store,
         _Session(campaign, sandbox=sandbox, dry_run=dry_run) as session,
         MessageSpool(Path(db_path).resolve().parent) as spool,
     ):
-        if not (new_run or test_address or dry_run):
-            _refuse_unfinished(store, campaign, db_path)
+        campaign_path = str(campaign.path)
+        lost_notes = _lost_record_notes(store, campaign_path, check=real, accept=accept_lost_record)
+        claim = store.claim(
+            campaign_path, command=f"batchsend run {shlex.quote(campaign_path)}", exclusive=real
+        )
+        earlier: dict[str, tuple[str, str]] = {}
+
+        def refuse_earlier_runs() -> None:
+            # Asked once before the long part (a refusal costs nothing), and again inside
+            # the transaction that records the run: the decision is made on the state the
+            # new run is written on, so two runs started together cannot both proceed.
+            if real:
+                _refuse_earlier_runs(
+                    store, campaign, db_path, new_run=new_run, again=again, skip_sent=skip_sent
+                )
+                if skip_sent:
+                    earlier.clear()
+                    earlier.update(_earlier_sends(store, campaign_path))
+
+        refuse_earlier_runs()
         session.open(api_key=api_key, api_key_file=api_key_file, api_key_stdin=api_key_stdin)
         input_fp, templates_fp = _fingerprints(campaign)
         settings = _settings(campaign, session, limit=limit, test_to=test_to, http=http_client)
@@ -269,7 +310,9 @@ def run_campaign(
             is_test=test_address is not None,
             dry_run=dry_run,
             metadata_columns=list(campaign.metadata_columns),
+            before_insert=refuse_earlier_runs,
         ) as run_id:
+            store.claimed_run(claim, run_id)
             tally = _Preflight(
                 campaign,
                 skip_invalid=skip_invalid,
@@ -278,6 +321,7 @@ def run_campaign(
                 dry_run=dry_run,
                 spool=spool,
                 encode=_encoder(session, run_id, test_address),
+                already_sent=earlier if skip_sent and real else None,
             )
             store.add_recipients(run_id, tally.recipients())
             tally.raise_if_bad()
@@ -294,7 +338,7 @@ def run_campaign(
             http_client=http_client,
             report_path=report_path,
             progress=progress,
-            notes=tally.notes(),
+            notes=lost_notes + tally.notes(),
         )
 
 
@@ -310,6 +354,7 @@ def resume_run(
     rate: float | None = None,
     limit: int | None = None,
     sandbox: bool = False,
+    accept_lost_record: bool = False,
     http_client: str = "aiohttp",
     api_key: str | None = None,
     api_key_file: str | Path | None = None,
@@ -321,7 +366,11 @@ def resume_run(
 
     Raises :class:`ResumeRefusedError` (exit 2) when the recipient file or templates
     changed since the run began (unless ``force``), when the run is a dry run, or when
-    another live process is sending it.
+    another live process is sending it or its campaign (:class:`ConcurrentCommandError`);
+    :class:`LostRecordError` when the database lost a record of the run's sends
+    (``accept_lost_record`` goes on anyway). With ``force``, the run's rows are matched
+    to the current recipient file by address, never by position: a row that moved is
+    found, a new address is added and sent, a removed one keeps its record.
 
     Example::
 
@@ -330,9 +379,20 @@ def resume_run(
     started = time.monotonic()
     if not Path(db_path).is_file():
         raise ResumeRefusedError(f"{db_path}: no batchsend database here (pass --db)")
-    with Store(db_path) as store:
+    with Store(db_path, accept_lost_record=accept_lost_record) as store:
         run = store.get_run(run_id)
         _refuse_unsafe_resume(store, run, force=force)
+        notes = list(
+            _lost_record_notes(
+                store, run.campaign_path, check=not run.is_test, accept=accept_lost_record
+            )
+        )
+        store.claim(
+            run.campaign_path,
+            command=f"batchsend resume {shlex.quote(run_id)}",
+            run_id=run_id,
+            exclusive=not run.is_test,
+        )
         settings = run.settings
         campaign = _override(
             load_campaign(run.campaign_path),
@@ -349,10 +409,13 @@ def resume_run(
         use_sandbox = sandbox or bool(settings.get("sandbox"))
         with _Session(campaign, sandbox=use_sandbox, dry_run=False) as session:
             session.open(api_key=api_key, api_key_file=api_key_file, api_key_stdin=api_key_stdin)
-            store.claim_run(run_id)
+            store.claim_run(run_id, force=force)
             store.forget_planned_keys(run_id)
             unknown = store.sending_to_unknown(run_id)
-            notes = []
+            rows: dict[int, int] | None = None
+            if force:
+                rows, matched = _match_rows_by_address(store, campaign, run_id)
+                notes.append(matched)
             if unknown:
                 notes.append(
                     f"{len(unknown):,} row(s) were in flight when the run stopped: now unknown"
@@ -366,6 +429,7 @@ def resume_run(
                 test_address,
                 unknown=resend_unknown,
                 failed=retry_failed,
+                rows=rows,
             )
             resending = _resending_unknown(store, run_id, rebuilt) if resend_unknown else set()
             if resending:
@@ -386,7 +450,9 @@ def resume_run(
                 # exception raised inside the engine's task group.
                 units=lambda provider: itertools.chain(
                     list(_bind(rebuilt, provider)),
-                    _units_for_pending(store, campaign, run_id, provider, test_address, limit),
+                    _units_for_pending(
+                        store, campaign, run_id, provider, test_address, limit, rows=rows
+                    ),
                 ),
                 started=started,
                 http_client=http_client,
@@ -488,21 +554,150 @@ def _settings(
     }
 
 
-def _refuse_unfinished(store: Store, campaign: Campaign, db_path: str | Path) -> None:
+def _refuse_earlier_runs(
+    store: Store,
+    campaign: Campaign,
+    db_path: str | Path,
+    *,
+    new_run: bool,
+    again: bool,
+    skip_sent: bool,
+) -> None:
+    """Refuse a real run while the campaign's last real run is live, unfinished or finished.
+
+    Live (another process is sending it): always. Unfinished: unless ``new_run``,
+    ``again`` or ``skip_sent``. Finished: unless ``again`` or ``skip_sent``.
+    """
+    from batchsend.process import alive
+
     last = store.latest_run(str(campaign.path), real_only=True)
-    if last is None or last.state is RunState.FINISHED:
+    if last is None:
         return
     counts = store.counts(last.id)
-    left = ", ".join(
-        f"{counts[s.value]:,} {s.value}"
-        for s in (RecipientState.PENDING, RecipientState.SENDING, RecipientState.UNKNOWN)
-        if counts[s.value]
+    if (
+        last.state is RunState.RUNNING
+        and last.pid != os.getpid()
+        and alive(last.settings.get("host"), last.pid, None)
+    ):
+        raise ConcurrentCommandError(
+            f"the last run of this campaign, {last.id}, is being sent right now by process "
+            f"{last.pid}; two at once could email the same people twice, so nothing was "
+            "sent.\n  fix: wait for it to finish, or stop it (Ctrl-C), then run this "
+            "command again"
+        )
+    if last.state is not RunState.FINISHED:
+        if new_run or again or skip_sent:
+            return
+        left = ", ".join(
+            f"{counts[s.value]:,} {s.value}"
+            for s in (RecipientState.PENDING, RecipientState.SENDING, RecipientState.UNKNOWN)
+            if counts[s.value]
+        )
+        raise UnfinishedRunError(
+            f"the last run of this campaign, {last.id}, is unfinished ({last.state.value}"
+            f"{': ' + left if left else ''}); resume it with:\n"
+            f"  {resume_command(last.id, db_path)}\n"
+            "or start a new run (its rows are sent again, under new keys) with --new-run, "
+            "or one that leaves out the addresses already sent with --skip-sent"
+        )
+    if again or skip_sent:
+        return
+    shown = ", ".join(f"{n:,} {state}" for state, n in counts.items() if n) or "no rows"
+    raise CampaignSentError(
+        f"this campaign was sent already: run {last.id} finished "
+        f"{(last.ended_at or last.started_at)[:19].replace('T', ' ')} UTC ({shown}), "
+        f"recorded in {db_path}; running it again would email those people a second "
+        "time, so nothing was sent.\n"
+        "  fix: to send it to everyone again (a new run), add --again; to send only to the "
+        "addresses no earlier run sent to (a list that grew), add --skip-sent; for a proof "
+        "copy, --test-to ADDRESS"
     )
-    raise UnfinishedRunError(
-        f"the last run of this campaign, {last.id}, is unfinished ({last.state.value}"
-        f"{': ' + left if left else ''}); resume it with:\n"
-        f"  {resume_command(last.id, db_path)}\n"
-        "or start a new run (its rows are sent again, under new keys) with --new-run"
+
+
+def _earlier_sends(store: Store, campaign_path: str) -> dict[str, tuple[str, str]]:
+    """Address (dedup key) -> (run id, state) for every address a real run of the campaign
+    sent, or may have sent (``sending``, ``unknown``); ``sent`` wins over the others."""
+    from batchsend.addresses import dedup_key
+
+    found: dict[str, tuple[str, str]] = {}
+    for email, state, run_id in store.earlier_sends(campaign_path):
+        key = dedup_key(email or "")
+        if key not in found or (state == "sent" and found[key][1] != "sent"):
+            found[key] = (run_id, state)
+    return found
+
+
+def _lost_record_notes(
+    store: Store, campaign_path: str, *, check: bool, accept: bool
+) -> tuple[str, ...]:
+    """Refuse (or, ``accept``, note) runs of this campaign the database no longer records.
+
+    Two sources: the store's own check at open (a run mid-send whose ``-wal`` is gone;
+    ``store.accepted_lost``) and the ledger beside the database (a run that began
+    sending, or ended with more rows sent, than the database now shows).
+    """
+    from batchsend import ledger
+
+    notes = []
+    if store.accepted_lost:
+        notes.append(
+            f"--accept-lost-record: the lost record of run(s) {', '.join(store.accepted_lost)} "
+            "was accepted; rows it shows pending may be sent a second time"
+        )
+    if not check:
+        return tuple(notes)
+    problems: list[tuple[str, str]] = []
+    for run_id, events in ledger.entries(store.path, campaign_path).items():
+        if any(e.get("event") == "accepted" for e in events):
+            continue
+        began = next((e for e in events if e.get("event") == "sending"), None)
+        if began is None:
+            continue
+        ended = [e for e in events if e.get("event") == "ended"]
+        sent_then = max((int((e.get("counts") or {}).get("sent", 0)) for e in ended), default=0)
+        try:
+            sent_now: int | None = store.counts(run_id)["sent"] if store.get_run(run_id) else 0
+        except BatchsendError:
+            sent_now = None
+        if sent_now is None:
+            problems.append(
+                (
+                    run_id,
+                    f"run {run_id} began sending {began.get('rows', '?')} row(s) at "
+                    f"{began.get('at')}"
+                    + (f" and ended with {sent_then:,} sent" if ended else "")
+                    + ", but this database does not hold it",
+                )
+            )
+        elif sent_now < sent_then:
+            problems.append(
+                (
+                    run_id,
+                    f"run {run_id} ended with {sent_then:,} sent at {ended[-1].get('at')}, "
+                    f"but this database shows {sent_now:,}",
+                )
+            )
+    if not problems:
+        return tuple(notes)
+    where = ledger.ledger_path(store.path)
+    if accept:
+        for run_id, _ in problems:
+            ledger.record(store.path, "accepted", run_id=run_id, campaign=campaign_path)
+        notes.append(
+            "--accept-lost-record: the database lacks sends the ledger recorded ("
+            + "; ".join(text for _, text in problems)
+            + "); those people may be sent a second time"
+        )
+        return tuple(notes)
+    raise LostRecordError(
+        f"{store.path}: this database lacks sends of this campaign that batchsend recorded "
+        f"in {where}:\n"
+        + "\n".join(f"  {text}" for _, text in problems)
+        + "\nIt was deleted, replaced by an older copy, or moved; sending now could email "
+        "those people a second time, so nothing was sent.\n"
+        "  fix: put the database back (with its -wal file, if any) or pass --db with where "
+        "it is now; or, accepting that those people may get a second email, pass "
+        "--accept-lost-record"
     )
 
 
@@ -512,11 +707,98 @@ def _refuse_unsafe_resume(store: Store, run: RunInfo, *, force: bool) -> None:
     if run.state is RunState.RUNNING and not force:
         from batchsend.report import effective_state
 
+        # Asked early so a refusal costs nothing; Store.claim_run decides it atomically.
         if effective_state(run) is RunState.RUNNING and run.pid != os.getpid():
-            raise ResumeRefusedError(
+            raise ConcurrentCommandError(
                 f"run {run.id} is being sent right now by process {run.pid}; wait for it, "
                 "or stop it (Ctrl-C) first. If that process is not batchsend, use --force"
             )
+
+
+def _match_rows_by_address(
+    store: Store, campaign: Campaign, run_id: str
+) -> tuple[dict[int, int], str]:
+    """Map the current recipient file's rows to the run's rows by address (``--force``).
+
+    Returns ``{file row: run row}`` and a note of what changed. A row that moved keeps
+    its run row (and its recorded state: sent, unknown and sending are never sent
+    again); an address new to the run is added as a new run row (``pending``, or
+    ``skipped`` with preflight's reason), numbered after the run's last; a run row whose
+    address left the file keeps its record, and if it was still ``pending`` (nothing to
+    send it from) becomes ``skipped`` with reason ``removed_from_input``.
+    """
+    from batchsend.addresses import dedup_key
+    from batchsend.preflight import iter_rows
+
+    recorded = store.run_rows(run_id)
+    held: dict[str, tuple[int, str]] = {}
+    for row, email, state, _ in recorded:
+        key = dedup_key(email or "")
+        # a skipped duplicate shares its address with the row that decides
+        if key not in held or (held[key][1] == RecipientState.SKIPPED and state != "skipped"):
+            held[key] = (row, state)
+    rows: dict[int, int] = {}
+    seen: set[str] = set()
+    new: list[int] = []
+    moved = 0
+    for r in iter_rows(campaign, only=lambda _row: False):  # addresses only, no rendering
+        key = dedup_key(r.email)
+        if key in seen:  # a duplicate in the file: its first row is the one matched
+            continue
+        seen.add(key)
+        if key in held:
+            rows[r.row] = held[key][0]
+            moved += held[key][0] != r.row
+        else:
+            new.append(r.row)
+    added: list[NewRecipient] = []
+    if new:
+        wanted = set(new)
+        after = max((row for row, _, _, _ in recorded), default=0)
+        for r in iter_rows(campaign, only=wanted.__contains__):
+            if r.row not in wanted:
+                continue
+            run_row = after + 1 + len(added)
+            rows[r.row] = run_row
+            sendable = r.skip_reason is None and r.message is not None
+            added.append(
+                NewRecipient(
+                    row=run_row,
+                    email=r.email,
+                    name=r.name,
+                    state=RecipientState.PENDING if sendable else RecipientState.SKIPPED,
+                    reason=None if sendable else r.skip_reason or "invalid",
+                    error_message="; ".join(p.message for p in r.problems) or None,
+                    tag=r.tag,
+                    metadata=r.metadata,
+                )
+            )
+        store.add_recipients(run_id, added)
+    removed = [
+        (row, state) for row, email, state, _ in recorded if dedup_key(email or "") not in seen
+    ]
+    removed_pending = [row for row, state in removed if state == RecipientState.PENDING]
+    if removed_pending:
+        store.skip_rows(
+            run_id,
+            removed_pending,
+            "removed_from_input",
+            "resume --force: this address is no longer in the recipient file",
+        )
+    pending_new = sum(1 for a in added if a.state is RecipientState.PENDING)
+    note = (
+        f"--force matched the rows to the recipient file by address: {moved:,} moved, "
+        f"{len(added):,} new ({pending_new:,} to send, as rows {added[0].row}+)"
+        if added
+        else f"--force matched the rows to the recipient file by address: {moved:,} moved, 0 new"
+    )
+    note += f", {len(removed):,} removed (kept as recorded"
+    note += (
+        f"; {len(removed_pending):,} pending of them skipped as removed_from_input)"
+        if removed_pending
+        else ")"
+    )
+    return rows, note
 
 
 def _refuse_changed_inputs(run: RunInfo, campaign: Campaign) -> None:
@@ -547,7 +829,9 @@ class _Preflight:
         dry_run: bool = False,
         spool: MessageSpool | None = None,
         encode: Callable[[Message], PlannedMessage] | None = None,
+        already_sent: dict[str, tuple[str, str]] | None = None,
     ) -> None:
+        self.already_sent = already_sent
         self.spool = spool
         self.encode = encode
         self.dry_run = dry_run
@@ -563,6 +847,7 @@ class _Preflight:
         self.skipped: dict[str, int] = {}
 
     def recipients(self) -> Iterator[NewRecipient]:
+        from batchsend.addresses import dedup_key
         from batchsend.preflight import iter_rows
         from batchsend.render import html_to_text
 
@@ -585,6 +870,26 @@ class _Preflight:
                     state=RecipientState.SKIPPED,
                     reason=r.skip_reason,
                     error_message=text,
+                    tag=r.tag,
+                    metadata=r.metadata,
+                )
+                continue
+            earlier = self.already_sent.get(dedup_key(r.email)) if self.already_sent else None
+            if earlier is not None:  # --skip-sent: an earlier run sent (or may have) to it
+                run_id, state = earlier
+                why = "already_sent" if state == RecipientState.SENT else "maybe_sent"
+                self.skipped[why] = self.skipped.get(why, 0) + 1
+                yield NewRecipient(
+                    row=r.row,
+                    email=r.email,
+                    name=r.name,
+                    state=RecipientState.SKIPPED,
+                    reason=why,
+                    error_message=(
+                        f"run {run_id} sent to this address"
+                        if why == "already_sent"
+                        else f"run {run_id} may have sent to this address (state {state})"
+                    ),
                     tag=r.tag,
                     metadata=r.metadata,
                 )
@@ -772,16 +1077,36 @@ def _encoder(
 
 
 def _rows_to_messages(
-    campaign: Campaign, wanted: Callable[[int], bool], test_address: Address | None
+    campaign: Campaign,
+    wanted: Callable[[int], bool],
+    test_address: Address | None,
+    rows: dict[int, int] | None = None,
 ) -> Iterator[Any]:
-    """Preflight rows (rendered in full) for the rows ``wanted`` says, proof-copied if asked."""
+    """Preflight rows (rendered in full) for the rows ``wanted`` says, proof-copied if asked.
+
+    ``rows`` (a forced resume): ``{file row: run row}``; ``wanted`` then names run rows,
+    and each message carries its run row, found by its address, not its position.
+    """
     from batchsend.preflight import iter_rows
 
-    for r in iter_rows(campaign, only=wanted):
-        if r.message is None or not wanted(r.row):
+    accept = wanted
+    if rows is not None:
+        by_file = rows
+
+        def accept(file_row: int) -> bool:
+            run_row = by_file.get(file_row)
+            return run_row is not None and wanted(run_row)
+
+    for r in iter_rows(campaign, only=accept):
+        message = r.message
+        if message is None or not accept(r.row):
             continue
+        if rows is not None:
+            run_row = rows[r.row]
+            message = dataclasses.replace(message, row=run_row)
+            r = dataclasses.replace(r, row=run_row, message=message)
         if test_address is not None:
-            r = dataclasses.replace(r, message=_proof(r.message, test_address))
+            r = dataclasses.replace(r, message=_proof(message, test_address))
         yield r
 
 
@@ -818,11 +1143,13 @@ def _units_for_pending(
     test_address: Address | None,
     limit: int | None,
     spool: MessageSpool | None = None,
+    rows: dict[int, int] | None = None,
 ) -> Iterator[SendUnit]:
     """Plan the run's ``pending`` rows (the first ``limit`` of them) into units, streaming.
 
     With a ``spool`` holding exactly those rows (a run right after its preflight), the
-    messages come from it; otherwise (a resume, a dropped spool) they are rendered again.
+    messages come from it; otherwise (a resume, a dropped spool) they are rendered again
+    (``rows``: matched to the file by address, see :func:`_match_rows_by_address`).
     """
     pending = store.rows_in_state(run_id, [RecipientState.PENDING])
     if limit is not None:
@@ -831,16 +1158,16 @@ def _units_for_pending(
         return iter(())
     wanted = set(pending)
     merge = campaign.merge.enabled and test_address is None
-    rows: Iterable[Any]
+    messages: Iterable[Any]
     if spool is not None and spool.usable and spool.count == len(wanted):
         if spool.form == "planned":
-            rows = _spooled_planned(spool, wanted)
+            messages = _spooled_planned(spool, wanted)
         else:
-            rows = _spooled(spool, wanted, test_address)
+            messages = _spooled(spool, wanted, test_address)
     else:
-        rows = _rows_to_messages(campaign, wanted.__contains__, test_address)
+        messages = _rows_to_messages(campaign, wanted.__contains__, test_address, rows)
     return plan_units(
-        rows,
+        messages,
         run_id=run_id,
         provider=provider,
         merge=merge,
@@ -871,6 +1198,7 @@ def _rebuild_units(
     *,
     unknown: bool,
     failed: bool,
+    rows: dict[int, int] | None = None,
 ) -> list[_Rebuild]:
     plans: list[tuple[UnitRecord, tuple[tuple[int, ...], ...], bool, str]] = []
     if unknown:
@@ -890,7 +1218,8 @@ def _rebuild_units(
         return []
     needed = {row for _, composition, _, _ in plans for rows in composition for row in rows}
     messages = {
-        r.row: r.message for r in _rows_to_messages(campaign, needed.__contains__, test_address)
+        r.row: r.message
+        for r in _rows_to_messages(campaign, needed.__contains__, test_address, rows)
     }
     missing = needed - messages.keys()
     if missing:
@@ -1060,6 +1389,20 @@ def _send_and_finish(
             except FatalSendError as exc:
                 store.set_run_state(run_id, RunState.FATAL, fatal_error=str(exc), ended=True)
                 raise
+        # Before the first request: the run is marked as sending in the main database
+        # file (checkpointed) and in the ledger beside it, so that losing the -wal file
+        # or the database itself is detected, not met with a second send (docs/engine.md).
+        store.mark_sending_started(run_id)
+        if not run.is_test:
+            from batchsend import ledger
+
+            if not ledger.record(
+                store.path, "sending", run_id=run_id, campaign=run.campaign_path, rows=to_send
+            ):
+                notes_list.append(
+                    f"could not write {ledger.ledger_path(store.path)}: a later loss of this "
+                    "database would not be detected"
+                )
         # ToSend's limit_per_second counts emails (every address), not requests: it is
         # the recipients' rate unless the campaign sets its own.
         rate = campaign.send.rate
@@ -1112,6 +1455,14 @@ def _send_and_finish(
     else:
         state = RunState.FINISHED
     store.set_run_state(run_id, state, fatal_error=fatal, ended=True)
+    if not run.dry_run:
+        store.clear_sending_mark(run_id)
+        if not run.is_test:
+            from batchsend import ledger
+
+            ledger.record(
+                store.path, "ended", run_id=run_id, campaign=run.campaign_path, counts=counts
+            )
     written = _write_report(store, run_id, report_path)
     return RunSummary(
         run_id=run_id,

@@ -49,9 +49,17 @@ from typing import Any
 import orjson
 import sqlite_utils
 
-from batchsend.errors import DatabaseFileError, RunNotFoundError, StoreError
+from batchsend.errors import (
+    BatchsendError,
+    ConcurrentCommandError,
+    DatabaseFileError,
+    LostRecordError,
+    RunNotFoundError,
+    StoreError,
+)
 from batchsend.outcome import MessageOutcome, OutcomeKind
 from batchsend.plan import SendUnit
+from batchsend.process import alive, this_process
 from batchsend.secrets import redact
 from batchsend.states import RecipientState, RunState
 
@@ -179,6 +187,35 @@ class UnitRecord:
 
 _DB_FIX = "point --db at a batchsend database, or at a new file name to start one"
 
+# The file's mark (``PRAGMA application_id``, "bSnd") and its schema version
+# (``PRAGMA user_version``). Files written before the mark are recognised by their tables.
+APPLICATION_ID = 0x62536E64
+SCHEMA_VERSION = 1
+_OUR_COLUMNS = {
+    "runs": frozenset({"id", "campaign_path", "provider", "state", "settings"}),
+    "recipients": frozenset({"run_id", "row", "email", "state"}),
+    "units": frozenset({"run_id", "key", "composition"}),
+    "attempts": frozenset({"run_id", "unit_key", "attempt"}),
+    "claims": frozenset({"token", "campaign_path", "pid"}),
+    "sending_marks": frozenset({"run_id", "pid", "generation", "witness"}),
+}
+# Seconds a statement waits for another process's write lock before it gives up.
+BUSY_TIMEOUT = 30.0
+_WAL_AUTOCHECKPOINT_PAGES = 8192  # 32 MB of 4 KB pages
+# While a run sends, its connection checkpoints itself: it looks at the log's size every
+# _WAL_CHECK_COMMITS commits and checkpoints past _WAL_CHECKPOINT_BYTES (as SQLite would).
+_WAL_CHECK_COMMITS = 256
+_WAL_CHECKPOINT_BYTES = 32 << 20
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
 
 class Store:
     """The batchsend database file. One instance per process, used from one thread.
@@ -196,15 +233,25 @@ class Store:
         *,
         synchronous: str = "NORMAL",
         now: Callable[[], datetime] = _utc_now,
+        accept_lost_record: bool = False,
     ) -> None:
         if synchronous.upper() not in ("NORMAL", "FULL"):
             raise ValueError("synchronous must be NORMAL or FULL")
         self.path = Path(path)
         self._now = now
+        self._claims: list[str] = []  # claim tokens this instance holds (released at close)
+        self._marks: set[str] = set()  # runs this instance marked as sending
+        self._commits = 0  # commits since the log's size was last looked at
+        # Runs whose lost record the caller accepted (accept_lost_record): for its notes.
+        self.accepted_lost: tuple[str, ...] = ()
+        # Looked at before connecting: the last connection to close checkpoints the log
+        # into the file and deletes it, so only now does its absence mean something.
+        wal = Path(f"{self.path}-wal")
+        wal_present = wal.exists() and wal.stat().st_size > 0
         try:
             # isolation_level=None: we open and close every transaction ourselves, so the
             # commit that makes a unit ``sending`` is exactly where the code says it is.
-            conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=30)
+            conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=BUSY_TIMEOUT)
         except sqlite3.Error as exc:
             raise DatabaseFileError(
                 f"{self.path}: cannot open the database: {exc}\n  fix: {_DB_FIX}"
@@ -212,23 +259,172 @@ class Store:
         self.conn = conn
         self.db = sqlite_utils.Database(conn)
         try:
-            self.db.enable_wal()
-            # Checkpoint every 32 MB of WAL instead of 4: a checkpoint copies pages back
-            # and syncs the file; fewer, larger ones coalesce the many rewrites of the
-            # same pages that a run's small commits make.
-            conn.execute("PRAGMA wal_autocheckpoint=8192")
-            conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
-            self._create_schema()
+            deadline = time.monotonic() + BUSY_TIMEOUT
+            while True:
+                try:
+                    self._initialise(wal_present, synchronous, accept_lost_record)
+                    break
+                except sqlite3.OperationalError as exc:
+                    # Two processes setting up one new file: SQLite answers "locked" at
+                    # once (no busy wait) to one of them while the other switches it to
+                    # WAL. Every step is idempotent: go again.
+                    if not _is_busy(exc) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.02)
         except sqlite3.DatabaseError as exc:
             conn.close()
+            if _is_busy(exc):
+                raise self._busy_error() from None
             raise DatabaseFileError(
                 f"{self.path}: not a usable batchsend database: {exc}\n  fix: {_DB_FIX}"
             ) from None
+        except BaseException:
+            conn.close()
+            raise
+
+    def _initialise(self, wal_present: bool, synchronous: str, accept_lost_record: bool) -> None:
+        conn = self.conn
+        # Recognised before anything is written: another application's file is
+        # refused unchanged (no WAL switch, no tables of ours).
+        kind = self._recognise()
+        if kind == "current":
+            self._check_sending_marks(wal_present, accept=accept_lost_record)
+        self.db.enable_wal()
+        # Checkpoint every 32 MB of WAL instead of 4: a checkpoint copies pages back
+        # and syncs the file; fewer, larger ones coalesce the many rewrites of the
+        # same pages that a run's small commits make.
+        conn.execute(f"PRAGMA wal_autocheckpoint={_WAL_AUTOCHECKPOINT_PAGES}")
+        conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        self._create_schema()
+        if kind != "current":  # a new file, or one written before files were marked
+            conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _recognise(self) -> str:
+        """ "current" (marked), "older" (batchsend's tables, unmarked) or "new" (empty).
+
+        Raises :class:`DatabaseFileError` for another application's file or a newer
+        batchsend's, having changed nothing.
+        """
+        conn = self.conn
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = {
+            name: {c[1] for c in conn.execute(f"PRAGMA table_info({_quote(name)})")}
+            for (name,) in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+            )
+        }
+        if app_id == APPLICATION_ID:
+            if version > SCHEMA_VERSION:
+                raise DatabaseFileError(
+                    f"{self.path}: written by a newer batchsend (database schema {version}; "
+                    f"this one reads up to {SCHEMA_VERSION}); batchsend did not change it\n"
+                    "  fix: upgrade batchsend, or point --db at another file"
+                )
+            return "current"
+        if app_id == 0 and not tables:
+            return "new"
+        # Files written before the mark: only our tables, each with batchsend's columns.
+        ours = app_id == 0 and all(
+            name in _OUR_COLUMNS and columns >= _OUR_COLUMNS[name]
+            for name, columns in tables.items()
+        )
+        if not ours:
+            what = (
+                f"application id {app_id:#x}"
+                if app_id
+                else "tables " + ", ".join(sorted(tables)[:6]) + (", ..." * (len(tables) > 6))
+            )
+            raise DatabaseFileError(
+                f"{self.path}: not a batchsend database: it belongs to another application "
+                f"({what}); batchsend did not change it\n  fix: {_DB_FIX}"
+            )
+        return "older"
+
+    def _check_sending_marks(self, wal_present: bool, *, accept: bool) -> None:
+        """Refuse a file that lost the latest record of a run's sends (docs/engine.md).
+
+        A sending run's mark holds two numbers. ``generation`` is raised, and then
+        checkpointed into the main file, before the first request and at every
+        checkpoint while the run sends; ``witness`` is raised to match right after, in
+        the log only. Whoever reads the whole record (the main file plus its log, or a
+        main file that a clean close checkpointed) sees them equal. A main file read
+        without its log (the ``-wal`` deleted after a crash, or the ``.db`` copied
+        alone) shows ``witness < generation``: the sends since the last checkpoint are
+        missing, and rows it shows ``pending`` may have been sent. Nothing is written
+        here unless ``accept`` (the marks of the lost runs are then dropped).
+        """
+        lost = [
+            (run_id, pid, since)
+            for run_id, host, pid, start, since, generation, witness in self.conn.execute(
+                "SELECT run_id, host, pid, pid_start, since, generation, witness FROM sending_marks"
+            )
+            # alive: that process is sending now. wal_present: killed between the two
+            # numbers' commits; the log it left holds the rest of the record.
+            if witness < generation and not wal_present and not alive(host, pid, start)
+        ]
+        if not lost:
+            return
+        if accept:
+            self._clear_marks([run_id for run_id, _, _ in lost], timeout=BUSY_TIMEOUT)
+            self.accepted_lost = tuple(run_id for run_id, _, _ in lost)
+            return
+        wal = f"{self.path.name}-wal"
+        lines = []
+        for run_id, pid, since in lost:
+            counts = self.counts(run_id)
+            row = self.conn.execute(
+                "SELECT campaign_path FROM runs WHERE id = ?", (run_id,)
+            ).fetchone()
+            maybe = counts["pending"] + counts["sending"]
+            lines.append(
+                f"  run {run_id} (campaign {row[0] if row else '?'}): sending since {since} "
+                f"by process {pid}, which is gone; this file records {counts['sent']:,} sent "
+                f"and {maybe:,} pending or in flight, and any of those {maybe:,} may have "
+                "been sent"
+            )
+        raise LostRecordError(
+            f"{self.path}: this database lost the latest record of a run's sends: its "
+            f"write-ahead log {wal}, which held it, is missing (deleted after a crash, or "
+            "the database was copied without it). Sending now could email people a second "
+            "time; batchsend changed nothing.\n"
+            + "\n".join(lines)
+            + f"\n  fix: put {wal} back next to {self.path.name} (from wherever the database "
+            "was copied or backed up) and run the command again; or settle who was sent "
+            "from the provider's delivery log; or, accepting that those people may get a "
+            "second email, pass --accept-lost-record to batchsend run or resume"
+        )
+
+    def _clear_marks(self, run_ids: Sequence[str], *, timeout: float) -> None:
+        self.conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+        try:
+            self._begin()
+            try:
+                self.conn.executemany(
+                    "DELETE FROM sending_marks WHERE run_id = ?", [(r,) for r in run_ids]
+                )
+                self._commit()
+            except BaseException:
+                self._rollback()
+                raise
+        finally:
+            self.conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
 
     # -- lifecycle -----------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the file (idempotent)."""
+        """Close the file (idempotent), releasing this instance's claims and sending marks.
+
+        A mark still held here (an exception ended the send) goes first: this process
+        stopped, and everything it recorded is committed.
+        """
+        with contextlib.suppress(sqlite3.Error, BatchsendError):
+            if self._marks:
+                self._clear_marks(sorted(self._marks), timeout=5.0)
+                self._marks.clear()
+            if self._claims:
+                self.release_claims()
         with contextlib.suppress(sqlite3.Error):
             self.conn.close()
 
@@ -300,15 +496,29 @@ class Store:
         columns = {r[1] for r in self.conn.execute("PRAGMA table_info(attempts)")}
         if "seq" not in columns:  # a file written before the sequence existed
             self.conn.execute("ALTER TABLE attempts ADD COLUMN seq INTEGER")
+        # Who is at work on the file right now, and which runs are mid-send: the guards
+        # against two commands at once and against a lost write-ahead log.
+        self.conn.execute(_CLAIMS_TABLE)
+        self.conn.execute(_SENDING_MARKS_TABLE)
 
     # -- transactions --------------------------------------------------------------
 
     def _begin(self) -> None:
         # IMMEDIATE: take the write lock now, so a second process fails here, not mid-way.
-        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if _is_busy(exc):  # another process kept the lock past the busy timeout
+                raise self._busy_error() from None
+            raise
 
     def _commit(self) -> None:
         self.conn.execute("COMMIT")
+        if self._marks:  # a run is sending: checkpoints are ours (see mark_sending_started)
+            self._commits += 1
+            if self._commits >= _WAL_CHECK_COMMITS:
+                self._commits = 0
+                self._checkpoint_if_large()
 
     def _rollback(self) -> None:
         if self.conn.in_transaction:
@@ -340,12 +550,16 @@ class Store:
         dry_run: bool = False,
         metadata_columns: Sequence[str] = (),
         run_id: str | None = None,
+        before_insert: Callable[[], None] | None = None,
     ) -> Iterator[str]:
         """Create a run and its rows atomically: committed when the block ends normally.
 
         Inside the block, :meth:`add_recipients` writes into the same transaction; an
         exception (a preflight refusal, a kill) rolls everything back, so a run is never
-        recorded with only part of its rows.
+        recorded with only part of its rows. ``before_insert`` runs inside that
+        transaction, write lock held, before the run is inserted: a refusal it raises
+        (the campaign's last run is unfinished, or finished) is decided on exactly the
+        state the new run is recorded on.
 
         Example::
 
@@ -356,6 +570,8 @@ class Store:
         now = self.now()
         self._begin()
         try:
+            if before_insert is not None:
+                before_insert()
             self.conn.execute(
                 "INSERT INTO runs (id, campaign_path, campaign_name, provider, base_url,"
                 " input_path, input_fingerprint, templates_fingerprint, settings, state,"
@@ -483,19 +699,253 @@ class Store:
             self._rollback()
             raise
 
-    def claim_run(self, run_id: str) -> None:
-        """Mark the run ``running`` in this process (a resume starting)."""
+    def claim_run(self, run_id: str, *, force: bool = False) -> None:
+        """Mark the run ``running`` in this process (a resume starting), atomically.
+
+        Refused (:class:`ConcurrentCommandError`, nothing changed) when the run is
+        ``running`` in another live process; the check and the update are one
+        transaction, so of two resumes started together exactly one gets the run.
+        ``force`` takes the run over anyway (its recorded process is not batchsend).
+        """
+        me = this_process()
         self._begin()
         try:
+            found = self.conn.execute(
+                "SELECT state, pid, settings FROM runs WHERE id = ?", (run_id,)
+            ).fetchone()
+            if found is None:
+                raise RunNotFoundError(f"no run {run_id!r} in {self.path}")
+            state, pid, settings = found
+            host = json.loads(settings or "{}").get("host")
+            if (
+                state == RunState.RUNNING.value
+                and pid != me.pid
+                and not force
+                and alive(host, pid, None)
+            ):
+                raise ConcurrentCommandError(
+                    f"run {run_id} is being sent right now by process {pid}; wait for it, "
+                    "or stop it (Ctrl-C) first. If that process is not batchsend, use --force"
+                )
             self.conn.execute(
                 "UPDATE runs SET state = ?, pid = ?, ended_at = NULL, fatal_error = NULL,"
-                " updated_at = ? WHERE id = ?",
-                (RunState.RUNNING.value, os.getpid(), self.now(), run_id),
+                " updated_at = ? WHERE id = ? AND pid IS ?",
+                (RunState.RUNNING.value, me.pid, self.now(), run_id, pid),
             )
             self._commit()
         except BaseException:
             self._rollback()
             raise
+
+    # -- guards: claims and sending marks --------------------------------------------
+
+    def claim(
+        self,
+        campaign_path: str,
+        *,
+        command: str,
+        run_id: str | None = None,
+        exclusive: bool = True,
+    ) -> str:
+        """Record that this process works on ``campaign_path`` (and ``run_id``); a token.
+
+        ``exclusive`` (a real run or resume): refused with :class:`ConcurrentCommandError`
+        when another live process holds an exclusive claim on the same campaign or run.
+        The check and the insert are one ``BEGIN IMMEDIATE`` transaction, so of two
+        commands started together exactly one proceeds. A claim whose process is gone
+        (killed, crashed) is taken over. A non-exclusive claim (a dry run, a proof copy)
+        only names this command to others waiting for the write lock.
+        Released by :meth:`release_claims` or :meth:`close`.
+        """
+        if exclusive:  # read first: refused at once, even while the lock is held long
+            self._refuse_claimed(campaign_path, run_id)
+        me = this_process()
+        token = _random.token_hex(8)
+        self._begin()
+        try:
+            if exclusive:
+                self._refuse_claimed(campaign_path, run_id)
+            gone = [
+                (t,)
+                for t, host, pid, start in self.conn.execute(
+                    "SELECT token, host, pid, pid_start FROM claims"
+                )
+                if not alive(host, pid, start)
+            ]
+            self.conn.executemany("DELETE FROM claims WHERE token = ?", gone)
+            self.conn.execute(
+                "INSERT INTO claims (token, campaign_path, run_id, command, exclusive, host,"
+                " pid, pid_start, since) VALUES (?,?,?,?,?,?,?,?,?)",
+                (
+                    token,
+                    campaign_path,
+                    run_id,
+                    command,
+                    int(exclusive),
+                    me.host,
+                    me.pid,
+                    me.start,
+                    self.now(),
+                ),
+            )
+            self._commit()
+        except BaseException:
+            self._rollback()
+            raise
+        self._claims.append(token)
+        return token
+
+    def _live_claims(self) -> list[tuple[str, str | None, str, int, int, str]]:
+        """(campaign, run, command, exclusive, pid, since) of other live processes' claims."""
+        me = this_process()
+        return [
+            (campaign, run_id, command, exclusive, pid, since)
+            for campaign, run_id, command, exclusive, host, pid, start, since in self.conn.execute(
+                "SELECT campaign_path, run_id, command, exclusive, host, pid, pid_start, since"
+                " FROM claims ORDER BY since"
+            )
+            if pid != me.pid and alive(host, pid, start)
+        ]
+
+    def _refuse_claimed(self, campaign_path: str, run_id: str | None) -> None:
+        for campaign, claimed_run, command, exclusive, pid, since in self._live_claims():
+            if exclusive and (campaign == campaign_path or (run_id and claimed_run == run_id)):
+                run = f", run {claimed_run}" if claimed_run else ""
+                raise ConcurrentCommandError(
+                    f"another batchsend command is sending this campaign right now: "
+                    f"`{command}` (process {pid}, since {since}{run}); two at once could "
+                    "email the same people twice, so this one did nothing.\n"
+                    "  fix: wait for it to finish, or stop it (Ctrl-C), then run this "
+                    "command again"
+                )
+
+    def claimed_run(self, token: str, run_id: str) -> None:
+        """The run a claim's command is working on, once it is known (same transaction)."""
+        self.conn.execute("UPDATE claims SET run_id = ? WHERE token = ?", (run_id, token))
+
+    def release_claims(self) -> None:
+        """Delete this instance's claims (best effort: a dead process's claim expires)."""
+        tokens, self._claims = self._claims, []
+        with contextlib.suppress(sqlite3.Error, BatchsendError):
+            self._begin()
+            try:
+                self.conn.executemany("DELETE FROM claims WHERE token = ?", [(t,) for t in tokens])
+                self._commit()
+            except BaseException:
+                self._rollback()
+                raise
+
+    def _busy_error(self) -> ConcurrentCommandError:
+        """The error for a write lock held past the busy timeout, naming who holds it."""
+        try:
+            holders = self._live_claims()
+        except sqlite3.Error:
+            holders = []
+        if holders:
+            named = "; ".join(
+                f"`{command}` (process {pid}, since {since}"
+                + (f", run {run_id})" if run_id else ")")
+                for _, run_id, command, _, pid, since in holders
+            )
+            who = f"another batchsend command holds it: {named}"
+        else:
+            who = "another program holds it (not a batchsend command that names itself)"
+        return ConcurrentCommandError(
+            f"{self.path}: the database stayed locked for {BUSY_TIMEOUT:g} s: {who}. "
+            "This command stopped without sending anything more.\n"
+            "  fix: wait for that command to finish, or stop it (Ctrl-C), then run this "
+            "command again"
+        )
+
+    def mark_sending_started(self, run_id: str) -> None:
+        """Before the run's first request: mark it sending, in the main file itself.
+
+        The mark is committed with ``generation`` 1, checkpointed (``PRAGMA
+        wal_checkpoint(PASSIVE)``: the run, its rows and the mark reach the main file),
+        then its ``witness`` is raised to 1 in the log. While it sends, this connection
+        checkpoints only through :meth:`_checkpoint_if_large` (SQLite's automatic
+        checkpoint is off), which raises both numbers the same way; so a main file read
+        without its log shows ``witness < generation`` (see :meth:`_check_sending_marks`).
+        Cost: one checkpoint per run or resume, and per 32 MB of log, as before; per
+        commit, a counter. Deleted by :meth:`clear_sending_mark` when the run stops.
+        """
+        me = this_process()
+        self._begin()
+        try:
+            self.conn.execute(
+                "INSERT OR REPLACE INTO sending_marks (run_id, host, pid, pid_start, since,"
+                " generation, witness) VALUES (?,?,?,?,?,1,0)",
+                (run_id, me.host, me.pid, me.start, self.now()),
+            )
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+        self.conn.execute("PRAGMA wal_autocheckpoint=0")
+        self._marks.add(run_id)
+        self._checkpoint()
+        self._raise_marks("witness = generation")
+
+    def _checkpoint(self) -> None:
+        for _ in range(3):  # a reader of an older snapshot can hold a PASSIVE one back
+            busy, log, done = self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if not busy and done == log:
+                return
+            time.sleep(0.01)
+
+    def _raise_marks(self, assignment: str) -> None:
+        self._begin()
+        try:
+            self.conn.executemany(
+                f"UPDATE sending_marks SET {assignment} WHERE run_id = ?",
+                [(r,) for r in sorted(self._marks)],
+            )
+            self.conn.execute("COMMIT")  # not _commit: this is the checkpoint's own step
+        except BaseException:
+            self._rollback()
+            raise
+
+    def _checkpoint_if_large(self) -> None:
+        """While a run sends: checkpoint once the log passes 32 MB, raising the marks."""
+        try:
+            size = os.stat(f"{self.path}-wal").st_size
+        except OSError:
+            return
+        if size < _WAL_CHECKPOINT_BYTES:
+            return
+        # Best effort: a step refused here (another process holding the lock) leaves the
+        # numbers unequal, which only matters if the log is then lost -- when it should.
+        with contextlib.suppress(sqlite3.Error, StoreError):
+            self._raise_marks("generation = generation + 1")
+            self._checkpoint()
+            self._raise_marks("witness = generation")
+
+    def clear_sending_mark(self, run_id: str) -> None:
+        """The run stopped in this process and its record is committed: drop its mark."""
+        self._clear_marks([run_id], timeout=BUSY_TIMEOUT)
+        self._marks.discard(run_id)
+        if not self._marks:
+            self.conn.execute(f"PRAGMA wal_autocheckpoint={_WAL_AUTOCHECKPOINT_PAGES}")
+
+    def earlier_sends(self, campaign_path: str) -> Iterator[tuple[str, str, str]]:
+        """``(email, state, run_id)`` of every row that a real run of the campaign sent,
+        or may have sent (``sending``, ``unknown``), oldest run first."""
+        yield from self.conn.execute(
+            "SELECT r.email, r.state, r.run_id FROM recipients AS r JOIN runs AS u"
+            " ON u.id = r.run_id WHERE u.campaign_path = ? AND u.is_test = 0"
+            " AND u.dry_run = 0 AND r.state IN ('sent', 'sending', 'unknown')"
+            " ORDER BY u.started_at, u.id",
+            (campaign_path,),
+        )
+
+    def run_rows(self, run_id: str) -> list[tuple[int, str, str, str | None]]:
+        """``(row, email, state, reason)`` of every row of the run, in row order."""
+        return list(
+            self.conn.execute(
+                "SELECT row, email, state, reason FROM recipients WHERE run_id = ? ORDER BY row",
+                (run_id,),
+            )
+        )
 
     def set_report_path(self, run_id: str, path: str) -> None:
         """Remember where the run's latest report was written."""
@@ -876,6 +1326,28 @@ _RECIPIENTS_TABLE = """CREATE TABLE IF NOT EXISTS recipients (
     retryable INTEGER,
     PRIMARY KEY (run_id, row)
 ) WITHOUT ROWID"""
+
+_CLAIMS_TABLE = """CREATE TABLE IF NOT EXISTS claims (
+    token TEXT PRIMARY KEY,
+    campaign_path TEXT,
+    run_id TEXT,
+    command TEXT,
+    exclusive INTEGER,
+    host TEXT,
+    pid INTEGER,
+    pid_start TEXT,
+    since TEXT
+)"""
+
+_SENDING_MARKS_TABLE = """CREATE TABLE IF NOT EXISTS sending_marks (
+    run_id TEXT PRIMARY KEY,
+    host TEXT,
+    pid INTEGER,
+    pid_start TEXT,
+    since TEXT,
+    generation INTEGER NOT NULL,
+    witness INTEGER NOT NULL
+)"""
 
 _ATTEMPTS_TABLE = """CREATE TABLE IF NOT EXISTS attempts (
     run_id TEXT NOT NULL,

@@ -58,6 +58,13 @@ def _send_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option("--api-key-stdin", is_flag=True, help="Read the API key from standard input."),
         click.option(
+            "--accept-lost-record",
+            is_flag=True,
+            help="Go on although the database lost part of its record of sends (its -wal "
+            "file is missing, or it is an older copy): people it shows pending may have been "
+            "sent already and get a second email.",
+        ),
+        click.option(
             "--report",
             "report_path",
             type=click.Path(dir_okay=False),
@@ -111,25 +118,46 @@ def _finish(summary: RunSummary, as_json: bool) -> None:
     help="Send the good rows and record bad ones as skipped (default: refuse).",
 )
 @click.option(
-    "--new-run", is_flag=True, help="Start a new run even if the campaign's last run is unfinished."
+    "--new-run",
+    is_flag=True,
+    help="Start a new run although the campaign's last run is unfinished (instead of "
+    "resuming it); its rows are sent again, under new keys. Not for a finished campaign: "
+    "see --again.",
+)
+@click.option(
+    "--again",
+    is_flag=True,
+    help="Send the campaign to everyone again, as a new run, although an earlier run "
+    "finished (or is unfinished: --again includes --new-run).",
+)
+@click.option(
+    "--skip-sent",
+    is_flag=True,
+    help="A new run that sends only to addresses no earlier run of this campaign sent to "
+    "(a list that grew); the others are recorded skipped (already_sent, or maybe_sent "
+    "for an unknown outcome).",
 )
 @_send_options
 def run(campaign: str, **options: Any) -> None:
     """Send a campaign: preflight every row, then send, recording each row in the database.
 
     Nothing is sent unless every row passes preflight (or --skip-invalid). If the
-    campaign's last run is unfinished, batchsend says so and prints the resume command.
-    Ctrl-C once stops cleanly (resumable); twice stops at once. The summary ends with
-    the exact command for what is left: resume, retry the retryable failures, or
-    (accepting that those people may get it twice) send the unknown rows again.
+    campaign's last run is unfinished, batchsend says so and prints the resume command
+    (--new-run starts over instead); if it finished, batchsend refuses to send it again
+    unless --again (everyone) or --skip-sent (only addresses not sent yet). A proof copy
+    (--test-to) and --dry-run are never refused for earlier runs. Two commands sending
+    one campaign at once are refused: exactly one proceeds. Ctrl-C (or SIGTERM) once
+    stops cleanly (resumable); twice stops at once. The summary ends with the exact
+    command for what is left: resume, retry the retryable failures, or (accepting that
+    those people may get it twice) send the unknown rows again.
 
     \b
     Exit codes:
       0    done: every row sent or skipped (or the rest left pending by --limit)
       1    the run stopped on a fatal provider error (key, credits, domain)
-      2    bad input, or a refused resume; nothing was sent
+      2    bad input, or a refusal (nothing was sent)
       3    finished, but some rows failed or are unknown (see the summary's "next:")
-      130  interrupted (Ctrl-C)
+      130  interrupted (Ctrl-C, SIGTERM)
 
     \b
     Example:
@@ -137,6 +165,7 @@ def run(campaign: str, **options: Any) -> None:
       batchsend run mycampaign/campaign.toml --limit 10
       batchsend run mycampaign/campaign.toml --sandbox --json
       batchsend run mycampaign/campaign.toml --test-to me@example.com
+      batchsend run mycampaign/campaign.toml --skip-sent   # the list grew since
     """
     as_json = options.pop("as_json")
     summary = _call(run_campaign, campaign, **options)
@@ -148,7 +177,9 @@ def run(campaign: str, **options: Any) -> None:
 @click.option(
     "--force",
     is_flag=True,
-    help="Resume even if the input file or templates changed since the run began.",
+    help="Resume even if the input file or templates changed since the run began. Rows "
+    "are matched to the file by address: a moved row keeps its record, a new address is "
+    "sent, an address already sent (or unknown) is never sent again.",
 )
 @click.option(
     "--retry-failed", is_flag=True, help="Send again the rows that failed with a retryable error."

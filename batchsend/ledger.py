@@ -1,0 +1,74 @@
+"""The sending ledger: two lines per run in a small file beside the database, outside it.
+
+A database can be lost whole (deleted, or replaced by an older copy) while the people
+it recorded as sent remain sent. Before a real run's first request, batchsend appends
+``{"event": "sending", "run_id", "db", "campaign", ...}`` to ``.batchsend-ledger`` in the
+database's folder (fsynced: once per run or resume); when the run stops, an ``"ended"``
+line with its counts. ``run`` and ``resume`` read it first: a run of this database and
+campaign that the ledger saw sending but the database does not hold, or that the
+ledger saw end with more ``sent`` rows than the database now shows, is refused before
+anything is sent (``batchsend.runner``). An ``"accepted"`` line (``--accept-lost-record``)
+silences that run's entry. Lines that do not parse are ignored: the ledger is a guard,
+never a reason to fail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+__all__ = ["LEDGER_NAME", "entries", "ledger_path", "record"]
+
+LEDGER_NAME = ".batchsend-ledger"
+
+
+def ledger_path(db_path: str | Path) -> Path:
+    """The ledger that sits beside the database at ``db_path``."""
+    return Path(db_path).resolve().parent / LEDGER_NAME
+
+
+def record(db_path: str | Path, event: str, *, run_id: str, campaign: str, **fields: Any) -> bool:
+    """Append one event for the database at ``db_path`` (written through to the disk).
+
+    False when the file cannot be written (the caller says so; the send goes on).
+    """
+    line = {
+        "event": event,
+        "run_id": run_id,
+        "db": str(Path(db_path).resolve()),
+        "campaign": campaign,
+        "at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "pid": os.getpid(),
+        **fields,
+    }
+    data = (json.dumps(line, sort_keys=True) + "\n").encode()
+    try:
+        fd = os.open(ledger_path(db_path), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        return False
+    return True
+
+
+def entries(db_path: str | Path, campaign: str) -> dict[str, list[dict[str, Any]]]:
+    """The ledger's events for this database and campaign, by run id, in file order."""
+    db = str(Path(db_path).resolve())
+    found: dict[str, list[dict[str, Any]]] = {}
+    try:
+        text = ledger_path(db_path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return found
+    for line in text.splitlines():
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            e = json.loads(line)
+            if e.get("db") == db and e.get("campaign") == campaign and e.get("run_id"):
+                found.setdefault(str(e["run_id"]), []).append(e)
+    return found
