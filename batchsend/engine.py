@@ -51,7 +51,7 @@ from batchsend.errors import FatalSendError, RetryableSendError, SendError
 from batchsend.outcome import MessageOutcome, OutcomeKind, Recorder
 from batchsend.plan import PlannedMessage, SendUnit
 from batchsend.providers.base import HttpRequest, Provider, is_server_error
-from batchsend.ratelimit import RateLimiter
+from batchsend.ratelimit import RateLimiter, sleep_unless
 from batchsend.retry import RetryPolicy
 from batchsend.transport import Transport
 
@@ -362,15 +362,7 @@ class _Engine:
         self, sleep: Callable[[float], Awaitable[None]]
     ) -> Callable[[float], Awaitable[None]]:
         async def nap(seconds: float) -> None:
-            if self._halt.is_set():
-                return
-            waiting = asyncio.ensure_future(sleep(seconds))
-            halted = asyncio.ensure_future(self._halt.wait())
-            try:
-                await asyncio.wait((waiting, halted), return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                waiting.cancel()
-                halted.cancel()
+            await sleep_unless(self._halt, seconds, sleep)
 
         return nap
 
@@ -382,7 +374,9 @@ class _Engine:
             if unit is None:
                 return
             assert isinstance(unit, SendUnit)
-            await limiter.acquire(recipients_of(unit))
+            # A slow pace reserves slots far ahead (16 workers at one batch every 2 s wait
+            # up to 32 s): the wait ends early when the run stops.
+            await limiter.acquire(recipients_of(unit), wake=self._halt)
             if self.halted():
                 return  # never marked sending: the unit stays as it was
             rows = sum(len(pm.rows) for pm in unit.messages)
@@ -423,7 +417,7 @@ class _Engine:
                 raise _Halted(delivery.last)
             if delivery.split is not None:
                 self.split(delivery)
-            await self.limiter.acquire(recipients_of(delivery.unit))
+            await self.limiter.acquire(recipients_of(delivery.unit), wake=self._halt)
             if self.halted():
                 raise _Halted(delivery.last)
         unit = delivery.unit

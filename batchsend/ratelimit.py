@@ -18,10 +18,11 @@ On a 429 the whole run slows down, not just the request that got it:
 429s that answer requests sent before the pause (they arrive while it lasts) extend the
 pause but do not cut the rate again: one throttle episode, one cut.
 
-Pacing keeps ``PACING_MARGIN`` under the configured request rate: jitter between our
-release times and the provider's clock must never put R+1 requests into one of its
-one-second windows. The recipients bucket charges a request's recipients when it
-leaves, so a one-second window can exceed the recipient rate by at most one request.
+Pacing keeps ``PACING_MARGIN`` under the configured rates: jitter between our release
+times and the provider's clock must never put R+1 requests into one of its one-second
+windows, nor send a batch before the provider's emails-per-second bucket has refilled
+for it. The recipients bucket charges a request's recipients when it leaves, so a
+one-second window can exceed the recipient rate by at most one request.
 """
 
 from __future__ import annotations
@@ -60,6 +61,24 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     if math.isnan(seconds) or math.isinf(seconds):
         return None
     return max(0.0, seconds)
+
+
+async def sleep_unless(
+    wake: asyncio.Event,
+    seconds: float,
+    sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+) -> bool:
+    """Sleep ``seconds`` with ``sleep``; end early, returning False, once ``wake`` is set."""
+    if wake.is_set():
+        return False
+    sleeping = asyncio.ensure_future(sleep(seconds))
+    woken = asyncio.ensure_future(wake.wait())
+    try:
+        await asyncio.wait((sleeping, woken), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        sleeping.cancel()
+        woken.cancel()
+    return not wake.is_set()
 
 
 class RateLimiter:
@@ -221,18 +240,24 @@ class RateLimiter:
             tat = self._rcpt_tat if self._rcpt_tat > t0 else t0
             if tat > send_at:
                 send_at = tat
-            self._rcpt_tat = tat + recipients / self.recipients_per_second
+            # the same margin as requests: a provider's bucket refilling at exactly this
+            # rate must find each request's emails there when it arrives
+            self._rcpt_tat = tat + recipients * (1.0 + PACING_MARGIN) / self.recipients_per_second
         self._count_release(send_at)
         return send_at - now
 
-    async def acquire(self, recipients: int = 1) -> None:
-        """Wait for the right to send one request carrying ``recipients``."""
+    async def acquire(self, recipients: int = 1, *, wake: asyncio.Event | None = None) -> None:
+        """Wait for the right to send one request carrying ``recipients``.
+
+        A set ``wake`` ends the wait early (the run stopped): the caller checks why it
+        returned before it sends. Nothing is created for ``wake`` unless there is a wait.
+        """
         if not self._active:
             self._count_release(self._clock())
             return
         wait = self.reserve(recipients)
-        if wait > 0:
-            await self._sleep(wait)
+        if wait > 0 and not await self._pause(wait, wake):
+            return
         departures = self._departures
         if departures is None:
             return
@@ -240,10 +265,17 @@ class RateLimiter:
         while True:
             now = self._clock()
             if len(departures) == departures.maxlen and now < departures[0] + window:
-                await self._sleep(departures[0] + window - now)
+                if not await self._pause(departures[0] + window - now, wake):
+                    return
                 continue
             departures.append(now)  # no await between the check and this: atomic in asyncio
             return
+
+    async def _pause(self, seconds: float, wake: asyncio.Event | None) -> bool:
+        if wake is None:
+            await self._sleep(seconds)
+            return True
+        return await sleep_unless(wake, seconds, self._sleep)
 
     def _count_release(self, at: float) -> None:
         sec = int(at)
