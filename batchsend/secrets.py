@@ -110,8 +110,7 @@ def _key_from_file(raw: bytes, path: Path) -> str:
     lines = len(key.splitlines())
     if lines > 1:
         raise SecretError(
-            f"the API key file holds {lines} lines; a key is one line (its content is not"
-            " shown)",
+            f"the API key file holds {lines} lines; a key is one line (its content is not shown)",
             file=shown,
             fix=_FILE_FIX,
         )
