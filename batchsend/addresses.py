@@ -6,6 +6,18 @@ and a local part that is a plain ASCII dot-atom -- the form the library accepts
 without further rules -- is taken as is. Anything else (quoted, Unicode or odd local
 parts) goes through the library whole. Tests check the fast path agrees with the
 library on a table of addresses and on generated ones.
+
+Duplicates are compared as the mail system compares addresses (:func:`dedup_key`). The
+domain is case-insensitive (DNS), compared in its IDNA (ASCII) form, so ``bücher.de``,
+``BÜCHER.de`` and ``xn--bcher-kva.de`` are one domain. The local part belongs to the
+receiving server, and RFC 5321 lets it be case-sensitive; in practice mailbox providers
+treat ASCII case as equal (``Ann@`` is ``ann@``), so ASCII letters are compared without
+case and everything else exactly, as written (after email-validator's NFC
+normalisation, which only unifies two spellings of one character). Never Unicode case
+folding or NFKC: they fold distinct local parts into one (``ß`` into ``ss``, ``ﬁ`` into
+``fi``, ``Ä`` into ``ä``), and the second person would be skipped as a duplicate and get
+nothing. Skipping a real person is the worse mistake here, since two addresses a server
+treats as one still get one message each -- never two of the same row.
 """
 
 from __future__ import annotations
@@ -69,15 +81,23 @@ class InvalidAddress(ValueError):
 
 
 def dedup_key(email: str) -> str:
-    """The comparison key of a normalised address: case-folded, ASCII (IDNA) domain.
+    """The comparison key of a normalised address: ASCII (IDNA) domain, ASCII case ignored.
 
-    Local parts are compared without case too: nearly every mailbox ignores it, and
-    sending twice to one person is the worse mistake.
+    Only ASCII letters lose their case, in the local part as in the domain; any other
+    character is compared as written (see the module docstring for why):
+
+    >>> dedup_key("Ann@Example.ORG"), dedup_key("ß@example.org"), dedup_key("SS@example.org")
+    ('ann@example.org', 'ß@example.org', 'ss@example.org')
     """
     local, _, domain = email.rpartition("@")
     with contextlib.suppress(UnicodeError):
         domain = domain.encode("idna").decode("ascii")
-    return f"{local.casefold()}@{domain.lower()}"
+    return f"{_ascii_lower(local)}@{domain.lower()}"
+
+
+def _ascii_lower(text: str) -> str:
+    """``text`` with A-Z lowered and every other character kept (``str.lower`` maps ``İ``)."""
+    return text.encode("utf-8").lower().decode("utf-8")
 
 
 class AddressBook:

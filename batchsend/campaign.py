@@ -486,11 +486,18 @@ class _Builder:
         try:
             import codecs
 
-            codecs.lookup(t["encoding"])
+            codec = codecs.lookup(t["encoding"])
         except LookupError:
             raise self.fail(
                 "source.encoding", f"unknown encoding {t['encoding']!r}", 'e.g. "utf-8", "latin-1"'
             ) from None
+        # rot13, base64, hex, bz2...: codecs, but not between bytes and text.
+        if not getattr(codec, "_is_text_encoding", True):
+            raise self.fail(
+                "source.encoding",
+                f"{t['encoding']!r} is not a text encoding (it cannot decode a file into text)",
+                'name the file\'s character encoding, e.g. "utf-8", "latin-1", "cp1252"',
+            )
         return SourceSettings(path, fmt, t["delimiter"], t["quote_char"], t["encoding"])
 
     def build_columns(self, t: dict[str, Any]) -> Columns:

@@ -22,8 +22,9 @@ One root, so callers can catch everything batchsend means with one clause::
         ├── DatabaseFileError           exit 2: --db names a file that is not a usable database
         │   └── LostRecordError         the database lost a record of sends (-wal gone, older copy)
         ├── RunNotFoundError            exit 2: no run with the id the user gave
-        └── ResumeRefusedError          inputs changed since the run began, or nothing to resume
-            └── ConcurrentCommandError  another batchsend command is at work on it right now
+        ├── ResumeRefusedError          inputs changed since the run began, or nothing to resume
+        │   └── ConcurrentCommandError  another batchsend command is at work on it right now
+        └── DiskFullError               the disk filled during a run: stopped, state kept
 
 Messages never contain an API key: code that builds one from a response body or a
 request must pass it through :func:`batchsend.secrets.redact` first.
@@ -31,6 +32,8 @@ request must pass it through :func:`batchsend.secrets.redact` first.
 
 from __future__ import annotations
 
+import errno
+import sqlite3
 from dataclasses import dataclass
 
 
@@ -188,3 +191,34 @@ class LostRecordError(DatabaseFileError):
 
 class ConcurrentCommandError(ResumeRefusedError):
     """Another live batchsend command is working on the campaign, the run or the database."""
+
+
+class DiskFullError(StoreError):
+    """The disk filled while a run wrote to it: the run stopped, its state up to the last
+    commit kept (rows in flight become ``unknown``); free space, then resume it."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` is a full disk: ``ENOSPC``/``EDQUOT``, or SQLite's SQLITE_FULL.
+
+    An exception group (the engine's workers fail together) counts when every one of its
+    errors is a full disk, directly or as the error being handled when it was raised (a
+    ``finally`` that tried to write too).
+    """
+    if isinstance(exc, BaseExceptionGroup):
+        return all(is_disk_full(e) for e in exc.exceptions)
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None or isinstance(seen, BatchsendError):  # already said clearly
+            return False
+        if isinstance(seen, sqlite3.OperationalError) and (
+            getattr(seen, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+            or "database or disk is full" in str(seen)
+        ):
+            return True
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(seen, BaseExceptionGroup):
+            return is_disk_full(seen)
+        seen = seen.__context__
+    return False

@@ -32,7 +32,7 @@ from batchsend.campaign import Campaign, TemplateRef
 from batchsend.errors import AttachmentError, SourceError, TemplateError
 from batchsend.message import Address, Attachment, Message, content_digest
 from batchsend.render import Renderer, RowRenderError, read_template
-from batchsend.source import SourceSpec, iter_batches, read_columns
+from batchsend.source import SourceSpec, iter_batches, open_regular, read_columns
 
 MB = 1024 * 1024
 BATCH_ROWS = 10_000  # small batches keep the per-batch Python objects small
@@ -653,10 +653,14 @@ def _sha256_files(paths: list[Path]) -> str:
     for path in paths:
         h.update(str(path.name).encode() + b"\0")
         try:
-            with path.open("rb") as fh:
+            # Never a FIFO or a device: hashing one would wait, or read, for ever. The
+            # reader that comes next refuses it with the message that says why.
+            with open_regular(path, str(path)) as fh:
                 while chunk := fh.read(1 << 20):
                     h.update(chunk)
         except OSError:
             h.update(b"<missing>")
+        except SourceError:
+            h.update(b"<not a regular file>")
         h.update(b"\0")
     return h.hexdigest()

@@ -29,10 +29,14 @@ sends retryable failures; see :mod:`batchsend.next_steps`). Input column names a
 a report column whose name is taken by an input column is renamed ``batchsend_<name>``
 (a recipient file with a ``state`` column gets ``batchsend_state``).
 
-Spreadsheet safety (CSV only). Every text cell that begins with ``=``, ``+``, ``-``,
-``@``, a tab, a carriage return or a line feed is written with a single quote in front,
-as OWASP recommends against formula injection -- every column, addresses included:
-``-x@example.com`` is a valid address but also a formula to a spreadsheet. A program
+Spreadsheet safety (CSV, the one text format a spreadsheet opens). Every text cell that
+begins with ``=``, ``+``, ``-``, ``@``, a tab, a carriage return or a line feed is written
+with a single quote in front, as OWASP recommends against formula injection -- every
+column, addresses included: ``-x@example.com`` is a valid address but also a formula to
+a spreadsheet. Header names get the same treatment (a recipient file may name a column
+``=HYPERLINK(...)``), and so do values that are text in all but type: Parquet
+Categorical and Enum cells, and nested values (lists, structs), which CSV cannot hold
+and are written as their JSON text. Numbers, dates and booleans are left as they are. A program
 reading the CSV back gets such a cell with its quote; :func:`unneutralise` undoes the
 prefix, and the Parquet and JSON exports, which no spreadsheet evaluates, carry every
 value untouched (use ``--format parquet`` for byte-exact values).
@@ -653,9 +657,36 @@ def iter_report(
 # -- writing -------------------------------------------------------------------------
 
 
+def _json_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _as_csv_text(series: pl.Series) -> pl.Series:
+    """A column CSV cannot hold, or holds as text without being ``pl.String``, as text."""
+    dtype = series.dtype
+    if isinstance(dtype, pl.Categorical | pl.Enum):
+        return series.cast(pl.String)
+    # Lists, arrays, structs, binaries, objects: their JSON text (rare: the Python pass is fine)
+    return pl.Series(series.name, [_json_text(v) for v in series.to_list()], dtype=pl.String)
+
+
 def _csv_safe(frame: pl.DataFrame) -> pl.DataFrame:
+    plain = (pl.String, pl.Boolean, pl.Null, pl.Decimal)
+    convert = [
+        n
+        for n, t in frame.schema.items()
+        if not (t.is_numeric() or t.is_temporal() or isinstance(t, plain))
+    ]
+    if convert:
+        frame = frame.with_columns(_as_csv_text(frame[n]) for n in convert)
     text = [n for n, t in frame.schema.items() if t == pl.String]
-    return frame.with_columns(_neutralise_expr(n) for n in text) if text else frame
+    if text:
+        frame = frame.with_columns(_neutralise_expr(n) for n in text)
+    # neutralise is one-to-one, so renamed headers stay distinct
+    risky = {n: neutralise(n) for n in frame.columns if _is_formula(n)}
+    return frame.rename(risky) if risky else frame
 
 
 def _write_csv(frames: Iterator[pl.DataFrame], out: Path) -> None:
@@ -788,7 +819,17 @@ def write_report(
                 _write_parquet(frames, tmp)
             tmp.replace(out)  # a reader never sees half a report under the final name
         except OSError as exc:
-            raise StoreError(f"{out}: cannot write the report: {exc.strerror or exc}") from None
+            raise StoreError(
+                f"{out}: cannot write the report: {exc.strerror or exc}; once that is put"
+                f" right: batchsend report {run_id} --db {db_path} --out {out}"
+            ) from None
+        except pl.exceptions.PolarsError as exc:
+            # A bug, but one that must not hide the run's result behind a traceback.
+            first = str(exc).split("\n")[0].strip()
+            raise StoreError(
+                f"{out}: cannot write the report as {format}: {first}; try: batchsend report"
+                f" {run_id} --db {db_path} --format parquet --out {out.with_suffix('.parquet')}"
+            ) from None
         finally:
             frames.close()
             with contextlib.suppress(OSError):

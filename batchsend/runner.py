@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import itertools
 import os
 import secrets as _random
@@ -61,10 +62,12 @@ from batchsend.errors import (
     BatchsendError,
     CampaignError,
     ConcurrentCommandError,
+    DiskFullError,
     FatalSendError,
     LostRecordError,
     PreflightError,
     ResumeRefusedError,
+    is_disk_full,
 )
 from batchsend.message import Address, Message, message_key
 from batchsend.next_steps import (
@@ -1349,6 +1352,31 @@ async def _drive(
             loop.remove_signal_handler(signum)
 
 
+def _stops_cleanly_on_a_full_disk(
+    send_and_finish: Callable[..., RunSummary],
+) -> Callable[..., RunSummary]:
+    """A full disk while sending is one error with the resume command, not a traceback
+    per worker. Nothing more can be written, so the run stays as last committed: a row
+    whose ``sending`` mark is committed becomes ``unknown`` at resume, the rest pending."""
+
+    @functools.wraps(send_and_finish)
+    def guarded(store: Store, session: _Session, run_id: str, **kwargs: Any) -> RunSummary:
+        try:
+            return send_and_finish(store, session, run_id, **kwargs)
+        except Exception as exc:
+            if not is_disk_full(exc):
+                raise
+            raise DiskFullError(
+                f"the disk holding {store.path} is full: run {run_id} stopped; what it"
+                " recorded is kept (rows that were in flight will be unknown), and the"
+                " report was not written\n  fix: free some space, then: "
+                + resume_command(run_id, store.path)
+            ) from None
+
+    return guarded
+
+
+@_stops_cleanly_on_a_full_disk
 def _send_and_finish(
     store: Store,
     session: _Session,

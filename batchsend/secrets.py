@@ -48,7 +48,8 @@ def load_api_key(
     if key_file is not None:
         path = Path(key_file)
         try:
-            key = path.read_text(encoding="utf-8").strip()
+            with path.open("rb") as fh:
+                raw = fh.read(MAX_KEY_FILE_BYTES + 1)
         except OSError as exc:
             if _maybe_a_key(path.name):
                 # A key pasted where a path belongs: never echo it (nor let it out later).
@@ -64,9 +65,7 @@ def load_api_key(
                 file=str(path),
                 fix="point api_key_file (or --api-key-file) at a readable file holding the key",
             ) from None
-        if not key:
-            raise SecretError("the API key file is empty", file=str(path))
-        return remember(key)
+        return remember(_key_from_file(raw, path))
     name = env_var or DEFAULT_ENV_VAR
     key = os.environ.get(name, "").strip()
     if not key:
@@ -75,6 +74,54 @@ def load_api_key(
             fix=f"export {name}=... (or set api_key_file in the campaign, or --api-key-stdin)",
         )
     return remember(key)
+
+
+MAX_KEY_FILE_BYTES = 4096
+_FILE_FIX = (
+    "leave only the key in the file, on one line (no comment, no second key, no quotes);"
+    " a trailing line break is fine"
+)
+
+
+def _key_from_file(raw: bytes, path: Path) -> str:
+    """The key a key file holds, or a :class:`SecretError` that never shows its content.
+
+    Anything but one line of printable ASCII is refused rather than guessed at: two lines
+    joined would be a wrong key sent in a header, the first line alone may be a comment.
+    """
+    shown = str(path)
+    if len(raw) > MAX_KEY_FILE_BYTES:
+        raise SecretError(
+            f"the API key file is larger than {MAX_KEY_FILE_BYTES:,} bytes: not a key file",
+            file=shown,
+            fix=_FILE_FIX,
+        )
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise SecretError(
+            "the API key file is not UTF-8 text (saved as UTF-16, or not text at all)",
+            file=shown,
+            fix="save the key as plain UTF-8 or ASCII text: " + _FILE_FIX,
+        ) from None
+    key = text.strip()
+    if not key:
+        raise SecretError("the API key file is empty", file=shown, fix=_FILE_FIX)
+    lines = len(key.splitlines())
+    if lines > 1:
+        raise SecretError(
+            f"the API key file holds {lines} lines; a key is one line (its content is not shown)",
+            file=shown,
+            fix=_FILE_FIX,
+        )
+    if not key.isascii() or not key.isprintable() or any(c.isspace() for c in key):
+        raise SecretError(
+            "the API key file holds a space, a control or non-ASCII character: no API key"
+            " does (its content is not shown)",
+            file=shown,
+            fix=_FILE_FIX,
+        )
+    return key
 
 
 def _maybe_a_key(name: str) -> bool:

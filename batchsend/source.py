@@ -6,18 +6,26 @@ CSV columns are all read as text, so ``00123`` stays ``00123``. File-level probl
 (unreadable, wrong encoding, empty, duplicate or missing header names, a Parquet file
 that is really CSV or the reverse) raise :class:`SourceError` at once, naming the file,
 the row or column, and the fix.
+
+Limits, so that a hostile or broken file cannot hang a run or exhaust memory: the
+recipient file must be a regular file (a FIFO, a device such as ``/dev/zero``, a socket
+or a directory is refused before it is read); the header row may take at most
+:data:`MAX_HEADER_BYTES` (1 MB) and one record at most :data:`MAX_RECORD_BYTES` (64 MB).
 """
 
 from __future__ import annotations
 
 import codecs
 import csv
+import io
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import polars as pl
 
@@ -42,9 +50,42 @@ def _shown(path: Path) -> str:
     return str(path)
 
 
+MAX_HEADER_BYTES = 1 << 20
+
+_KINDS = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISDIR, "a directory"),
+)
+
+
+def open_regular(path: Path, shown: str, setting: str = "[source] path") -> BinaryIO:
+    """Open ``path`` for reading, refusing anything that is not a regular file.
+
+    Opened non-blocking, then checked on the open descriptor: opening a FIFO in the
+    usual way waits for a writer for ever, and a device like ``/dev/zero`` never ends.
+    Raises :class:`SourceError` naming the file, what it is, and the fix.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = next((name for test, name in _KINDS if test(mode)), "not a file")
+        raise SourceError(
+            f"this is not a regular file: it is {kind}",
+            file=shown,
+            fix=f"point {setting} at a CSV or Parquet file (save a pipe's or a program's"
+            " output to a file first)",
+        )
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
 def _head(path: Path) -> bytes:
     try:
-        with path.open("rb") as fh:
+        with open_regular(path, _shown(path)) as fh:
             return fh.read(4096)
     except OSError as exc:
         raise SourceError(
@@ -86,18 +127,42 @@ def read_columns(spec: SourceSpec) -> list[str]:
 def _csv_header(spec: SourceSpec) -> list[str]:
     encoding = "utf-8-sig" if spec.encoding.lower() in _UTF8 else spec.encoding
     try:
-        with spec.path.open(encoding=encoding, newline="") as fh:
-            reader = csv.reader(fh, delimiter=spec.delimiter, quotechar=spec.quote_char)
-            header = next(reader, None)
+        with spec.path.open("rb") as raw:
+            head = raw.read(MAX_HEADER_BYTES + 1)
+        # Decoded from at most the limit's bytes: a 1 GB header line is never read whole.
+        text = codecs.getincrementaldecoder(encoding)().decode(head[:MAX_HEADER_BYTES])
+        lines = io.StringIO(text, newline="")
+        reader = csv.reader(lines, delimiter=spec.delimiter, quotechar=spec.quote_char)
+        header = next(reader, None)
     except UnicodeDecodeError:
         raise _encoding_error(spec) from None
+    except UnicodeError as exc:  # UTF-16/32 without a byte order mark
+        raise _no_bom_error(spec, exc) from None
     except csv.Error as exc:
+        if len(head) > MAX_HEADER_BYTES:  # cut at the limit: the likeliest reason
+            raise _header_too_long(spec) from None
         raise SourceError(
             f"the header row is not valid CSV: {exc}", file=_shown(spec.path), row=0
         ) from None
+    if len(head) > MAX_HEADER_BYTES and lines.tell() >= len(text):
+        raise _header_too_long(spec)
     if not header:
         raise SourceError("the file has no header row", file=_shown(spec.path), row=0)
     return header
+
+
+def _header_too_long(spec: SourceSpec) -> SourceError:
+    return SourceError(
+        f"the header row is longer than {_size(MAX_HEADER_BYTES)} (the limit for the"
+        " header): this does not look like a recipient list",
+        file=_shown(spec.path),
+        row=0,
+        fix="check [source] path and delimiter; the first line holds the column names",
+    )
+
+
+def _size(n: int) -> str:
+    return f"{n >> 20} MB" if n >= 1 << 20 else f"{n:,} bytes"
 
 
 def _check_names(names: list[str], shown: str) -> None:
@@ -119,6 +184,17 @@ def _check_names(names: list[str], shown: str) -> None:
                 fix="rename one of the columns so every header is unique",
             )
         seen[name] = position
+
+
+def _no_bom_error(spec: SourceSpec, exc: UnicodeError) -> SourceError:
+    base = spec.encoding.lower().replace("_", "-")
+    return SourceError(
+        f"the file does not start with a byte order mark (BOM), which encoding"
+        f" {spec.encoding!r} needs to know the byte order ({exc})",
+        file=_shown(spec.path),
+        fix=f'set [source] encoding = "{base}-le" (or "{base}-be") in the campaign, or save'
+        " the file with a BOM",
+    )
 
 
 def _encoding_error(spec: SourceSpec) -> SourceError:
@@ -169,6 +245,10 @@ MAX_RECORD_BYTES = 64 << 20
 
 class _UnclosedQuote(Exception):
     """The file ends (or a record grows past the limit) inside a quoted field."""
+
+
+class _RecordTooLong(Exception):
+    """A record grows past :data:`MAX_RECORD_BYTES`: ``(line it starts on, inside quotes)``."""
 
 
 def _unclosed_quote(spec: SourceSpec, path: Path, *, too_long: bool = False) -> SourceError:
@@ -227,6 +307,7 @@ def _csv_chunks(path: Path, quote: bytes, chunk_bytes: int = CHUNK_BYTES) -> Ite
     """
     odd = False  # quote parity at the start of ``pending``
     pending = b""
+    line = 1  # the file's line on which ``pending`` starts
     with path.open("rb") as fh:
         while True:
             block = fh.read(chunk_bytes)
@@ -241,11 +322,12 @@ def _csv_chunks(path: Path, quote: bytes, chunk_bytes: int = CHUNK_BYTES) -> Ite
                 end = data.rfind(b"\n", 0, end)
             if end == -1:
                 if len(data) > MAX_RECORD_BYTES:
-                    raise _UnclosedQuote("too long")  # a quote is probably not closed
+                    raise _RecordTooLong(line, bool((odd + data.count(quote)) % 2))
                 pending = data
                 continue
             piece, pending = data[: end + 1], data[end + 1 :]
             odd = bool((odd + piece.count(quote)) % 2)
+            line += piece.count(b"\n")
             yield piece
     if pending.strip():
         if (odd + pending.count(quote)) % 2:
@@ -258,17 +340,36 @@ def _read_csv(spec: SourceSpec, path: Path, batch_size: int) -> Iterator[pl.Data
         yield from _read_csv_pieces(spec, path, batch_size)
     except _UnclosedQuote as exc:
         raise _unclosed_quote(spec, path, too_long=bool(exc.args)) from None
+    except _RecordTooLong as exc:
+        # Said from what the reader already knows: finding the quote would mean reading
+        # the oversized record (or the rest of the file) whole.
+        line, quoted = exc.args
+        why = (
+            "a quote is probably not closed"
+            if quoted
+            else "this does not look like a recipient list"
+        )
+        raise SourceError(
+            f"the record starting on line {line} is longer than {_size(MAX_RECORD_BYTES)}"
+            f" (the limit for one record): {why}",
+            file=_shown(spec.path),
+            fix="close the quote, or double a quote that belongs inside a field; check"
+            " [source] path and delimiter",
+        ) from None
 
 
 def _read_csv_pieces(spec: SourceSpec, path: Path, batch_size: int) -> Iterator[pl.DataFrame]:
     names: list[str] | None = None
+    # The header as the csv module reads it (read_columns, templates, the report): polars
+    # keeps a doubled quote in a header name (``"x""y"`` stays ``x""y``).
+    header = _csv_header(spec)
     for piece in _csv_chunks(path, spec.quote_char.encode(), CHUNK_BYTES):
         if names is None and piece.startswith(b"\xef\xbb\xbf"):
             piece = piece[3:]
         frame = pl.read_csv(
             piece,
             has_header=names is None,
-            new_columns=names,
+            new_columns=names or header,
             separator=spec.delimiter,
             quote_char=spec.quote_char,
             infer_schema=False,

@@ -4,6 +4,7 @@
     python bench/gauntlet.py crash --rows 10000 --kills 50
     python bench/gauntlet.py faults --rows 2000
     python bench/gauntlet.py fatal --rows 5000
+    python bench/gauntlet.py inputs          # hostile recipient files at full size
 
 Every scenario raises ``GauntletFailure`` when a promise is broken and prints its
 counts either way. The default test suite runs the same functions in a short form
@@ -709,6 +710,84 @@ def fatal_mid_run(
     return result
 
 
+# --- hostile recipient files, full size ----------------------------------------------------
+
+
+def _fill_fifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+def _dev_zero(path: Path) -> None:
+    path.symlink_to("/dev/zero")
+
+
+def _sparse_header(path: Path) -> None:
+    with path.open("wb") as fh:  # 1 GB long, a few KB on disk
+        fh.write(b"email,first,")
+        fh.seek(1 << 30)
+        fh.write(b"\nann@example.org,Ann\n")
+
+
+def _long_record(path: Path) -> None:
+    with path.open("wb") as fh:  # a 70 MB record: over the real 64 MB limit
+        fh.write(b"email,first\nann@example.org,Ann\nbob@example.org,")
+        for _ in range(70):
+            fh.write(b"x" * (1 << 20))
+        fh.write(b"\n")
+
+
+HOSTILE_FILES: dict[str, tuple[Callable[[Path], None], str]] = {
+    "fifo": (_fill_fifo, "not a regular file"),
+    "dev_zero": (_dev_zero, "not a regular file"),
+    "header_1gb": (_sparse_header, "longer than 1 MB"),
+    "record_70mb": (_long_record, "longer than 64 MB"),
+}
+
+
+def hostile_file(
+    name: str, root: Path, *, timeout: float = 60.0, log: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """``batchsend check`` on one hostile recipient file, in a child process.
+
+    Pass: exit 2, the expected words in the message, no traceback, within ``timeout``;
+    the child's peak memory (ru_maxrss) is reported, to show the limits hold at full size
+    (the test suite uses smaller files or lowered limits).
+    """
+    import resource
+
+    make, needle = HOSTILE_FILES[name]
+    folder = root / name
+    campaign = write_campaign(folder, rows=1)
+    (folder / "recipients.csv").unlink()
+    make(folder / "recipients.csv")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    started = time.monotonic()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "batchsend", "check", str(campaign)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        raise GauntletFailure(f"{name}: still running after {timeout:.0f} s") from None
+    seconds = time.monotonic() - started
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    check(proc.returncode == 2, f"{name}: exit {proc.returncode}: {proc.stderr[-500:]}")
+    check(needle in proc.stderr, f"{name}: {needle!r} not in {proc.stderr[-500:]!r}")
+    check("Traceback" not in proc.stderr, f"{name}: traceback: {proc.stderr[-500:]}")
+    result = {
+        "file": name,
+        "exit": proc.returncode,
+        "seconds": round(seconds, 2),
+        # the children's high-water mark so far (KB on Linux): an upper bound for this one
+        "peak_rss_mb_at_most": round(max(peak, before) / 1024),
+        "message": proc.stderr.strip().splitlines()[0][-160:],
+    }
+    log(json.dumps(result))
+    return result
+
+
 # --- command line ---------------------------------------------------------------------------
 
 
@@ -718,15 +797,15 @@ def main(argv: list[str] | None = None) -> int:
         "what",
         nargs="*",
         default=[],  # nothing named: all three
-        choices=["crash", "faults", "fatal", []],
-        metavar="crash|faults|fatal",
+        choices=["crash", "faults", "fatal", "inputs", []],
+        metavar="crash|faults|fatal|inputs",
     )
     parser.add_argument("--rows", type=int, default=None, help="recipients per campaign")
     parser.add_argument("--kills", type=int, default=50)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--provider", choices=["tosend", "v1"], default="tosend")
     args = parser.parse_args(argv)
-    what = args.what or ["crash", "faults", "fatal"]
+    what = args.what or ["crash", "faults", "fatal", "inputs"]
     failures = 0
 
     def attempt(label: str, scenario: Callable[[], object]) -> None:
@@ -761,6 +840,10 @@ def main(argv: list[str] | None = None) -> int:
                 attempt(f"fatal {provider}", lambda p=provider: fatal_mid_run(
                     root / f"fatal-{p}", rows=args.rows or 5000, provider=p, concurrency=8,
                 ))  # fmt: skip
+        if "inputs" in what:
+            print("== hostile recipient files, full size", flush=True)
+            for name in HOSTILE_FILES:
+                attempt(f"inputs {name}", lambda n=name: hostile_file(n, root / "inputs"))
     print("gauntlet: all promises kept" if not failures else f"gauntlet: {failures} failure(s)")
     return 1 if failures else 0
 

@@ -9,11 +9,15 @@ say so and check what does happen. Decisions are recorded in docs/gauntlet.md.
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import io
+import json
 import os
 import random
 import sqlite3
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +48,7 @@ def send(tmp_path: Path, make_sandbox) -> Iterator[Callable[..., Outcome]]:
     """Build a campaign from pieces and ``batchsend run`` it against a fresh sandbox."""
 
     def run(
-        recipients: bytes = ONE_ROW,
+        recipients: bytes | Callable[[Path], object] = ONE_ROW,
         *,
         source: str = "recipients.csv",
         subject: str = '"News for {{ first }}"',
@@ -56,7 +60,10 @@ def send(tmp_path: Path, make_sandbox) -> Iterator[Callable[..., Outcome]]:
         sandbox: Sandbox = make_sandbox(api_keys=(KEY,))
         folder = tmp_path / "campaign"
         folder.mkdir(exist_ok=True)
-        (folder / source).write_bytes(recipients)
+        if callable(recipients):  # makes the file itself: a FIFO, a symlink, a sparse file
+            recipients(folder / source)
+        else:
+            (folder / source).write_bytes(recipients)
         for name, data in (files or {}).items():
             path = folder / name
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -409,3 +416,266 @@ def test_bad_campaign_files(send, change: Callable[[str], str], needles: tuple[s
 def test_a_bad_base_url_override(send, url: str) -> None:
     """Flaw found: a port out of range was a ValueError traceback from inside the engine."""
     refused(send(args=("--base-url", url)), "--base-url", url)
+
+
+# --- files that are not files, and files too big to be a list ----------------------------
+
+
+def _fifo_feeder(path: Path, stop: threading.Event) -> threading.Thread:
+    """Feed the FIFO if anyone blocks reading it, so a regression fails instead of hanging."""
+
+    def feed() -> None:
+        stop.wait(3)
+        while not stop.is_set():
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)  # ENXIO while no reader
+            except OSError:
+                stop.wait(0.05)
+                continue
+            with contextlib.suppress(OSError):
+                os.write(fd, ONE_ROW)
+            os.close(fd)
+
+    thread = threading.Thread(target=feed, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_fifo_as_the_recipient_file_is_refused_not_waited_on(send, tmp_path: Path) -> None:
+    """Flaw found: fingerprinting opened the FIFO and waited for a writer for ever."""
+    stop = threading.Event()
+    fifo = tmp_path / "campaign" / "recipients.csv"
+    feeder = _fifo_feeder(fifo, stop)
+    try:
+        outcome = send(os.mkfifo)
+    finally:
+        stop.set()
+        feeder.join()
+    refused(outcome, "recipients.csv", "not a regular file", "a FIFO", "fix:")
+
+
+def test_a_device_as_the_recipient_file_is_refused(send) -> None:
+    """Flaw found: ``/dev/zero`` was hashed, then read, for ever (and grew past 4 GB)."""
+    outcome = send(lambda path: path.symlink_to("/dev/zero"))
+    refused(outcome, "recipients.csv", "not a regular file", "fix:")
+
+
+def test_a_256_mb_header_line_is_refused_after_reading_one_megabyte(send) -> None:
+    """Flaw found: the header line was read whole (a 1 GB line grew past 4 GB of memory).
+
+    The file is sparse: 256 MB long, a few KB on disk; the reader stops at the 1 MB limit
+    (only the fingerprint's hash, 1 MB at a time, goes through it all).
+    """
+
+    def sparse(path: Path) -> None:
+        with path.open("wb") as fh:
+            fh.write(b"email,first,")
+            fh.seek(1 << 28)
+            fh.write(b"\nann@example.org,Ann\n")
+
+    refused(send(sparse), "recipients.csv", "header row", "longer than 1 MB")
+
+
+def test_a_header_of_many_columns_over_the_limit_is_refused(send) -> None:
+    header = b"email,first," + b",".join(b"c%d" % i for i in range(200_000)) + b"\n"
+    assert len(header) > 1 << 20
+    refused(send(header + b"ann@example.org,Ann\n"), "recipients.csv", "longer than 1 MB")
+
+
+def test_a_record_over_the_limit_names_its_line_and_the_limit(send, monkeypatch) -> None:
+    """Flaw found: a long unquoted record was blamed on a quote, and the error path read the
+    whole file (and its longest line) into memory to find one."""
+    monkeypatch.setattr("batchsend.source.MAX_RECORD_BYTES", 1 << 20)
+    monkeypatch.setattr("batchsend.source.CHUNK_BYTES", 1 << 18)
+    data = ONE_ROW + b"bob@example.org," + b"x" * (3 << 20) + b"\ncid@example.org,Cid\n"
+    outcome = send(data)
+    refused(outcome, "recipients.csv", "line 3", "longer than 1 MB", "one record")
+
+
+# --- encodings ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("codec", ["rot13", "base64", "hex", "bz2"])
+def test_an_encoding_that_is_not_a_text_codec_is_a_campaign_error(send, codec: str) -> None:
+    """Flaw found: ``encoding = "rot13"`` passed the campaign check, then a LookupError
+    traceback."""
+    outcome = send(toml=lambda t: t.replace('path = "', f'encoding = "{codec}"\npath = "'))
+    refused(outcome, "campaign.toml", "source.encoding", codec, "not a text encoding", "fix:")
+
+
+@pytest.mark.parametrize("codec", ["utf-16", "utf-32"])
+def test_utf16_without_a_byte_order_mark_names_the_setting(send, codec: str) -> None:
+    """Flaw found: a UnicodeError traceback ("UTF-16 stream does not start with BOM")."""
+    data = ONE_ROW.decode().encode(f"{codec}-le")  # no BOM
+    outcome = send(data, toml=lambda t: t.replace('path = "', f'encoding = "{codec}"\npath = "'))
+    refused(outcome, "recipients.csv", "byte order mark", f"{codec}-le")
+
+
+def test_utf16_with_a_byte_order_mark_reads(send) -> None:
+    outcome = send(
+        ONE_ROW.decode().encode("utf-16"),
+        toml=lambda t: t.replace('path = "', 'encoding = "utf-16"\npath = "'),
+    )
+    assert outcome.exit_code == 0, outcome.output
+
+
+# --- duplicates compared as the mail system compares them ----------------------------------
+
+
+def test_sharp_s_and_ss_are_two_people(send) -> None:
+    """Flaw found: ``ß@x`` and ``ss@x`` were one key (Unicode case folding): one got nothing."""
+    outcome = send(HEADER + "ß@example.org,A\nss@example.org,B\nSS@example.org,C\n".encode())
+    assert outcome.exit_code == 0, outcome.output
+    sent = sorted(m["to"][0] for m in outcome.messages)
+    assert sent == ["ss@example.org", "ß@example.org"]  # SS@ is ss@ (ASCII case)
+    assert "1 duplicate" in outcome.output
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "same"),
+    [
+        ("Ann@Example.ORG", "ann@example.org", True),  # ASCII case: one mailbox in practice
+        ("ann@BÜCHER.de", "ann@bücher.de", True),  # domains: IDNA, case-insensitive
+        ("ann@bücher.de", "ann@xn--bcher-kva.de", True),
+        ("Ärger@example.org", "ärger@example.org", False),  # non-ASCII case: kept apart
+        ("ﬁ@example.org", "fi@example.org", False),  # NFKC would fold the ligature
+        ("straße@example.org", "strasse@example.org", False),
+    ],
+)
+def test_duplicates_compare_like_the_mail_system(send, first: str, second: str, same: bool) -> None:
+    outcome = send(HEADER + f"{first},A\n{second},B\n".encode())
+    assert outcome.exit_code == 0, outcome.output
+    assert len(outcome.messages) == (1 if same else 2), outcome.messages
+
+
+# --- reports: spreadsheet-safe and always written -------------------------------------------
+
+
+def _report(tmp_path: Path) -> list[list[str]]:
+    with (tmp_path / "report.csv").open(newline="", encoding="utf-8") as fh:
+        return list(csv.reader(fh))
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def _unsafe(cells: list[str]) -> list[str]:
+    """Cells a spreadsheet would evaluate: a formula start, unless the cell is a number."""
+    risky = ("=", "+", "-", "@", "\t", "\r", "\n")
+    return [c for c in cells if c[:1] in risky and not _is_number(c)]
+
+
+def test_formula_column_names_and_odd_headers_reach_the_report_inert(send, tmp_path) -> None:
+    """Flaws found: header names reached the CSV report raw; a header ``"x""y"`` crashed the
+    report (polars read it as ``x""y``) after the emails went out."""
+    data = (
+        b'email,first,"=HYPERLINK(""http://evil.example"",""y"")",@x,"x""y",+1,-2\n'
+        b"ann@example.org,Ann,1,2,3,=1+1,@SUM(A1)\n"
+    )
+    outcome = send(data)
+    assert outcome.exit_code == 0, outcome.output
+    header, row = _report(tmp_path)
+    assert not _unsafe(header) and not _unsafe(row), (header, row)
+    assert '\'=HYPERLINK("http://evil.example","y")' in header and 'x"y' in header
+    assert row[header.index('x"y')] == "3" and row[header.index("'+1")] == "'=1+1"
+
+
+def test_parquet_categorical_enum_and_nested_cells_reach_the_report(send, tmp_path) -> None:
+    """Flaws found: Categorical and Enum cells reached the CSV raw (``=1+1``); a List column
+    crashed the report ("CSV format does not support nested data") after sending."""
+    frame = pl.DataFrame(
+        {
+            "email": ["ann@example.org", "bob@example.org"],
+            "first": ["Ann", "Bob"],
+            "cat": pl.Series(["=1+1", "ok"], dtype=pl.Categorical),
+            "enum": pl.Series(["@x", "-y"], dtype=pl.Enum(["@x", "-y"])),
+            "tags": [["=a", "b"], []],
+            "point": [{"x": 1, "y": "=z"}, None],
+            "=when": [1, -2],
+        }
+    )
+    buffer = io.BytesIO()
+    frame.write_parquet(buffer)
+    outcome = send(buffer.getvalue(), source="r.parquet")
+    assert outcome.exit_code == 0, outcome.output
+    assert len(outcome.messages) == 2
+    header, *rows = _report(tmp_path)
+    assert not _unsafe(header), header
+    for row in rows:
+        assert not _unsafe(row), row
+    ann = dict(zip(header, rows[0], strict=True))
+    assert ann["cat"] == "'=1+1" and ann["enum"] == "'@x" and ann["'=when"] == "1"
+    assert json.loads(ann["tags"]) == ["=a", "b"]  # nested values: JSON text
+    assert json.loads(ann["point"]) == {"x": 1, "y": "=z"}
+    assert dict(zip(header, rows[1], strict=True))["'=when"] == "-2"  # a number, not a formula
+
+
+# --- key files ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        KEY.encode() + b"\nsk-second-line-9d2e\n",
+        KEY.encode() + b"\r\nsk-second-line-9d2e",
+        b"# my key\n" + KEY.encode() + b"\n",
+        b"\xff\xfe" + KEY.encode("utf-16-le") + b"\x00\xff",
+    ],
+)
+def test_a_key_file_with_a_second_line_is_refused_without_echoing_it(
+    send, tmp_path: Path, content: bytes
+) -> None:
+    """Flaw found: the two lines became one key (sent with a line break in a header: a
+    traceback from the HTTP client)."""
+    key_file = tmp_path / "key.txt"
+    key_file.write_bytes(content)
+    outcome = send(args=("--api-key-file", str(key_file)))
+    refused(outcome, "key.txt", "fix:")
+    for secret in (KEY, "sk-second-line", "my key"):
+        assert secret not in outcome.output
+
+
+# --- a full disk ----------------------------------------------------------------------------
+
+
+def test_a_disk_that_fills_mid_run_is_one_error_and_the_run_resumes(
+    send, tmp_path: Path, monkeypatch
+) -> None:
+    """Flaw found: every worker's ``database or disk is full`` came out as one traceback each.
+
+    The disk fills for real as far as SQLite can tell: once the run and its rows are
+    recorded, the store's connection gets ``PRAGMA max_page_count`` a few pages above its
+    size, so a later commit fails with SQLITE_FULL, as on a full file system.
+    """
+    from batchsend.store import Store
+
+    recorder = Store.recorder
+
+    def cramped(self: Store, *args: object, **kwargs: object):
+        (pages,) = self.conn.execute("PRAGMA page_count").fetchone()
+        self.conn.execute(f"PRAGMA max_page_count = {pages + 2}")
+        return recorder(self, *args, **kwargs)
+
+    monkeypatch.setattr(Store, "recorder", cramped)
+    rows = b"".join(b"user%d@example.org,U%d\n" % (n, n) for n in range(400))
+    outcome = send(HEADER + rows)
+    assert outcome.exit_code == 1, outcome.output
+    assert "Traceback" not in outcome.output and outcome.output.count("error:") == 1
+    for needle in ("disk", "full", "store.db", "batchsend resume", "--db"):
+        assert needle in outcome.output, (needle, outcome.output)
+    assert outcome.runs == 1
+    db = tmp_path / "store.db"
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        (run_id,) = conn.execute("SELECT id FROM runs").fetchone()
+    monkeypatch.undo()  # space freed
+    result = CliRunner().invoke(
+        main, ["resume", run_id, "--db", str(db), "--resend-unknown"],
+        env={"BATCHSEND_API_KEY": KEY},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output

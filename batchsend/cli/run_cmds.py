@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from batchsend.errors import DiskFullError, is_disk_full
 from batchsend.runner import EXIT_INTERRUPTED, RunSummary, resume_run, run_campaign
 
 
@@ -87,6 +88,16 @@ def _call(fn: Callable[..., RunSummary], *args: Any, **kwargs: Any) -> RunSummar
         # Ctrl-C before sending began (preflight): the run's transaction was rolled back.
         click.echo("\nbatchsend: interrupted before sending; nothing was sent", err=True)
         sys.exit(EXIT_INTERRUPTED)
+    except Exception as exc:
+        # Once sending began the runner says it (with the resume command); a full disk
+        # before that is here: the command's transaction was rolled back.
+        if not is_disk_full(exc):
+            raise
+        raise DiskFullError(
+            f"the disk is full ({exc}): nothing was sent, and the database"
+            f" {kwargs.get('db_path') or 'batchsend.db'} is as it was before this command"
+            "\n  fix: free some space, then run the same command again"
+        ) from None
 
 
 def _finish(summary: RunSummary, as_json: bool) -> None:
