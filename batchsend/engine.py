@@ -47,7 +47,7 @@ from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequen
 from dataclasses import dataclass
 
 from batchsend.crashpoints import crashpoint
-from batchsend.errors import FatalSendError, RetryableSendError, SendError
+from batchsend.errors import BatchsendError, FatalSendError, RetryableSendError, SendError
 from batchsend.outcome import MessageOutcome, OutcomeKind, Recorder
 from batchsend.plan import PlannedMessage, SendUnit
 from batchsend.providers.base import HttpRequest, Provider, is_server_error
@@ -337,6 +337,13 @@ class _Engine:
             async with asyncio.TaskGroup() as group:
                 for _ in range(concurrency):
                     group.create_task(self.worker(take))
+        except BaseExceptionGroup as failed:
+            # One of batchsend's own errors (the store refusing, say) says what happened
+            # in one message: raise it as it is, not wrapped in the workers' group.
+            ours = [e for e in failed.exceptions if isinstance(e, BatchsendError)]
+            if ours and len(ours) == len(failed.exceptions):
+                raise ours[0] from None
+            raise
         finally:
             watcher.cancel()
         self.recorder.flush()

@@ -24,7 +24,8 @@ One root, so callers can catch everything batchsend means with one clause::
         ├── RunNotFoundError            exit 2: no run with the id the user gave
         ├── ResumeRefusedError          inputs changed since the run began, or nothing to resume
         │   └── ConcurrentCommandError  another batchsend command is at work on it right now
-        └── DiskFullError               the disk filled during a run: stopped, state kept
+        ├── DiskFullError               the disk filled during a run: stopped, state kept
+        └── DatabaseGoneError           the database file was deleted or replaced mid-run
 
 Messages never contain an API key: code that builds one from a response body or a
 request must pass it through :func:`batchsend.secrets.redact` first.
@@ -191,6 +192,10 @@ class LostRecordError(DatabaseFileError):
 
 class ConcurrentCommandError(ResumeRefusedError):
     """Another live batchsend command is working on the campaign, the run or the database."""
+
+
+class DatabaseGoneError(StoreError):
+    """The database file was deleted or replaced while a command was using it."""
 
 
 class DiskFullError(StoreError):

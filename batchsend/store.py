@@ -53,6 +53,7 @@ from batchsend.errors import (
     BatchsendError,
     ConcurrentCommandError,
     DatabaseFileError,
+    DatabaseGoneError,
     LostRecordError,
     RunNotFoundError,
     StoreError,
@@ -205,6 +206,9 @@ _WAL_AUTOCHECKPOINT_PAGES = 8192  # 32 MB of 4 KB pages
 # While a run sends, its connection checkpoints itself: it looks at the log's size every
 # _WAL_CHECK_COMMITS commits and checkpoints past _WAL_CHECKPOINT_BYTES (as SQLite would).
 _WAL_CHECK_COMMITS = 256
+# While a run sends, every this many commits the file is checked to be still ours
+# (Store.check_file), so a database deleted mid-run stops it within a few requests.
+_FILE_CHECK_COMMITS = 8
 _WAL_CHECKPOINT_BYTES = 32 << 20
 
 
@@ -281,6 +285,23 @@ class Store:
         except BaseException:
             conn.close()
             raise
+        self._identity = _file_identity(self.path)
+
+    def check_file(self) -> None:
+        """Refuse to go on when the database file at :attr:`path` is no longer ours.
+
+        Deleted (or replaced) while a run is going, SQLite keeps writing into the unlinked
+        file, and everything recorded vanishes at close: the run would end "finished"
+        with its state gone, and a later run would send again. :class:`StoreError`.
+        """
+        if _file_identity(self.path) != self._identity:
+            raise DatabaseGoneError(
+                f"{self.path}: the database file was deleted or replaced while this command "
+                "was using it, so what it recorded from then on is lost. batchsend stopped "
+                "before sending more.\n  fix: do not delete or move the database during a run; "
+                "the people sent so far are in the provider's log, and a new run of this "
+                "campaign would send to them again"
+            )
 
     def _initialise(self, wal_present: bool, synchronous: str, accept_lost_record: bool) -> None:
         conn = self.conn
@@ -516,6 +537,8 @@ class Store:
         self.conn.execute("COMMIT")
         if self._marks:  # a run is sending: checkpoints are ours (see mark_sending_started)
             self._commits += 1
+            if self._commits % _FILE_CHECK_COMMITS == 0:
+                self.check_file()  # a stat: about a microsecond, once in a while
             if self._commits >= _WAL_CHECK_COMMITS:
                 self._commits = 0
                 self._checkpoint_if_large()
@@ -674,6 +697,7 @@ class Store:
         ended: bool = False,
     ) -> None:
         """Move the run to ``state``; ``ended`` stamps ``ended_at`` and the final counts."""
+        self.check_file()
         now = self.now()
         counts = json.dumps(self.counts(run_id)) if ended else None
         self._begin()
@@ -1362,6 +1386,15 @@ _ATTEMPTS_TABLE = """CREATE TABLE IF NOT EXISTS attempts (
     recipients INTEGER,
     PRIMARY KEY (run_id, seq)
 ) WITHOUT ROWID"""
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file at ``path``, or None when there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _values(n: int, width: int) -> str:

@@ -18,6 +18,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from collections import Counter
 from contextlib import closing
 from pathlib import Path
@@ -288,3 +289,30 @@ def test_an_older_copy_of_the_database_is_refused(tmp_path: Path, sandbox: Sandb
     assert refused.returncode == 2 and "ended with 6 sent" in refused.stderr
     assert "shows 2" in refused.stderr
     assert len(sandbox.messages()) == 6
+
+
+def test_a_database_deleted_mid_run_stops_the_run_with_a_clear_error(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """SQLite writes on into an unlinked file: the run must stop, not end "finished"."""
+    sandbox.configure(latency_ms=20)
+    campaign = write_campaign(
+        tmp_path / "c", rows=400, provider="v1", base_url=sandbox.base_url,
+        send={"concurrency": 2},
+    )  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "batchsend", "run", str(campaign), "--db", "b.db", "--json"],
+        env={**os.environ, "BATCHSEND_API_KEY": KEY},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while len(sandbox.messages()) < 20 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for name in ("b.db", "b.db-wal", "b.db-shm"):
+        Path(name).unlink(missing_ok=True)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, (out, err)
+    assert "deleted or replaced" in err and "Traceback" not in err
+    assert len(sandbox.messages()) < 400  # it stopped sending
