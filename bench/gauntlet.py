@@ -466,6 +466,20 @@ def _cells(requests: int, provider: str = "tosend") -> dict[str, dict[str, Any]]
             "expect_fault": "dropped",
             "unknown_rows": "delivered",
         },
+        "slow_answers": {
+            # accepted and delivered, answered after 1.5 s; the client gave up at 0.3 s
+            "config": {"slow_rate": 0.3, "slow_ms": 1500, "seed": 4},
+            "send": {"timeout": 0.3, "max_attempts": 3},
+            "expect_fault": "slow",
+            "unknown_rows": "delivered",
+        },
+        "accepted_then_500": {
+            # accepted and delivered, then answered 500: the client cannot tell
+            "config": {"fail_after_accept_rate": 0.3, "seed": 1},
+            "send": {"max_attempts": 3},
+            "expect_fault": "failed_after_accept",
+            "unknown_rows": "delivered",
+        },
         "provider_hangs": {
             # Every request sleeps 1 s on the server before it is read; the client gives up
             # after 0.2 s and closes the connection, so the sandbox never processes it.

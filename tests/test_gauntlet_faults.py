@@ -21,7 +21,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import gauntlet
 
 TOSEND_CELLS = gauntlet.FAULT_CELLS
-V1_CELLS = ("5xx_bursts", "dropped_responses", "provider_hangs", "sandbox_restarted")
+V1_CELLS = (
+    "5xx_bursts",
+    "dropped_responses",
+    "slow_answers",
+    "accepted_then_500",
+    "provider_hangs",
+    "sandbox_restarted",
+)
 
 
 def quiet(_: str) -> None:
@@ -36,7 +43,7 @@ def test_fault_cell_tosend(cell: str, tmp_path: Path) -> None:
     assert final["sent"] + final["unknown"] == rows and final["failed"] == 0
     # an unknown row is one whose answer was lost after the provider delivered it
     assert final["unknown"] == final["delivered_unanswered"]
-    if cell in ("dropped_responses", "provider_hangs"):
+    if cell in ("dropped_responses", "slow_answers", "accepted_then_500", "provider_hangs"):
         assert result["counts"]["unknown"] > 0, result
     if cell == "provider_hangs":
         # The client's [send] timeout fired on the first attempt (the server sleeps 1 s)
