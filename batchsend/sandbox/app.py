@@ -106,7 +106,13 @@ async def _answer(
     if delay:
         await asyncio.sleep(delay)
         now = state.clock()
-    raw = await request.read()
+    try:
+        raw = await request.read()
+    except ConnectionResetError:
+        # The client went away before its body was read (it gave up during the
+        # latency): nothing was processed, and there is no one left to answer.
+        state.client_gone += 1
+        return web.Response(status=499)
 
     if provider is tosend and _edge_refuses(request.headers.get("User-Agent", "")):
         state.reject(403)

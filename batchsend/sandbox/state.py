@@ -342,6 +342,7 @@ class SandboxState:
         self.recipients_per_hour: dict[int, int] = {}  # epoch hour -> recipients accepted
         # stats
         self.requests = 0
+        self.client_gone = 0  # requests whose client left before the body was read
         self.in_flight = 0  # provider requests being handled right now
         self.accepted = 0
         self.recipients_accepted = 0
@@ -609,13 +610,15 @@ class SandboxState:
         ``"slow"`` (accepted, answered after ``slow_ms``) and ``"spike"`` (a delayed
         request); ``requests_per_second``: provider requests per epoch second (keys are
         strings); ``in_flight``: provider requests still being handled (a held or slow
-        one); ``messages_kept`` / ``messages_forgotten``: accepted messages still whole
+        one); ``client_gone``: requests whose client left before their body was read
+        (never processed); ``messages_kept`` / ``messages_forgotten``: accepted messages still whole
         in memory, and the oldest compacted beyond ``keep_messages`` (still found by the
         lookups); ``messages_indexed``: every accepted message the lookups can find.
         """
         return {
             "requests": self.requests,
             "in_flight": self.in_flight,
+            "client_gone": self.client_gone,
             "accepted": self.accepted,
             "recipients_accepted": self.recipients_accepted,
             "disposable_dropped": self.dropped_disposable,
