@@ -138,7 +138,7 @@ class _Halted(Exception):
 class _Delivery:
     """One unit's way through its attempts: the request in flight and what is known."""
 
-    __slots__ = ("attempts", "kept", "last", "maybe", "request", "split", "stopped", "unit")
+    __slots__ = ("attempts", "kept", "last", "maybe", "request", "stopped", "unit")
 
     def __init__(self, unit: SendUnit, request: HttpRequest) -> None:
         self.unit = unit
@@ -150,8 +150,6 @@ class _Delivery:
         # an earlier attempt may have been processed (a maybe-processed failure retried)
         self.maybe = False
         self.stopped = False
-        # before the next attempt: (settled part, its outcomes, the request that goes on)
-        self.split: tuple[SendUnit, list[MessageOutcome], SendUnit] | None = None
 
 
 def recipients_of(unit: SendUnit) -> int:
@@ -422,8 +420,6 @@ class _Engine:
             self.retries += 1
             if self.halted():
                 raise _Halted(delivery.last)
-            if delivery.split is not None:
-                self.split(delivery)
             await self.limiter.acquire(recipients_of(delivery.unit), wake=self._halt)
             if self.halted():
                 raise _Halted(delivery.last)
@@ -441,9 +437,10 @@ class _Engine:
             outcomes = self.provider.parse_response(unit, status, response.headers, response.body)
         self.recorder.record_attempt(unit, number, outcomes, (self.clock() - started) * 1000.0)
         delivery.last = outcomes
-        if status == 429:
+        throttled = [o for o in outcomes if o.http_status == 429] if status != 429 else outcomes
+        if throttled:  # the whole request, or some messages of a batch (a 207)
             self.throttled += 1
-            self.limiter.on_throttled(outcomes[0].retry_after if outcomes else None)
+            self.limiter.on_throttled(throttled[0].retry_after)
         elif status:
             self.limiter.on_success()
 
@@ -476,51 +473,65 @@ class _Engine:
                 if o.kind is ACCEPTED:
                     delivery.kept[o.key] = o
         elif len(again) < len(unit.messages):
-            going = {pm.key for pm in again}
-            settled = [pm for pm in unit.messages if pm.key not in going]
-            delivery.split = (
-                SendUnit(unit.key, tuple(settled), unit.batch, unit.prior),
-                [o for o in outcomes if o.key not in going],
-                unit.subset(again),
-            )
+            # Settle what the provider answered for good now, and commit the rest as a
+            # request of its own before the back-off: a crash while waiting then leaves
+            # the accepted rows sent, not in flight.
+            outcomes = self.split(delivery, again, outcomes, number)
         self.retrying += 1
         if self.on_progress is not None:
             self.progress()  # a unit now waits for its retry: show it
         raise _RetryUnit(outcomes, retry_after)
 
-    def split(self, delivery: _Delivery) -> None:
-        """Record the settled part of a request, and commit the rest as a request of its own."""
-        assert delivery.split is not None
-        settled_unit, settled, rest = delivery.split
-        delivery.split = None
-        settled_final = self.settle(delivery, settled)
-        self.recorder.record_final(settled_unit, settled_final, delivery.attempts - 1)
-        self.tally(settled_unit, settled_final)
-        self.recorder.mark_split(delivery.unit, rest)  # committed before it leaves
+    def split(
+        self,
+        delivery: _Delivery,
+        again: list[PlannedMessage],
+        outcomes: list[MessageOutcome],
+        attempts: int,
+    ) -> list[MessageOutcome]:
+        """Record the settled part of the request, commit the rest as a request of its own.
+
+        Returns the outcomes of the rest, which is the delivery's request from now on.
+        """
+        unit = delivery.unit
+        going = {pm.key for pm in again}
+        settled_unit = SendUnit(
+            unit.key, tuple(pm for pm in unit.messages if pm.key not in going), unit.batch,
+            unit.prior,
+        )  # fmt: skip
+        settled = self.settle(delivery, [o for o in outcomes if o.key not in going])
+        self.recorder.record_final(settled_unit, settled, attempts)
+        self.tally(settled_unit, settled)
+        rest = unit.subset(again)
+        self.recorder.mark_split(unit, rest)  # committed with the settled outcomes
         delivery.unit = rest
         delivery.request = self.provider.build_request(rest)
-        delivery.last = [
-            o for o in delivery.last if o.key not in {pm.key for pm in settled_unit.messages}
-        ]
+        delivery.last = [o for o in outcomes if o.key in going]
+        return delivery.last
 
     def settle(self, delivery: _Delivery, outcomes: list[MessageOutcome]) -> list[MessageOutcome]:
         """Each outcome as the state it leaves: what was not settled goes back or fails.
 
-        A message never answered for good (retryable, or the run stopped on a fatal
-        answer or a stop) is ``unknown`` if an earlier attempt may have been processed or
-        a resume is sending an unknown row again; ``failed`` (retryable) if its retries
-        ran out, or a resume was sending a failed row again; else ``unsent`` (pending).
+        A message not accepted is ``unknown`` whatever this answer said if an earlier
+        attempt may have been processed or a resume is sending an unknown row again.
+        Otherwise one never answered for good (retryable, or the run stopped on a fatal
+        answer or a stop) is ``failed`` (retryable) if its retries ran out or a resume was
+        sending a failed row again, else ``unsent`` (pending).
         """
         prior = delivery.unit.prior
         stopped = delivery.stopped or self.halted()
+        # An earlier attempt (or the run a resume is sending again) may have delivered
+        # it: only an acceptance settles it, any refusal now says nothing about then.
+        uncertain = delivery.maybe or prior == "unknown"
         out = []
         for o in outcomes:
             kind = o.kind
-            if kind is RETRYABLE or kind is FATAL:
-                if delivery.maybe or prior == "unknown":
-                    o = dataclasses.replace(o, kind=UNKNOWN)
-                elif kind is FATAL or stopped:
-                    o = dataclasses.replace(o, kind=RETRYABLE if prior == "failed" else UNSENT)
+            if kind is ACCEPTED or kind is UNKNOWN:
+                pass
+            elif uncertain:
+                o = dataclasses.replace(o, kind=UNKNOWN)
+            elif kind is FATAL or (kind is RETRYABLE and stopped):
+                o = dataclasses.replace(o, kind=RETRYABLE if prior == "failed" else UNSENT)
             out.append(o)
         return out
 
@@ -536,6 +547,7 @@ class _Engine:
                 self.failed += len(pm.rows)
 
     def stop_on(self, outcome: MessageOutcome) -> None:
+        self._halt.set()  # wake the workers waiting for a retry or a rate slot
         if self.fatal is None:
             detail = outcome.error_message or outcome.error_type or "fatal error"
             self.fatal = FatalSendError(

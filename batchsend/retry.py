@@ -1,7 +1,10 @@
 """The retry policy, configured with tenacity in this one place.
 
-Only :class:`RetryableSendError` is retried (429, 500-504, timeouts, connection errors);
-permanent and fatal errors, and every other exception, pass straight through. Waits are
+Only :class:`RetryableSendError` is retried: what the provider certainly did not process
+(429, a refused connection, a connect timeout). The engine decides which answers are
+that; maybe-processed ones (5xx, read timeouts) are only retried when the campaign says
+its provider de-duplicates. Permanent and fatal errors, and every other exception, pass
+straight through. Waits are
 exponential with full jitter (``uniform(0, min(max_wait, initial x 2**n))``, AWS's
 "full jitter"), never shorter than the provider's ``Retry-After``; attempts are bounded
 by number (``max_attempts``) and by time (``max_time``, measured from the first attempt,

@@ -21,17 +21,14 @@ A run, in order:
 
 A resume turns rows left ``sending`` by a dead process into ``unknown``, refuses to go
 on if the recipient file or the templates changed (``force`` overrides), and sends the
-pending rows. ``resend_unknown`` repeats each unknown row's recorded request exactly:
-same composition, same body, same ``Idempotency-Key``. ``retry_failed`` sends the rows
-that failed with a retryable error again:
-
-* when every message of the original request failed, the very same request goes again
-  with the same key: if the provider did accept it after all (an answer lost in a
-  timeout), it recognises the key and the body and answers without a second delivery;
-* when the provider answered per message (a ToSend 207) and accepted some, it stored
-  that answer under the key, so a repeat would only replay it; the failed messages,
-  which the provider explicitly refused, go in a new request whose key is derived from
-  their own message keys (recorded before it leaves, like any unit).
+pending rows. ``resend_unknown`` is the user accepting that the provider may already
+have delivered the unknown rows (neither provider de-duplicates): each goes again in
+its recorded request (same composition, body and ``Idempotency-Key``), or, when only
+some messages of that request are still unknown, in a request of those alone.
+``retry_failed`` sends the rows that failed with a retryable error (certainly not taken)
+again: the recorded request when all of it failed, else a new request of the failed
+messages, whose key derives from their own message keys (recorded before it leaves,
+like any unit).
 
 Interrupts: the first Ctrl-C sets the engine's stop event (no new request, the ones in
 flight finish and are recorded, state ``interrupted``, exit 130); the second cancels
@@ -1203,20 +1200,23 @@ def _rebuild_units(
     failed: bool,
     rows: dict[int, int] | None = None,
 ) -> list[_Rebuild]:
+    # A recorded request goes again only with the messages whose rows are all still in
+    # the state being settled AND still belong to it: after a 207 its other messages are
+    # sent, refused for good, or moved to a request of their own (a split), and must not
+    # travel again. The same request (same key) when that is all of it; else a new one.
     plans: list[tuple[UnitRecord, tuple[tuple[int, ...], ...], bool, str]] = []
+    wanted = []
     if unknown:
-        for record in store.units_with_rows_in(run_id, [RecipientState.UNKNOWN]):
-            plans.append((record, record.composition, True, RecipientState.UNKNOWN.value))
+        wanted.append((RecipientState.UNKNOWN, False))
     if failed:
-        retryable = set(store.rows_in_state(run_id, [RecipientState.FAILED], retryable_only=True))
-        for record in store.units_with_rows_in(
-            run_id, [RecipientState.FAILED], retryable_only=True
-        ):
-            again = tuple(rows for rows in record.composition if set(rows) <= retryable)
+        wanted.append((RecipientState.FAILED, True))
+    for state, retryable_only in wanted:
+        owned = store.rows_by_unit(run_id, state, retryable_only=retryable_only)
+        for record in store.units_with_rows_in(run_id, [state], retryable_only=retryable_only):
+            mine = owned.get(record.key, set())
+            again = tuple(rows for rows in record.composition if set(rows) <= mine)
             if again:
-                plans.append(
-                    (record, again, again == record.composition, RecipientState.FAILED.value)
-                )
+                plans.append((record, again, again == record.composition, state.value))
     if not plans:
         return []
     needed = {row for _, composition, _, _ in plans for rows in composition for row in rows}

@@ -1194,6 +1194,21 @@ class Store:
             attempts=found[4] or 0,
         )
 
+    def rows_by_unit(
+        self, run_id: str, state: RecipientState, *, retryable_only: bool = False
+    ) -> dict[str, set[int]]:
+        """The rows now in ``state``, grouped by the request (``unit_key``) they were last in."""
+        sql = (
+            "SELECT unit_key, row FROM recipients WHERE run_id = ? AND unit_key IS NOT NULL"
+            " AND state = ?"
+        )
+        if retryable_only:
+            sql += " AND retryable = 1"
+        out: dict[str, set[int]] = {}
+        for key, row in self.conn.execute(sql, (run_id, RecipientState(state).value)):
+            out.setdefault(key, set()).add(row)
+        return out
+
     def units_with_rows_in(
         self, run_id: str, states: Iterable[RecipientState], *, retryable_only: bool = False
     ) -> list[UnitRecord]:
@@ -1563,7 +1578,10 @@ class RunRecorder:
         expected = 0
         for unit in units:
             messages = unit.messages
-            if len(messages) > 1:
+            # The range form writes no message key: only for messages planned in
+            # preflight, whose key went in with their row. Any other message (a resume,
+            # a merge) writes its key with the mark, so a row left in flight keeps it.
+            if len(messages) > 1 and all(m.message is None for m in messages):
                 first = messages[0].rows[0]
                 last = messages[-1].rows[-1]
                 n = sum(len(m.rows) for m in messages)

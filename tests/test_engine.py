@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -13,7 +14,7 @@ from aiohttp import web
 
 from batchsend.engine import MemoryRecorder, Progress, Uncertainty, send_units
 from batchsend.message import Address, Message
-from batchsend.plan import plan_units
+from batchsend.plan import SendUnit, plan_units
 from batchsend.providers import get_provider
 from batchsend.ratelimit import RateLimiter
 from batchsend.retry import RetryPolicy
@@ -512,3 +513,132 @@ def test_an_all_disposable_single_send_fails_only_that_message(sandbox):
     assert rec.states == {1: "sent", 2: "failed", 3: "sent"}
     assert rec.finals[2].error_type == "disposable"
     assert recipients(sandbox) == ["user1@dest.test", "user3@dest.test"]
+
+
+class Answering:
+    """A provider on 127.0.0.1 answering ``handler(body, n) -> (status, headers, body, delay)``."""
+
+    def __init__(self, handler):
+        self.handler = handler
+        self.seen: list[tuple[str | None, bytes]] = []
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.seen.append((request.headers.get("Idempotency-Key"), body))
+        status, headers, payload, delay = self.handler(orjson.loads(body), len(self.seen))
+        if delay:
+            await asyncio.sleep(delay)
+        if isinstance(payload, bytes):
+            return web.Response(body=payload, status=status, headers=headers)
+        return web.json_response(payload, status=status, headers=headers)
+
+    async def __aenter__(self) -> str:
+        app = web.Application()
+        app.router.add_route("POST", "/{tail:.*}", self.handle)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        return f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+
+    async def __aexit__(self, *exc) -> None:
+        await self.runner.cleanup()
+
+
+def answered(handler, messages, *, provider="tosend", batch_size=100, concurrency=1,
+             retry=None, uncertainty=None, prior=None):  # fmt: skip
+    server = Answering(handler)
+
+    async def go():
+        async with server as url:
+            p = get_provider(provider, base_url=url, api_key=KEY, batch_size=batch_size)
+            units = list(plan_units(messages, run_id="r", provider=p))
+            if prior:
+                units = [SendUnit(u.key, u.messages, u.batch, prior) for u in units]
+            rec = MemoryRecorder()
+            async with make_transport("aiohttp", concurrency=concurrency, timeout=5) as t:
+                started = time.monotonic()
+                result = await send_units(
+                    units, provider=p, transport=t, recorder=rec, concurrency=concurrency,
+                    retry=retry or RetryPolicy(max_attempts=3, sleep=no_wait),
+                    uncertainty=uncertainty,
+                )  # fmt: skip
+                return result, rec, time.monotonic() - started
+
+    return asyncio.run(go())
+
+
+def error_body(status: int) -> dict:
+    return {"status_code": status, "error_type": "x", "message": "no"}
+
+
+def test_a_fatal_answer_wakes_a_unit_waiting_for_its_retry():
+    def handler(body, n):
+        if body["to"][0]["email"] == "user1@dest.test":
+            return 429, {"Retry-After": "8"}, error_body(429), 0
+        return 401, {}, error_body(401), 0.3
+
+    result, _rec, took = answered(
+        handler, [msg(1), msg(2)], batch_size=1, concurrency=2, retry=RetryPolicy(max_attempts=3)
+    )
+    assert result.fatal is not None
+    assert took < 3  # not the 8 s back-off
+
+
+@pytest.mark.parametrize(
+    ("uncertainty", "prior", "second"),
+    [
+        (Uncertainty(idempotent_provider=True), None, 409),  # "this key is in use"
+        (Uncertainty(retry_server_errors=True), None, 422),
+        (None, "unknown", 409),  # a --resend-unknown refused now says nothing about then
+    ],
+)
+def test_a_refusal_after_a_maybe_processed_attempt_stays_unknown(uncertainty, prior, second):
+    def handler(body, n):
+        if n == 1 and prior is None:
+            return 503, {}, error_body(503), 0
+        return second, {}, error_body(second), 0
+
+    _result, rec, _ = answered(
+        handler, [msg(1)], batch_size=1, uncertainty=uncertainty, prior=prior
+    )
+    assert rec.states == {1: "unknown"}
+
+
+@pytest.mark.parametrize(("provider", "status"), [("tosend", 201), ("tosend", 202),
+                                                  ("tosend", 204), ("v1", 202)])  # fmt: skip
+def test_a_2xx_other_than_the_documented_one_is_unknown_not_failed(provider, status):
+    def handler(body, n):
+        return status, {}, (b"" if status == 204 else {"message_id": "<x@y>"}), 0
+
+    _result, rec, _ = answered(handler, [msg(1)], provider=provider, batch_size=1)
+    assert rec.states == {1: "unknown"}
+    assert rec.finals[1].error_type == "bad_response"
+
+
+def test_the_accepted_part_of_a_207_is_recorded_before_the_back_off():
+    # A second Ctrl-C or a kill during the wait must not leave accepted rows in flight.
+    def handler(body, n):
+        return 207, {}, {"results": [SUCCESS, per_message_error(429)]}, 0
+
+    rec = MemoryRecorder()
+
+    async def go():
+        async with Answering(handler) as url:
+            p = get_provider("tosend", base_url=url, api_key=KEY)
+            units = list(plan_units([msg(1), msg(2)], run_id="r", provider=p))
+            async with make_transport("aiohttp") as t:
+                task = asyncio.ensure_future(
+                    send_units(
+                        units, provider=p, transport=t, recorder=rec,
+                        retry=RetryPolicy(max_attempts=5, initial_wait=30, max_wait=30),
+                    )
+                )  # fmt: skip
+                await asyncio.sleep(1.0)
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+
+    asyncio.run(go())
+    assert rec.states == {1: "sent", 2: "sending"}
+    assert len(rec.units) == 2  # the rest was committed as a request of its own

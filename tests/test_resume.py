@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from runkit import recipients_in, write_campaign
+from runkit import ScriptedToSend, recipients_in, write_campaign
 
 from batchsend.errors import ResumeRefusedError, RunNotFoundError
 from batchsend.providers import get_provider
@@ -220,3 +220,37 @@ def test_a_fatal_answer_to_a_resent_request_keeps_its_rows_failed_or_unknown(
     plain = resume(first.run_id, sandbox)
     assert (plain.counts["failed"], plain.counts["unknown"]) == (3, 3)
     assert sandbox.messages() == []
+
+
+def test_resend_unknown_after_a_partial_207_sends_only_the_unknown_message(
+    tmp_path: Path,
+) -> None:
+    """Row 5 of a batch of 10 got a per-message 500 (and was delivered); the other 9
+    were accepted. --resend-unknown must send row 5 alone, never the 9 again."""
+
+    def batch(emails, n):
+        def success(e):
+            return {"status": "success", "message_id": e["message_hash"]}
+
+        if n == 1:
+            failed = {"status": "error", "status_code": 500, "error_type": "internal_error",
+                      "message": "oops", "delivered": True}  # fmt: skip
+            return 207, [failed if i == 4 else success(e) for i, e in enumerate(emails)]
+        return 200, [success(e) for e in emails]
+
+    provider = ScriptedToSend(batch).start()
+    try:
+        campaign = write_campaign(tmp_path / "c", rows=10, base_url=provider.base_url)
+        first = run_campaign(campaign, db_path="b.db", api_key=KEY, progress=False)
+        assert (first.counts["sent"], first.counts["unknown"]) == (9, 1)
+        again = resume_run(
+            first.run_id, db_path="b.db", api_key=KEY, progress=False, resend_unknown=True
+        )
+        assert again.counts["sent"] == 10
+        assert provider.requests[1] == ["user5@example.org"]  # alone, in a new request
+        # the user accepted the risk for row 5; nobody else got a second message
+        assert Counter(provider.delivered) == Counter(
+            {f"user{n}@example.org": 2 if n == 5 else 1 for n in range(1, 11)}
+        )
+    finally:
+        provider.stop()

@@ -34,14 +34,20 @@ from batchsend.plan import PlannedMessage, SendUnit
 from batchsend.ratelimit import parse_retry_after
 from batchsend.secrets import redact
 
-# API-CONTRACTS.md, "Was it processed?": a 429 refused the request before processing it;
-# a 5xx may come after the provider delivered it (an error on the way back).
-RETRYABLE_STATUSES = frozenset({429})
+# API-CONTRACTS.md, "Was it processed?": a 429 refused the request before processing it
+# (as does a 408: the server gave up waiting for it); a 5xx may come after the provider
+# delivered it (an error on the way back).
+RETRYABLE_STATUSES = frozenset({408, 429})
 
 
 def is_server_error(status: int) -> bool:
     """A 5xx: the provider may have processed the request (its rows are unknown)."""
     return 500 <= status <= 599
+
+
+def is_refusal(status: int) -> bool:
+    """A 4xx: the provider answered that it did not take the request."""
+    return 400 <= status <= 499
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,8 +12,8 @@ so one bad email never fails its neighbours):
 200 / batch ``success``               accepted (``message_id``)
 batch ``spam`` (no ``status_code``)   permanent for that email (``disposable``)
 403 ``to.spam`` (single send)         permanent for that email (``disposable``)
-429                                   retryable (``Retry-After`` honoured)
-5xx, or an answer we cannot read      unknown: ToSend may have delivered it
+408, 429                              retryable (``Retry-After`` honoured)
+5xx, another 2xx, an unreadable one   unknown: ToSend may have delivered it
 401, 403 (key, credits, account)      fatal for the run
 422 ``from``: domain not verified,    fatal for the run
 not allowed for the key, not found
@@ -39,6 +39,7 @@ from batchsend.providers.base import (
     HttpRequest,
     Provider,
     _text,
+    is_refusal,
     is_server_error,
     loads,
     rendered,
@@ -161,6 +162,12 @@ class ToSendProvider(Provider):
                 ]
             return self.same_for_all(
                 unit, OutcomeKind.UNKNOWN, status, "bad_response", "200 without a message_id"
+            )
+        if not is_refusal(status) and not is_server_error(status):
+            # A 2xx ToSend does not document (a gateway's 202, say), or anything stranger:
+            # it may have been taken, and we cannot read that it was.
+            return self.same_for_all(
+                unit, OutcomeKind.UNKNOWN, status, "bad_response", f"unexpected HTTP {status}"
             )
         # The request as a whole was refused: every email shares the answer.
         data = data if isinstance(data, dict) else {}
@@ -334,7 +341,7 @@ def classify(status: int, data: Mapping[str, Any]) -> OutcomeKind:
     """The kind of a ToSend error answer (a whole response, or one batch result)."""
     if status in RETRYABLE_STATUSES:
         return OutcomeKind.RETRYABLE
-    if is_server_error(status):
+    if not is_refusal(status):  # a 5xx, or an answer that is no refusal at all
         return OutcomeKind.UNKNOWN
     errors = data.get("errors")
     rules: dict[str, Any] = errors if isinstance(errors, dict) else {}
@@ -350,9 +357,7 @@ def classify(status: int, data: Mapping[str, Any]) -> OutcomeKind:
         from_rules = rules.get("from")
         if isinstance(from_rules, dict) and _FATAL_DOMAIN_RULES & from_rules.keys():
             return OutcomeKind.FATAL
-    if 400 <= status < 500:
-        return OutcomeKind.PERMANENT
-    return OutcomeKind.PERMANENT if status else OutcomeKind.RETRYABLE
+    return OutcomeKind.PERMANENT
 
 
 def _is_spam(rules: Mapping[str, Any]) -> bool:

@@ -29,6 +29,7 @@ from batchsend.providers.base import (
     Provider,
     RecipientLimits,
     _text,
+    is_refusal,
     is_server_error,
     loads,
     rendered,
@@ -157,9 +158,11 @@ class V1Provider(Provider):
         if status in RETRYABLE_STATUSES:
             kind = OutcomeKind.RETRYABLE
             retry_after = self.retry_after(headers)
-        elif is_server_error(status):
+        elif not is_refusal(status):  # a 5xx, a 2xx other than 200: it may have been taken
             kind = OutcomeKind.UNKNOWN
             retry_after = self.retry_after(headers)
+            if not is_server_error(status):
+                error_type = "bad_response"
         else:
             kind = OutcomeKind.FATAL if status in (401, 403, 404) else OutcomeKind.PERMANENT
             retry_after = None
