@@ -312,32 +312,6 @@ def test_our_own_rate_is_never_exceeded_in_any_second_at_the_sandbox(sandbox):
 # --- a tiny scripted server for what the sandbox does not do -------------------------------
 
 
-class Scripted:
-    """Answers from a script, and keeps every request's key and body."""
-
-    def __init__(self, answers):
-        self.answers = list(answers)
-        self.seen: list[tuple[str, bytes]] = []
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.seen.append((request.headers["Idempotency-Key"], await request.read()))
-        status, headers, body = self.answers.pop(0)
-        return web.json_response(body, status=status, headers=headers)
-
-    async def __aenter__(self) -> str:
-        app = web.Application()
-        app.router.add_route("POST", "/{tail:.*}", self.handle)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}"
-
-    async def __aexit__(self, *exc) -> None:
-        await self.runner.cleanup()
-
-
 class FakeTime:
     def __init__(self) -> None:
         self.t = 100.0
@@ -543,6 +517,14 @@ class Answering:
 
     async def __aexit__(self, *exc) -> None:
         await self.runner.cleanup()
+
+
+class Scripted(Answering):
+    """Answers from a script, in order, and keeps every request's key and body."""
+
+    def __init__(self, answers):
+        queue = list(answers)
+        super().__init__(lambda body, n: (*queue.pop(0), 0))
 
 
 def answered(handler, messages, *, provider="tosend", batch_size=100, concurrency=1,
