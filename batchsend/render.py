@@ -16,7 +16,7 @@ subclasses at once.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -25,6 +25,7 @@ import jinja2
 import jinja2.sandbox
 from inscriptis import get_text
 from inscriptis.model.config import ParserConfig
+from jinja2.loaders import split_template_path
 
 from batchsend.campaign import Campaign, TemplateRef
 from batchsend.errors import TemplateError, TemplateSecurityError
@@ -171,6 +172,38 @@ def _guarded_filters(env: _Environment) -> None:
     env.filters.update(center=checked_center, indent=checked_indent, format=checked_format)
 
 
+class _CampaignLoader(jinja2.BaseLoader):
+    """The campaign's template files, and what they include, import or extend.
+
+    Names are looked up in the campaign folder, as Jinja's ``FileSystemLoader`` does,
+    then the real path (symlinks resolved) must stay inside the folder or a path the user
+    allowed: a symlink to a file outside is refused, never read (:mod:`batchsend.confinement`).
+    """
+
+    def __init__(self, campaign: Campaign) -> None:
+        self.folder = campaign.folder
+        self.confinement = campaign.confinement
+        self.files = {r.name: r.file for r in campaign.templates() if r.file is not None}
+
+    def get_source(
+        self, environment: jinja2.Environment, template: str
+    ) -> tuple[str, str, Callable[[], bool]]:
+        path = self.files.get(template)
+        if path is None:
+            path = self.folder.joinpath(*split_template_path(template))
+        if not self.confinement.contains(path):
+            raise TemplateError(
+                f"template {template!r} is outside the campaign folder",
+                file=template,
+                fix=self.confinement.fix(path),
+            )
+        real = path.resolve()
+        if not real.is_file():
+            raise jinja2.TemplateNotFound(template)
+        source = read_template(TemplateRef(template, file=real))
+        return source, str(real), lambda: True
+
+
 class _Part:
     """One compiled template, or a constant when the source has no Jinja syntax."""
 
@@ -195,9 +228,7 @@ class Renderer:
         inline = {r.name: r.inline for r in campaign.templates() if r.inline is not None}
         html_names = {campaign.message.html.name} if campaign.message.html else set()
         self.env = _Environment(
-            loader=jinja2.ChoiceLoader(
-                [jinja2.DictLoader(inline), jinja2.FileSystemLoader(campaign.folder)]
-            ),
+            loader=jinja2.ChoiceLoader([jinja2.DictLoader(inline), _CampaignLoader(campaign)]),
             undefined=jinja2.StrictUndefined,
             autoescape=lambda name: (
                 bool(name) and (name in html_names or name.endswith(_HTML_SUFFIXES))
