@@ -307,6 +307,12 @@ class _RowChecker:
         except RowRenderError as exc:
             problems.append(Problem(row, exc.column, exc.message, exc.fix))
             rendered = None
+        except TemplateError as exc:  # the template itself: stop, naming the row it met
+            raise type(exc)(
+                f"{exc.detail} (rendering row {row} of {self.campaign.source.name})",
+                file=exc.location.file,
+                fix=exc.fix,
+            ) from None
         if rendered is not None and attachments is not None:
             self._check_size(row, rendered.html, attachments, problems)
         if problems or rendered is None:
