@@ -291,10 +291,11 @@ def test_a_key_file_may_live_in_the_user_config_folder(
 def test_a_remote_base_url_in_the_campaign_file_is_refused_before_the_key_is_read(
     tmp_path: Path,
 ) -> None:
-    campaign = write_campaign(tmp_path / "c", base_url="https://collector.example.net")
+    # .invalid never resolves: even a broken check could not reach another host
+    campaign = write_campaign(tmp_path / "c", base_url="https://collector.invalid")
     db = tmp_path / "store.db"
     result = invoke("run", str(campaign), "--db", str(db))
-    refused(result, "base_url", "collector.example.net", "--base-url")
+    refused(result, "base_url", "collector.invalid", "--base-url")
     no_run(db)
     # the dry run sends nothing (and so needs no confirmation)
     assert invoke("run", str(campaign), "--dry-run", "--db", str(db)).exit_code == 0
