@@ -14,6 +14,7 @@ import difflib
 import math
 import re
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -21,9 +22,10 @@ from urllib.parse import urlsplit
 
 from email_validator import EmailNotValidError, validate_email
 
+from batchsend.confinement import Confinement, config_dir
 from batchsend.errors import CampaignError
 from batchsend.message import Address
-from batchsend.secrets import DEFAULT_ENV_VAR
+from batchsend.secrets import DEFAULT_ENV_VAR, KEY_ENV_PREFIX, remember_env
 
 PROVIDERS = ("v1", "tosend")
 STREAM_TYPES = ("transactional", "broadcast", "shared")
@@ -251,6 +253,13 @@ class Campaign:
     send: SendSettings
     merge: MergeSettings
     max_render_bytes: int
+    #: Paths outside the folder the user allowed (``--allow-outside``), as real paths.
+    allowed_paths: tuple[Path, ...] = ()
+
+    @property
+    def confinement(self) -> Confinement:
+        """Where this campaign may read files from (see :mod:`batchsend.confinement`)."""
+        return Confinement(self.folder, self.allowed_paths)
 
     @property
     def source(self) -> Path:
@@ -273,8 +282,14 @@ class Campaign:
         return tuple(r for r in refs if r is not None)
 
 
-def load_campaign(path: str | Path) -> Campaign:
+def load_campaign(path: str | Path, *, allow_outside: Iterable[str | Path] = ()) -> Campaign:
     """Read and validate a campaign file.
+
+    Every file it names must lie, symlinks resolved, inside its folder or inside one of
+    ``allow_outside`` (the user's ``--allow-outside`` options); a key file may also lie
+    in the per-user config folder. The API key in the environment (``BATCHSEND_API_KEY``
+    and the variable the campaign names) is registered for redaction before any other
+    file is read.
 
     Raises :class:`CampaignError` (exit 2) naming the key and how to fix it.
 
@@ -286,6 +301,7 @@ def load_campaign(path: str | Path) -> Campaign:
     if path.is_dir():
         path = path / "campaign.toml"
     shown = str(path)
+    remember_env(DEFAULT_ENV_VAR)
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -302,7 +318,7 @@ def load_campaign(path: str | Path) -> Campaign:
         raise CampaignError(
             f"not valid TOML: {exc}", file=shown, fix="correct the TOML syntax at that line"
         ) from None
-    return _Builder(path.resolve(), shown, data).build()
+    return _Builder(path.resolve(), shown, data, allow_outside).build()
 
 
 def _nearest(key: str, valid: list[str]) -> str | None:
@@ -313,11 +329,23 @@ def _nearest(key: str, valid: list[str]) -> str | None:
 class _Builder:
     """Checks the parsed TOML against :data:`SCHEMA` and builds the :class:`Campaign`."""
 
-    def __init__(self, path: Path, shown: str, data: dict[str, Any]) -> None:
+    def __init__(
+        self, path: Path, shown: str, data: dict[str, Any], allow_outside: Iterable[str | Path]
+    ) -> None:
         self.path = path
         self.folder = path.parent
         self.shown = shown
         self.data = data
+        self.confinement = Confinement.of(self.folder, allow_outside)
+
+    def confined(self, key: str, raw: str, *, extra: tuple[Path, ...] = ()) -> Path:
+        """The file ``raw`` names, refused unless its real path is where it may be read."""
+        path = self.folder / raw
+        if not self.confinement.contains(path, extra=extra):
+            raise self.fail(
+                key, f"{raw!r} is outside the campaign folder", fix=self.confinement.fix(path)
+            )
+        return path
 
     def fail(self, key: str, message: str, fix: str | None = None) -> CampaignError:
         return CampaignError(f"{key}: {message}", file=self.shown, fix=fix)
@@ -431,22 +459,46 @@ class _Builder:
             provider=provider,
             base_url=base_url.rstrip("/") if base_url else None,
             api_key_env=top["api_key_env"],
-            api_key_file=self.folder / top["api_key_file"] if top["api_key_file"] else None,
+            api_key_file=self.key_file(top["api_key_file"]),
             source_settings=self.build_source(tables["source"]),
             columns=columns,
             message=message,
             attachments=tuple(self.build_attachment(i, a) for i, a in enumerate(attachment_tables)),
-            suppression_files=tuple(self.folder / f for f in tables["suppression"]["files"]),
+            suppression_files=tuple(
+                self.confined("suppression.files", f) for f in tables["suppression"]["files"]
+            ),
             suppression_column=tables["suppression"]["column"],
             send=send,
             merge=merge,
             max_render_bytes=top["max_render_bytes"],
+            allowed_paths=self.confinement.allowed,
         )
 
+    def key_file(self, raw: str | None) -> Path | None:
+        """A key file: in the campaign folder, an allowed path or the user's config folder."""
+        if not raw:
+            return None
+        path = self.confined("api_key_file", str(Path(raw).expanduser()), extra=(config_dir(),))
+        return path
+
     def check_api_key_env(self, value: Any) -> None:
-        """Refuse anything but a variable name; the value is never shown: it may be the key."""
+        """Refuse anything but a BATCHSEND_ variable name; never shown: it may be the key.
+
+        The key is sent to the provider: a campaign file naming AWS_SECRET_ACCESS_KEY or
+        GITHUB_TOKEN would send that secret instead.
+        """
         if isinstance(value, str) and _ENV_VAR_NAME.fullmatch(value):
-            return
+            if value.startswith(KEY_ENV_PREFIX):
+                remember_env(value)
+                return
+            raise self.fail(
+                "api_key_env",
+                f"names a variable outside {KEY_ENV_PREFIX}* (not shown: it may be an API key);"
+                " batchsend sends what that variable holds to the provider, so a campaign"
+                " file may only name a variable meant for batchsend",
+                fix=f"put the key in {DEFAULT_ENV_VAR} (or another {KEY_ENV_PREFIX}... variable,"
+                ' e.g. export BATCHSEND_TOSEND_KEY="$MY_KEY") and name that, or use api_key_file',
+            )
         raise self.fail(
             "api_key_env",
             "is not an environment variable name (value not shown: it may be an API key)",
@@ -474,7 +526,7 @@ class _Builder:
             raise self.fail(
                 "source.path", "missing", fix='set [source] path = "recipients.csv" (or .parquet)'
             )
-        path = self.folder / t["path"]
+        path = self.confined("source.path", t["path"])
         fmt = t["format"]
         if fmt == "auto":
             fmt = "parquet" if path.suffix.lower() in (".parquet", ".pq") else "csv"
@@ -570,11 +622,11 @@ class _Builder:
             return False
 
     def template_file(self, key: str, file: str) -> TemplateRef:
-        resolved = (self.folder / file).resolve()
-        if not resolved.is_relative_to(self.folder):
-            raise self.fail(key, f"{file!r} is outside the campaign folder")
+        resolved = self.confined(key, file).resolve()
         if not resolved.is_file():
             raise self.fail(key, f"template file {file!r} not found", fix="check the path")
+        if not resolved.is_relative_to(self.folder):  # in a path the user allowed
+            return TemplateRef(resolved.as_posix(), file=resolved)
         return TemplateRef(resolved.relative_to(self.folder).as_posix(), file=resolved)
 
     def build_message(self, provider: str, tables: dict[str, dict[str, Any]]) -> MessageSettings:

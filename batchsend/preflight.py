@@ -164,10 +164,11 @@ def load_suppression(campaign: Campaign, book: AddressBook) -> set[str]:
 
 
 class AttachmentLoader:
-    """Resolves and reads attachment paths safely, inside the campaign folder only."""
+    """Resolves and reads attachment paths safely: the campaign folder, or allowed paths."""
 
     def __init__(self, campaign: Campaign) -> None:
         self.folder = campaign.folder.resolve()
+        self.confinement = campaign.confinement
         self.per_file, self.total, self.html_counts = ATTACHMENT_LIMITS[campaign.provider]
 
     def resolve(self, raw: str) -> Path:
@@ -180,13 +181,17 @@ class AttachmentLoader:
         if "\\" in raw:
             raise AttachmentError(f"path {raw!r} contains a backslash", fix="use / in paths")
         pure = PurePosixPath(raw)
-        if pure.is_absolute() or raw.startswith("~"):
+        # An absolute path only into what the user allowed with --allow-outside.
+        if (pure.is_absolute() and not self.confinement.allowed) or raw.startswith("~"):
             raise AttachmentError(f"absolute path {raw!r} is not allowed", fix=fix)
         if ".." in pure.parts:
             raise AttachmentError(f"path {raw!r} leaves the campaign folder", fix=fix)
+        if not self.confinement.contains(self.folder / pure):
+            raise AttachmentError(
+                f"path {raw!r} leads outside the campaign folder",
+                fix=self.confinement.fix(self.folder / pure),
+            )
         resolved = (self.folder / pure).resolve()
-        if not resolved.is_relative_to(self.folder):
-            raise AttachmentError(f"path {raw!r} leads outside the campaign folder", fix=fix)
         if not resolved.is_file():
             raise AttachmentError(f"attachment {raw!r} not found", fix="check the file name")
         return resolved
@@ -302,6 +307,12 @@ class _RowChecker:
         except RowRenderError as exc:
             problems.append(Problem(row, exc.column, exc.message, exc.fix))
             rendered = None
+        except TemplateError as exc:  # the template itself: stop, naming the row it met
+            raise type(exc)(
+                f"{exc.detail} (rendering row {row} of {self.campaign.source.name})",
+                file=exc.location.file,
+                fix=exc.fix,
+            ) from None
         if rendered is not None and attachments is not None:
             self._check_size(row, rendered.html, attachments, problems)
         if problems or rendered is None:
@@ -608,7 +619,7 @@ def _campaign_files(campaign: Campaign) -> list[Path]:
     files = [campaign.path]
     # Parsing needs no sandbox, loader or compiled templates: a plain environment will do.
     env = jinja2.Environment()
-    folder = campaign.folder.resolve()
+    confinement = campaign.confinement
     pending = [r for r in campaign.templates()]
     seen: set[str] = set()
     while pending:
@@ -632,7 +643,7 @@ def _campaign_files(campaign: Campaign) -> list[Path]:
                 continue
             target = (campaign.folder / name).resolve()
             # an include outside the folder is the renderer's to refuse; never read it here
-            if target.is_relative_to(folder) and target.is_file():
+            if confinement.contains(target) and target.is_file():
                 pending.append(TemplateRef(name, file=target))
     # Resolved (and refused if escaping the folder) before anything reads them: hashing
     # is reading, and a path like ../secret.txt must never be opened.

@@ -15,20 +15,28 @@ subclasses at once.
 
 from __future__ import annotations
 
+import functools
+import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any
+from time import perf_counter
+from typing import Any, TypeVar
 
 import jinja2
+import jinja2.compiler
+import jinja2.nodes
 import jinja2.sandbox
 from inscriptis import get_text
 from inscriptis.model.config import ParserConfig
+from jinja2.loaders import split_template_path
+from markupsafe import Markup
 
 from batchsend.campaign import Campaign, TemplateRef
 from batchsend.errors import TemplateError, TemplateSecurityError
 
+T = TypeVar("T")
 _HTML_SUFFIXES = (".html", ".htm", ".xhtml", ".html.j2", ".htm.j2", ".html.jinja", ".html.jinja2")
 _HEADER_BREAK = re.compile(r"[\r\n\0]")
 _UNDEFINED = re.compile(r"'([^']+)' is undefined")
@@ -37,7 +45,15 @@ UNSUBSCRIBE_POST = "List-Unsubscribe=One-Click"
 MAX_SUBJECT = 998
 #: Widths in printf-style (``%9s``) and format-style (``{:>9}``) specifications.
 _WIDTH = re.compile(r"%[#0\- +]*(\d+)|\{[^{}]*:[^{}]*?(\d+)[^{}]*\}")
+_NESTED_FIELD = re.compile(r"\{[^{}]*:[^{}]*\{")
 _PADDING_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs"})
+#: Per row: the most seconds its templates may take, and how many characters all the
+#: values they build (through ``~``, ``+``, ``*``, filters, method calls) may add up to,
+#: as a multiple of ``max_render_bytes`` (each single value stays under it).
+MAX_RENDER_SECONDS = 2.0
+BUILT_FACTOR = 10
+#: Integers a template multiplies stay under this many bits (big ones get slow).
+_MAX_INT_BITS = 100_000
 
 
 class RowRenderError(Exception):
@@ -102,6 +118,56 @@ class _TooBig(Exception):
     """A template operation would build a value over the render limit (raised before it does)."""
 
 
+class _TooSlow(Exception):
+    """A row's templates ran past :data:`MAX_RENDER_SECONDS`."""
+
+
+def _measure(value: Any, limit: int) -> int:
+    """A value's size in characters and items (nested), counted until past ``limit``."""
+    total = 0
+    stack = [value]
+    while stack and total <= limit:
+        v = stack.pop()
+        if isinstance(v, str | bytes):
+            total += len(v)
+        elif isinstance(v, list | tuple):
+            total += len(v)
+            if total <= limit:
+                stack.extend(v)
+        elif isinstance(v, dict):
+            total += len(v)
+            if total <= limit:
+                stack.extend(v.values())
+        else:
+            total += 1
+    return total
+
+
+#: The filter every ``for`` loop's iterable goes through (a direct call, no sandbox hop).
+_LOOP_FILTER = "batchsend_loop"
+
+
+class _CodeGenerator(jinja2.compiler.CodeGenerator):
+    """Compiles ``~`` and ``for`` through the environment, which counts and times them.
+
+    Jinja's sandbox routes calls, attributes and chosen operators through the
+    environment, but not string concatenation (``a ~ b``) nor loop iterations, so a
+    template could double a string forty times or spin nested loops unseen.
+    """
+
+    def visit_Concat(self, node: jinja2.nodes.Concat, frame: Any) -> None:
+        self.write("environment.checked_value(")
+        super().visit_Concat(node, frame)
+        self.write(")")
+
+    def visit_Template(self, node: jinja2.nodes.Template, frame: Any = None) -> None:
+        for loop in node.find_all(jinja2.nodes.For):
+            loop.iter = jinja2.nodes.Filter(
+                loop.iter, _LOOP_FILTER, [], [], None, None, lineno=loop.lineno
+            )
+        super().visit_Template(node, frame)
+
+
 class _Environment(jinja2.sandbox.SandboxedEnvironment):
     """Jinja's sandbox, plus a size check before the operations that multiply memory.
 
@@ -110,14 +176,71 @@ class _Environment(jinja2.sandbox.SandboxedEnvironment):
     ``'%9999999999s' % first``. Those are refused before they allocate; a streamed
     output (a long loop) is stopped by the renderer's running total instead, and a
     ``MemoryError`` from anything else is reported as the same size problem.
+
+    What a template builds step by step (a value doubled by ``~``, ``+``, ``join``,
+    ``replace`` or ``format`` in a ``namespace``) is counted: each value a template
+    builds must stay under ``max_size`` and all of them, per row, under ``max_built``;
+    and each call, operator and loop start checks the row's deadline (:meth:`start_row`).
     """
 
-    intercepted_binops = frozenset({"*", "**", "%"})
+    code_generator_class = _CodeGenerator
+    intercepted_binops = frozenset({"*", "**", "%", "+"})
     max_size = 5_000_000
+    max_built = BUILT_FACTOR * 5_000_000
+    max_seconds = MAX_RENDER_SECONDS
+    built = 0
+    deadline = math.inf
+
+    def start_row(self) -> None:
+        """Reset the row's budget: nothing built yet, the clock started."""
+        self.built = 0
+        self.deadline = perf_counter() + self.max_seconds
 
     def _limit(self, size: int, what: str) -> None:
         if size > self.max_size:
             raise _TooBig(what)
+
+    def _tick(self) -> None:
+        if perf_counter() > self.deadline:
+            raise _TooSlow()
+
+    def checked_value(self, value: Any) -> Any:
+        """``value``, a template built it: count it against the row's limits."""
+        if perf_counter() > self.deadline:
+            raise _TooSlow()
+        kind = type(value)
+        if kind is str or kind is Markup:
+            size = len(value)
+        elif kind is list or kind is tuple:
+            try:  # a flat list of strings, at C speed
+                size = len(value) + sum(map(len, value))
+            except TypeError:
+                size = _measure(value, self.max_size)
+        elif kind is dict or isinstance(value, str | bytes):
+            size = _measure(value, self.max_size)
+        else:
+            return value
+        if size > self.max_size:
+            raise _TooBig(f"a value of {size:,}+ characters")
+        self.built += size
+        if self.built > self.max_built:
+            raise _TooBig(f"values built add up to more than {self.max_built:,} characters")
+        return value
+
+    def checked_iter(self, iterable: T) -> T:
+        """``iterable`` for a ``for`` loop, once the row's deadline is checked.
+
+        Checked as each loop starts: one loop over one bounded value is quick, and the
+        loops nested in it start again on every iteration.
+        """
+        if perf_counter() > self.deadline:
+            raise _TooSlow()
+        return iterable
+
+    def _int_args(self, values: Iterable[Any], what: str) -> None:
+        for value in values:
+            if type(value) is int:
+                self._limit(value, f"{what} with {value}")
 
     def _widths(self, spec: str) -> None:
         for match in _WIDTH.finditer(spec):
@@ -128,13 +251,19 @@ class _Environment(jinja2.sandbox.SandboxedEnvironment):
         if operator == "*":
             for seq, n in ((left, right), (right, left)):
                 if isinstance(seq, str | list | tuple) and type(n) is int:
-                    self._limit(len(seq) * n, f"{len(seq)} x {n} items")
+                    size = len(seq) if isinstance(seq, str) else _measure(seq, self.max_size)
+                    self._limit(size * n, f"{size} x {n} items")
+            ints = type(left) is int and type(right) is int
+            if ints and left.bit_length() + right.bit_length() > _MAX_INT_BITS:
+                raise _TooBig("a product of integers over 100,000 bits")
         elif operator == "**":
             if type(left) is int and type(right) is int and abs(left) > 1 and right > 0:
                 self._limit(right * abs(left).bit_length() // 3, f"{left} ** {right}")
         elif operator == "%" and isinstance(left, str):
             self._widths(left)
-        return super().call_binop(context, operator, left, right)
+            if "*" in left:  # '%*s': the width is an argument
+                self._int_args(right if isinstance(right, tuple) else (right,), "a % width")
+        return self.checked_value(super().call_binop(context, operator, left, right))
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         target = getattr(__obj, "__wrapped__", __obj)  # str.format comes wrapped
@@ -147,7 +276,40 @@ class _Environment(jinja2.sandbox.SandboxedEnvironment):
                         __self._limit(value, f"{name}({value})")
             elif name in ("format", "format_map"):
                 __self._widths(owner)
-        return super().call(__context, __obj, *args, **kwargs)
+                if _NESTED_FIELD.search(owner):  # '{:>{}}': a width from the arguments
+                    mapping = args[0] if name == "format_map" and args else {}
+                    values = mapping.values() if isinstance(mapping, Mapping) else ()
+                    __self._int_args((*args, *kwargs.values(), *values), name)
+            elif name == "replace" and len(args) >= 2:
+                old, new = args[0], args[1]
+                if isinstance(old, str) and isinstance(new, str) and len(new) > len(old):
+                    grown = owner.count(old) * (len(new) - len(old))
+                    __self._limit(len(owner) + grown, "replace()")
+            elif name == "join" and len(args) == 1:
+                items = list(args[0])
+                __self._limit(_measure(items, __self.max_size) * max(1, len(owner)), "join()")
+                args = (items,)
+            elif name == "translate":
+                __self._limit(len(owner) * _longest(args[0] if args else None), "translate()")
+        value = super().call(__context, __obj, *args, **kwargs)
+        # Inline, for speed (calls are on the hot path): a new string counts whole; a
+        # list a call returns holds values that exist already (split: pieces of one).
+        kind = type(value)
+        if kind is str or kind is list or kind is tuple or kind is Markup:
+            size = len(value)
+            __self.built += size
+            if size > __self.max_size or __self.built > __self.max_built:
+                __self.built -= size
+                __self.checked_value(value)  # raises, naming the limit
+        if perf_counter() > __self.deadline:
+            raise _TooSlow()
+        return value
+
+
+def _longest(table: Any) -> int:
+    """The longest replacement in a ``str.translate`` table (1 when none is longer)."""
+    values = table.values() if isinstance(table, Mapping) else ()
+    return max([1, *(len(v) for v in values if isinstance(v, str))])
 
 
 def _guarded_filters(env: _Environment) -> None:
@@ -166,9 +328,96 @@ def _guarded_filters(env: _Environment) -> None:
 
     def checked_format(value: Any, *args: Any, **kwargs: Any) -> str:
         env._widths(str(value))
+        if "*" in str(value):  # '%*s': the width is an argument
+            env._int_args((*args, *kwargs.values()), "format")
         return format_(value, *args, **kwargs)
 
     env.filters.update(center=checked_center, indent=checked_indent, format=checked_format)
+    join, replace = env.filters["join"], env.filters["replace"]
+    batch, slice_ = env.filters["batch"], env.filters["slice"]
+
+    @jinja2.pass_eval_context
+    def checked_join(ctx: Any, value: Any, d: str = "", attribute: Any = None) -> str:
+        items = list(value) if attribute is None else value
+        if isinstance(items, list):
+            env._limit(_measure(items, env.max_size) * max(1, len(str(d))), "join")
+        return join(ctx, items, d, attribute)
+
+    @jinja2.pass_eval_context
+    def checked_replace(ctx: Any, s: Any, old: Any, new: Any, count: Any = None) -> str:
+        text, old, new = str(s), str(old), str(new)
+        if len(new) > len(old):
+            env._limit(len(text) + text.count(old) * (len(new) - len(old)), "replace")
+        return replace(ctx, s, old, new, count)
+
+    def checked_batch(value: Any, linecount: int, fill_with: Any = None) -> Any:
+        env._int_args((linecount,), "batch")
+        return batch(value, linecount, fill_with)
+
+    def checked_slice(value: Any, slices: int, fill_with: Any = None) -> Any:
+        env._int_args((slices,), "slice")
+        return slice_(value, slices, fill_with)
+
+    env.filters.update(join=checked_join, replace=checked_replace)
+    env.filters.update(batch=checked_batch, slice=checked_slice)
+    for name, f in list(env.filters.items()):
+        env.filters[name] = _counted(env, f)
+    lipsum: Callable[..., str] = env.globals["lipsum"]  # type: ignore[assignment]
+
+    def checked_lipsum(n: int = 5, html: bool = True, min: int = 20, max: int = 100) -> str:
+        env._limit(n * max * 10, "lipsum")
+        return lipsum(n, html, min, max)
+
+    env.globals["lipsum"] = checked_lipsum
+    env.filters[_LOOP_FILTER] = env.checked_iter
+
+
+def _counted(env: _Environment, f: Callable[..., Any]) -> Callable[..., Any]:
+    """Filter ``f``, its result counted against the row's limits (Jinja's pass_* kept)."""
+
+    @functools.wraps(f)
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        value = f(*args, **kwargs)
+        if type(value) is str:  # the common case, inline: filters are on the hot path
+            env.built += len(value)
+            if len(value) <= env.max_size and env.built <= env.max_built:
+                return value
+            env.built -= len(value)
+        return env.checked_value(value)
+
+    return counted
+
+
+class _CampaignLoader(jinja2.BaseLoader):
+    """The campaign's template files, and what they include, import or extend.
+
+    Names are looked up in the campaign folder, as Jinja's ``FileSystemLoader`` does,
+    then the real path (symlinks resolved) must stay inside the folder or a path the user
+    allowed: a symlink to a file outside is refused, never read (:mod:`batchsend.confinement`).
+    """
+
+    def __init__(self, campaign: Campaign) -> None:
+        self.folder = campaign.folder
+        self.confinement = campaign.confinement
+        self.files = {r.name: r.file for r in campaign.templates() if r.file is not None}
+
+    def get_source(
+        self, environment: jinja2.Environment, template: str
+    ) -> tuple[str, str, Callable[[], bool]]:
+        path = self.files.get(template)
+        if path is None:
+            path = self.folder.joinpath(*split_template_path(template))
+        if not self.confinement.contains(path):
+            raise TemplateError(
+                f"template {template!r} is outside the campaign folder",
+                file=template,
+                fix=self.confinement.fix(path),
+            )
+        real = path.resolve()
+        if not real.is_file():
+            raise jinja2.TemplateNotFound(template)
+        source = read_template(TemplateRef(template, file=real))
+        return source, str(real), lambda: True
 
 
 class _Part:
@@ -195,9 +444,7 @@ class Renderer:
         inline = {r.name: r.inline for r in campaign.templates() if r.inline is not None}
         html_names = {campaign.message.html.name} if campaign.message.html else set()
         self.env = _Environment(
-            loader=jinja2.ChoiceLoader(
-                [jinja2.DictLoader(inline), jinja2.FileSystemLoader(campaign.folder)]
-            ),
+            loader=jinja2.ChoiceLoader([jinja2.DictLoader(inline), _CampaignLoader(campaign)]),
             undefined=jinja2.StrictUndefined,
             autoescape=lambda name: (
                 bool(name) and (name in html_names or name.endswith(_HTML_SUFFIXES))
@@ -207,6 +454,7 @@ class Renderer:
             auto_reload=False,
         )
         self.env.max_size = self.max_bytes
+        self.env.max_built = BUILT_FACTOR * self.max_bytes
         _guarded_filters(self.env)
         self.env.filters["ical_datetime"] = ical_datetime
         self.env.filters["ical_text"] = ical_text
@@ -227,6 +475,12 @@ class Renderer:
         where = "campaign.toml" if ref.inline is not None else ref.name
         try:
             return _Part(self.env, ref, source)
+        except (RecursionError, MemoryError):
+            raise TemplateError(
+                "the template is nested too deeply to compile",
+                file=where,
+                fix="flatten the nested expressions or blocks",
+            ) from None
         except jinja2.TemplateSyntaxError as exc:
             name = exc.filename or exc.name or where
             if ref.inline is not None:
@@ -288,6 +542,20 @@ class Renderer:
                 f"{part.name} renders to more than {limit} characters{detail}",
                 fix="shorten the content or raise max_render_bytes in the campaign",
             ) from None
+        except RecursionError:
+            raise RowRenderError(
+                None,
+                f"{part.name}: recursion too deep (a macro or loop calling itself without end,"
+                " or a value nested too deeply)",
+                fix="give the recursion an end, or flatten the value",
+            ) from None
+        except _TooSlow:
+            # The template, not the row: every row would cost the same seconds.
+            raise TemplateError(
+                f"rendering takes more than {self.env.max_seconds:g} s for one row (the limit)",
+                file=part.name,
+                fix="simplify the template: fewer or shorter loops, less nesting",
+            ) from None
         except (jinja2.TemplateError, ArithmeticError, LookupError, TypeError, ValueError) as exc:
             raise RowRenderError(None, f"{part.name}: {type(exc).__name__}: {exc}") from None
 
@@ -298,6 +566,7 @@ class Renderer:
         cannot fail, and it is by far the slowest).
         """
         budget = self.max_bytes
+        self.env.start_row()
         subject = self._run(self.subject, values, budget) or ""
         _header_safe("subject", subject)
         if not subject.strip():

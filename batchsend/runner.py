@@ -76,7 +76,7 @@ from batchsend.next_steps import (
 )
 from batchsend.plan import PlannedMessage, SendUnit, plan_units, rebuild_unit
 from batchsend.progress import ProgressDisplay
-from batchsend.secrets import load_api_key, redact, remember
+from batchsend.secrets import is_loopback_url, load_api_key, redact, remember
 from batchsend.spool import MessageSpool
 from batchsend.states import RecipientState, RunState
 from batchsend.store import NewRecipient, RunInfo, Store, UnitRecord
@@ -234,6 +234,7 @@ def run_campaign(
     api_key_stdin: bool = False,
     report_path: str | Path | None = None,
     progress: bool | None = None,
+    allow_outside: Iterable[str | Path] = (),
 ) -> RunSummary:
     """Preflight and send a campaign, recording every row in the store at ``db_path``.
 
@@ -247,7 +248,10 @@ def run_campaign(
     (``accept_lost_record`` goes on anyway), :class:`FatalSendError` when ToSend's
     account check refuses before anything is sent. Proof copies (``test_to``) and dry
     runs are not refused for earlier runs. ``progress`` None: a live display when
-    standard error is a terminal.
+    standard error is a terminal. ``allow_outside``: paths outside the
+    campaign folder its files may be read from. A ``base_url`` given here is the user's
+    choice; one from the campaign file alone must be loopback (:class:`CampaignError`
+    otherwise).
 
     Example::
 
@@ -255,7 +259,7 @@ def run_campaign(
     """
     started = time.monotonic()
     campaign = _override(
-        load_campaign(campaign_path),
+        load_campaign(campaign_path, allow_outside=allow_outside),
         provider=provider,
         base_url=base_url,
         concurrency=concurrency,
@@ -272,7 +276,9 @@ def run_campaign(
     real = not (test_address or dry_run)
     with (
         Store(db_path, accept_lost_record=accept_lost_record) as store,
-        _Session(campaign, sandbox=sandbox, dry_run=dry_run) as session,
+        _Session(
+            campaign, sandbox=sandbox, dry_run=dry_run, base_url_confirmed=base_url is not None
+        ) as session,
         MessageSpool(Path(db_path).resolve().parent) as spool,
     ):
         campaign_path = str(campaign.path)
@@ -361,6 +367,7 @@ def resume_run(
     api_key_stdin: bool = False,
     report_path: str | Path | None = None,
     progress: bool | None = None,
+    allow_outside: Iterable[str | Path] = (),
 ) -> RunSummary:
     """Continue run ``run_id``: unknown for what was in flight, then send what is pending.
 
@@ -395,7 +402,7 @@ def resume_run(
         )
         settings = run.settings
         campaign = _override(
-            load_campaign(run.campaign_path),
+            load_campaign(run.campaign_path, allow_outside=allow_outside),
             provider=run.provider,
             base_url=base_url or run.base_url,
             concurrency=concurrency or settings.get("concurrency"),
@@ -407,7 +414,11 @@ def resume_run(
         test_to = settings.get("test_to")
         test_address = _test_address(test_to) if test_to else None
         use_sandbox = sandbox or bool(settings.get("sandbox"))
-        with _Session(campaign, sandbox=use_sandbox, dry_run=False) as session:
+        # The recorded base URL passed this same check when the run began.
+        confirmed = bool(base_url or run.base_url)
+        with _Session(
+            campaign, sandbox=use_sandbox, dry_run=False, base_url_confirmed=confirmed
+        ) as session:
             session.open(api_key=api_key, api_key_file=api_key_file, api_key_stdin=api_key_stdin)
             store.claim_run(run_id, force=force)
             store.forget_planned_keys(run_id)
@@ -971,13 +982,21 @@ class _Preflight:
 
 
 class _Session:
-    """The provider side of an invocation: the key, the base URL, an embedded sandbox."""
+    """The provider side of an invocation: the key, the base URL, an embedded sandbox.
 
-    def __init__(self, campaign: Campaign, *, sandbox: bool, dry_run: bool) -> None:
+    ``base_url_confirmed``: the user gave the base URL (``--base-url``). Otherwise it
+    comes from the campaign file, which may come from anyone, and the key is sent only
+    to a loopback one.
+    """
+
+    def __init__(
+        self, campaign: Campaign, *, sandbox: bool, dry_run: bool, base_url_confirmed: bool = False
+    ) -> None:
         self.campaign = campaign
         self.sandboxed = sandbox
         self.dry_run = dry_run
         self.base_url = campaign.base_url
+        self.base_url_confirmed = base_url_confirmed
         self.api_key = ""
         self._sandbox: Any = None
         self.account_rate: float | None = None
@@ -1008,6 +1027,8 @@ class _Session:
             ).start()
             self.base_url = self._sandbox.base_url
             return
+        if not self.dry_run:
+            self._refuse_unconfirmed_base_url()
         if self.dry_run:
             self.api_key = "dry-run"  # never sent: a dry run makes no HTTP request
         elif api_key is not None:
@@ -1028,6 +1049,20 @@ class _Session:
                 file=str(self.campaign.path),
                 fix="set base_url in the campaign, pass --base-url, or try it with --sandbox",
             )
+
+    def _refuse_unconfirmed_base_url(self) -> None:
+        """The key goes to a host the campaign file alone named only if it is this machine."""
+        url = self.base_url
+        if url is None or self.base_url_confirmed or is_loopback_url(url):
+            return
+        raise CampaignError(
+            f"base_url {url!r} is not on this machine, and batchsend would send your API key"
+            " to it; a base URL from a campaign file is used only on loopback (127.0.0.1,"
+            " ::1, localhost) unless you confirm it",
+            file=str(self.campaign.path),
+            fix=f"if you trust this host with your key, pass --base-url {url} on the command"
+            " line (or try the campaign with --sandbox)",
+        )
 
     def provider(self) -> Any:
         from batchsend.providers import RecipientLimits, get_provider

@@ -7,13 +7,17 @@ process has loaded from a string before it reaches a log, an error, the store or
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from batchsend.errors import SecretError
 
 DEFAULT_ENV_VAR = "BATCHSEND_API_KEY"
+#: A campaign file's ``api_key_env`` must start with this: it may not pick another secret.
+KEY_ENV_PREFIX = "BATCHSEND_"
 
 _loaded: set[str] = set()
 
@@ -23,6 +27,15 @@ def remember(key: str) -> str:
     if key:
         _loaded.add(key)
     return key
+
+
+def remember_env(name: str) -> None:
+    """Register the key environment variable ``name`` holds, if any, before it is loaded.
+
+    Called before a campaign reads any file, so that a file which happens to hold the
+    environment (``/proc/self/environ``) or the key cannot show it in an error message.
+    """
+    remember(os.environ.get(name, "").strip())
 
 
 def redact(text: str) -> str:
@@ -127,3 +140,23 @@ def _key_from_file(raw: bytes, path: Path) -> str:
 def _maybe_a_key(name: str) -> bool:
     """A file name that could be a pasted key: 16+ characters, no dot, no space."""
     return len(name) >= 16 and "." not in name and " " not in name
+
+
+def is_loopback_url(url: str) -> bool:
+    """Does ``url`` name this machine (127.0.0.0/8, ::1, ``localhost``)?
+
+    Only such a base URL may come from a campaign file alone: the key is sent to it.
+    Names that merely resolve to loopback (``127.0.0.1.nip.io``) do not count.
+    """
+    try:
+        host = urlsplit(url).hostname or ""
+    except ValueError:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)

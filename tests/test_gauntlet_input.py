@@ -455,9 +455,13 @@ def test_a_fifo_as_the_recipient_file_is_refused_not_waited_on(send, tmp_path: P
 
 
 def test_a_device_as_the_recipient_file_is_refused(send) -> None:
-    """Flaw found: ``/dev/zero`` was hashed, then read, for ever (and grew past 4 GB)."""
+    """Flaw found: ``/dev/zero`` was hashed, then read, for ever (and grew past 4 GB).
+
+    A link to it is now refused first as a path outside the campaign folder; the FIFO
+    test above covers the non-regular-file check inside the folder.
+    """
     outcome = send(lambda path: path.symlink_to("/dev/zero"))
-    refused(outcome, "recipients.csv", "not a regular file", "fix:")
+    refused(outcome, "recipients.csv", "/dev/zero", "--allow-outside")
 
 
 def test_a_256_mb_header_line_is_refused_after_reading_one_megabyte(send) -> None:
@@ -679,3 +683,86 @@ def test_a_disk_that_fills_mid_run_is_one_error_and_the_run_resumes(
         env={"BATCHSEND_API_KEY": KEY},
     )  # fmt: skip
     assert result.exit_code == 0, result.output
+
+
+# --- confinement and render limits ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "needles"),
+    [
+        (lambda t: t.replace('path = "recipients.csv"', 'path = "../secret.txt"'),
+         ("source.path", "outside the campaign folder", "--allow-outside")),
+        (lambda t: t.replace('path = "recipients.csv"', 'path = "/proc/self/environ"'),
+         ("source.path", "outside the campaign folder")),
+        (lambda t: t.replace('text = "Hello {{ first }}."', 'text_file = "link.txt"'),
+         ("message.text_file", "outside the campaign folder")),
+        (lambda t: t + '\n[suppression]\nfiles = ["link.txt"]\n',
+         ("suppression.files", "outside the campaign folder")),
+        (lambda t: t.replace("[source]", 'api_key_file = "link.txt"\n[source]'),
+         ("api_key_file", "outside the campaign folder")),
+        (lambda t: t.replace("[source]", 'api_key_env = "AWS_SECRET_ACCESS_KEY"\n[source]'),
+         ("api_key_env", "BATCHSEND_")),
+    ],
+)  # fmt: skip
+def test_files_outside_the_campaign_folder_are_refused(
+    send, secret_outside: Path, opened: list[str], tmp_path: Path, change, needles
+) -> None:
+    folder = tmp_path / "campaign"
+    folder.mkdir(exist_ok=True)
+    (folder / "link.txt").symlink_to(secret_outside)
+    refused(send(toml=change), "campaign.toml", *needles)
+    assert not [p for p in opened if Path(p).name == "secret.txt"], opened
+
+
+def test_an_include_symlinked_to_outside_is_never_sent(send, secret_outside: Path, tmp_path):
+    folder = tmp_path / "campaign"
+    folder.mkdir(exist_ok=True)
+    (folder / "footer.txt").symlink_to(secret_outside)
+    outcome = send(
+        toml=lambda t: t.replace('text = "Hello {{ first }}."', 'text_file = "t/body.txt.j2"'),
+        files={"t/body.txt.j2": b'Hello.\n{% include "footer.txt" %}'},
+    )
+    refused(outcome, "footer.txt", "outside the campaign folder")
+    assert not any("top secret" in str(m) for m in outcome.messages)
+
+
+def test_a_remote_base_url_from_the_campaign_file_is_refused(send) -> None:
+    outcome = send(
+        # .invalid never resolves: even a broken check could not reach another host
+        toml=lambda t: t.replace('base_url = "http://127.0.0.1', 'base_url = "http://key.invalid#')
+    )
+    refused(outcome, "base_url", "key.invalid", "--base-url")
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{% set ns = namespace(v=first) %}{% for i in range(40) %}{% set ns.v = ns.v ~ ns.v %}"
+        "{% endfor %}{{ ns.v | length }}",
+        "{% set ns = namespace(v=[first]) %}{% for i in range(40) %}{% set ns.v = ns.v + ns.v %}"
+        "{% endfor %}{{ ns.v | length }}",
+        "{% set ns = namespace(v=first) %}{% for i in range(40) %}"
+        "{% set ns.v = [ns.v, ns.v] | join %}{% endfor %}{{ ns.v | length }}",
+        "{% set ns = namespace(v=first) %}{% for i in range(40) %}"
+        "{% set ns.v = ns.v | replace('n', 'nn') %}{% endfor %}{{ ns.v | length }}",
+    ],
+)
+def test_a_value_doubled_forty_times_is_stopped(send, template: str) -> None:
+    """Flaw found: each of these passed 4 GB in seconds; the size guard missed them."""
+    outcome = send(
+        subject='"Hi"',
+        toml=lambda t: t.replace('text = "Hello {{ first }}."', 'text_file = "t/body.txt.j2"'),
+        files={"t/body.txt.j2": template.encode()},
+    )
+    refused(outcome, "row 1", "t/body.txt.j2", "more than")
+
+
+def test_endless_recursion_is_a_row_problem(send) -> None:
+    """Flaw found: a recursive macro was a RecursionError traceback."""
+    outcome = send(
+        subject='"Hi"',
+        toml=lambda t: t.replace('text = "Hello {{ first }}."', 'text_file = "t/body.txt.j2"'),
+        files={"t/body.txt.j2": b"{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}"},
+    )
+    refused(outcome, "row 1", "t/body.txt.j2", "recursion too deep")

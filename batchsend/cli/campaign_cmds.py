@@ -9,6 +9,19 @@ import click
 
 from batchsend.campaign import load_campaign
 from batchsend.errors import InputError
+from batchsend.secrets import redact
+
+#: ``--allow-outside PATH``: the user, never the campaign file, lets it read elsewhere.
+ALLOW_OUTSIDE = click.option(
+    "--allow-outside",
+    "allow_outside",
+    multiple=True,
+    metavar="PATH",
+    type=click.Path(exists=True, path_type=Path),
+    help="Let the campaign read files under PATH (a folder or one file) although it is"
+    " outside the campaign folder. Repeatable. Without it every file the campaign names"
+    " must be inside its folder, symlinks resolved.",
+)
 
 
 @click.command()
@@ -39,7 +52,8 @@ def init(folder: Path, force: bool) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write every bad row with its reasons to this CSV file.",
 )
-def check(campaign_file: Path, errors_file: Path | None) -> None:
+@ALLOW_OUTSIDE
+def check(campaign_file: Path, errors_file: Path | None, allow_outside: tuple[Path, ...]) -> None:
     """Read and render every row of CAMPAIGN, send nothing, and report every problem.
 
     Problems are grouped by cause with their row numbers and column; the last lines
@@ -53,7 +67,7 @@ def check(campaign_file: Path, errors_file: Path | None) -> None:
     """
     from batchsend.preflight import format_report, preflight
 
-    campaign = load_campaign(campaign_file)
+    campaign = load_campaign(campaign_file, allow_outside=allow_outside)
     if errors_file is None:
         report = preflight(campaign)
     else:
@@ -67,7 +81,7 @@ def check(campaign_file: Path, errors_file: Path | None) -> None:
             ) from None
         with fh:
             report = preflight(campaign, errors=fh)
-    click.echo(format_report(report))
+    click.echo(redact(format_report(report)))
     if errors_file is not None and not report.ok:
         click.echo(f"bad rows written to {errors_file}")
     if not report.ok:
@@ -83,7 +97,10 @@ def check(campaign_file: Path, errors_file: Path | None) -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Write row-N.html, row-N.txt, row-N.json (and row-N.ics) here.",
 )
-def preview(campaign_file: Path, row: int, out_dir: Path | None) -> None:
+@ALLOW_OUTSIDE
+def preview(
+    campaign_file: Path, row: int, out_dir: Path | None, allow_outside: tuple[Path, ...]
+) -> None:
     """Show what row N of CAMPAIGN produces; with --out, write it to files.
 
     The JSON file is the exact request body the provider will receive (attachment
@@ -95,7 +112,7 @@ def preview(campaign_file: Path, row: int, out_dir: Path | None) -> None:
     """
     from batchsend.preview import preview as make_preview
 
-    result = make_preview(load_campaign(campaign_file), row, out_dir)
+    result = make_preview(load_campaign(campaign_file, allow_outside=allow_outside), row, out_dir)
     for key, value in result.headline.items():
         click.echo(f"{key:>16}: {value}")
     for path in result.files:

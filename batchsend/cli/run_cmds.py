@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from batchsend.cli.campaign_cmds import ALLOW_OUTSIDE
 from batchsend.errors import DiskFullError, is_disk_full
 from batchsend.runner import EXIT_INTERRUPTED, RunSummary, resume_run, run_campaign
 
@@ -24,7 +25,13 @@ def _send_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             type=click.Path(dir_okay=False),
             help="The SQLite file that records runs.",
         ),
-        click.option("--base-url", default=None, help="Override the provider's base URL."),
+        click.option(
+            "--base-url",
+            default=None,
+            help="The provider's base URL. Needed to send to a host that is not loopback:"
+            " a campaign file alone cannot send your key to another machine.",
+        ),
+        ALLOW_OUTSIDE,
         click.option(
             "--concurrency", type=click.IntRange(min=1), default=None, help="Requests in flight."
         ),
