@@ -21,7 +21,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LEDGER_NAME", "entries", "ledger_path", "record"]
+__all__ = [
+    "LEDGER_NAME",
+    "entries",
+    "ledger_path",
+    "record",
+    "register_path",
+    "register_send",
+    "registered_sends",
+]
 
 LEDGER_NAME = ".batchsend-ledger"
 
@@ -72,3 +80,81 @@ def entries(db_path: str | Path, campaign: str) -> dict[str, list[dict[str, Any]
             if e.get("db") == db and e.get("campaign") == campaign and e.get("run_id"):
                 found.setdefault(str(e["run_id"]), []).append(e)
     return found
+
+
+# --- the user's register of sends, across databases --------------------------------------
+#
+# The ledger above guards one database. A campaign sent from another database (the
+# command run from another folder, the campaign folder moved or copied) has a database of
+# its own that knows nothing of the first: without this register a second ``run`` would
+# email everyone again. Each real run that starts sending appends one line here, keyed by
+# the campaign's fingerprints (recipients, and campaign file + templates: contents only,
+# so a moved or copied folder keeps them); ``run`` reads it first.
+
+REGISTER_NAME = "sends.jsonl"
+
+
+def register_path() -> Path:
+    """``$XDG_STATE_HOME/batchsend/sends.jsonl`` (default ``~/.local/state/batchsend/``)."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "batchsend" / REGISTER_NAME
+
+
+def register_send(
+    db_path: str | Path,
+    *,
+    run_id: str,
+    campaign: str,
+    fingerprints: tuple[str, str],
+    counts: dict[str, int] | None = None,
+) -> bool:
+    """Note in the user's register that run ``run_id`` began sending (or, with its
+    ``counts``, stopped); False if it cannot."""
+    line: dict[str, Any] = {
+        "run_id": run_id,
+        "db": str(Path(db_path).resolve()),
+        "campaign": campaign,
+        "input_fingerprint": fingerprints[0],
+        "templates_fingerprint": fingerprints[1],
+        "at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    if counts is not None:
+        line["counts"] = {k: counts.get(k, 0) for k in ("sent", "unknown", "sending")}
+    path = register_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(line, sort_keys=True) + "\n")
+    except OSError:
+        return False
+    return True
+
+
+def registered_sends(fingerprints: tuple[str, str]) -> list[dict[str, Any]]:
+    """The register's runs of a campaign with these fingerprints that may have emailed
+    someone, each as its first line (when and where it began), oldest first.
+
+    A run whose latest line says it stopped with nothing sent, unknown or in flight (a
+    bad key at the first request, say) reached nobody and does not count.
+    """
+    first: dict[str, dict[str, Any]] = {}
+    latest: dict[str, dict[str, Any]] = {}
+    try:
+        text = register_path().read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    for line in text.splitlines():
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            e = json.loads(line)
+            if (e.get("input_fingerprint"), e.get("templates_fingerprint")) == fingerprints:
+                run_id = str(e.get("run_id"))
+                first.setdefault(run_id, e)
+                latest[run_id] = e
+    return [
+        e
+        for run_id, e in first.items()
+        if not (
+            isinstance(latest[run_id].get("counts"), dict)
+            and not any(latest[run_id]["counts"].values())
+        )
+    ]

@@ -303,6 +303,8 @@ def run_campaign(
         refuse_earlier_runs()
         session.open(api_key=api_key, api_key_file=api_key_file, api_key_stdin=api_key_stdin)
         input_fp, templates_fp = _fingerprints(campaign)
+        if real and not again:
+            _refuse_sent_elsewhere(store, campaign_path, (input_fp, templates_fp))
         settings = _settings(campaign, session, limit=limit, test_to=test_to, http=http_client)
         with store.creating_run(
             campaign_path=str(campaign.path),
@@ -636,6 +638,30 @@ def _earlier_sends(store: Store, campaign_path: str) -> dict[str, tuple[str, str
         if key not in found or (state == "sent" and found[key][1] != "sent"):
             found[key] = (run_id, state)
     return found
+
+
+def _refuse_sent_elsewhere(store: Store, campaign_path: str, fingerprints: tuple[str, str]) -> None:
+    """Refuse a campaign that a run recorded in another database, or under another path.
+
+    The database's own checks know its runs of this campaign file. The same recipients
+    and templates sent from elsewhere (another folder's database, the campaign folder
+    moved or copied) are only in the user's register of sends (:mod:`batchsend.ledger`).
+    """
+    from batchsend import ledger
+
+    here = str(Path(store.path).resolve())
+    for e in ledger.registered_sends(fingerprints):
+        if e.get("db") == here and e.get("campaign") == campaign_path:
+            continue  # this database's own record of this campaign decides
+        where = e.get("db")
+        raise CampaignSentError(
+            f"this campaign (the same recipients and templates) was already sent: run "
+            f"{e.get('run_id')} began sending at {e.get('at')} from {e.get('campaign')}, "
+            f"recorded in the database {where}; sending it from here would email those "
+            "people again\n  fix: to continue or inspect that run, use --db "
+            f"{shlex.quote(str(where))} (batchsend runs --db ...); to send to everyone again "
+            "anyway, pass --again"
+        )
 
 
 def _lost_record_notes(
@@ -1466,6 +1492,16 @@ def _send_and_finish(
                     f"could not write {ledger.ledger_path(store.path)}: a later loss of this "
                     "database would not be detected"
                 )
+            if not ledger.register_send(
+                store.path,
+                run_id=run_id,
+                campaign=run.campaign_path,
+                fingerprints=(run.input_fingerprint or "", run.templates_fingerprint or ""),
+            ):
+                notes_list.append(
+                    f"could not write {ledger.register_path()}: a run of this campaign from "
+                    "another database would not be refused"
+                )
         # ToSend's limit_per_second counts emails (every address), not requests: it is
         # the recipients' rate unless the campaign sets its own.
         rate = campaign.send.rate
@@ -1525,6 +1561,13 @@ def _send_and_finish(
 
             ledger.record(
                 store.path, "ended", run_id=run_id, campaign=run.campaign_path, counts=counts
+            )
+            ledger.register_send(
+                store.path,
+                run_id=run_id,
+                campaign=run.campaign_path,
+                fingerprints=(run.input_fingerprint or "", run.templates_fingerprint or ""),
+                counts=counts,
             )
     written = _write_report(store, run_id, report_path)
     return RunSummary(

@@ -34,6 +34,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = [item for item in items if item.get_closest_marker("slow") is None]
 
 
+@pytest.fixture(autouse=True)
+def _own_register_of_sends(tmp_path_factory: pytest.TempPathFactory, monkeypatch) -> None:
+    """Each test its own user register of sends (``$XDG_STATE_HOME/batchsend``).
+
+    The register refuses a campaign already sent from another database; tests generate
+    the same campaigns in many folders, and must not see each other's sends (nor the
+    developer's own). Subprocesses inherit it through the environment.
+    """
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
+
+
 @pytest.fixture
 def make_sandbox() -> Iterator[Callable[..., Sandbox]]:
     """A factory of started sandboxes, all stopped at teardown."""

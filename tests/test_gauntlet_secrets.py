@@ -149,7 +149,7 @@ def test_the_key_is_not_in_debug_logs_of_either_http_client(
             )  # fmt: skip
             revoke_at_request(sandbox, 6)  # a fatal 403 mid-run (12 batches, info first)
             summary = run_campaign(campaign, db_path=tmp_path / f"{client}.db", api_key=KEY,
-                                   http_client=client, progress=False,
+                                   http_client=client, progress=False, again=True,
                                    report_path=tmp_path / f"{client}.html")  # fmt: skip
             assert summary.state.value == "fatal"
             sandbox.configure(api_keys=(KEY,))

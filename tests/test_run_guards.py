@@ -252,3 +252,34 @@ def test_skip_sent_sends_only_to_the_addresses_a_list_gained(
     assert lib_run(campaign, sandbox, skip_sent=True).counts["sent"] == 0
     with pytest.raises(CampaignError, match="contradict"):
         lib_run(campaign, sandbox, skip_sent=True, again=True)
+
+
+@pytest.mark.parametrize("how", ["another_folder", "moved", "copied"])
+def test_a_campaign_sent_from_another_database_or_path_is_refused(
+    tmp_path: Path, sandbox: Sandbox, how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The command run from another folder (so another batchsend.db), the campaign folder
+    moved, or copied: each would have emailed everyone again."""
+    import shutil
+
+    campaign = write_campaign(tmp_path / "c", rows=4, base_url=sandbox.base_url)
+    first = run_campaign(campaign, db_path="b.db", api_key=KEY, progress=False)
+    assert first.counts["sent"] == 4
+    if how == "another_folder":
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        monkeypatch.chdir(elsewhere)
+        again_path, db = campaign, "b.db"  # a new database in the new folder
+    elif how == "moved":
+        shutil.move(tmp_path / "c", tmp_path / "c-moved")
+        again_path, db = tmp_path / "c-moved" / "campaign.toml", "b.db"
+    else:
+        shutil.copytree(tmp_path / "c", tmp_path / "c-copy")
+        again_path, db = tmp_path / "c-copy" / "campaign.toml", str(tmp_path / "copy.db")
+    with pytest.raises(CampaignSentError) as info:
+        run_campaign(again_path, db_path=db, api_key=KEY, progress=False)
+    assert first.run_id in str(info.value) and "--again" in str(info.value)
+    assert info.value.exit_code == 2
+    assert len(sandbox.messages()) == 4  # nobody emailed twice
+    again = run_campaign(again_path, db_path=db, api_key=KEY, progress=False, again=True)
+    assert again.counts["sent"] == 4 and len(sandbox.messages()) == 8  # asked for, so sent

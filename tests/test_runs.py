@@ -177,9 +177,9 @@ def test_real_runs_against_the_sandbox_are_listed_and_reported(
         kw.setdefault("api_key", "sk-test")
         return run_campaign(campaign, db_path=db, base_url=sandbox.base_url, progress=False, **kw)
 
-    fatal = run("a", api_key="sk-wrong")
+    fatal = run("a", api_key="sk-wrong")  # reached nobody: does not count as sent
     interrupted = run("b", limit=2)
-    finished = run("c")
+    finished = run("c", again=True)  # the same campaign from a third folder: said so
     listed = {item.run.id: item for item in list_runs(db)}
     assert listed[fatal.run_id].state is RunState.FATAL
     assert "403" in listed[fatal.run_id].run.fatal_error
