@@ -577,16 +577,22 @@ def format_report(report: PreflightReport, *, max_rows_listed: int = 20) -> str:
     lines: list[str] = []
     groups: dict[tuple[str | None, str], list[int]] = {}
     fixes: dict[tuple[str | None, str], str | None] = {}
+    first: dict[tuple[str | None, str], str] = {}
     for p in report.problems:
-        # Group on the message without the row's own value, so equal causes gather.
+        # Group on the message without the row's own value, so equal causes gather; the
+        # first row's own message is shown, so the value that is wrong can be seen.
         key = (p.column, re.sub(r"'[^']*'", "'…'", p.message, count=1))
         groups.setdefault(key, []).append(p.row or 0)
         fixes.setdefault(key, p.fix)
+        first.setdefault(key, p.message)
     for (column, message), rows in groups.items():
         shown = ", ".join(str(r) for r in rows[:max_rows_listed])
         more = f" and {len(rows) - max_rows_listed} more" if len(rows) > max_rows_listed else ""
         where = f"column {column!r}" if column else "row"
-        lines.append(f"{where}: {message}")
+        example = first[(column, message)]
+        if len(rows) > 1 and example != message:
+            example += f" (row {rows[0]}; the others alike)"
+        lines.append(f"{where}: {example}")
         lines.append(f"  rows {shown}{more}")
         if fixes[(column, message)]:
             lines.append(f"  fix: {fixes[(column, message)]}")

@@ -326,6 +326,7 @@ def test_check_command_groups_problems_and_exits_2(tmp_path) -> None:
     )
     assert result.exit_code == 2, result.output
     assert "column 'email': invalid address" in result.output
+    assert "invalid address 'not-an-address'" in result.output  # the value that is wrong
     for row in (2, 3, 4, 5):
         assert f"  rows {row}\n" in result.output
     assert "rows 6, sendable 2, skipped: invalid 4, estimated requests 1" in result.output

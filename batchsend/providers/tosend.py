@@ -323,7 +323,8 @@ def check_account(info: AccountInfo, *, sender_domains: set[str], recipients: in
         )
     for domain in sorted(sender_domains):
         if not info.domain_verified(domain):
-            state = "pending verification" if domain.lower() in info.pending_domains else "unknown"
+            pending = domain.lower() in info.pending_domains
+            state = "pending verification" if pending else "not on this account"
             raise FatalSendError(
                 f"the sender domain {domain!r} is not verified on this ToSend account "
                 f"({state}); verify it in ToSend, or change the campaign's sender",
