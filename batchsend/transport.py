@@ -150,8 +150,14 @@ class AiohttpTransport:
         aiohttp = self._aiohttp
         url = self._url(request.url)
         try:
+            # Never follow a redirect: it would carry the key (X-API-Key travels to any
+            # host) and the body somewhere the user did not choose.
             async with self._session.request(
-                request.method, url, data=request.body, headers=request.headers
+                request.method,
+                url,
+                data=request.body,
+                headers=request.headers,
+                allow_redirects=False,
             ) as response:
                 body = await response.read()
                 return HttpResponse(response.status, response.headers, body)
@@ -192,6 +198,7 @@ class HttpxTransport:
                 max_connections=self.concurrency, max_keepalive_connections=self.concurrency
             ),
             timeout=self.timeout,
+            follow_redirects=False,  # as aiohttp: the key never follows a redirect
         )
         return self
 

@@ -475,3 +475,41 @@ def test_tosend_carries_a_calendar_invite_as_an_invite_ics_attachment():
     (invite,) = email["attachments"]
     assert (invite["name"], invite["type"]) == ("invite.ics", "text/calendar; method=REQUEST")
     assert base64.b64decode(invite["content"]).decode() == ics
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+@pytest.mark.parametrize("provider", ["tosend", "v1"])
+def test_a_redirect_is_never_followed_with_the_key(provider, transport):
+    """A 307 to another address would re-send the key (and the email) there."""
+    from aiohttp import web
+
+    hits: list[str] = []
+
+    async def go():
+        async def elsewhere(request: web.Request) -> web.Response:
+            hits.append(request.headers.get("X-API-Key") or request.headers.get("Authorization"))
+            return web.json_response({"message_id": "x"})
+
+        async def redirect(request: web.Request) -> web.Response:
+            raise web.HTTPTemporaryRedirect(f"{base}/elsewhere")
+
+        app = web.Application()
+        app.router.add_post("/elsewhere", elsewhere)
+        app.router.add_route("POST", "/{tail:.*}", redirect)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        base = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+        try:
+            p = get_provider(provider, base_url=base, api_key=KEY, batch_size=1)
+            (unit,) = units(p, [msg()])
+            async with make_transport(transport) as t:
+                r = await t.send(p.build_request(unit))
+            return p.parse_response(unit, r.status, r.headers, r.body)
+        finally:
+            await runner.cleanup()
+
+    (outcome,) = asyncio.run(go())
+    assert hits == []  # the key went nowhere else
+    assert outcome.kind is UNKNOWN and outcome.http_status == 307
