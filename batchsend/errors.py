@@ -23,7 +23,9 @@ One root, so callers can catch everything batchsend means with one clause::
         │   └── LostRecordError         the database lost a record of sends (-wal gone, older copy)
         ├── RunNotFoundError            exit 2: no run with the id the user gave
         ├── ResumeRefusedError          inputs changed since the run began, or nothing to resume
-        │   └── ConcurrentCommandError  another batchsend command is at work on it right now
+        │   ├── ConcurrentCommandError  another batchsend command is at work on it right now
+        │   ├── UnfinishedRunError      run: the campaign's last run is unfinished (resume it)
+        │   └── CampaignSentError       run: the campaign was sent already (--again, --skip-sent)
         ├── DiskFullError               the disk filled during a run: stopped, state kept
         └── DatabaseGoneError           the database file was deleted or replaced mid-run
 
@@ -192,6 +194,14 @@ class LostRecordError(DatabaseFileError):
 
 class ConcurrentCommandError(ResumeRefusedError):
     """Another live batchsend command is working on the campaign, the run or the database."""
+
+
+class UnfinishedRunError(ResumeRefusedError):
+    """``run`` on a campaign whose last run is unfinished: resume it, or ask for a new run."""
+
+
+class CampaignSentError(ResumeRefusedError):
+    """``run`` on a campaign whose last run finished: ``again`` or ``skip_sent`` says how."""
 
 
 class DatabaseGoneError(StoreError):

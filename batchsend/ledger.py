@@ -7,7 +7,7 @@ database's folder (fsynced: once per run or resume); when the run stops, an ``"e
 line with its counts. ``run`` and ``resume`` read it first: a run of this database and
 campaign that the ledger saw sending but the database does not hold, or that the
 ledger saw end with more ``sent`` rows than the database now shows, is refused before
-anything is sent (``batchsend.runner``). An ``"accepted"`` line (``--accept-lost-record``)
+anything is sent (``batchsend.sending``). An ``"accepted"`` line (``--accept-lost-record``)
 silences that run's entry. Lines that do not parse are ignored: the ledger is a guard,
 never a reason to fail.
 """

@@ -94,7 +94,7 @@ def describe(counters: Counters, rate: float | None, eta: float | None) -> str:
 class ProgressDisplay:
     """A live line on standard error while a run sends (a no-op when it is not a terminal).
 
-    The runner passes :meth:`update` as the engine's ``on_progress`` callback, which the
+    The send pass passes :meth:`update` as the engine's ``on_progress`` callback, which the
     engine calls a few times a second.
 
     Example::

@@ -1,10 +1,7 @@
-"""Reports and run history: what happened to every recipient of a run, from the store.
+"""Reports: what happened to every recipient of a run, from the store.
 
-Three things live here:
+Two things live here:
 
-* :func:`list_runs` -- every run in a database, with its counts by recipient state, its
-  state as it really is (a ``running`` run whose process is gone is shown
-  ``interrupted``) and the command that resumes it.
 * :func:`iter_report` -- the report's rows, streamed from SQLite as polars DataFrames
   of at most ``chunk_rows`` rows, in input order. Memory stays flat whatever the size
   of the run.
@@ -41,9 +38,9 @@ reading the CSV back gets such a cell with its quote; :func:`unneutralise` undoe
 prefix, and the Parquet and JSON exports, which no spreadsheet evaluates, carry every
 value untouched (use ``--format parquet`` for byte-exact values).
 
-The store owns the schema; this module only reads it, through the connection of a
-:class:`batchsend.store.Store`, with the few set-based queries a report needs
-(streamed row chunks, grouped counts, time buckets of the attempts log).
+The store owns the schema and every query: this module asks it for the run and for
+the recipient rows in chunks (:class:`batchsend.store.RecipientReader`), and turns them
+into the report.
 """
 
 from __future__ import annotations
@@ -52,36 +49,31 @@ import contextlib
 import gc
 import io
 import json
-import os
 import queue
-import socket
-import sqlite3
 import threading
 from collections.abc import Generator, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
 import polars as pl
 
-from batchsend.errors import BatchsendError, InputError, StoreError
-from batchsend.next_steps import NextStep, next_steps, resume_command, state_label
-from batchsend.states import RecipientState, RunState
-from batchsend.store import RunInfo, Store
+from batchsend.campaign import load_campaign
+from batchsend.errors import BatchsendError, StoreError
+from batchsend.history import find_run, open_db
+from batchsend.preflight import fingerprints
+from batchsend.report_html import render_html
+from batchsend.source import SourceSpec, iter_batches, read_columns
+from batchsend.states import RecipientState
+from batchsend.store import RecipientReader, RunInfo
+from batchsend.summary import read_summary
 
 __all__ = [
     "FORMATS",
     "FORMULA_PREFIXES",
-    "ReasonCount",
     "ReportColumns",
-    "RunListing",
-    "RunSummary",
-    "TimeBucket",
-    "effective_state",
     "iter_report",
-    "list_runs",
     "neutralise",
-    "read_summary",
     "report_columns",
     "unneutralise",
     "write_report",
@@ -159,152 +151,6 @@ def _neutralise_expr(name: str) -> pl.Expr:
 # -- runs ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class RunListing:
-    """One run as ``batchsend runs`` shows it.
-
-    ``run`` is the stored run with live ``counts``; ``state`` is its real state (a
-    ``running`` run whose process is gone reads ``interrupted``); ``resume`` is the
-    command that finishes it, or ``None`` when there is nothing to resume;
-    ``failed_retryable`` how many of its failed rows ``--retry-failed`` would send.
-    """
-
-    run: RunInfo
-    state: RunState
-    resume: str | None
-    failed_retryable: int = 0
-    db_path: str = ""
-
-    @property
-    def label(self) -> str:
-        """The state as shown: ``finished with 3 failed / 2 unknown`` rather than finished."""
-        return state_label(self.state, self.run.counts)
-
-    @property
-    def next_steps(self) -> tuple[NextStep, ...]:
-        """What to do about the run's failed and unknown rows, with the exact commands."""
-        if self.run.dry_run:
-            return ()
-        return next_steps(
-            self.run.id, self.db_path, self.run.counts, failed_retryable=self.failed_retryable
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready values (``batchsend runs --json``)."""
-        r = self.run
-        return {
-            "id": r.id,
-            "campaign": r.campaign_name,
-            "campaign_path": r.campaign_path,
-            "provider": r.provider,
-            "state": self.state.value,
-            "state_label": self.label,
-            "stored_state": r.state.value,
-            "started_at": r.started_at,
-            "ended_at": r.ended_at,
-            "updated_at": r.updated_at,
-            "total_rows": r.total_rows,
-            "counts": dict(r.counts),
-            "failed_retryable": self.failed_retryable,
-            "failed_permanent": r.counts.get(RecipientState.FAILED.value, 0)
-            - self.failed_retryable,
-            "is_test": r.is_test,
-            "dry_run": r.dry_run,
-            "fatal_error": r.fatal_error,
-            "report_path": r.report_path,
-            "resume": self.resume,
-            "next_steps": [step.to_dict() for step in self.next_steps],
-        }
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by someone else
-        return True
-    except OSError:
-        return False
-    # A recycled pid now used by an unrelated program is not our run.
-    with contextlib.suppress(OSError):
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().lower()
-        if cmdline and b"batchsend" not in cmdline and b"python" not in cmdline:
-            return False
-    return True
-
-
-def effective_state(run: RunInfo) -> RunState:
-    """The run's state as it really is.
-
-    A run stored ``running`` whose process is not alive on this machine (killed, crashed,
-    or recorded by another host) is ``interrupted``: nothing will move it on but a resume.
-    """
-    if run.state is not RunState.RUNNING:
-        return run.state
-    host = run.settings.get("host") if isinstance(run.settings, dict) else None
-    if host and host != socket.gethostname():
-        return RunState.INTERRUPTED
-    if run.pid is None or not _process_alive(run.pid):
-        return RunState.INTERRUPTED
-    return RunState.RUNNING
-
-
-def _open(db_path: str | Path) -> Store:
-    path = Path(db_path)
-    if not path.is_file():  # checked first: opening it would create an empty database
-        raise InputError(
-            "no batchsend database here (no such file)",
-            file=str(path),
-            fix="pass --db with the database file a run wrote (default: batchsend.db)",
-        )
-    return Store(path)
-
-
-def _listing(store: Store, run: RunInfo, db_path: str | Path) -> RunListing:
-    run = replace(run, counts=store.counts(run.id))
-    state = effective_state(run)
-    resume = None
-    if state in (RunState.INTERRUPTED, RunState.FATAL) and not run.dry_run:
-        resume = resume_command(run.id, db_path)
-    return RunListing(
-        run=run,
-        state=state,
-        resume=resume,
-        failed_retryable=store.failed_retryable(run.id),
-        db_path=str(db_path),
-    )
-
-
-def _get_run(store: Store, run_id: str) -> RunInfo:
-    """The run, or an :class:`InputError` (exit 2) naming the runs there are."""
-    try:
-        return store.get_run(run_id)
-    except StoreError:
-        known = [r.id for r in store.list_runs()]
-        if run_id in known:
-            raise
-        latest = f"; the latest is {known[0]}" if known else "; it has no runs"
-        raise InputError(
-            f"no run {run_id!r} in {store.path}{latest}",
-            fix=f"list the runs with: batchsend runs --db {store.path}",
-        ) from None
-
-
-def list_runs(db_path: str | Path) -> list[RunListing]:
-    """Every run in the database, newest first, with live counts and real states.
-
-    Raises :class:`StoreError` when there is no database at ``db_path``.
-
-    Example::
-
-        for listing in list_runs("batchsend.db"):
-            print(listing.run.id, listing.state, listing.run.counts, listing.resume)
-    """
-    with _open(db_path) as store:
-        return [_listing(store, run, db_path) for run in store.list_runs()]
-
-
 # -- the report's shape --------------------------------------------------------------
 
 
@@ -335,25 +181,15 @@ class _InputFile:
 
 def _campaign_columns(run: RunInfo) -> tuple[str, str | None, _InputFile | None]:
     """(address column, name column, the unchanged recipient file or None)."""
-    email, name = "email", None
-    mapped = run.settings.get("columns") if isinstance(run.settings, dict) else None
-    if isinstance(mapped, dict):
-        email = mapped.get("email") or email
-        name = mapped.get("name") or name
     try:
-        from batchsend.campaign import load_campaign
-
         campaign = load_campaign(run.campaign_path)
-    except (BatchsendError, OSError, ImportError):
-        return email, name, None
+    except (BatchsendError, OSError):
+        return "email", None, None
     email, name = campaign.columns.email, campaign.columns.name
     return email, name, _unchanged_input(run, campaign)
 
 
 def _unchanged_input(run: RunInfo, campaign: Any) -> _InputFile | None:
-    from batchsend.preflight import fingerprints
-    from batchsend.source import SourceSpec, read_columns
-
     if not run.input_fingerprint or not campaign.source.is_file():
         return None
     if run.input_path and Path(run.input_path).resolve() != campaign.source.resolve():
@@ -416,35 +252,18 @@ def _state_values(states: Iterable[str] | None) -> list[str] | None:
     return values
 
 
-def _has_column(conn: sqlite3.Connection, table: str, column: str) -> bool:
-    return any(r[1] == column for r in conn.execute(f"PRAGMA table_info({table})"))
-
-
 _META = "__metadata"
 
 
-def _select(
-    conn: sqlite3.Connection, run_id: str, cols: ReportColumns, states: list[str] | None
-) -> tuple[str, list[Any], dict[str, pl.DataType]]:
-    """The SQL that yields the report's store-side columns, its parameters and schema.
+def _select(cols: ReportColumns) -> tuple[list[str], dict[str, pl.DataType]]:
+    """The store columns that yield the report's store-side columns, and their schema.
 
     The metadata JSON comes out whole (as ``__metadata``) and is expanded by polars
     outside the GIL: pulling each key out in SQL costs more than the rest of the row.
     """
-    exprs: list[str] = ["row", "email", "name"]
-    for store_col, _ in _FIXED:
-        if store_col == "retryable" and not _has_column(conn, "recipients", "retryable"):
-            exprs.append("NULL")
-        else:
-            exprs.append(store_col)
+    columns: list[str] = ["row", "email", "name", *(store_col for store_col, _ in _FIXED)]
     if cols.metadata:
-        exprs.append("metadata")
-    sql = f"SELECT {', '.join(exprs)} FROM recipients WHERE run_id = ?"
-    params: list[Any] = [run_id]
-    if states is not None:
-        sql += f" AND state IN ({','.join('?' * len(states))})"
-        params.extend(states)
-    sql += " ORDER BY row"
+        columns.append("metadata")
     names = cols.names()[: 3 + len(_FIXED)]
     schema: dict[str, pl.DataType] = {}
     for name, store_name in zip(
@@ -458,7 +277,7 @@ def _select(
             schema[name] = pl.String()
     if cols.metadata:
         schema[_META] = pl.String()
-    return sql, params, schema
+    return columns, schema
 
 
 def _frame(rows: list[tuple[Any, ...]], schema: dict[str, pl.DataType]) -> pl.DataFrame:
@@ -495,26 +314,6 @@ def _expand_metadata(frame: pl.DataFrame, keys: Sequence[str]) -> pl.DataFrame:
             schema={k: pl.String for k in keys},
         )
     return frame.drop(_META).hstack(expanded)
-
-
-def _chunks(
-    conn: sqlite3.Connection,
-    sql: str,
-    params: list[Any],
-    schema: dict[str, pl.DataType],
-    chunk_rows: int,
-) -> Iterator[pl.DataFrame]:
-    """The query's rows as DataFrames; always at least one (empty, with the schema)."""
-    cursor = conn.execute(sql, params)
-    yielded = False
-    while True:
-        rows = cursor.fetchmany(chunk_rows)
-        if not rows and yielded:
-            return
-        yielded = True
-        yield _frame(rows, schema)
-        if not rows:
-            return
 
 
 _DONE = object()
@@ -573,7 +372,6 @@ class _InputJoiner:
     """
 
     def __init__(self, source: _InputFile, columns: Sequence[str], chunk_rows: int) -> None:
-        from batchsend.source import iter_batches
 
         self.columns = list(columns)
         self._batches = iter_batches(source.spec, chunk_rows)
@@ -634,24 +432,19 @@ def iter_report(
             print(frame.select("row", "email", "reason"))
     """
     wanted = _state_values(states)
-    with _open(db_path) as store:
-        run = _get_run(store, run_id)
+    with open_db(db_path) as store:
+        run = find_run(store, run_id)
         cols, source = report_columns(run, with_input=with_input)
-        sql, params, schema = _select(store.conn, run_id, cols, wanted)
+        columns, schema = _select(cols)
     joiner = _InputJoiner(source, cols.input_extra, chunk_rows) if source else None
     row_name = cols.renamed.get("row", "row")
-    # A read-only connection of its own: the report may be read while a run writes
-    # (WAL), and polars' Parquet sink pulls the chunks from one of its own threads.
-    uri = Path(db_path).resolve().as_uri() + "?mode=ro"
-    conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
-    try:
-        for frame in _prefetched(_chunks(conn, sql, params, schema, chunk_rows)):
+    with RecipientReader(db_path) as reader:
+        chunks = reader.chunks(run_id, columns, states=wanted, chunk_rows=chunk_rows)
+        for frame in _prefetched(_frame(rows, schema) for rows in chunks):
             frame = _expand_metadata(frame, cols.metadata)
             if joiner is not None:
                 frame = joiner.join(frame, row_name)
             yield frame
-    finally:
-        conn.close()
 
 
 # -- writing -------------------------------------------------------------------------
@@ -799,8 +592,6 @@ def write_report(
         raise StoreError(f"unknown report format {format!r} (one of: {', '.join(FORMATS)})")
     out = Path(out)
     if format == "html":
-        from batchsend.report_html import render_html
-
         out.write_text(render_html(read_summary(db_path, run_id)), encoding="utf-8")
         return out
     frames = iter_report(
@@ -838,126 +629,3 @@ def write_report(
 
 
 # -- the summary behind the HTML page ------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ReasonCount:
-    """How many rows ended in ``state`` for one reason."""
-
-    state: str
-    reason: str
-    error_type: str | None
-    http_status: int | None
-    example: str | None  # one provider message for that reason
-    count: int
-
-
-@dataclass(frozen=True, slots=True)
-class TimeBucket:
-    """The attempts log over one slice of time, ``start``..``start + width`` seconds."""
-
-    start: float  # seconds since the first attempt
-    width: float
-    attempts: int
-    accepted: int  # recipients accepted in this slice
-    retries: int  # attempts after the first for their request
-    failed_attempts: int  # attempts answered retryable, permanent or fatal
-
-    @property
-    def rate(self) -> float:
-        """Recipients accepted per second over the slice."""
-        return self.accepted / self.width if self.width else 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class RunSummary:
-    """Everything the one-page summary shows about one run."""
-
-    listing: RunListing
-    counts: dict[str, int]
-    reasons: tuple[ReasonCount, ...]
-    timeline: tuple[TimeBucket, ...]
-    first_attempt: str | None
-    last_attempt: str | None
-    total_attempts: int
-    db_path: str
-
-
-def _reasons(conn: sqlite3.Connection, run_id: str, limit: int) -> tuple[ReasonCount, ...]:
-    found = conn.execute(
-        "SELECT state, COALESCE(reason, error_type, 'unspecified') AS why, error_type,"
-        " http_status, MAX(error_message), COUNT(*) AS n FROM recipients"
-        " WHERE run_id = ? AND state IN ('failed', 'skipped', 'unknown')"
-        " GROUP BY state, why, error_type, http_status ORDER BY n DESC, why LIMIT ?",
-        (run_id, limit),
-    ).fetchall()
-    return tuple(ReasonCount(*r) for r in found)
-
-
-def _timeline(
-    conn: sqlite3.Connection, run_id: str, buckets: int
-) -> tuple[tuple[TimeBucket, ...], str | None, str | None, int]:
-    first, last, total = conn.execute(
-        "SELECT MIN(at), MAX(at), COUNT(*) FROM attempts WHERE run_id = ?", (run_id,)
-    ).fetchone()
-    if not total:
-        return (), None, None, 0
-    (span,) = conn.execute(
-        "SELECT (julianday(?) - julianday(?)) * 86400.0", (last, first)
-    ).fetchone()
-    span = max(float(span or 0.0), 0.001)
-    width = span / buckets
-    rows = conn.execute(
-        "SELECT MIN(CAST((julianday(at) - julianday(?)) * 86400.0 / ? AS INTEGER), ? - 1) AS b,"
-        " COUNT(*),"
-        " SUM(CASE WHEN outcome = 'accepted' THEN recipients ELSE 0 END),"
-        " SUM(CASE WHEN attempt > 1 THEN 1 ELSE 0 END),"
-        " SUM(CASE WHEN outcome != 'accepted' THEN 1 ELSE 0 END)"
-        " FROM attempts WHERE run_id = ? GROUP BY b ORDER BY b",
-        (first, width, buckets, run_id),
-    ).fetchall()
-    by_bucket = {int(r[0]): r for r in rows}
-    timeline = []
-    for b in range(buckets):
-        r = by_bucket.get(b)
-        timeline.append(
-            TimeBucket(
-                start=b * width,
-                width=width,
-                attempts=int(r[1]) if r else 0,
-                accepted=int(r[2] or 0) if r else 0,
-                retries=int(r[3] or 0) if r else 0,
-                failed_attempts=int(r[4] or 0) if r else 0,
-            )
-        )
-    return tuple(timeline), first, last, int(total)
-
-
-def read_summary(
-    db_path: str | Path, run_id: str, *, buckets: int = 60, top_reasons: int = 10
-) -> RunSummary:
-    """Gather the one-page summary of run ``run_id``: counts, reasons, attempts over time.
-
-    Example::
-
-        summary = read_summary("batchsend.db", run_id)
-        print(summary.counts, summary.reasons[:3])
-    """
-    with _open(db_path) as store:
-        listing = _listing(store, _get_run(store, run_id), db_path)
-        timeline, first, last, total = _timeline(store.conn, run_id, buckets)
-        return RunSummary(
-            listing=listing,
-            counts=dict(listing.run.counts),
-            reasons=_reasons(store.conn, run_id, top_reasons),
-            timeline=timeline,
-            first_attempt=first,
-            last_attempt=last,
-            total_attempts=total,
-            db_path=str(db_path),
-        )
-
-
-def dumps_listings(listings: Sequence[RunListing]) -> str:
-    """The runs as a JSON array (``batchsend runs --json``)."""
-    return json.dumps([item.to_dict() for item in listings], indent=2, ensure_ascii=False)

@@ -65,9 +65,11 @@ from batchsend.secrets import redact
 from batchsend.states import RecipientState, RunState
 
 __all__ = [
+    "DEFAULT_DB",
     "FLUSH_ROWS",
     "FLUSH_SECONDS",
     "NewRecipient",
+    "RecipientReader",
     "RunInfo",
     "RunRecorder",
     "Store",
@@ -76,6 +78,8 @@ __all__ = [
     "safe_settings",
 ]
 
+#: Where ``run``, ``resume``, ``runs`` and ``report`` look when ``--db`` is not given.
+DEFAULT_DB = "batchsend.db"
 FLUSH_ROWS = 512
 FLUSH_SECONDS = 0.25
 INSERT_CHUNK = 20_000
@@ -546,6 +550,19 @@ class Store:
     def _rollback(self) -> None:
         if self.conn.in_transaction:
             self.conn.execute("ROLLBACK")
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction on :attr:`conn`: the write lock is taken on entry
+        (``BEGIN IMMEDIATE``, so a second process fails here, not half-way), committed
+        on leaving, rolled back on any exception (Ctrl-C included)."""
+        self._begin()
+        try:
+            yield self.conn
+            self._commit()
+        except BaseException:
+            self._rollback()
+            raise
 
     # -- runs ----------------------------------------------------------------------
 
@@ -1075,6 +1092,47 @@ class Store:
         ).fetchone()
         return int(n)
 
+    def reason_counts(self, run_id: str, limit: int) -> list[tuple[Any, ...]]:
+        """The run's failed, skipped and unknown rows grouped by reason, most frequent
+        first: ``(state, reason, error_type, http_status, one error message, count)``."""
+        return self.conn.execute(
+            "SELECT state, COALESCE(reason, error_type, 'unspecified') AS why, error_type,"
+            " http_status, MAX(error_message), COUNT(*) AS n FROM recipients"
+            " WHERE run_id = ? AND state IN ('failed', 'skipped', 'unknown')"
+            " GROUP BY state, why, error_type, http_status ORDER BY n DESC, why LIMIT ?",
+            (run_id, limit),
+        ).fetchall()
+
+    def attempts_span(self, run_id: str) -> tuple[str | None, str | None, int, float]:
+        """The run's first and last attempt times, how many attempts, and the seconds
+        from the first to the last."""
+        first, last, total = self.conn.execute(
+            "SELECT MIN(at), MAX(at), COUNT(*) FROM attempts WHERE run_id = ?", (run_id,)
+        ).fetchone()
+        if not total:
+            return None, None, 0, 0.0
+        (span,) = self.conn.execute(
+            "SELECT (julianday(?) - julianday(?)) * 86400.0", (last, first)
+        ).fetchone()
+        return first, last, int(total), float(span or 0.0)
+
+    def attempts_by_bucket(
+        self, run_id: str, *, first: str, width: float, buckets: int
+    ) -> list[tuple[int, int, int, int, int]]:
+        """The attempts log cut into ``buckets`` slices of ``width`` seconds from
+        ``first``: ``(slice, attempts, recipients accepted, retries, failed attempts)``
+        for each slice that has any."""
+        rows = self.conn.execute(
+            "SELECT MIN(CAST((julianday(at) - julianday(?)) * 86400.0 / ? AS INTEGER), ? - 1)"
+            " AS b, COUNT(*),"
+            " SUM(CASE WHEN outcome = 'accepted' THEN recipients ELSE 0 END),"
+            " SUM(CASE WHEN attempt > 1 THEN 1 ELSE 0 END),"
+            " SUM(CASE WHEN outcome != 'accepted' THEN 1 ELSE 0 END)"
+            " FROM attempts WHERE run_id = ? GROUP BY b ORDER BY b",
+            (first, width, buckets, run_id),
+        ).fetchall()
+        return [(int(b), int(n), int(a or 0), int(r or 0), int(f or 0)) for b, n, a, r, f in rows]
+
     def recipients(self, run_id: str) -> Iterator[dict[str, Any]]:
         """Every row of the run, in row order, as dicts (the report reads these)."""
         cursor = self.conn.execute(
@@ -1403,6 +1461,51 @@ _ATTEMPTS_TABLE = """CREATE TABLE IF NOT EXISTS attempts (
 ) WITHOUT ROWID"""
 
 
+class RecipientReader:
+    """A run's recipient rows for a report, over a read-only connection of its own.
+
+    A report may be read while a run writes (WAL), and its chunks may be pulled from
+    another thread than the one that opened the reader (polars' Parquet sink does).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        uri = Path(path).resolve().as_uri() + "?mode=ro"
+        self._conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
+
+    def __enter__(self) -> RecipientReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._conn.close()
+
+    def chunks(
+        self,
+        run_id: str,
+        columns: Sequence[str],
+        *,
+        states: Sequence[str] | None = None,
+        chunk_rows: int,
+    ) -> Iterator[list[tuple[Any, ...]]]:
+        """The run's rows (``columns`` of ``recipients``, in row order, only those in
+        ``states`` when given), ``chunk_rows`` at a time; always at least one chunk
+        (empty when no row matches)."""
+        sql = f"SELECT {', '.join(map(_quote, columns))} FROM recipients WHERE run_id = ?"
+        params: list[Any] = [run_id]
+        if states is not None:
+            sql += f" AND state IN ({','.join('?' * len(states))})"
+            params.extend(states)
+        cursor = self._conn.execute(sql + " ORDER BY row", params)
+        yielded = False
+        while True:
+            rows = cursor.fetchmany(chunk_rows)
+            if not rows and yielded:
+                return
+            yielded = True
+            yield rows
+            if not rows:
+                return
+
+
 def _file_identity(path: Path) -> tuple[int, int] | None:
     """(device, inode) of the file at ``path``, or None when there is none."""
     try:
@@ -1549,7 +1652,7 @@ class RunRecorder:
             "SELECT COALESCE(MAX(seq), 0) FROM attempts WHERE run_id = ?", (run_id,)
         ).fetchone()[0]
         self._oldest: float | None = None
-        # Counters the progress display reads (no SQL needed for a live view).
+        # How many rows this recorder settled, readable without a query.
         self.sent = 0
         self.failed = 0
 
@@ -1593,8 +1696,7 @@ class RunRecorder:
                 for row in m.rows:
                     rows.append((row, unit.key, m.key))
         expected += len(rows)
-        store._begin()
-        try:
+        with store.transaction():
             self._write_buffers()
             marked = 0
             for key, first, last in spans:
@@ -1633,10 +1735,6 @@ class RunRecorder:
             ]
             if recorded:
                 conn.executemany(_UNIT_SENDING_SQL, recorded)
-            store._commit()
-        except BaseException:
-            store._rollback()
-            raise
 
     def mark_split(self, parent: SendUnit, unit: SendUnit) -> None:
         """Commit ``unit``, part of ``parent`` still in flight, as a request of its own.
@@ -1654,8 +1752,7 @@ class RunRecorder:
             for m in unit.messages
             for row in m.rows
         ]
-        store._begin()
-        try:
+        with store.transaction():
             self._write_buffers()
             moved = conn.executemany(_MARK_SPLIT_SQL, params).rowcount
             if moved != len(params):
@@ -1668,10 +1765,6 @@ class RunRecorder:
                     _UNIT_SENDING_SQL,
                     (self.run_id, unit.key, _composition(unit), int(unit.batch), now),
                 )
-            store._commit()
-        except BaseException:
-            store._rollback()
-            raise
 
     def record_attempt(
         self,
@@ -1790,13 +1883,8 @@ class RunRecorder:
         ):
             return
         store = self.store
-        store._begin()
-        try:
+        with store.transaction():
             self._write_buffers()
-            store._commit()
-        except BaseException:
-            store._rollback()
-            raise
 
     # -- internals -----------------------------------------------------------------
 

@@ -41,7 +41,8 @@ from pathlib import Path
 from typing import Any
 
 from batchsend.crashpoints import ENV_VAR as CRASH_ENV
-from batchsend.runner import resume_run, run_campaign
+from batchsend.resume import resume_run
+from batchsend.run import run_campaign
 from batchsend.sandbox import Sandbox
 
 KEY = "sk-gauntlet-test"

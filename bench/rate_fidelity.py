@@ -34,7 +34,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gauntlet import DOMAIN, KEY, write_campaign
 
-from batchsend.runner import run_campaign
+from batchsend.run import run_campaign
 from batchsend.sandbox import Sandbox
 
 GOAL = 0.95
@@ -98,7 +98,7 @@ def run_case(name: str, rows: int, seconds: float, workdir: Path) -> dict[str, A
             send={"max_attempts": 5, "max_retry_time": 60, **case["send"]},
             base_url=sandbox.base_url,
         )
-        # Stop a run longer than the window as Ctrl-C would (its handler is the runner's).
+        # Stop a run longer than the window as Ctrl-C would (its handler is the send pass's).
         timer = threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGINT))
         timer.start()
         started = time.monotonic()

@@ -126,7 +126,7 @@ def child(mode: str, campaign_path: str, base_url: str, limit: int, option: str)
         import batchsend.ratelimit
         import batchsend.report
         import batchsend.retry
-        import batchsend.runner
+        import batchsend.run
         import batchsend.transport  # noqa: F401
     startup = time.process_time() - startup
 
@@ -182,7 +182,7 @@ def child(mode: str, campaign_path: str, base_url: str, limit: int, option: str)
     elif mode == "run":
         # The real path: run_campaign with preflight, the SQLite store, the engine and
         # the report, exactly as `batchsend run` does it.
-        from batchsend.runner import run_campaign
+        from batchsend.run import run_campaign
 
         work = Path(campaign_path).parent / f"run-{os.getpid()}"
         work.mkdir()

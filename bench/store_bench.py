@@ -2,7 +2,7 @@
 
     python bench/store_bench.py [ROWS]
 
-Prints rows/s for inserting ROWS rows at run start (one transaction, as the runner does),
+Prints rows/s for inserting ROWS rows at run start (one transaction, as a run does),
 and the cost per request of ``mark_sending`` (a committed transaction) + buffered
 ``record_final``, for single-message requests (v1) and 100-message batches (ToSend).
 """

@@ -25,8 +25,8 @@ from click.testing import CliRunner
 from batchsend.campaign import load_campaign
 from batchsend.cli import main
 from batchsend.errors import CampaignError
-from batchsend.runner import _Session
 from batchsend.secrets import redact
+from batchsend.session import Session
 
 KEY = "sk-live-CONFINE-4b2d9e71c0a85f36"
 ROOT = Path(__file__).resolve().parents[1]
@@ -307,7 +307,7 @@ def test_a_remote_base_url_in_the_campaign_file_is_refused_before_the_key_is_rea
 )
 def test_a_loopback_base_url_needs_no_confirmation(tmp_path: Path, url: str) -> None:
     campaign = load_campaign(write_campaign(tmp_path / "c", base_url=url))
-    with _Session(campaign, sandbox=False, dry_run=False) as session:
+    with Session(campaign, sandbox=False, dry_run=False) as session:
         session.open(api_key=KEY, api_key_file=None, api_key_stdin=False)
         assert session.base_url == url
 
@@ -325,11 +325,11 @@ def test_a_loopback_base_url_needs_no_confirmation(tmp_path: Path, url: str) -> 
 def test_a_remote_base_url_is_used_only_when_the_user_gave_it(tmp_path: Path, url: str) -> None:
     campaign = load_campaign(write_campaign(tmp_path / "c", base_url=url))
     with (
-        _Session(campaign, sandbox=False, dry_run=False) as session,
+        Session(campaign, sandbox=False, dry_run=False) as session,
         pytest.raises(CampaignError, match="--base-url"),
     ):
         session.open(api_key=KEY, api_key_file=None, api_key_stdin=False)
-    with _Session(campaign, sandbox=False, dry_run=False, base_url_confirmed=True) as session:
+    with Session(campaign, sandbox=False, dry_run=False, base_url_confirmed=True) as session:
         session.open(api_key=KEY, api_key_file=None, api_key_stdin=False)  # no request made
         assert session.base_url == url
 

@@ -30,7 +30,8 @@ import batchsend.store
 from batchsend.errors import DatabaseFileError, LostRecordError
 from batchsend.outcome import MessageOutcome, OutcomeKind
 from batchsend.plan import PlannedMessage, SendUnit
-from batchsend.runner import resume_run, run_campaign
+from batchsend.resume import resume_run
+from batchsend.run import run_campaign
 from batchsend.sandbox import Sandbox
 from batchsend.store import APPLICATION_ID, SCHEMA_VERSION, NewRecipient, Store
 

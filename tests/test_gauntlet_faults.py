@@ -116,7 +116,7 @@ def test_the_tosend_account_check_rides_out_a_transient_fault(
     import threading
 
     import batchsend.preflight  # noqa: F401  (imported now: the run must reach /v2/info fast)
-    from batchsend.runner import run_campaign
+    from batchsend.run import run_campaign
 
     sandbox = make_sandbox(api_keys=(gauntlet.KEY,))
     campaign = gauntlet.write_campaign(tmp_path / "c", rows=5, base_url=sandbox.base_url)

@@ -29,7 +29,8 @@ import gauntlet
 from batchsend.cli import main
 from batchsend.errors import BatchsendError, SendError
 from batchsend.providers.base import HttpRequest
-from batchsend.runner import resume_run, run_campaign
+from batchsend.resume import resume_run
+from batchsend.run import run_campaign
 from batchsend.sandbox import Sandbox
 from batchsend.transport import make_transport
 

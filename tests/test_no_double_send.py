@@ -24,7 +24,8 @@ from typing import Any
 import pytest
 from runkit import recipients_in, write_campaign
 
-from batchsend.runner import resume_run, run_campaign
+from batchsend.resume import resume_run
+from batchsend.run import run_campaign
 from batchsend.sandbox import Sandbox
 from batchsend.store import Store
 

@@ -199,18 +199,6 @@ def test_metadata_columns_expand_whatever_the_keys(db: Path, tmp_path: Path) -> 
     assert frame["batchsend_state"].to_list() == ["sent", "sent"]
 
 
-def test_address_and_name_columns_take_the_campaigns_names(db: Path, tmp_path: Path) -> None:
-    with Store(db, now=FakeClock()) as store:
-        run_id = build_run(
-            store,
-            [Person("a@example.com", "Ann")],
-            settings={"columns": {"email": "Email Address", "name": "Full name"}},
-        )
-    frame = pl.read_csv(write_report(db, run_id, tmp_path / "c.csv"))
-    assert frame.columns[:4] == ["row", "Email Address", "Full name", "state"]
-    assert frame["Email Address"].to_list() == ["a@example.com"]
-
-
 def test_missing_run_or_database_is_a_clear_error(db: Path, tricky_run: str, tmp_path) -> None:
     # A mistyped run id is bad input (exit 2) and the message says how to find the id.
     with pytest.raises(InputError, match="no run 'nope'") as info:
@@ -283,7 +271,7 @@ def test_failures_file_of_a_real_run_lists_the_failed_rows_with_their_input(
     """
     from runkit import write_campaign
 
-    from batchsend.runner import run_campaign
+    from batchsend.run import run_campaign
 
     monkeypatch.chdir(tmp_path)
     campaign_path = write_campaign(tmp_path / "c", rows=12, bad_rows=(4,))

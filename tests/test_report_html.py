@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 from test_report_data import FakeClock, Person, build_run
 
-from batchsend.report import read_summary, write_report
+from batchsend.report import write_report
 from batchsend.report_html import RATE_COLOUR, STATE_COLOURS, render_html
 from batchsend.states import RunState
 from batchsend.store import Store
+from batchsend.summary import read_summary
 
 SCREENSHOT_COPY = Path("/work/notes/report_screenshot.png")
 

@@ -13,8 +13,10 @@ from runkit import ScriptedToSend, recipients_in, write_campaign
 
 from batchsend.errors import ResumeRefusedError, RunNotFoundError
 from batchsend.providers import get_provider
-from batchsend.runner import _units_for_pending, resume_run, run_campaign
+from batchsend.resume import resume_run
+from batchsend.run import run_campaign
 from batchsend.sandbox import Sandbox
+from batchsend.sending import units_for_pending
 from batchsend.states import RecipientState, RunState
 from batchsend.store import Store
 from batchsend.transport import make_transport
@@ -79,7 +81,7 @@ def test_in_flight_rows_become_unknown_and_resend_repeats_the_same_request(
 
         provider = get_provider("tosend", base_url=sandbox.base_url, api_key=KEY, batch_size=10)
         units = list(
-            _units_for_pending(store, load_campaign(campaign), first.run_id, provider, None, None)
+            units_for_pending(store, load_campaign(campaign), first.run_id, provider, None, None)
         )
         left, never_left = units[0], units[1]
         recorder = store.recorder(first.run_id)

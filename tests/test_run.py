@@ -11,8 +11,8 @@ from click.testing import CliRunner
 from runkit import recipients_in, write_campaign
 
 from batchsend.cli import main
-from batchsend.errors import FatalSendError, PreflightError, SecretError
-from batchsend.runner import UnfinishedRunError, run_campaign
+from batchsend.errors import FatalSendError, PreflightError, SecretError, UnfinishedRunError
+from batchsend.run import run_campaign
 from batchsend.sandbox import Sandbox
 from batchsend.states import RecipientState, RunState
 from batchsend.store import Store
@@ -149,7 +149,7 @@ def test_a_fatal_answer_stops_the_run_and_a_resume_finishes_it(
     tmp_path: Path, make_sandbox
 ) -> None:
     """v1 has no account check: a bad key is found by the first request."""
-    from batchsend.runner import resume_run
+    from batchsend.resume import resume_run
 
     sandbox = make_sandbox()
     campaign = write_campaign(tmp_path / "c", rows=10, provider="v1", send={"concurrency": 1})

@@ -22,9 +22,14 @@ from runkit import query, recipients_in, write_campaign
 
 import batchsend.store
 from batchsend.cli import main
-from batchsend.errors import CampaignError, ConcurrentCommandError
+from batchsend.errors import (
+    CampaignError,
+    CampaignSentError,
+    ConcurrentCommandError,
+    UnfinishedRunError,
+)
 from batchsend.process import this_process
-from batchsend.runner import CampaignSentError, UnfinishedRunError, run_campaign
+from batchsend.run import run_campaign
 from batchsend.sandbox import Sandbox
 from batchsend.states import RunState
 from batchsend.store import Store

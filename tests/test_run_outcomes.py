@@ -28,11 +28,13 @@ from test_report_data import FakeClock, Person, build_run
 
 from batchsend.cli import main
 from batchsend.crashpoints import ENV_VAR
+from batchsend.history import list_runs
 from batchsend.next_steps import EXIT_ROWS_NOT_SENT, next_steps, state_label
-from batchsend.report import list_runs, write_report
+from batchsend.report import write_report
 from batchsend.report_html import _RUN_STATE_COLOURS
-from batchsend.runner import RunSummary, resume_run
+from batchsend.resume import resume_run
 from batchsend.sandbox import Sandbox
+from batchsend.sending import RunResult
 from batchsend.states import RunState
 from batchsend.store import Store
 
@@ -89,7 +91,7 @@ def refusing_port() -> Iterator[int]:
 def _summary(state: RunState, *, interrupted: bool = False, dry_run: bool = False, **n: int):
     counts = {"pending": 0, "sending": 0, "sent": 5, "failed": 0, "skipped": 0, "unknown": 0}
     counts.update({k: v for k, v in n.items() if k in counts})
-    return RunSummary(
+    return RunResult(
         run_id="r1",
         state=state,
         counts=counts,
@@ -117,7 +119,7 @@ def _summary(state: RunState, *, interrupted: bool = False, dry_run: bool = Fals
         (_summary(RunState.FINISHED, skipped=5, dry_run=True), 0),
     ],
 )
-def test_exit_code(summary: RunSummary, code: int) -> None:
+def test_exit_code(summary: RunResult, code: int) -> None:
     assert summary.exit_code == code
     assert summary.to_dict()["exit_code"] == code
     assert EXIT_ROWS_NOT_SENT == 3

@@ -12,7 +12,8 @@ from click.testing import CliRunner
 from test_report_data import TRICKY, FakeClock, Person, build_run
 
 from batchsend.cli import main
-from batchsend.report import effective_state, iter_report, list_runs
+from batchsend.history import effective_state, list_runs
+from batchsend.report import iter_report
 from batchsend.states import RunState
 from batchsend.store import Store
 
@@ -167,7 +168,7 @@ def test_real_runs_against_the_sandbox_are_listed_and_reported(
     """A fatal run (bad key), an interrupted one (--limit) and a finished one, for real."""
     from runkit import write_campaign
 
-    from batchsend.runner import run_campaign
+    from batchsend.run import run_campaign
 
     monkeypatch.chdir(tmp_path)
     db = tmp_path / "b.db"

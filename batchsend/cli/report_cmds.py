@@ -1,4 +1,5 @@
-"""``batchsend runs`` and ``batchsend report``: thin click layers over :mod:`batchsend.report`."""
+"""``batchsend runs`` and ``batchsend report``: thin click layers over
+:mod:`batchsend.history` and :mod:`batchsend.report`."""
 
 from __future__ import annotations
 
@@ -6,20 +7,15 @@ from pathlib import Path
 
 import click
 
-from batchsend.report import (
-    FORMATS,
-    RunListing,
-    dumps_listings,
-    format_for,
-    list_runs,
-    write_report,
-)
+from batchsend.history import RunListing, dumps_listings, list_runs
+from batchsend.report import FORMATS, format_for, write_report
 from batchsend.states import RecipientState
+from batchsend.store import DEFAULT_DB
 
 _db_option = click.option(
     "--db",
     "db_path",
-    default="batchsend.db",
+    default=DEFAULT_DB,
     show_default=True,
     type=click.Path(dir_okay=False),
     help="The SQLite file that records runs.",

@@ -1,4 +1,5 @@
-"""``batchsend run`` and ``batchsend resume``: thin click layers over :mod:`batchsend.runner`."""
+"""``batchsend run`` and ``batchsend resume``: thin click layers over :mod:`batchsend.run` and
+:mod:`batchsend.resume`."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import click
 
 from batchsend.cli.campaign_cmds import ALLOW_OUTSIDE
 from batchsend.errors import DiskFullError, is_disk_full
-from batchsend.runner import EXIT_INTERRUPTED, RunSummary, resume_run, run_campaign
+from batchsend.resume import resume_run
+from batchsend.run import run_campaign
+from batchsend.sending import EXIT_INTERRUPTED, RunResult
 
 
 def _send_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -88,7 +91,7 @@ def _send_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def _call(fn: Callable[..., RunSummary], *args: Any, **kwargs: Any) -> RunSummary:
+def _call(fn: Callable[..., RunResult], *args: Any, **kwargs: Any) -> RunResult:
     try:
         return fn(*args, **kwargs)
     except KeyboardInterrupt:
@@ -96,7 +99,7 @@ def _call(fn: Callable[..., RunSummary], *args: Any, **kwargs: Any) -> RunSummar
         click.echo("\nbatchsend: interrupted before sending; nothing was sent", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except Exception as exc:
-        # Once sending began the runner says it (with the resume command); a full disk
+        # Once sending began the send pass says it (with the resume command); a full disk
         # before that is here: the command's transaction was rolled back.
         if not is_disk_full(exc):
             raise
@@ -107,7 +110,7 @@ def _call(fn: Callable[..., RunSummary], *args: Any, **kwargs: Any) -> RunSummar
         ) from None
 
 
-def _finish(summary: RunSummary, as_json: bool) -> None:
+def _finish(summary: RunResult, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(summary.to_dict(), indent=2))
     else:

@@ -1,0 +1,186 @@
+"""Running a campaign: the library behind ``batchsend run``.
+
+Three lines from Python::
+
+    from batchsend.run import run_campaign
+    result = run_campaign("mycampaign/campaign.toml", db_path="batchsend.db", sandbox=True)
+    print(result.run_id, result.counts)
+
+A run, in order:
+
+1. load the campaign; read the API key (before the long part, so a missing key costs
+   nothing);
+2. preflight every row (render, validate) while inserting the rows into the store in
+   ONE transaction: a bad row (without ``skip_invalid``) rolls it back, so nothing is
+   recorded and nothing is sent (exit 2); a kill during this step records nothing;
+3. for ToSend, ask ``GET /v2/info`` (key, account, sender domain, credits for the rows
+   about to be sent) -- still before the run is committed;
+4. render again, plan the units and hand them to the engine, which marks each unit
+   ``sending`` (committed) before its request leaves;
+5. record the run's end state and write its report.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from batchsend import refusals
+from batchsend.campaign import load_campaign
+from batchsend.errors import (
+    CampaignError,
+)
+from batchsend.intake import Intake, spool_encoder
+from batchsend.overrides import override, parse_test_to, run_settings
+from batchsend.preflight import fingerprints
+from batchsend.sending import (
+    RunResult,
+    send_and_finish,
+    units_for_pending,
+)
+from batchsend.session import Session
+from batchsend.spool import MessageSpool
+from batchsend.store import DEFAULT_DB, Store
+
+
+def run_campaign(
+    campaign_path: str | Path,
+    *,
+    db_path: str | Path = DEFAULT_DB,
+    provider: str | None = None,
+    base_url: str | None = None,
+    concurrency: int | None = None,
+    rate: float | None = None,
+    limit: int | None = None,
+    test_to: str | None = None,
+    dry_run: bool = False,
+    sandbox: bool = False,
+    skip_invalid: bool = False,
+    new_run: bool = False,
+    again: bool = False,
+    skip_sent: bool = False,
+    accept_lost_record: bool = False,
+    http_client: str = "aiohttp",
+    api_key: str | None = None,
+    api_key_file: str | Path | None = None,
+    api_key_stdin: bool = False,
+    report_path: str | Path | None = None,
+    progress: bool | None = None,
+    allow_outside: Iterable[str | Path] = (),
+) -> RunResult:
+    """Preflight and send a campaign, recording every row in the store at ``db_path``.
+
+    Raises :class:`PreflightError` (nothing sent, nothing recorded) when a row is bad
+    and ``skip_invalid`` is off, :class:`UnfinishedRunError` when the campaign's last
+    real run is unfinished and ``new_run`` is off, :class:`CampaignSentError` when it
+    finished and neither ``again`` (send to everyone again, a new run) nor
+    ``skip_sent`` (send only to addresses no earlier run sent to) is given,
+    :class:`ConcurrentCommandError` when another live command is sending the campaign,
+    :class:`LostRecordError` when the database lost a record of this campaign's sends
+    (``accept_lost_record`` goes on anyway), :class:`FatalSendError` when ToSend's
+    account check refuses before anything is sent. Proof copies (``test_to``) and dry
+    runs are not refused for earlier runs. ``progress`` None: a live display when
+    standard error is a terminal. ``allow_outside``: paths outside the
+    campaign folder its files may be read from. A ``base_url`` given here is the user's
+    choice; one from the campaign file alone must be loopback (:class:`CampaignError`
+    otherwise).
+
+    Example::
+
+        summary = run_campaign("samples/newsletter", sandbox=True, limit=10)
+    """
+    started = time.monotonic()
+    campaign = override(
+        load_campaign(campaign_path, allow_outside=allow_outside),
+        provider=provider,
+        base_url=base_url,
+        concurrency=concurrency,
+        rate=rate,
+    )
+    test_address = parse_test_to(test_to) if test_to else None
+    if test_address is not None and limit is None:
+        limit = 1  # a proof copy: one message unless asked for more
+    if again and skip_sent:
+        raise CampaignError(
+            "--again and --skip-sent contradict each other",
+            fix="--again sends to everyone again; --skip-sent only to addresses not sent yet",
+        )
+    real = not (test_address or dry_run)
+    with (
+        Store(db_path, accept_lost_record=accept_lost_record) as store,
+        Session(
+            campaign, sandbox=sandbox, dry_run=dry_run, base_url_confirmed=base_url is not None
+        ) as session,
+        MessageSpool(Path(db_path).resolve().parent) as spool,
+    ):
+        campaign_path = str(campaign.path)
+        lost_notes = refusals.lost_record_notes(
+            store, campaign_path, check=real, accept=accept_lost_record
+        )
+        claim = store.claim(
+            campaign_path, command=f"batchsend run {shlex.quote(campaign_path)}", exclusive=real
+        )
+        earlier: dict[str, tuple[str, str]] = {}
+
+        def refuse_earlier_runs() -> None:
+            # Asked once before the long part (a refusal costs nothing), and again inside
+            # the transaction that records the run: the decision is made on the state the
+            # new run is written on, so two runs started together cannot both proceed.
+            if real:
+                refusals.refuse_earlier_runs(
+                    store, campaign, db_path, new_run=new_run, again=again, skip_sent=skip_sent
+                )
+                if skip_sent:
+                    earlier.clear()
+                    earlier.update(refusals.earlier_sends(store, campaign_path))
+
+        refuse_earlier_runs()
+        session.open(api_key=api_key, api_key_file=api_key_file, api_key_stdin=api_key_stdin)
+        input_fp, templates_fp = fingerprints(campaign)
+        if real and not again:
+            refusals.refuse_sent_elsewhere(store, campaign_path, (input_fp, templates_fp))
+        settings = run_settings(campaign, session, limit=limit, test_to=test_to, http=http_client)
+        with store.creating_run(
+            campaign_path=str(campaign.path),
+            campaign_name=campaign.name,
+            provider=campaign.provider,
+            base_url=session.base_url,
+            input_path=str(campaign.source),
+            input_fingerprint=input_fp,
+            templates_fingerprint=templates_fp,
+            settings=settings,
+            is_test=test_address is not None,
+            dry_run=dry_run,
+            metadata_columns=list(campaign.metadata_columns),
+            before_insert=refuse_earlier_runs,
+        ) as run_id:
+            store.claimed_run(claim, run_id)
+            tally = Intake(
+                campaign,
+                skip_invalid=skip_invalid,
+                limit=limit,
+                test=test_to,
+                dry_run=dry_run,
+                spool=spool,
+                encode=spool_encoder(session, run_id, test_address),
+                already_sent=earlier if skip_sent and real else None,
+            )
+            store.add_recipients(run_id, tally.recipients())
+            tally.raise_if_bad()
+            if not dry_run:
+                session.check_account(tally.recipients_to_send)
+        return send_and_finish(
+            store,
+            session,
+            run_id,
+            units=lambda provider: units_for_pending(
+                store, campaign, run_id, provider, test_address, limit=limit, spool=spool
+            ),
+            started=started,
+            http_client=http_client,
+            report_path=report_path,
+            progress=progress,
+            notes=lost_notes + tally.notes(),
+        )
