@@ -41,9 +41,9 @@ reading the CSV back gets such a cell with its quote; :func:`unneutralise` undoe
 prefix, and the Parquet and JSON exports, which no spreadsheet evaluates, carry every
 value untouched (use ``--format parquet`` for byte-exact values).
 
-The store owns the schema; this module only reads it, through the connection of a
-:class:`batchsend.store.Store`, with the few set-based queries a report needs
-(streamed row chunks, grouped counts, time buckets of the attempts log).
+The store owns the schema and every query: this module formats and writes what
+:mod:`batchsend.store.reports` returns (the run's rows, streamed in chunks), and the
+one-page summary of :mod:`batchsend.summary`.
 """
 
 from __future__ import annotations
@@ -66,23 +66,22 @@ import polars as pl
 
 from batchsend.errors import BatchsendError, InputError, StoreError
 from batchsend.next_steps import NextStep, next_steps, resume_command, state_label
+from batchsend.report_html import render_html
 from batchsend.states import RecipientState, RunState
-from batchsend.store import RunInfo, Store
+from batchsend.store import RunInfo, Store, reports
+from batchsend.summary import RunSummary, read_summary
 
 __all__ = [
     "FORMATS",
     "FORMULA_PREFIXES",
-    "ReasonCount",
     "ReportColumns",
     "RunListing",
-    "RunSummary",
-    "TimeBucket",
     "effective_state",
     "iter_report",
     "list_runs",
     "neutralise",
-    "read_summary",
     "report_columns",
+    "summary_of",
     "unneutralise",
     "write_report",
 ]
@@ -416,35 +415,25 @@ def _state_values(states: Iterable[str] | None) -> list[str] | None:
     return values
 
 
-def _has_column(conn: sqlite3.Connection, table: str, column: str) -> bool:
-    return any(r[1] == column for r in conn.execute(f"PRAGMA table_info({table})"))
-
-
 _META = "__metadata"
 
 
 def _select(
-    conn: sqlite3.Connection, run_id: str, cols: ReportColumns, states: list[str] | None
+    store: Store, run_id: str, cols: ReportColumns, states: list[str] | None
 ) -> tuple[str, list[Any], dict[str, pl.DataType]]:
     """The SQL that yields the report's store-side columns, its parameters and schema.
 
     The metadata JSON comes out whole (as ``__metadata``) and is expanded by polars
     outside the GIL: pulling each key out in SQL costs more than the rest of the row.
     """
-    exprs: list[str] = ["row", "email", "name"]
-    for store_col, _ in _FIXED:
-        if store_col == "retryable" and not _has_column(conn, "recipients", "retryable"):
-            exprs.append("NULL")
-        else:
-            exprs.append(store_col)
-    if cols.metadata:
-        exprs.append("metadata")
-    sql = f"SELECT {', '.join(exprs)} FROM recipients WHERE run_id = ?"
-    params: list[Any] = [run_id]
-    if states is not None:
-        sql += f" AND state IN ({','.join('?' * len(states))})"
-        params.extend(states)
-    sql += " ORDER BY row"
+    sql, params = reports.report_query(
+        store,
+        run_id,
+        ["row", "email", "name", *(s for s, _ in _FIXED)],
+        metadata=bool(cols.metadata),
+        states=states,
+        optional=("retryable",),
+    )
     names = cols.names()[: 3 + len(_FIXED)]
     schema: dict[str, pl.DataType] = {}
     for name, store_name in zip(
@@ -505,16 +494,8 @@ def _chunks(
     chunk_rows: int,
 ) -> Iterator[pl.DataFrame]:
     """The query's rows as DataFrames; always at least one (empty, with the schema)."""
-    cursor = conn.execute(sql, params)
-    yielded = False
-    while True:
-        rows = cursor.fetchmany(chunk_rows)
-        if not rows and yielded:
-            return
-        yielded = True
+    for rows in reports.row_chunks(conn, sql, params, chunk_rows):
         yield _frame(rows, schema)
-        if not rows:
-            return
 
 
 _DONE = object()
@@ -637,13 +618,12 @@ def iter_report(
     with _open(db_path) as store:
         run = _get_run(store, run_id)
         cols, source = report_columns(run, with_input=with_input)
-        sql, params, schema = _select(store.conn, run_id, cols, wanted)
+        sql, params, schema = _select(store, run_id, cols, wanted)
     joiner = _InputJoiner(source, cols.input_extra, chunk_rows) if source else None
     row_name = cols.renamed.get("row", "row")
     # A read-only connection of its own: the report may be read while a run writes
     # (WAL), and polars' Parquet sink pulls the chunks from one of its own threads.
-    uri = Path(db_path).resolve().as_uri() + "?mode=ro"
-    conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
+    conn = reports.connect_read_only(db_path)
     try:
         for frame in _prefetched(_chunks(conn, sql, params, schema, chunk_rows)):
             frame = _expand_metadata(frame, cols.metadata)
@@ -772,6 +752,21 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+def summary_of(
+    db_path: str | Path, run_id: str, *, buckets: int = 60, top_reasons: int = 10
+) -> RunSummary:
+    """The one-page summary of run ``run_id`` (see :func:`batchsend.summary.read_summary`).
+
+    Example::
+
+        summary = summary_of("batchsend.db", run_id)
+        print(summary.counts, summary.reasons[:3])
+    """
+    with _open(db_path) as store:
+        listing = _listing(store, _get_run(store, run_id), db_path)
+        return read_summary(store, listing, db_path, buckets=buckets, top_reasons=top_reasons)
+
+
 def write_report(
     db_path: str | Path,
     run_id: str,
@@ -799,9 +794,7 @@ def write_report(
         raise StoreError(f"unknown report format {format!r} (one of: {', '.join(FORMATS)})")
     out = Path(out)
     if format == "html":
-        from batchsend.report_html import render_html
-
-        out.write_text(render_html(read_summary(db_path, run_id)), encoding="utf-8")
+        out.write_text(render_html(summary_of(db_path, run_id)), encoding="utf-8")
         return out
     frames = iter_report(
         db_path, run_id, states=states, with_input=with_input, chunk_rows=chunk_rows
@@ -835,127 +828,6 @@ def write_report(
             with contextlib.suppress(OSError):
                 tmp.unlink()
     return out
-
-
-# -- the summary behind the HTML page ------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ReasonCount:
-    """How many rows ended in ``state`` for one reason."""
-
-    state: str
-    reason: str
-    error_type: str | None
-    http_status: int | None
-    example: str | None  # one provider message for that reason
-    count: int
-
-
-@dataclass(frozen=True, slots=True)
-class TimeBucket:
-    """The attempts log over one slice of time, ``start``..``start + width`` seconds."""
-
-    start: float  # seconds since the first attempt
-    width: float
-    attempts: int
-    accepted: int  # recipients accepted in this slice
-    retries: int  # attempts after the first for their request
-    failed_attempts: int  # attempts answered retryable, permanent or fatal
-
-    @property
-    def rate(self) -> float:
-        """Recipients accepted per second over the slice."""
-        return self.accepted / self.width if self.width else 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class RunSummary:
-    """Everything the one-page summary shows about one run."""
-
-    listing: RunListing
-    counts: dict[str, int]
-    reasons: tuple[ReasonCount, ...]
-    timeline: tuple[TimeBucket, ...]
-    first_attempt: str | None
-    last_attempt: str | None
-    total_attempts: int
-    db_path: str
-
-
-def _reasons(conn: sqlite3.Connection, run_id: str, limit: int) -> tuple[ReasonCount, ...]:
-    found = conn.execute(
-        "SELECT state, COALESCE(reason, error_type, 'unspecified') AS why, error_type,"
-        " http_status, MAX(error_message), COUNT(*) AS n FROM recipients"
-        " WHERE run_id = ? AND state IN ('failed', 'skipped', 'unknown')"
-        " GROUP BY state, why, error_type, http_status ORDER BY n DESC, why LIMIT ?",
-        (run_id, limit),
-    ).fetchall()
-    return tuple(ReasonCount(*r) for r in found)
-
-
-def _timeline(
-    conn: sqlite3.Connection, run_id: str, buckets: int
-) -> tuple[tuple[TimeBucket, ...], str | None, str | None, int]:
-    first, last, total = conn.execute(
-        "SELECT MIN(at), MAX(at), COUNT(*) FROM attempts WHERE run_id = ?", (run_id,)
-    ).fetchone()
-    if not total:
-        return (), None, None, 0
-    (span,) = conn.execute(
-        "SELECT (julianday(?) - julianday(?)) * 86400.0", (last, first)
-    ).fetchone()
-    span = max(float(span or 0.0), 0.001)
-    width = span / buckets
-    rows = conn.execute(
-        "SELECT MIN(CAST((julianday(at) - julianday(?)) * 86400.0 / ? AS INTEGER), ? - 1) AS b,"
-        " COUNT(*),"
-        " SUM(CASE WHEN outcome = 'accepted' THEN recipients ELSE 0 END),"
-        " SUM(CASE WHEN attempt > 1 THEN 1 ELSE 0 END),"
-        " SUM(CASE WHEN outcome != 'accepted' THEN 1 ELSE 0 END)"
-        " FROM attempts WHERE run_id = ? GROUP BY b ORDER BY b",
-        (first, width, buckets, run_id),
-    ).fetchall()
-    by_bucket = {int(r[0]): r for r in rows}
-    timeline = []
-    for b in range(buckets):
-        r = by_bucket.get(b)
-        timeline.append(
-            TimeBucket(
-                start=b * width,
-                width=width,
-                attempts=int(r[1]) if r else 0,
-                accepted=int(r[2] or 0) if r else 0,
-                retries=int(r[3] or 0) if r else 0,
-                failed_attempts=int(r[4] or 0) if r else 0,
-            )
-        )
-    return tuple(timeline), first, last, int(total)
-
-
-def read_summary(
-    db_path: str | Path, run_id: str, *, buckets: int = 60, top_reasons: int = 10
-) -> RunSummary:
-    """Gather the one-page summary of run ``run_id``: counts, reasons, attempts over time.
-
-    Example::
-
-        summary = read_summary("batchsend.db", run_id)
-        print(summary.counts, summary.reasons[:3])
-    """
-    with _open(db_path) as store:
-        listing = _listing(store, _get_run(store, run_id), db_path)
-        timeline, first, last, total = _timeline(store.conn, run_id, buckets)
-        return RunSummary(
-            listing=listing,
-            counts=dict(listing.run.counts),
-            reasons=_reasons(store.conn, run_id, top_reasons),
-            timeline=timeline,
-            first_attempt=first,
-            last_attempt=last,
-            total_attempts=total,
-            db_path=str(db_path),
-        )
 
 
 def dumps_listings(listings: Sequence[RunListing]) -> str:

@@ -1,6 +1,6 @@
 """The one-page HTML summary of a run: counts, top failure reasons, a chart over time.
 
-:func:`render_html` is pure: a :class:`batchsend.report.RunSummary` in, one HTML
+:func:`render_html` is pure: a :class:`batchsend.summary.RunSummary` in, one HTML
 document out. The page is self-contained -- inline CSS, an inline SVG chart drawn here,
 no script, no font, no image fetched -- and its Content-Security-Policy forbids any
 network access, so opening it from an email attachment or a shared drive leaks nothing.
@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from html import escape
 
 from batchsend.next_steps import NextStep
-from batchsend.report import ReasonCount, RunSummary, TimeBucket
 from batchsend.states import RecipientState
+from batchsend.summary import ReasonCount, RunSummary, TimeBucket
 
 __all__ = ["render_html", "timeline_svg"]
 

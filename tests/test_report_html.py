@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from test_report_data import FakeClock, Person, build_run
 
-from batchsend.report import read_summary, write_report
+from batchsend.report import summary_of, write_report
 from batchsend.report_html import RATE_COLOUR, STATE_COLOURS, render_html
 from batchsend.states import RunState
 from batchsend.store import Store
@@ -50,7 +50,7 @@ def summary_run(tmp_path: Path) -> tuple[Path, str]:
 
 def test_summary_counts_reasons_and_timeline(summary_run) -> None:
     db, run_id = summary_run
-    summary = read_summary(db, run_id)
+    summary = summary_of(db, run_id)
     assert summary.counts["sent"] + summary.counts["failed"] + summary.counts["skipped"] == 160
     assert summary.counts["failed"] == 24 and summary.counts["skipped"] == 8
     top = summary.reasons[0]
@@ -70,7 +70,7 @@ def test_summary_counts_reasons_and_timeline(summary_run) -> None:
 
 def test_page_is_self_contained_and_escaped(summary_run) -> None:
     db, run_id = summary_run
-    page = render_html(read_summary(db, run_id))
+    page = render_html(summary_of(db, run_id))
     assert "<script" not in page.lower()
     assert not re.search(r"(src|href)\s*=", page, re.I)  # nothing to fetch
     assert not re.search(r"https?://(?!www\.w3\.org/2000/svg)", page)  # only the SVG namespace
