@@ -40,13 +40,8 @@ from batchsend.store.records import (
     safe_settings,
 )
 from batchsend.store.schema import (
-    _ATTEMPTS_TABLE,
-    _CLAIMS_TABLE,
     _DB_FIX,
     _FILE_CHECK_COMMITS,
-    _OUR_COLUMNS,
-    _RECIPIENTS_TABLE,
-    _SENDING_MARKS_TABLE,
     _WAL_AUTOCHECKPOINT_PAGES,
     _WAL_CHECK_COMMITS,
     _WAL_CHECKPOINT_BYTES,
@@ -55,7 +50,8 @@ from batchsend.store.schema import (
     SCHEMA_VERSION,
     _file_identity,
     _is_busy,
-    _quote,
+    create_schema,
+    recognise,
 )
 from batchsend.store.statements import _VALUES_CHUNK, _insert_recipients_sql
 
@@ -146,7 +142,7 @@ class Store:
         conn = self.conn
         # Recognised before anything is written: another application's file is
         # refused unchanged (no WAL switch, no tables of ours).
-        kind = self._recognise()
+        kind = recognise(self.db, self.path)
         if kind == "current":
             self._check_sending_marks(wal_present, accept=accept_lost_record)
         self.db.enable_wal()
@@ -155,52 +151,10 @@ class Store:
         # same pages that a run's small commits make.
         conn.execute(f"PRAGMA wal_autocheckpoint={_WAL_AUTOCHECKPOINT_PAGES}")
         conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
-        self._create_schema()
+        create_schema(self.db)
         if kind != "current":  # a new file, or one written before files were marked
             conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-
-    def _recognise(self) -> str:
-        """ "current" (marked), "older" (batchsend's tables, unmarked) or "new" (empty).
-
-        Raises :class:`DatabaseFileError` for another application's file or a newer
-        batchsend's, having changed nothing.
-        """
-        conn = self.conn
-        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        tables = {
-            name: {c[1] for c in conn.execute(f"PRAGMA table_info({_quote(name)})")}
-            for (name,) in conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
-            )
-        }
-        if app_id == APPLICATION_ID:
-            if version > SCHEMA_VERSION:
-                raise DatabaseFileError(
-                    f"{self.path}: written by a newer batchsend (database schema {version}; "
-                    f"this one reads up to {SCHEMA_VERSION}); batchsend did not change it\n"
-                    "  fix: upgrade batchsend, or point --db at another file"
-                )
-            return "current"
-        if app_id == 0 and not tables:
-            return "new"
-        # Files written before the mark: only our tables, each with batchsend's columns.
-        ours = app_id == 0 and all(
-            name in _OUR_COLUMNS and columns >= _OUR_COLUMNS[name]
-            for name, columns in tables.items()
-        )
-        if not ours:
-            what = (
-                f"application id {app_id:#x}"
-                if app_id
-                else "tables " + ", ".join(sorted(tables)[:6]) + (", ..." * (len(tables) > 6))
-            )
-            raise DatabaseFileError(
-                f"{self.path}: not a batchsend database: it belongs to another application "
-                f"({what}); batchsend did not change it\n  fix: {_DB_FIX}"
-            )
-        return "older"
 
     def _check_sending_marks(self, wal_present: bool, *, accept: bool) -> None:
         """Refuse a file that lost the latest record of a run's sends (docs/engine.md).
@@ -297,69 +251,6 @@ class Store:
     def now(self) -> str:
         """The current time as the store writes it (ISO 8601 UTC, milliseconds)."""
         return _iso(self._now())
-
-    def _create_schema(self) -> None:
-        db = self.db
-        db.table("runs").create(
-            {
-                "id": str,
-                "campaign_path": str,
-                "campaign_name": str,
-                "provider": str,
-                "base_url": str,
-                "input_path": str,
-                "input_fingerprint": str,
-                "templates_fingerprint": str,
-                "settings": str,
-                "state": str,
-                "is_test": int,
-                "dry_run": int,
-                "fatal_error": str,
-                "started_at": str,
-                "ended_at": str,
-                "updated_at": str,
-                "total_rows": int,
-                "report_path": str,
-                "metadata_columns": str,
-                "pid": int,
-                "counts": str,  # additive: final counts by state, JSON
-            },
-            pk="id",
-            if_not_exists=True,
-        )
-        # recipients: WITHOUT ROWID, clustered on (run_id, row). Every hot statement
-        # finds its rows by that key, so the rows live in the key's own B-tree: a sending
-        # mark or an outcome dirties one page where a rowid table dirtied two (table +
-        # key index). There is deliberately NO index on state: each state change would
-        # rewrite two entries of it (a row's two updates, 100 rows a commit: 14.4 us with
-        # the index, 9.3 without, in an SQLite micro-benchmark); the few queries by state
-        # (counts, pending rows at a resume) scan the run's rows by key, once per run.
-        self.conn.execute(_RECIPIENTS_TABLE)
-        self.conn.execute("DROP INDEX IF EXISTS recipients_run_state")  # older files
-        db.table("units").create(
-            {
-                "run_id": str,
-                "key": str,
-                "composition": str,
-                "batch": int,
-                "state": str,
-                "attempts": int,
-                "created_at": str,
-            },
-            pk=("run_id", "key"),
-            if_not_exists=True,
-        )
-        # attempts: appended in time order under a per-run sequence number, so the
-        # log's own key orders it and a commit dirties only its last page (a rowid table
-        # with a (run_id, at) index dirtied two).
-        self.conn.execute(_ATTEMPTS_TABLE)
-        columns = {r[1] for r in self.conn.execute("PRAGMA table_info(attempts)")}
-        if "seq" not in columns:  # a file written before the sequence existed
-            self.conn.execute("ALTER TABLE attempts ADD COLUMN seq INTEGER")
-        # Who is at work on the file right now, and which runs are mid-send: the guards
-        # against two commands at once and against a lost write-ahead log.
-        self.conn.execute(_CLAIMS_TABLE)
-        self.conn.execute(_SENDING_MARKS_TABLE)
 
     # -- transactions --------------------------------------------------------------
 
