@@ -11,13 +11,18 @@ Only this package speaks SQL: the rest of batchsend reads and writes the file th
 - :mod:`~batchsend.store.reports` -- the read-only queries behind reports and summaries.
 
 The tables are described for users who query them in ``docs/database.md``.
-sqlite-utils switches the file to WAL and creates the ``runs`` and ``units`` tables;
-``recipients`` and ``attempts`` are created with plain SQL because they are ``WITHOUT
-ROWID`` tables (see ``docs/engine.md``, "The store's layout"), which sqlite-utils does
-not create. The hot paths (inserting millions of
-rows at run start, marking a unit ``sending``, its outcomes) run inside explicit
-transactions -- multi-row ``INSERT`` and ``UPDATE ... FROM (VALUES ...)`` for groups of
-rows -- because they are the ones that must be fast and whose commit points matter.
+sqlite-utils switches the file to WAL, creates the ``runs`` and ``units`` tables, lists
+an existing file's tables and columns to recognise it, and adds the columns an older
+file lacks; ``recipients`` and ``attempts`` are created with plain SQL because they are
+``WITHOUT ROWID`` tables (see ``docs/engine.md``, "The store's layout"), which
+sqlite-utils does not create. A file batchsend wrote is therefore an ordinary SQLite
+database that the sqlite-utils CLI and Datasette open as they are.
+
+The hot paths (inserting millions of rows at run start, marking a unit ``sending``, its
+outcomes) are plain SQL (:mod:`~batchsend.store.statements`) run inside explicit
+transactions (:meth:`Store.transaction`) -- multi-row ``INSERT`` and ``UPDATE ... FROM
+(VALUES ...)`` for groups of rows -- because they are the ones that must be fast and
+whose commit points matter.
 
 A request's composition is recorded with its ``sending`` mark: in the ``units`` table
 for a batch or several messages; for one message on a single-send endpoint (every v1
@@ -31,12 +36,12 @@ included -- which is the promise batchsend makes. It may not survive the whole
 machine losing power; pass ``synchronous="FULL"`` to :class:`Store` to make every
 commit wait for the disk as well (slower, and it protects against power loss).
 
-The write-ahead rule (docs/design.md): :meth:`RunRecorder.mark_sending`
-commits the unit's rows as ``sending`` *before it returns*, and the engine sends the
-request only after. Outcomes are buffered and committed in small batches (at most
-:data:`FLUSH_ROWS` rows or :data:`FLUSH_SECONDS` old, and always together with the
-next ``mark_sending``), so a crash can leave a row ``sending`` whose answer had
-already arrived: resume turns it into ``unknown``, never into a second send.
+The write-ahead rule (docs/design.md): :meth:`RunRecorder.mark_sending` commits the
+unit's rows as ``sending`` *before it returns*, and the engine sends the request only
+after. Outcomes are buffered and committed in small batches (at most :data:`FLUSH_ROWS`
+rows or :data:`FLUSH_SECONDS` old, and always together with the next ``mark_sending``),
+so a crash can leave a row ``sending`` whose answer had already arrived: resume turns it
+into ``unknown``, never into a second send.
 
 No API key is ever written here: the run's settings are filtered through
 :func:`safe_settings`, and error texts through :func:`batchsend.secrets.redact`.
