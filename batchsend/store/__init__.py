@@ -47,7 +47,7 @@ No API key is ever written here: the run's settings are filtered through
 :func:`safe_settings`, and error texts through :func:`batchsend.secrets.redact`.
 """
 
-from batchsend.store.database import Store
+from batchsend.store.database import BUSY_TIMEOUT, Store
 from batchsend.store.recorder import FLUSH_ROWS, FLUSH_SECONDS, RunRecorder
 from batchsend.store.records import (
     IN_FLIGHT_REASON,
@@ -57,7 +57,7 @@ from batchsend.store.records import (
     new_run_id,
     safe_settings,
 )
-from batchsend.store.schema import APPLICATION_ID, BUSY_TIMEOUT, SCHEMA_VERSION
+from batchsend.store.schema import APPLICATION_ID, SCHEMA_VERSION
 
 __all__ = [
     "APPLICATION_ID",

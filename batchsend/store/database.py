@@ -34,26 +34,44 @@ from batchsend.store.records import (
     NewRecipient,
     RunInfo,
     UnitRecord,
-    _iso,
-    _utc_now,
+    iso_time,
     new_run_id,
     safe_settings,
+    utc_now,
 )
 from batchsend.store.schema import (
-    _DB_FIX,
-    _FILE_CHECK_COMMITS,
-    _WAL_AUTOCHECKPOINT_PAGES,
-    _WAL_CHECK_COMMITS,
-    _WAL_CHECKPOINT_BYTES,
     APPLICATION_ID,
-    BUSY_TIMEOUT,
+    DB_FIX,
     SCHEMA_VERSION,
-    _file_identity,
-    _is_busy,
     create_schema,
     recognise,
 )
-from batchsend.store.statements import _VALUES_CHUNK, _insert_recipients_sql
+from batchsend.store.statements import VALUES_CHUNK, insert_recipients_sql
+
+# Seconds a statement waits for another process's write lock before it gives up.
+BUSY_TIMEOUT = 30.0
+_WAL_AUTOCHECKPOINT_PAGES = 8192  # 32 MB of 4 KB pages
+# While a run sends, its connection checkpoints itself: it looks at the log's size every
+# _WAL_CHECK_COMMITS commits and checkpoints past _WAL_CHECKPOINT_BYTES (as SQLite would).
+_WAL_CHECK_COMMITS = 256
+# While a run sends, every this many commits the file is checked to be still ours
+# (Store.check_file), so a database deleted mid-run stops it within a few requests.
+_FILE_CHECK_COMMITS = 8
+_WAL_CHECKPOINT_BYTES = 32 << 20
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file at ``path``, or None when there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 class Store:
@@ -71,7 +89,7 @@ class Store:
         path: str | Path,
         *,
         synchronous: str = "NORMAL",
-        now: Callable[[], datetime] = _utc_now,
+        now: Callable[[], datetime] = utc_now,
         accept_lost_record: bool = False,
     ) -> None:
         if synchronous.upper() not in ("NORMAL", "FULL"):
@@ -93,7 +111,7 @@ class Store:
             conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=BUSY_TIMEOUT)
         except sqlite3.Error as exc:
             raise DatabaseFileError(
-                f"{self.path}: cannot open the database: {exc}\n  fix: {_DB_FIX}"
+                f"{self.path}: cannot open the database: {exc}\n  fix: {DB_FIX}"
             ) from None
         self.conn = conn
         self.db = sqlite_utils.Database(conn)
@@ -115,7 +133,7 @@ class Store:
             if _is_busy(exc):
                 raise self._busy_error() from None
             raise DatabaseFileError(
-                f"{self.path}: not a usable batchsend database: {exc}\n  fix: {_DB_FIX}"
+                f"{self.path}: not a usable batchsend database: {exc}\n  fix: {DB_FIX}"
             ) from None
         except BaseException:
             conn.close()
@@ -250,7 +268,7 @@ class Store:
 
     def now(self) -> str:
         """The current time as the store writes it (ISO 8601 UTC, milliseconds)."""
-        return _iso(self._now())
+        return iso_time(self._now())
 
     # -- transactions --------------------------------------------------------------
 
@@ -747,12 +765,12 @@ class Store:
                 self._begin()
             try:
                 # multi-row INSERTs: 3.1 us a row where executemany took 4.3
-                for i in range(0, len(params), _VALUES_CHUNK):
-                    chunk = params[i : i + _VALUES_CHUNK]
+                for i in range(0, len(params), VALUES_CHUNK):
+                    chunk = params[i : i + VALUES_CHUNK]
                     flat: list[Any] = []
                     for r in chunk:
                         flat.extend(r)
-                    self.conn.execute(_insert_recipients_sql(len(chunk)), flat)
+                    self.conn.execute(insert_recipients_sql(len(chunk)), flat)
                 self.conn.execute(
                     "UPDATE runs SET total_rows = total_rows + ?, updated_at = ? WHERE id = ?",
                     (len(params), now, run_id),

@@ -14,19 +14,19 @@ from batchsend.plan import SendUnit
 from batchsend.secrets import redact
 from batchsend.states import RecipientState
 from batchsend.store.statements import (
-    _INSERT_ATTEMPTS_SQL,
-    _MARK_RANGE_SQL,
-    _MARK_SENDING_SQL,
-    _MARK_SPLIT_SQL,
-    _OUTCOME_SQL,
-    _SENT_RANGE_SQL,
-    _SENT_SQL,
-    _UNIT_SENDING_SQL,
-    _VALUES_CHUNK,
-    _VALUES_MIN,
-    _mark_sending_sql,
-    _outcome_sql,
-    _sent_sql,
+    INSERT_ATTEMPTS_SQL,
+    MARK_RANGE_SQL,
+    MARK_SENDING_SQL,
+    MARK_SPLIT_SQL,
+    OUTCOME_SQL,
+    SENT_RANGE_SQL,
+    SENT_SQL,
+    UNIT_SENDING_SQL,
+    VALUES_CHUNK,
+    VALUES_MIN,
+    mark_sending_sql,
+    outcome_sql,
+    sent_sql,
 )
 
 if TYPE_CHECKING:
@@ -161,20 +161,20 @@ class RunRecorder:
             self._write_buffers()
             marked = 0
             for key, first, last in spans:
-                marked += conn.execute(_MARK_RANGE_SQL, (key, now, run_id, first, last)).rowcount
-            if len(rows) < _VALUES_MIN:
+                marked += conn.execute(MARK_RANGE_SQL, (key, now, run_id, first, last)).rowcount
+            if len(rows) < VALUES_MIN:
                 if rows:
                     marked += conn.executemany(
-                        _MARK_SENDING_SQL, [(u, m, now, run_id, row) for row, u, m in rows]
+                        MARK_SENDING_SQL, [(u, m, now, run_id, row) for row, u, m in rows]
                     ).rowcount
             else:
-                for i in range(0, len(rows), _VALUES_CHUNK):
-                    chunk = rows[i : i + _VALUES_CHUNK]
+                for i in range(0, len(rows), VALUES_CHUNK):
+                    chunk = rows[i : i + VALUES_CHUNK]
                     params: list[Any] = [now]
                     for r in chunk:
                         params.extend(r)
                     params.append(run_id)
-                    marked += conn.execute(_mark_sending_sql(len(chunk)), params).rowcount
+                    marked += conn.execute(mark_sending_sql(len(chunk)), params).rowcount
             if marked != expected:
                 for unit in units:  # which one? (rare: a bug or a second process)
                     n = conn.execute(
@@ -195,7 +195,7 @@ class RunRecorder:
                 if _recorded(unit)
             ]
             if recorded:
-                conn.executemany(_UNIT_SENDING_SQL, recorded)
+                conn.executemany(UNIT_SENDING_SQL, recorded)
 
     def mark_split(self, parent: SendUnit, unit: SendUnit) -> None:
         """Commit ``unit``, part of ``parent`` still in flight, as a request of its own.
@@ -215,7 +215,7 @@ class RunRecorder:
         ]
         with store.transaction():
             self._write_buffers()
-            moved = conn.executemany(_MARK_SPLIT_SQL, params).rowcount
+            moved = conn.executemany(MARK_SPLIT_SQL, params).rowcount
             if moved != len(params):
                 raise StoreError(
                     f"run {self.run_id}: refusing to send request {unit.key}: some of rows "
@@ -223,7 +223,7 @@ class RunRecorder:
                 )
             if _recorded(unit):
                 conn.execute(
-                    _UNIT_SENDING_SQL,
+                    UNIT_SENDING_SQL,
                     (self.run_id, unit.key, _composition(unit), int(unit.batch), now),
                 )
 
@@ -352,7 +352,7 @@ class RunRecorder:
     def _record_range(
         self, unit: SendUnit, outcomes: Sequence[MessageOutcome], attempts: int, now: str
     ) -> bool:
-        """Buffer an accepted batch as one range, when it qualifies (see _SENT_RANGE_SQL).
+        """Buffer an accepted batch as one range, when it qualifies (see SENT_RANGE_SQL).
 
         It qualifies when every message was planned in preflight (its key stored with its
         row: ``message`` is None), covers one row, the rows are consecutive, and every
@@ -404,11 +404,11 @@ class RunRecorder:
         """
         conn = self.store.conn
         run_id = self.run_id
-        if len(rows) < _VALUES_MIN:
+        if len(rows) < VALUES_MIN:
             conn.executemany(one, [(*r[1:], run_id, r[0]) for r in rows])
             return
-        for i in range(0, len(rows), _VALUES_CHUNK):
-            chunk = rows[i : i + _VALUES_CHUNK]
+        for i in range(0, len(rows), VALUES_CHUNK):
+            chunk = rows[i : i + VALUES_CHUNK]
             params: list[Any] = []
             for r in chunk:
                 params.extend(r)
@@ -420,16 +420,16 @@ class RunRecorder:
         conn = self.store.conn
         for first, last, attempts, status, now, unit in self._sent_ranges:
             done = conn.execute(
-                _SENT_RANGE_SQL, (attempts, status, now, now, self.run_id, first, last, unit.key)
+                SENT_RANGE_SQL, (attempts, status, now, now, self.run_id, first, last, unit.key)
             ).rowcount
             if done != last - first + 1:  # a row without its key: write those one by one
                 for pm in unit.messages:
                     row = pm.rows[0]
                     self._sent_rows.append((row, attempts, status, pm.key, None, now, pm.key))
         if self._sent_rows:
-            self._update(self._sent_rows, _SENT_SQL, _sent_sql)
+            self._update(self._sent_rows, SENT_SQL, sent_sql)
         if self._outcome_rows:
-            self._update(self._outcome_rows, _OUTCOME_SQL, _outcome_sql)
+            self._update(self._outcome_rows, OUTCOME_SQL, outcome_sql)
         if self._unit_states:
             conn.executemany(
                 "UPDATE units SET state = ?, attempts = attempts + ? WHERE run_id = ? AND key = ?",
@@ -437,7 +437,7 @@ class RunRecorder:
             )
         if self._attempt_rows:
             conn.executemany(
-                _INSERT_ATTEMPTS_SQL,
+                INSERT_ATTEMPTS_SQL,
                 self._attempt_rows,
             )
         self._outcome_rows = []

@@ -19,14 +19,14 @@ _SECRET_WORDS = ("key", "secret", "token", "password", "authorization")
 # Reason code of a row found ``sending`` at resume: its request may or may not have left.
 IN_FLIGHT_REASON = "in_flight_at_crash"
 
-_RECIPIENT_STATES_SENDABLE = (
+SENDABLE_STATES = (
     RecipientState.PENDING,
     RecipientState.UNKNOWN,
     RecipientState.FAILED,
 )
 
 
-def _utc_now() -> datetime:
+def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
@@ -35,7 +35,7 @@ def _utc_now() -> datetime:
 _SECOND: dict[tuple[int, ...], str] = {}
 
 
-def _iso(moment: datetime) -> str:
+def iso_time(moment: datetime) -> str:
     if moment.tzinfo is not UTC:
         moment = moment.astimezone(UTC)
     second = (moment.second, moment.minute, moment.hour, moment.day, moment.month, moment.year)
@@ -48,7 +48,7 @@ def _iso(moment: datetime) -> str:
 
 def new_run_id(now: datetime | None = None) -> str:
     """A sortable, unique run id such as ``20261121T103455-ab12cd``."""
-    moment = (now or _utc_now()).astimezone(UTC)
+    moment = (now or utc_now()).astimezone(UTC)
     return f"{moment:%Y%m%dT%H%M%S}-{_random.token_hex(3)}"
 
 

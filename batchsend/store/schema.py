@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import sqlite3
 from pathlib import Path
 
 import sqlite_utils
 
 from batchsend.errors import DatabaseFileError
 
-_DB_FIX = "point --db at a batchsend database, or at a new file name to start one"
+DB_FIX = "point --db at a batchsend database, or at a new file name to start one"
 
 # The file's mark (``PRAGMA application_id``, "bSnd") and its schema version
 # (``PRAGMA user_version``). Files written before the mark are recognised by their tables.
@@ -24,23 +22,6 @@ _OUR_COLUMNS = {
     "claims": frozenset({"token", "campaign_path", "pid"}),
     "sending_marks": frozenset({"run_id", "pid", "generation", "witness"}),
 }
-# Seconds a statement waits for another process's write lock before it gives up.
-BUSY_TIMEOUT = 30.0
-_WAL_AUTOCHECKPOINT_PAGES = 8192  # 32 MB of 4 KB pages
-# While a run sends, its connection checkpoints itself: it looks at the log's size every
-# _WAL_CHECK_COMMITS commits and checkpoints past _WAL_CHECKPOINT_BYTES (as SQLite would).
-_WAL_CHECK_COMMITS = 256
-# While a run sends, every this many commits the file is checked to be still ours
-# (Store.check_file), so a database deleted mid-run stops it within a few requests.
-_FILE_CHECK_COMMITS = 8
-_WAL_CHECKPOINT_BYTES = 32 << 20
-
-
-def _is_busy(exc: sqlite3.Error) -> bool:
-    text = str(exc).lower()
-    return "locked" in text or "busy" in text
-
-
 _RECIPIENTS_TABLE = """CREATE TABLE IF NOT EXISTS recipients (
     run_id TEXT NOT NULL,
     row INTEGER NOT NULL,
@@ -101,15 +82,6 @@ _ATTEMPTS_TABLE = """CREATE TABLE IF NOT EXISTS attempts (
 ) WITHOUT ROWID"""
 
 
-def _file_identity(path: Path) -> tuple[int, int] | None:
-    """(device, inode) of the file at ``path``, or None when there is none."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
-
-
 def recognise(db: sqlite_utils.Database, path: Path) -> str:
     """ "current" (marked), "older" (batchsend's tables, unmarked) or "new" (empty).
 
@@ -145,7 +117,7 @@ def recognise(db: sqlite_utils.Database, path: Path) -> str:
         )
         raise DatabaseFileError(
             f"{path}: not a batchsend database: it belongs to another application "
-            f"({what}); batchsend did not change it\n  fix: {_DB_FIX}"
+            f"({what}); batchsend did not change it\n  fix: {DB_FIX}"
         )
     return "older"
 

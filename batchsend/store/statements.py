@@ -7,39 +7,39 @@ from __future__ import annotations
 
 import functools
 
-from batchsend.store.records import _RECIPIENT_STATES_SENDABLE
+from batchsend.store.records import SENDABLE_STATES
 
 # Rows per UPDATE ... FROM (VALUES ...) statement: one statement for a whole group of
 # rows costs about half of executemany's row-by-row statements (the table and the
 # state index are walked in row order once); 300 rows x 12 values stays far below
 # SQLite's 32,766 bound parameters.
-_VALUES_CHUNK = 300
+VALUES_CHUNK = 300
 # Below this many rows the statement's fixed cost (a materialised VALUES table, a
 # two-pass update) outweighs the gain: a few single sends use executemany.
-_VALUES_MIN = 16
-_SENDABLE_IN = ",".join(f"'{s.value}'" for s in _RECIPIENT_STATES_SENDABLE)
+VALUES_MIN = 16
+SENDABLE_IN = ",".join(f"'{s.value}'" for s in SENDABLE_STATES)
 # One request's rows when they are consecutive (a batch of a file's rows): one range.
 # ``message_key`` is written with the outcome (a batch's messages each have their own).
-_MARK_RANGE_SQL = (
+MARK_RANGE_SQL = (
     "UPDATE recipients SET state = 'sending', unit_key = ?, updated_at = ?, reason = NULL,"
     " retryable = NULL WHERE run_id = ? AND row BETWEEN ? AND ?"
-    f" AND state IN ({_SENDABLE_IN})"
+    f" AND state IN ({SENDABLE_IN})"
 )
-_MARK_SENDING_SQL = (
+MARK_SENDING_SQL = (
     "UPDATE recipients SET state = 'sending', unit_key = ?, message_key = ?, updated_at = ?,"
-    f" reason = NULL, retryable = NULL WHERE run_id = ? AND row = ? AND state IN ({_SENDABLE_IN})"
+    f" reason = NULL, retryable = NULL WHERE run_id = ? AND row = ? AND state IN ({SENDABLE_IN})"
 )
-_MARK_SPLIT_SQL = (
+MARK_SPLIT_SQL = (
     "UPDATE recipients SET unit_key = ?, message_key = ?, updated_at = ?"
     " WHERE run_id = ? AND row = ? AND state = 'sending' AND unit_key = ?"
 )
-_OUTCOME_SQL = (
+OUTCOME_SQL = (
     "UPDATE recipients SET state = ?, reason = ?, attempts = attempts + ?,"
     " http_status = ?, error_type = ?, error_message = ?,"
     " provider_message_id = ?, provider_email_id = ?, sent_at = ?, updated_at = ?,"
     " retryable = ?, message_key = ? WHERE run_id = ? AND row = ? AND state = 'sending'"
 )
-_SENT_SQL = (
+SENT_SQL = (
     "UPDATE recipients SET state = 'sent', reason = NULL, attempts = attempts + ?1,"
     " http_status = ?2, error_type = NULL, error_message = NULL, provider_message_id = ?3,"
     " provider_email_id = ?4, sent_at = ?5, updated_at = ?5, retryable = NULL,"
@@ -51,7 +51,7 @@ _SENT_SQL = (
 # VALUES form takes about 5. The rows must still be this request's (``unit_key``), and
 # ``message_key IS NOT NULL`` guards the assumption: a row without its key is left
 # ``sending`` and written row by row instead (see _write_buffers).
-_SENT_RANGE_SQL = (
+SENT_RANGE_SQL = (
     "UPDATE recipients SET state = 'sent', reason = NULL, attempts = attempts + ?,"
     " http_status = ?, error_type = NULL, error_message = NULL,"
     " provider_message_id = message_key, provider_email_id = NULL, sent_at = ?,"
@@ -59,19 +59,19 @@ _SENT_RANGE_SQL = (
     " WHERE run_id = ? AND row BETWEEN ? AND ? AND state = 'sending'"
     " AND unit_key = ? AND message_key IS NOT NULL"
 )
-_INSERT_ATTEMPTS_SQL = (
+INSERT_ATTEMPTS_SQL = (
     "INSERT INTO attempts (run_id, seq, unit_key, attempt, at, elapsed_ms, http_status,"
     " outcome, messages, recipients) VALUES (?,?,?,?,?,?,?,?,?,?)"
 )
 
 
-def _values(n: int, width: int) -> str:
+def placeholders(n: int, width: int) -> str:
     one = "(" + ",".join("?" * width) + ")"
     return ",".join([one] * n)
 
 
 @functools.cache
-def _insert_recipients_sql(n: int) -> str:
+def insert_recipients_sql(n: int) -> str:
     """Insert ``n`` new rows: 11 parameters per row (attempts starts at 0)."""
     one = "(?,?,?,?,?,?,0,?,?,?,?,?)"
     return (
@@ -81,32 +81,32 @@ def _insert_recipients_sql(n: int) -> str:
 
 
 @functools.cache
-def _mark_sending_sql(n: int) -> str:
+def mark_sending_sql(n: int) -> str:
     """Mark ``n`` rows ``sending``: parameters now, (row, unit, message) x n, run_id."""
     return (
         "UPDATE recipients SET state = 'sending', unit_key = v.column2, message_key = v.column3,"
-        f" updated_at = ?, reason = NULL, retryable = NULL FROM (VALUES {_values(n, 3)}) AS v"
+        f" updated_at = ?, reason = NULL, retryable = NULL FROM (VALUES {placeholders(n, 3)}) AS v"
         " WHERE recipients.run_id = ? AND recipients.row = v.column1"
-        f" AND recipients.state IN ({_SENDABLE_IN})"
+        f" AND recipients.state IN ({SENDABLE_IN})"
     )
 
 
 @functools.cache
-def _sent_sql(n: int) -> str:
+def sent_sql(n: int) -> str:
     """Accepted outcome of ``n`` rows: parameters 7 values per row, then run_id."""
     return (
         "UPDATE recipients SET state = 'sent', reason = NULL,"
         " attempts = recipients.attempts + v.column2, http_status = v.column3,"
         " error_type = NULL, error_message = NULL, provider_message_id = v.column4,"
         " provider_email_id = v.column5, sent_at = v.column6, updated_at = v.column6,"
-        f" retryable = NULL, message_key = v.column7 FROM (VALUES {_values(n, 7)}) AS v"
+        f" retryable = NULL, message_key = v.column7 FROM (VALUES {placeholders(n, 7)}) AS v"
         " WHERE recipients.run_id = ? AND recipients.row = v.column1"
         " AND recipients.state = 'sending'"
     )
 
 
 @functools.cache
-def _outcome_sql(n: int) -> str:
+def outcome_sql(n: int) -> str:
     """Terminal outcome of ``n`` rows: parameters 13 values per row, then run_id."""
     return (
         "UPDATE recipients SET state = v.column2, reason = v.column3,"
@@ -114,13 +114,13 @@ def _outcome_sql(n: int) -> str:
         " error_type = v.column6, error_message = v.column7,"
         " provider_message_id = v.column8, provider_email_id = v.column9,"
         " sent_at = v.column10, updated_at = v.column11, retryable = v.column12,"
-        f" message_key = v.column13 FROM (VALUES {_values(n, 13)}) AS v"
+        f" message_key = v.column13 FROM (VALUES {placeholders(n, 13)}) AS v"
         " WHERE recipients.run_id = ? AND recipients.row = v.column1"
         " AND recipients.state = 'sending'"
     )
 
 
-_UNIT_SENDING_SQL = (
+UNIT_SENDING_SQL = (
     "INSERT INTO units (run_id, key, composition, batch, state, attempts, created_at)"
     " VALUES (?,?,?,?,'sending',0,?) ON CONFLICT(run_id, key) DO UPDATE SET state = 'sending'"
 )
