@@ -39,8 +39,8 @@ prefix, and the Parquet and JSON exports, which no spreadsheet evaluates, carry 
 value untouched (use ``--format parquet`` for byte-exact values).
 
 The store owns the schema and every query: this module asks it for the run and for
-the recipient rows in chunks (:class:`batchsend.store.RecipientReader`), and turns them
-into the report.
+the recipient rows in chunks (:mod:`batchsend.store.reports`), and turns them into the
+report.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ from batchsend.preflight import fingerprints
 from batchsend.report_html import render_html
 from batchsend.source import SourceSpec, iter_batches, read_columns
 from batchsend.states import RecipientState
-from batchsend.store import RecipientReader, RunInfo
+from batchsend.store import RunInfo, reports
 from batchsend.summary import read_summary
 
 __all__ = [
@@ -262,8 +262,6 @@ def _select(cols: ReportColumns) -> tuple[list[str], dict[str, pl.DataType]]:
     outside the GIL: pulling each key out in SQL costs more than the rest of the row.
     """
     columns: list[str] = ["row", "email", "name", *(store_col for store_col, _ in _FIXED)]
-    if cols.metadata:
-        columns.append("metadata")
     names = cols.names()[: 3 + len(_FIXED)]
     schema: dict[str, pl.DataType] = {}
     for name, store_name in zip(
@@ -436,15 +434,23 @@ def iter_report(
         run = find_run(store, run_id)
         cols, source = report_columns(run, with_input=with_input)
         columns, schema = _select(cols)
+        sql, params = reports.report_query(
+            store, run_id, columns, metadata=bool(cols.metadata), states=wanted
+        )
     joiner = _InputJoiner(source, cols.input_extra, chunk_rows) if source else None
     row_name = cols.renamed.get("row", "row")
-    with RecipientReader(db_path) as reader:
-        chunks = reader.chunks(run_id, columns, states=wanted, chunk_rows=chunk_rows)
+    # A read-only connection of its own: the report may be read while a run writes
+    # (WAL), and polars' Parquet sink pulls the chunks from one of its own threads.
+    conn = reports.connect_read_only(db_path)
+    try:
+        chunks = reports.row_chunks(conn, sql, params, chunk_rows)
         for frame in _prefetched(_frame(rows, schema) for rows in chunks):
             frame = _expand_metadata(frame, cols.metadata)
             if joiner is not None:
                 frame = joiner.join(frame, row_name)
             yield frame
+    finally:
+        conn.close()
 
 
 # -- writing -------------------------------------------------------------------------

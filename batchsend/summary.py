@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from batchsend.history import RunListing, find_run, listing_of, open_db
-from batchsend.store import Store
+from batchsend.store import Store, reports
 
 __all__ = ["ReasonCount", "RunSummary", "TimeBucket", "read_summary"]
 
@@ -60,17 +60,17 @@ class RunSummary:
 def _timeline(
     store: Store, run_id: str, buckets: int
 ) -> tuple[tuple[TimeBucket, ...], str | None, str | None, int]:
-    first, last, total, span = store.attempts_span(run_id)
+    first, last, total, span = reports.attempts_span(store, run_id)
     if first is None:
         return (), None, None, 0
     width = max(span, 0.001) / buckets
-    by_bucket = {
-        row[0]: row
-        for row in store.attempts_by_bucket(run_id, first=first, width=width, buckets=buckets)
-    }
+    by_bucket = reports.attempt_buckets(store, run_id, first, width, buckets)
     timeline = []
     for b in range(buckets):
         _, attempts, accepted, retries, failed = by_bucket.get(b, (b, 0, 0, 0, 0))
+        attempts, accepted, retries, failed = (
+            int(v or 0) for v in (attempts, accepted, retries, failed)
+        )
         timeline.append(
             TimeBucket(
                 start=b * width,
@@ -100,7 +100,9 @@ def read_summary(
         return RunSummary(
             listing=listing,
             counts=dict(listing.run.counts),
-            reasons=tuple(ReasonCount(*r) for r in store.reason_counts(run_id, top_reasons)),
+            reasons=tuple(
+                ReasonCount(*r) for r in reports.failure_reasons(store, run_id, top_reasons)
+            ),
             timeline=timeline,
             first_attempt=first,
             last_attempt=last,

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 from runkit import recipients_in, write_campaign
 
-import batchsend.store
+import batchsend.store.database
 from batchsend.errors import DatabaseFileError, LostRecordError
 from batchsend.outcome import MessageOutcome, OutcomeKind
 from batchsend.plan import PlannedMessage, SendUnit
@@ -224,8 +224,8 @@ def test_a_db_copied_without_its_wal_is_refused(
     """``checkpoints``: the sending connection checkpoints after every commit, raising the
     mark each time; a copy taken after any of them is still detected."""
     if checkpoints:
-        monkeypatch.setattr(batchsend.store, "_WAL_CHECK_COMMITS", 1)
-        monkeypatch.setattr(batchsend.store, "_WAL_CHECKPOINT_BYTES", 0)
+        monkeypatch.setattr(batchsend.store.database, "_WAL_CHECK_COMMITS", 1)
+        monkeypatch.setattr(batchsend.store.database, "_WAL_CHECKPOINT_BYTES", 0)
     store = Store("b.db")
     with store.creating_run(campaign_path="/c/campaign.toml", provider="tosend") as run_id:
         store.add_recipients(

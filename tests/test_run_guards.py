@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 from runkit import query, recipients_in, write_campaign
 
-import batchsend.store
+import batchsend.store.database
 from batchsend.cli import main
 from batchsend.errors import (
     CampaignError,
@@ -137,7 +137,7 @@ def test_a_lock_held_past_the_timeout_names_its_holder(
             (me.host, holder.pid),
         )
         conn.execute("BEGIN IMMEDIATE")  # held, like a long preflight of another campaign
-        monkeypatch.setattr(batchsend.store, "BUSY_TIMEOUT", 0.2)
+        monkeypatch.setattr(batchsend.store.database, "BUSY_TIMEOUT", 0.2)
         monkeypatch.setenv("BATCHSEND_API_KEY", KEY)
         result = CliRunner().invoke(main, ["run", str(campaign), "--db", "b.db"])
         conn.execute("ROLLBACK")

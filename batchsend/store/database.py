@@ -1,52 +1,18 @@
-"""The SQLite store: runs, recipients, send units and attempts, in one file.
-
-Only this module speaks SQL. sqlite-utils switches the file to WAL and creates the
-``runs`` and ``units`` tables; ``recipients`` and ``attempts`` are created with plain
-SQL because they are ``WITHOUT ROWID`` tables (see ``docs/engine.md``, "The store's
-layout"), which sqlite-utils does not create. The hot paths (inserting millions of
-rows at run start, marking a unit ``sending``, its outcomes) run inside explicit
-transactions -- multi-row ``INSERT`` and ``UPDATE ... FROM (VALUES ...)`` for groups of
-rows -- because they are the ones that must be fast and whose commit points matter.
-
-A request's composition is recorded with its ``sending`` mark: in the ``units`` table
-for a batch or several messages; for one message on a single-send endpoint (every v1
-request) the rows' own ``unit_key`` is the record (no ``units`` row is written, which
-halves the pages of a small commit), and :meth:`Store.unit` rebuilds it from them.
-
-Durability. The file runs in WAL mode with ``synchronous=NORMAL`` by default: a
-transaction is in the WAL file (the operating system's page cache) when ``COMMIT``
-returns, so it survives the batchsend process being killed at any instant, ``kill -9``
-included -- which is the promise batchsend makes. It may not survive the whole
-machine losing power; pass ``synchronous="FULL"`` to :class:`Store` to make every
-commit wait for the disk as well (slower, and it protects against power loss).
-
-The write-ahead rule (DESIGN.md invariant 1): :meth:`RunRecorder.mark_sending`
-commits the unit's rows as ``sending`` *before it returns*, and the engine sends the
-request only after. Outcomes are buffered and committed in small batches (at most
-:data:`FLUSH_ROWS` rows or :data:`FLUSH_SECONDS` old, and always together with the
-next ``mark_sending``), so a crash can leave a row ``sending`` whose answer had
-already arrived: resume turns it into ``unknown``, never into a second send.
-
-No API key is ever written here: the run's settings are filtered through
-:func:`safe_settings`, and error texts through :func:`batchsend.secrets.redact`.
-"""
+"""Store: the batchsend database file -- runs, claims, sending marks, recipients, units."""
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import secrets as _random
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
 import sqlite_utils
 
 from batchsend.errors import (
@@ -58,153 +24,33 @@ from batchsend.errors import (
     RunNotFoundError,
     StoreError,
 )
-from batchsend.outcome import MessageOutcome, OutcomeKind
-from batchsend.plan import SendUnit
 from batchsend.process import alive, this_process
 from batchsend.secrets import redact
 from batchsend.states import RecipientState, RunState
+from batchsend.store.recorder import RunRecorder
+from batchsend.store.records import (
+    IN_FLIGHT_REASON,
+    INSERT_CHUNK,
+    NewRecipient,
+    RunInfo,
+    UnitRecord,
+    iso_time,
+    new_run_id,
+    safe_settings,
+    utc_now,
+)
+from batchsend.store.schema import (
+    APPLICATION_ID,
+    DB_FIX,
+    SCHEMA_VERSION,
+    create_schema,
+    recognise,
+)
+from batchsend.store.statements import VALUES_CHUNK, insert_recipients_sql
 
-__all__ = [
-    "DEFAULT_DB",
-    "FLUSH_ROWS",
-    "FLUSH_SECONDS",
-    "NewRecipient",
-    "RecipientReader",
-    "RunInfo",
-    "RunRecorder",
-    "Store",
-    "UnitRecord",
-    "new_run_id",
-    "safe_settings",
-]
-
+# Seconds a statement waits for another process's write lock before it gives up.
 #: Where ``run``, ``resume``, ``runs`` and ``report`` look when ``--db`` is not given.
 DEFAULT_DB = "batchsend.db"
-FLUSH_ROWS = 512
-FLUSH_SECONDS = 0.25
-INSERT_CHUNK = 20_000
-
-# Setting names that could hold a secret; they never reach the store.
-_SECRET_WORDS = ("key", "secret", "token", "password", "authorization")
-
-# Reason code of a row found ``sending`` at resume: its request may or may not have left.
-IN_FLIGHT_REASON = "in_flight_at_crash"
-
-_RECIPIENT_STATES_SENDABLE = (
-    RecipientState.PENDING,
-    RecipientState.UNKNOWN,
-    RecipientState.FAILED,
-)
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-# The last second formatted: strftime is most of the cost of a timestamp, and the store
-# writes three per single send. Keyed by the fields, not a float timestamp (exact).
-_SECOND: dict[tuple[int, ...], str] = {}
-
-
-def _iso(moment: datetime) -> str:
-    if moment.tzinfo is not UTC:
-        moment = moment.astimezone(UTC)
-    second = (moment.second, moment.minute, moment.hour, moment.day, moment.month, moment.year)
-    prefix = _SECOND.get(second)
-    if prefix is None:
-        _SECOND.clear()
-        prefix = _SECOND[second] = moment.strftime("%Y-%m-%dT%H:%M:%S.")
-    return f"{prefix}{moment.microsecond // 1000:03d}Z"
-
-
-def new_run_id(now: datetime | None = None) -> str:
-    """A sortable, unique run id such as ``20261121T103455-ab12cd``."""
-    moment = (now or _utc_now()).astimezone(UTC)
-    return f"{moment:%Y%m%dT%H%M%S}-{_random.token_hex(3)}"
-
-
-def safe_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """``settings`` without any entry whose name suggests a secret (api_key, token...)."""
-    return {
-        k: v for k, v in settings.items() if not any(word in k.lower() for word in _SECRET_WORDS)
-    }
-
-
-@dataclass(frozen=True, slots=True)
-class NewRecipient:
-    """One input row as it enters the store at run start (``pending`` or ``skipped``)."""
-
-    row: int
-    email: str
-    name: str | None = None
-    state: RecipientState = RecipientState.PENDING
-    reason: str | None = None  # skipped: invalid | duplicate | suppressed
-    error_message: str | None = None  # skipped: what was wrong, for the report
-    tag: str | None = None
-    metadata: Mapping[str, Any] = field(default_factory=dict)
-    # The key of the row's message when preflight planned it already (a run's encoded
-    # spool): an accepted batch then takes its provider ids from the store (see
-    # RunRecorder.record_final).
-    message_key: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class RunInfo:
-    """A row of the ``runs`` table, as values."""
-
-    id: str
-    campaign_path: str
-    campaign_name: str | None
-    provider: str
-    base_url: str | None
-    input_path: str | None
-    input_fingerprint: str | None
-    templates_fingerprint: str | None
-    settings: dict[str, Any]
-    state: RunState
-    is_test: bool
-    dry_run: bool
-    fatal_error: str | None
-    started_at: str
-    ended_at: str | None
-    updated_at: str
-    total_rows: int | None
-    report_path: str | None
-    metadata_columns: list[str]
-    pid: int | None
-    counts: dict[str, int]
-
-    @property
-    def finished(self) -> bool:
-        return self.state is RunState.FINISHED
-
-
-@dataclass(frozen=True, slots=True)
-class UnitRecord:
-    """A recorded send unit: its key and, per message, the rows it carried."""
-
-    key: str
-    composition: tuple[tuple[int, ...], ...]
-    batch: bool
-    state: str
-    attempts: int
-
-
-_DB_FIX = "point --db at a batchsend database, or at a new file name to start one"
-
-# The file's mark (``PRAGMA application_id``, "bSnd") and its schema version
-# (``PRAGMA user_version``). Files written before the mark are recognised by their tables.
-APPLICATION_ID = 0x62536E64
-SCHEMA_VERSION = 1
-_OUR_COLUMNS = {
-    "runs": frozenset({"id", "campaign_path", "provider", "state", "settings"}),
-    "recipients": frozenset({"run_id", "row", "email", "state"}),
-    "units": frozenset({"run_id", "key", "composition"}),
-    "attempts": frozenset({"run_id", "unit_key", "attempt"}),
-    "claims": frozenset({"token", "campaign_path", "pid"}),
-    "sending_marks": frozenset({"run_id", "pid", "generation", "witness"}),
-}
-# Seconds a statement waits for another process's write lock before it gives up.
 BUSY_TIMEOUT = 30.0
 _WAL_AUTOCHECKPOINT_PAGES = 8192  # 32 MB of 4 KB pages
 # While a run sends, its connection checkpoints itself: it looks at the log's size every
@@ -221,8 +67,13 @@ def _is_busy(exc: sqlite3.Error) -> bool:
     return "locked" in text or "busy" in text
 
 
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file at ``path``, or None when there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 class Store:
@@ -240,7 +91,7 @@ class Store:
         path: str | Path,
         *,
         synchronous: str = "NORMAL",
-        now: Callable[[], datetime] = _utc_now,
+        now: Callable[[], datetime] = utc_now,
         accept_lost_record: bool = False,
     ) -> None:
         if synchronous.upper() not in ("NORMAL", "FULL"):
@@ -262,7 +113,7 @@ class Store:
             conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=BUSY_TIMEOUT)
         except sqlite3.Error as exc:
             raise DatabaseFileError(
-                f"{self.path}: cannot open the database: {exc}\n  fix: {_DB_FIX}"
+                f"{self.path}: cannot open the database: {exc}\n  fix: {DB_FIX}"
             ) from None
         self.conn = conn
         self.db = sqlite_utils.Database(conn)
@@ -284,7 +135,7 @@ class Store:
             if _is_busy(exc):
                 raise self._busy_error() from None
             raise DatabaseFileError(
-                f"{self.path}: not a usable batchsend database: {exc}\n  fix: {_DB_FIX}"
+                f"{self.path}: not a usable batchsend database: {exc}\n  fix: {DB_FIX}"
             ) from None
         except BaseException:
             conn.close()
@@ -311,7 +162,7 @@ class Store:
         conn = self.conn
         # Recognised before anything is written: another application's file is
         # refused unchanged (no WAL switch, no tables of ours).
-        kind = self._recognise()
+        kind = recognise(self.db, self.path)
         if kind == "current":
             self._check_sending_marks(wal_present, accept=accept_lost_record)
         self.db.enable_wal()
@@ -320,52 +171,10 @@ class Store:
         # same pages that a run's small commits make.
         conn.execute(f"PRAGMA wal_autocheckpoint={_WAL_AUTOCHECKPOINT_PAGES}")
         conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
-        self._create_schema()
+        create_schema(self.db)
         if kind != "current":  # a new file, or one written before files were marked
             conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-
-    def _recognise(self) -> str:
-        """ "current" (marked), "older" (batchsend's tables, unmarked) or "new" (empty).
-
-        Raises :class:`DatabaseFileError` for another application's file or a newer
-        batchsend's, having changed nothing.
-        """
-        conn = self.conn
-        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        tables = {
-            name: {c[1] for c in conn.execute(f"PRAGMA table_info({_quote(name)})")}
-            for (name,) in conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
-            )
-        }
-        if app_id == APPLICATION_ID:
-            if version > SCHEMA_VERSION:
-                raise DatabaseFileError(
-                    f"{self.path}: written by a newer batchsend (database schema {version}; "
-                    f"this one reads up to {SCHEMA_VERSION}); batchsend did not change it\n"
-                    "  fix: upgrade batchsend, or point --db at another file"
-                )
-            return "current"
-        if app_id == 0 and not tables:
-            return "new"
-        # Files written before the mark: only our tables, each with batchsend's columns.
-        ours = app_id == 0 and all(
-            name in _OUR_COLUMNS and columns >= _OUR_COLUMNS[name]
-            for name, columns in tables.items()
-        )
-        if not ours:
-            what = (
-                f"application id {app_id:#x}"
-                if app_id
-                else "tables " + ", ".join(sorted(tables)[:6]) + (", ..." * (len(tables) > 6))
-            )
-            raise DatabaseFileError(
-                f"{self.path}: not a batchsend database: it belongs to another application "
-                f"({what}); batchsend did not change it\n  fix: {_DB_FIX}"
-            )
-        return "older"
 
     def _check_sending_marks(self, wal_present: bool, *, accept: bool) -> None:
         """Refuse a file that lost the latest record of a run's sends (docs/engine.md).
@@ -461,70 +270,7 @@ class Store:
 
     def now(self) -> str:
         """The current time as the store writes it (ISO 8601 UTC, milliseconds)."""
-        return _iso(self._now())
-
-    def _create_schema(self) -> None:
-        db = self.db
-        db.table("runs").create(
-            {
-                "id": str,
-                "campaign_path": str,
-                "campaign_name": str,
-                "provider": str,
-                "base_url": str,
-                "input_path": str,
-                "input_fingerprint": str,
-                "templates_fingerprint": str,
-                "settings": str,
-                "state": str,
-                "is_test": int,
-                "dry_run": int,
-                "fatal_error": str,
-                "started_at": str,
-                "ended_at": str,
-                "updated_at": str,
-                "total_rows": int,
-                "report_path": str,
-                "metadata_columns": str,
-                "pid": int,
-                "counts": str,  # additive: final counts by state, JSON
-            },
-            pk="id",
-            if_not_exists=True,
-        )
-        # recipients: WITHOUT ROWID, clustered on (run_id, row). Every hot statement
-        # finds its rows by that key, so the rows live in the key's own B-tree: a sending
-        # mark or an outcome dirties one page where a rowid table dirtied two (table +
-        # key index). There is deliberately NO index on state: each state change would
-        # rewrite two entries of it (a row's two updates, 100 rows a commit: 14.4 us with
-        # the index, 9.3 without, in an SQLite micro-benchmark); the few queries by state
-        # (counts, pending rows at a resume) scan the run's rows by key, once per run.
-        self.conn.execute(_RECIPIENTS_TABLE)
-        self.conn.execute("DROP INDEX IF EXISTS recipients_run_state")  # older files
-        db.table("units").create(
-            {
-                "run_id": str,
-                "key": str,
-                "composition": str,
-                "batch": int,
-                "state": str,
-                "attempts": int,
-                "created_at": str,
-            },
-            pk=("run_id", "key"),
-            if_not_exists=True,
-        )
-        # attempts: appended in time order under a per-run sequence number, so the
-        # log's own key orders it and a commit dirties only its last page (a rowid table
-        # with a (run_id, at) index dirtied two).
-        self.conn.execute(_ATTEMPTS_TABLE)
-        columns = {r[1] for r in self.conn.execute("PRAGMA table_info(attempts)")}
-        if "seq" not in columns:  # a file written before the sequence existed
-            self.conn.execute("ALTER TABLE attempts ADD COLUMN seq INTEGER")
-        # Who is at work on the file right now, and which runs are mid-send: the guards
-        # against two commands at once and against a lost write-ahead log.
-        self.conn.execute(_CLAIMS_TABLE)
-        self.conn.execute(_SENDING_MARKS_TABLE)
+        return iso_time(self._now())
 
     # -- transactions --------------------------------------------------------------
 
@@ -553,9 +299,14 @@ class Store:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction on :attr:`conn`: the write lock is taken on entry
-        (``BEGIN IMMEDIATE``, so a second process fails here, not half-way), committed
-        on leaving, rolled back on any exception (Ctrl-C included)."""
+        """One write transaction on the file: committed when the block ends, rolled back if
+        it raises. Yields the connection, for statements run inside it.
+
+        ``BEGIN IMMEDIATE``: the write lock is taken on entry, so a second process is
+        refused here (:class:`ConcurrentCommandError` once the busy timeout passes), not
+        half-way through. The commit is where the block ends -- the point the write-ahead
+        rule counts on (see :class:`RunRecorder`).
+        """
         self._begin()
         try:
             yield self.conn
@@ -1016,12 +767,12 @@ class Store:
                 self._begin()
             try:
                 # multi-row INSERTs: 3.1 us a row where executemany took 4.3
-                for i in range(0, len(params), _VALUES_CHUNK):
-                    chunk = params[i : i + _VALUES_CHUNK]
+                for i in range(0, len(params), VALUES_CHUNK):
+                    chunk = params[i : i + VALUES_CHUNK]
                     flat: list[Any] = []
                     for r in chunk:
                         flat.extend(r)
-                    self.conn.execute(_insert_recipients_sql(len(chunk)), flat)
+                    self.conn.execute(insert_recipients_sql(len(chunk)), flat)
                 self.conn.execute(
                     "UPDATE runs SET total_rows = total_rows + ?, updated_at = ? WHERE id = ?",
                     (len(params), now, run_id),
@@ -1091,47 +842,6 @@ class Store:
             (run_id, RecipientState.FAILED.value),
         ).fetchone()
         return int(n)
-
-    def reason_counts(self, run_id: str, limit: int) -> list[tuple[Any, ...]]:
-        """The run's failed, skipped and unknown rows grouped by reason, most frequent
-        first: ``(state, reason, error_type, http_status, one error message, count)``."""
-        return self.conn.execute(
-            "SELECT state, COALESCE(reason, error_type, 'unspecified') AS why, error_type,"
-            " http_status, MAX(error_message), COUNT(*) AS n FROM recipients"
-            " WHERE run_id = ? AND state IN ('failed', 'skipped', 'unknown')"
-            " GROUP BY state, why, error_type, http_status ORDER BY n DESC, why LIMIT ?",
-            (run_id, limit),
-        ).fetchall()
-
-    def attempts_span(self, run_id: str) -> tuple[str | None, str | None, int, float]:
-        """The run's first and last attempt times, how many attempts, and the seconds
-        from the first to the last."""
-        first, last, total = self.conn.execute(
-            "SELECT MIN(at), MAX(at), COUNT(*) FROM attempts WHERE run_id = ?", (run_id,)
-        ).fetchone()
-        if not total:
-            return None, None, 0, 0.0
-        (span,) = self.conn.execute(
-            "SELECT (julianday(?) - julianday(?)) * 86400.0", (last, first)
-        ).fetchone()
-        return first, last, int(total), float(span or 0.0)
-
-    def attempts_by_bucket(
-        self, run_id: str, *, first: str, width: float, buckets: int
-    ) -> list[tuple[int, int, int, int, int]]:
-        """The attempts log cut into ``buckets`` slices of ``width`` seconds from
-        ``first``: ``(slice, attempts, recipients accepted, retries, failed attempts)``
-        for each slice that has any."""
-        rows = self.conn.execute(
-            "SELECT MIN(CAST((julianday(at) - julianday(?)) * 86400.0 / ? AS INTEGER), ? - 1)"
-            " AS b, COUNT(*),"
-            " SUM(CASE WHEN outcome = 'accepted' THEN recipients ELSE 0 END),"
-            " SUM(CASE WHEN attempt > 1 THEN 1 ELSE 0 END),"
-            " SUM(CASE WHEN outcome != 'accepted' THEN 1 ELSE 0 END)"
-            " FROM attempts WHERE run_id = ? GROUP BY b ORDER BY b",
-            (first, width, buckets, run_id),
-        ).fetchall()
-        return [(int(b), int(n), int(a or 0), int(r or 0), int(f or 0)) for b, n, a, r, f in rows]
 
     def recipients(self, run_id: str) -> Iterator[dict[str, Any]]:
         """Every row of the run, in row order, as dicts (the report reads these)."""
@@ -1344,645 +1054,3 @@ class Store:
     ) -> RunRecorder:
         """The engine's :class:`batchsend.outcome.Recorder` for run ``run_id``."""
         return RunRecorder(self, run_id, monotonic=monotonic)
-
-
-# Rows per UPDATE ... FROM (VALUES ...) statement: one statement for a whole group of
-# rows costs about half of executemany's row-by-row statements (the table and the
-# state index are walked in row order once); 300 rows x 12 values stays far below
-# SQLite's 32,766 bound parameters.
-_VALUES_CHUNK = 300
-# Below this many rows the statement's fixed cost (a materialised VALUES table, a
-# two-pass update) outweighs the gain: a few single sends use executemany.
-_VALUES_MIN = 16
-_SENDABLE_IN = ",".join(f"'{s.value}'" for s in _RECIPIENT_STATES_SENDABLE)
-# One request's rows when they are consecutive (a batch of a file's rows): one range.
-# ``message_key`` is written with the outcome (a batch's messages each have their own).
-_MARK_RANGE_SQL = (
-    "UPDATE recipients SET state = 'sending', unit_key = ?, updated_at = ?, reason = NULL,"
-    " retryable = NULL WHERE run_id = ? AND row BETWEEN ? AND ?"
-    f" AND state IN ({_SENDABLE_IN})"
-)
-_MARK_SENDING_SQL = (
-    "UPDATE recipients SET state = 'sending', unit_key = ?, message_key = ?, updated_at = ?,"
-    f" reason = NULL, retryable = NULL WHERE run_id = ? AND row = ? AND state IN ({_SENDABLE_IN})"
-)
-_MARK_SPLIT_SQL = (
-    "UPDATE recipients SET unit_key = ?, message_key = ?, updated_at = ?"
-    " WHERE run_id = ? AND row = ? AND state = 'sending' AND unit_key = ?"
-)
-_OUTCOME_SQL = (
-    "UPDATE recipients SET state = ?, reason = ?, attempts = attempts + ?,"
-    " http_status = ?, error_type = ?, error_message = ?,"
-    " provider_message_id = ?, provider_email_id = ?, sent_at = ?, updated_at = ?,"
-    " retryable = ?, message_key = ? WHERE run_id = ? AND row = ? AND state = 'sending'"
-)
-_SENT_SQL = (
-    "UPDATE recipients SET state = 'sent', reason = NULL, attempts = attempts + ?1,"
-    " http_status = ?2, error_type = NULL, error_message = NULL, provider_message_id = ?3,"
-    " provider_email_id = ?4, sent_at = ?5, updated_at = ?5, retryable = NULL,"
-    " message_key = ?6 WHERE run_id = ?7 AND row = ?8 AND state = 'sending'"
-)
-# An accepted request whose rows are consecutive and whose messages were keyed in
-# preflight (the key stored with each row, and the provider's id = that key, as ToSend's
-# message_hash makes it): one statement for the whole range, about 1 us a row where the
-# VALUES form takes about 5. The rows must still be this request's (``unit_key``), and
-# ``message_key IS NOT NULL`` guards the assumption: a row without its key is left
-# ``sending`` and written row by row instead (see _write_buffers).
-_SENT_RANGE_SQL = (
-    "UPDATE recipients SET state = 'sent', reason = NULL, attempts = attempts + ?,"
-    " http_status = ?, error_type = NULL, error_message = NULL,"
-    " provider_message_id = message_key, provider_email_id = NULL, sent_at = ?,"
-    " updated_at = ?, retryable = NULL"
-    " WHERE run_id = ? AND row BETWEEN ? AND ? AND state = 'sending'"
-    " AND unit_key = ? AND message_key IS NOT NULL"
-)
-_INSERT_ATTEMPTS_SQL = (
-    "INSERT INTO attempts (run_id, seq, unit_key, attempt, at, elapsed_ms, http_status,"
-    " outcome, messages, recipients) VALUES (?,?,?,?,?,?,?,?,?,?)"
-)
-
-_RECIPIENTS_TABLE = """CREATE TABLE IF NOT EXISTS recipients (
-    run_id TEXT NOT NULL,
-    row INTEGER NOT NULL,
-    email TEXT,
-    name TEXT,
-    state TEXT,
-    reason TEXT,
-    attempts INTEGER,
-    message_key TEXT,
-    unit_key TEXT,
-    http_status INTEGER,
-    error_type TEXT,
-    error_message TEXT,
-    provider_message_id TEXT,
-    provider_email_id TEXT,
-    tag TEXT,
-    metadata TEXT,
-    sent_at TEXT,
-    updated_at TEXT,
-    retryable INTEGER,
-    PRIMARY KEY (run_id, row)
-) WITHOUT ROWID"""
-
-_CLAIMS_TABLE = """CREATE TABLE IF NOT EXISTS claims (
-    token TEXT PRIMARY KEY,
-    campaign_path TEXT,
-    run_id TEXT,
-    command TEXT,
-    exclusive INTEGER,
-    host TEXT,
-    pid INTEGER,
-    pid_start TEXT,
-    since TEXT
-)"""
-
-_SENDING_MARKS_TABLE = """CREATE TABLE IF NOT EXISTS sending_marks (
-    run_id TEXT PRIMARY KEY,
-    host TEXT,
-    pid INTEGER,
-    pid_start TEXT,
-    since TEXT,
-    generation INTEGER NOT NULL,
-    witness INTEGER NOT NULL
-)"""
-
-_ATTEMPTS_TABLE = """CREATE TABLE IF NOT EXISTS attempts (
-    run_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    unit_key TEXT,
-    attempt INTEGER,
-    at TEXT,
-    elapsed_ms REAL,
-    http_status INTEGER,
-    outcome TEXT,
-    messages INTEGER,
-    recipients INTEGER,
-    PRIMARY KEY (run_id, seq)
-) WITHOUT ROWID"""
-
-
-class RecipientReader:
-    """A run's recipient rows for a report, over a read-only connection of its own.
-
-    A report may be read while a run writes (WAL), and its chunks may be pulled from
-    another thread than the one that opened the reader (polars' Parquet sink does).
-    """
-
-    def __init__(self, path: str | Path) -> None:
-        uri = Path(path).resolve().as_uri() + "?mode=ro"
-        self._conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
-
-    def __enter__(self) -> RecipientReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._conn.close()
-
-    def chunks(
-        self,
-        run_id: str,
-        columns: Sequence[str],
-        *,
-        states: Sequence[str] | None = None,
-        chunk_rows: int,
-    ) -> Iterator[list[tuple[Any, ...]]]:
-        """The run's rows (``columns`` of ``recipients``, in row order, only those in
-        ``states`` when given), ``chunk_rows`` at a time; always at least one chunk
-        (empty when no row matches)."""
-        sql = f"SELECT {', '.join(map(_quote, columns))} FROM recipients WHERE run_id = ?"
-        params: list[Any] = [run_id]
-        if states is not None:
-            sql += f" AND state IN ({','.join('?' * len(states))})"
-            params.extend(states)
-        cursor = self._conn.execute(sql + " ORDER BY row", params)
-        yielded = False
-        while True:
-            rows = cursor.fetchmany(chunk_rows)
-            if not rows and yielded:
-                return
-            yielded = True
-            yield rows
-            if not rows:
-                return
-
-
-def _file_identity(path: Path) -> tuple[int, int] | None:
-    """(device, inode) of the file at ``path``, or None when there is none."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
-
-
-def _values(n: int, width: int) -> str:
-    one = "(" + ",".join("?" * width) + ")"
-    return ",".join([one] * n)
-
-
-@functools.cache
-def _insert_recipients_sql(n: int) -> str:
-    """Insert ``n`` new rows: 11 parameters per row (attempts starts at 0)."""
-    one = "(?,?,?,?,?,?,0,?,?,?,?,?)"
-    return (
-        "INSERT INTO recipients (run_id, row, email, name, state, reason, attempts,"
-        " error_message, tag, metadata, message_key, updated_at) VALUES " + ",".join([one] * n)
-    )
-
-
-@functools.cache
-def _mark_sending_sql(n: int) -> str:
-    """Mark ``n`` rows ``sending``: parameters now, (row, unit, message) x n, run_id."""
-    return (
-        "UPDATE recipients SET state = 'sending', unit_key = v.column2, message_key = v.column3,"
-        f" updated_at = ?, reason = NULL, retryable = NULL FROM (VALUES {_values(n, 3)}) AS v"
-        " WHERE recipients.run_id = ? AND recipients.row = v.column1"
-        f" AND recipients.state IN ({_SENDABLE_IN})"
-    )
-
-
-@functools.cache
-def _sent_sql(n: int) -> str:
-    """Accepted outcome of ``n`` rows: parameters 7 values per row, then run_id."""
-    return (
-        "UPDATE recipients SET state = 'sent', reason = NULL,"
-        " attempts = recipients.attempts + v.column2, http_status = v.column3,"
-        " error_type = NULL, error_message = NULL, provider_message_id = v.column4,"
-        " provider_email_id = v.column5, sent_at = v.column6, updated_at = v.column6,"
-        f" retryable = NULL, message_key = v.column7 FROM (VALUES {_values(n, 7)}) AS v"
-        " WHERE recipients.run_id = ? AND recipients.row = v.column1"
-        " AND recipients.state = 'sending'"
-    )
-
-
-@functools.cache
-def _outcome_sql(n: int) -> str:
-    """Terminal outcome of ``n`` rows: parameters 13 values per row, then run_id."""
-    return (
-        "UPDATE recipients SET state = v.column2, reason = v.column3,"
-        " attempts = recipients.attempts + v.column4, http_status = v.column5,"
-        " error_type = v.column6, error_message = v.column7,"
-        " provider_message_id = v.column8, provider_email_id = v.column9,"
-        " sent_at = v.column10, updated_at = v.column11, retryable = v.column12,"
-        f" message_key = v.column13 FROM (VALUES {_values(n, 13)}) AS v"
-        " WHERE recipients.run_id = ? AND recipients.row = v.column1"
-        " AND recipients.state = 'sending'"
-    )
-
-
-_UNIT_SENDING_SQL = (
-    "INSERT INTO units (run_id, key, composition, batch, state, attempts, created_at)"
-    " VALUES (?,?,?,?,'sending',0,?) ON CONFLICT(run_id, key) DO UPDATE SET state = 'sending'"
-)
-
-
-def _recorded(unit: SendUnit) -> bool:
-    """Whether the unit needs a ``units`` row: not for one message on a single-send endpoint.
-
-    Such a unit (every v1 request) is fully described by its rows' ``unit_key``: its
-    composition is those rows, in one message, and its state and attempts are theirs
-    (the rows of one message always share them). Not writing the row saves a random
-    B-tree insert and an update per request in the commit that precedes it.
-    """
-    return unit.batch or len(unit.messages) != 1
-
-
-def _consecutive(messages: Sequence[Any], first: int) -> bool:
-    """Whether the messages' rows are exactly ``first, first + 1, ...`` in order."""
-    expected = first
-    for m in messages:
-        for row in m.rows:
-            if row != expected:
-                return False
-            expected += 1
-    return True
-
-
-def _composition(unit: SendUnit) -> str:
-    # orjson: 2 us for a batch of 100 where json.dumps took 23 (compact, same meaning)
-    return orjson.dumps([m.rows for m in unit.messages]).decode()
-
-
-def _settled(outcome: MessageOutcome, attempts: int) -> tuple[RecipientState, str, int | None]:
-    """(state, reason, retryable) of a row whose message ended with ``outcome``."""
-    kind = outcome.kind
-    reason = outcome.error_type or f"http_{outcome.http_status or 'error'}"
-    if kind is OutcomeKind.UNKNOWN:
-        return RecipientState.UNKNOWN, reason, None
-    if kind is OutcomeKind.UNSENT or (kind is OutcomeKind.FATAL and attempts == 1):
-        # Nothing of it was delivered and the run stopped: a resume sends it.
-        return RecipientState.PENDING, outcome.error_type or "stopped", None
-    if kind is OutcomeKind.PERMANENT:
-        return RecipientState.FAILED, reason, 0
-    # retryable with its retries spent (or a fatal answer after a retry): certainly not
-    # accepted, and kept retryable for ``resume --retry-failed``
-    return RecipientState.FAILED, reason, 1
-
-
-def _aggregate(outcomes: Sequence[MessageOutcome]) -> str:
-    kinds = {o.kind for o in outcomes}
-    if len(kinds) == 1:
-        return next(iter(kinds)).value
-    return "mixed" if kinds else "retryable"
-
-
-class RunRecorder:
-    """Records one run's sends: implements :class:`batchsend.outcome.Recorder`.
-
-    ``mark_sending`` commits before returning. Outcomes and attempts are buffered and
-    committed by :meth:`flush`, which runs on its own when the buffer holds
-    :data:`FLUSH_ROWS` rows or is :data:`FLUSH_SECONDS` old, and as part of every
-    ``mark_sending`` transaction (one commit then serves both).
-    """
-
-    def __init__(
-        self, store: Store, run_id: str, *, monotonic: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.store = store
-        self.run_id = run_id
-        self._monotonic = monotonic
-        self._outcome_rows: list[tuple[Any, ...]] = []
-        self._sent_rows: list[tuple[Any, ...]] = []
-        # accepted consecutive ranges: (first, last, attempts, status, now, the unit)
-        self._sent_ranges: list[tuple[int, int, int, int | None, str, SendUnit]] = []
-        self._range_rows = 0
-        self._unit_states: list[tuple[Any, ...]] = []
-        self._attempt_rows: list[tuple[Any, ...]] = []
-        self._attempt_seq: int = store.conn.execute(
-            "SELECT COALESCE(MAX(seq), 0) FROM attempts WHERE run_id = ?", (run_id,)
-        ).fetchone()[0]
-        self._oldest: float | None = None
-        # How many rows this recorder settled, readable without a query.
-        self.sent = 0
-        self.failed = 0
-
-    # -- Recorder protocol ---------------------------------------------------------
-
-    def mark_sending(self, unit: SendUnit) -> None:
-        """Commit the unit's rows as ``sending`` (and any buffered outcomes) -- then return.
-
-        Refuses (:class:`StoreError`, nothing changed) if any row is already ``sent``,
-        ``sending`` or ``skipped``: batchsend never sends a row twice by its own doing.
-        """
-        self.mark_sending_many((unit,))
-
-    def mark_sending_many(self, units: Sequence[SendUnit]) -> None:
-        """:meth:`mark_sending` for several units in ONE transaction (the engine's group commit).
-
-        All or nothing: if any unit is refused, none is marked and :class:`StoreError`
-        names it.
-        """
-        store = self.store
-        conn = store.conn
-        now = store.now()
-        run_id = self.run_id
-        spans: list[tuple[str, int, int]] = []  # (unit, first, last): consecutive rows
-        rows: list[tuple[int, str, str]] = []  # (row, unit, message): any other row
-        expected = 0
-        for unit in units:
-            messages = unit.messages
-            # The range form writes no message key: only for messages planned in
-            # preflight, whose key went in with their row. Any other message (a resume,
-            # a merge) writes its key with the mark, so a row left in flight keeps it.
-            if len(messages) > 1 and all(m.message is None for m in messages):
-                first = messages[0].rows[0]
-                last = messages[-1].rows[-1]
-                n = sum(len(m.rows) for m in messages)
-                if last - first + 1 == n and _consecutive(messages, first):
-                    spans.append((unit.key, first, last))
-                    expected += n
-                    continue
-            for m in messages:
-                for row in m.rows:
-                    rows.append((row, unit.key, m.key))
-        expected += len(rows)
-        with store.transaction():
-            self._write_buffers()
-            marked = 0
-            for key, first, last in spans:
-                marked += conn.execute(_MARK_RANGE_SQL, (key, now, run_id, first, last)).rowcount
-            if len(rows) < _VALUES_MIN:
-                if rows:
-                    marked += conn.executemany(
-                        _MARK_SENDING_SQL, [(u, m, now, run_id, row) for row, u, m in rows]
-                    ).rowcount
-            else:
-                for i in range(0, len(rows), _VALUES_CHUNK):
-                    chunk = rows[i : i + _VALUES_CHUNK]
-                    params: list[Any] = [now]
-                    for r in chunk:
-                        params.extend(r)
-                    params.append(run_id)
-                    marked += conn.execute(_mark_sending_sql(len(chunk)), params).rowcount
-            if marked != expected:
-                for unit in units:  # which one? (rare: a bug or a second process)
-                    n = conn.execute(
-                        "SELECT COUNT(*) FROM recipients WHERE run_id = ? AND unit_key = ?"
-                        " AND state = ?",
-                        (run_id, unit.key, RecipientState.SENDING.value),
-                    ).fetchone()[0]
-                    if n != len(unit.rows):
-                        break
-                raise StoreError(
-                    f"run {run_id}: refusing to send request {unit.key}: some of rows "
-                    f"{list(unit.rows)[:10]} are unknown to the run or already sending, sent "
-                    "or skipped"
-                )
-            recorded = [
-                (run_id, unit.key, _composition(unit), int(unit.batch), now)
-                for unit in units
-                if _recorded(unit)
-            ]
-            if recorded:
-                conn.executemany(_UNIT_SENDING_SQL, recorded)
-
-    def mark_split(self, parent: SendUnit, unit: SendUnit) -> None:
-        """Commit ``unit``, part of ``parent`` still in flight, as a request of its own.
-
-        The rows move from ``parent``'s key to ``unit``'s and its composition is
-        recorded, in one transaction with every buffered outcome (the part of ``parent``
-        that was settled): then the request may leave. All or nothing: a row not in
-        flight under ``parent`` refuses the whole split (:class:`StoreError`).
-        """
-        store = self.store
-        conn = store.conn
-        now = store.now()
-        params = [
-            (unit.key, m.key, now, self.run_id, row, parent.key)
-            for m in unit.messages
-            for row in m.rows
-        ]
-        with store.transaction():
-            self._write_buffers()
-            moved = conn.executemany(_MARK_SPLIT_SQL, params).rowcount
-            if moved != len(params):
-                raise StoreError(
-                    f"run {self.run_id}: refusing to send request {unit.key}: some of rows "
-                    f"{list(unit.rows)[:10]} are not in flight under {parent.key}"
-                )
-            if _recorded(unit):
-                conn.execute(
-                    _UNIT_SENDING_SQL,
-                    (self.run_id, unit.key, _composition(unit), int(unit.batch), now),
-                )
-
-    def record_attempt(
-        self,
-        unit: SendUnit,
-        attempt: int,
-        outcomes: Sequence[MessageOutcome],
-        elapsed_ms: float,
-    ) -> None:
-        """Log one HTTP attempt (buffered)."""
-        statuses = [o.http_status for o in outcomes if o.http_status is not None]
-        kind = _aggregate(outcomes)
-        self._attempt_seq += 1
-        self._attempt_rows.append(
-            (
-                self.run_id,
-                self._attempt_seq,
-                unit.key,
-                attempt,
-                self.store.now(),
-                float(elapsed_ms),
-                max(statuses) if statuses else None,
-                kind,
-                len(unit.messages),
-                len(unit.rows),
-            )
-        )
-        self._touch()
-
-    def record_final(
-        self, unit: SendUnit, outcomes: Sequence[MessageOutcome], attempts: int
-    ) -> None:
-        """Give every row of the unit its terminal state (buffered; see :meth:`flush`).
-
-        accepted -> ``sent``; retryable (retries exhausted) -> ``failed`` with
-        ``retryable = 1``; permanent -> ``failed``; unknown (the provider may have taken
-        it) -> ``unknown``; unsent -> back to ``pending``: nothing was delivered and the
-        run stopped, so a resume sends those rows. (The engine decides which of these a
-        message ends as; see :mod:`batchsend.engine`.)
-        """
-        now = self.store.now()
-        if self._record_range(unit, outcomes, attempts, now):
-            return
-        by_key = {o.key: o for o in outcomes}
-        kinds: set[OutcomeKind] = set()
-        for message in unit.messages:
-            outcome = by_key.get(message.key)
-            if outcome is None:  # a provider answered fewer results than messages
-                outcome = MessageOutcome(
-                    key=message.key,
-                    kind=OutcomeKind.UNKNOWN,  # it may have been processed
-                    error_type="missing_result",
-                    error_message="the provider's answer had no result for this message",
-                )
-            kinds.add(outcome.kind)
-            if outcome.kind is OutcomeKind.ACCEPTED:
-                # the common case has its own narrower statement: 7 values a row, not 13
-                self.sent += len(message.rows)
-                for row in message.rows:
-                    self._sent_rows.append(
-                        (
-                            row,
-                            attempts,
-                            outcome.http_status,
-                            outcome.provider_message_id,
-                            outcome.provider_email_id,
-                            now,
-                            message.key,
-                        )
-                    )
-                continue
-            state, reason, retryable = _settled(outcome, attempts)
-            sent_at = None
-            if state is RecipientState.FAILED:
-                self.failed += len(message.rows)
-            error_message = redact(outcome.error_message) if outcome.error_message else None
-            for row in message.rows:
-                self._outcome_rows.append(
-                    (
-                        row,
-                        state.value,
-                        reason,
-                        attempts,
-                        outcome.http_status,
-                        outcome.error_type,
-                        error_message,
-                        outcome.provider_message_id,
-                        outcome.provider_email_id,
-                        sent_at,
-                        now,
-                        retryable,
-                        message.key,
-                    )
-                )
-        if kinds == {OutcomeKind.ACCEPTED}:
-            unit_state = "sent"
-        elif kinds == {OutcomeKind.UNSENT} or (kinds == {OutcomeKind.FATAL} and attempts == 1):
-            unit_state = "pending"
-        elif len(kinds) > 1:
-            unit_state = "mixed"
-        elif kinds == {OutcomeKind.UNKNOWN}:
-            unit_state = "unknown"
-        else:
-            unit_state = "failed"
-        if _recorded(unit):
-            self._unit_states.append((unit_state, attempts, self.run_id, unit.key))
-        self._touch()
-
-    def flush(self) -> None:
-        """Commit every buffered outcome and attempt now."""
-        if not (
-            self._sent_rows
-            or self._sent_ranges
-            or self._outcome_rows
-            or self._attempt_rows
-            or self._unit_states
-        ):
-            return
-        store = self.store
-        with store.transaction():
-            self._write_buffers()
-
-    # -- internals -----------------------------------------------------------------
-
-    def _record_range(
-        self, unit: SendUnit, outcomes: Sequence[MessageOutcome], attempts: int, now: str
-    ) -> bool:
-        """Buffer an accepted batch as one range, when it qualifies (see _SENT_RANGE_SQL).
-
-        It qualifies when every message was planned in preflight (its key stored with its
-        row: ``message`` is None), covers one row, the rows are consecutive, and every
-        outcome is an acceptance whose provider id is that key, with no second id.
-        """
-        messages = unit.messages
-        n = len(messages)
-        if n < 2 or len(outcomes) != n:
-            return False
-        first = messages[0].rows[0]
-        status = outcomes[0].http_status
-        accepted = OutcomeKind.ACCEPTED
-        row = first
-        for pm, o in zip(messages, outcomes, strict=True):
-            if (
-                pm.message is not None
-                or pm.rows != (row,)
-                or o.kind is not accepted
-                or o.key != pm.key
-                or o.provider_message_id != pm.key
-                or o.provider_email_id is not None
-                or o.http_status != status
-            ):
-                return False
-            row += 1
-        self._sent_ranges.append((first, row - 1, attempts, status, now, unit))
-        self._range_rows += n
-        self.sent += n
-        if _recorded(unit):
-            self._unit_states.append(("sent", attempts, self.run_id, unit.key))
-        self._touch()
-        return True
-
-    def _touch(self) -> None:
-        now = self._monotonic()
-        if self._oldest is None:
-            self._oldest = now
-        if (
-            len(self._sent_rows) + len(self._outcome_rows) + self._range_rows >= FLUSH_ROWS
-            or now - self._oldest >= FLUSH_SECONDS
-        ):
-            self.flush()
-
-    def _update(self, rows: list[tuple[Any, ...]], one: str, many: Callable[[int], str]) -> None:
-        """Run an outcome statement over buffered ``(row, values...)`` tuples.
-
-        Only rows still ``sending`` take an outcome: a late answer never overwrites a
-        state decided since (defence in depth; the engine answers each unit once).
-        """
-        conn = self.store.conn
-        run_id = self.run_id
-        if len(rows) < _VALUES_MIN:
-            conn.executemany(one, [(*r[1:], run_id, r[0]) for r in rows])
-            return
-        for i in range(0, len(rows), _VALUES_CHUNK):
-            chunk = rows[i : i + _VALUES_CHUNK]
-            params: list[Any] = []
-            for r in chunk:
-                params.extend(r)
-            params.append(run_id)
-            conn.execute(many(len(chunk)), params)
-
-    def _write_buffers(self) -> None:
-        """Write the buffers inside the caller's open transaction, then empty them."""
-        conn = self.store.conn
-        for first, last, attempts, status, now, unit in self._sent_ranges:
-            done = conn.execute(
-                _SENT_RANGE_SQL, (attempts, status, now, now, self.run_id, first, last, unit.key)
-            ).rowcount
-            if done != last - first + 1:  # a row without its key: write those one by one
-                for pm in unit.messages:
-                    row = pm.rows[0]
-                    self._sent_rows.append((row, attempts, status, pm.key, None, now, pm.key))
-        if self._sent_rows:
-            self._update(self._sent_rows, _SENT_SQL, _sent_sql)
-        if self._outcome_rows:
-            self._update(self._outcome_rows, _OUTCOME_SQL, _outcome_sql)
-        if self._unit_states:
-            conn.executemany(
-                "UPDATE units SET state = ?, attempts = attempts + ? WHERE run_id = ? AND key = ?",
-                self._unit_states,
-            )
-        if self._attempt_rows:
-            conn.executemany(
-                _INSERT_ATTEMPTS_SQL,
-                self._attempt_rows,
-            )
-        self._outcome_rows = []
-        self._sent_rows = []
-        self._sent_ranges = []
-        self._range_rows = 0
-        self._unit_states = []
-        self._attempt_rows = []
-        self._oldest = None

@@ -1,0 +1,119 @@
+"""What the store hands out and takes in: run, recipient and unit records, run ids,
+the settings filter and the store's timestamps."""
+
+from __future__ import annotations
+
+import secrets as _random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from batchsend.states import RecipientState, RunState
+
+INSERT_CHUNK = 20_000
+
+# Setting names that could hold a secret; they never reach the store.
+_SECRET_WORDS = ("key", "secret", "token", "password", "authorization")
+
+# Reason code of a row found ``sending`` at resume: its request may or may not have left.
+IN_FLIGHT_REASON = "in_flight_at_crash"
+
+SENDABLE_STATES = (
+    RecipientState.PENDING,
+    RecipientState.UNKNOWN,
+    RecipientState.FAILED,
+)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+# The last second formatted: strftime is most of the cost of a timestamp, and the store
+# writes three per single send. Keyed by the fields, not a float timestamp (exact).
+_SECOND: dict[tuple[int, ...], str] = {}
+
+
+def iso_time(moment: datetime) -> str:
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    second = (moment.second, moment.minute, moment.hour, moment.day, moment.month, moment.year)
+    prefix = _SECOND.get(second)
+    if prefix is None:
+        _SECOND.clear()
+        prefix = _SECOND[second] = moment.strftime("%Y-%m-%dT%H:%M:%S.")
+    return f"{prefix}{moment.microsecond // 1000:03d}Z"
+
+
+def new_run_id(now: datetime | None = None) -> str:
+    """A sortable, unique run id such as ``20261121T103455-ab12cd``."""
+    moment = (now or utc_now()).astimezone(UTC)
+    return f"{moment:%Y%m%dT%H%M%S}-{_random.token_hex(3)}"
+
+
+def safe_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """``settings`` without any entry whose name suggests a secret (api_key, token...)."""
+    return {
+        k: v for k, v in settings.items() if not any(word in k.lower() for word in _SECRET_WORDS)
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class NewRecipient:
+    """One input row as it enters the store at run start (``pending`` or ``skipped``)."""
+
+    row: int
+    email: str
+    name: str | None = None
+    state: RecipientState = RecipientState.PENDING
+    reason: str | None = None  # skipped: invalid | duplicate | suppressed
+    error_message: str | None = None  # skipped: what was wrong, for the report
+    tag: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    # The key of the row's message when preflight planned it already (a run's encoded
+    # spool): an accepted batch then takes its provider ids from the store (see
+    # RunRecorder.record_final).
+    message_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """A row of the ``runs`` table, as values."""
+
+    id: str
+    campaign_path: str
+    campaign_name: str | None
+    provider: str
+    base_url: str | None
+    input_path: str | None
+    input_fingerprint: str | None
+    templates_fingerprint: str | None
+    settings: dict[str, Any]
+    state: RunState
+    is_test: bool
+    dry_run: bool
+    fatal_error: str | None
+    started_at: str
+    ended_at: str | None
+    updated_at: str
+    total_rows: int | None
+    report_path: str | None
+    metadata_columns: list[str]
+    pid: int | None
+    counts: dict[str, int]
+
+    @property
+    def finished(self) -> bool:
+        return self.state is RunState.FINISHED
+
+
+@dataclass(frozen=True, slots=True)
+class UnitRecord:
+    """A recorded send unit: its key and, per message, the rows it carried."""
+
+    key: str
+    composition: tuple[tuple[int, ...], ...]
+    batch: bool
+    state: str
+    attempts: int
