@@ -18,14 +18,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 from email_validator import EmailNotValidError, validate_email
 
+from batchsend.apikeys import DEFAULT_ENV_VAR, KEY_ENV_PREFIX, remember_env
 from batchsend.confinement import Confinement, config_dir
 from batchsend.errors import CampaignError
 from batchsend.message import Address
-from batchsend.secrets import DEFAULT_ENV_VAR, KEY_ENV_PREFIX, remember_env
+from batchsend.transport import base_url_problem
 
 PROVIDERS = ("v1", "tosend")
 STREAM_TYPES = ("transactional", "broadcast", "shared")
@@ -445,13 +445,9 @@ class _Builder:
         if top["max_render_bytes"] <= 0:
             raise self.fail("max_render_bytes", "must be positive")
         base_url = top["base_url"]
-        if base_url is not None and not base_url.startswith(("http://", "https://")):
-            raise self.fail("base_url", f"{base_url!r} is not an http(s) URL")
-        if base_url is not None:
-            try:
-                urlsplit(base_url).port  # noqa: B018  (ValueError: out of range, bad IPv6)
-            except ValueError as exc:
-                raise self.fail("base_url", f"{base_url!r} is not a valid URL: {exc}") from None
+        problem = base_url_problem(base_url) if base_url is not None else None
+        if problem is not None:
+            raise self.fail("base_url", f"{base_url!r} {problem}")
         return Campaign(
             path=self.path,
             folder=self.folder,

@@ -50,10 +50,10 @@ from batchsend.crashpoints import crashpoint
 from batchsend.errors import BatchsendError, FatalSendError, RetryableSendError, SendError
 from batchsend.outcome import MessageOutcome, OutcomeKind, Recorder
 from batchsend.plan import PlannedMessage, SendUnit
-from batchsend.providers.base import HttpRequest, Provider, is_server_error
+from batchsend.providers.base import Provider, is_server_error
 from batchsend.ratelimit import RateLimiter, sleep_unless
 from batchsend.retry import RetryPolicy
-from batchsend.transport import Transport
+from batchsend.transport import HttpRequest, Transport
 
 ACCEPTED = OutcomeKind.ACCEPTED
 RETRYABLE = OutcomeKind.RETRYABLE

@@ -30,7 +30,7 @@ One root, so callers can catch everything batchsend means with one clause::
         └── DatabaseGoneError           the database file was deleted or replaced mid-run
 
 Messages never contain an API key: code that builds one from a response body or a
-request must pass it through :func:`batchsend.secrets.redact` first.
+request must pass it through :func:`batchsend.apikeys.redact` first.
 """
 
 from __future__ import annotations

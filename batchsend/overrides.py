@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import socket
 from typing import Any
-from urllib.parse import urlsplit
 
 from batchsend.addresses import AddressBook, InvalidAddress
 from batchsend.campaign import Campaign
@@ -18,6 +17,7 @@ from batchsend.errors import (
 )
 from batchsend.message import Address
 from batchsend.session import Session
+from batchsend.transport import base_url_problem
 
 
 def override(
@@ -50,15 +50,10 @@ def override(
 
 def _check_base_url(url: str) -> None:
     """Refuse a --base-url that is not http(s)://host[:port] before anything is sent."""
-
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018  (raises ValueError when out of range)
-    except ValueError as exc:
-        raise CampaignError(f"--base-url {url!r} is not a valid URL: {exc}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    problem = base_url_problem(url)
+    if problem is not None:
         raise CampaignError(
-            f"--base-url {url!r} is not an http(s) URL",
+            f"--base-url {url!r} {problem}",
             fix="give the provider's API root, e.g. http://127.0.0.1:8025",
         )
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from batchsend import ledger
+from batchsend.apikeys import redact
 from batchsend.campaign import Campaign
 from batchsend.engine import Uncertainty, send_units
 from batchsend.errors import (
@@ -47,7 +48,6 @@ from batchsend.progress import ProgressDisplay
 from batchsend.ratelimit import RateLimiter
 from batchsend.report import format_for, write_report
 from batchsend.retry import RetryPolicy
-from batchsend.secrets import redact
 from batchsend.session import Session
 from batchsend.spool import MessageSpool
 from batchsend.states import RecipientState, RunState

@@ -4,17 +4,17 @@ and ToSend's account check."""
 from __future__ import annotations
 
 import asyncio
-import secrets as _random
+import secrets
 from pathlib import Path
 from typing import Any
 
+from batchsend.apikeys import is_loopback_url, load_api_key, remember
 from batchsend.campaign import Campaign
 from batchsend.errors import (
     CampaignError,
 )
 from batchsend.providers import RecipientLimits, check_account, get_provider
 from batchsend.sandbox import Sandbox
-from batchsend.secrets import is_loopback_url, load_api_key, remember
 
 
 class Session:
@@ -55,7 +55,7 @@ class Session:
         """Find the key and the server (start the embedded sandbox if asked)."""
         if self.sandboxed:
             # A fresh key per invocation, registered for redaction like any other.
-            self.api_key = remember("sk-sandbox-" + _random.token_hex(12))
+            self.api_key = remember("sk-sandbox-" + secrets.token_hex(12))
             self._sandbox = Sandbox(
                 api_keys=(self.api_key,), domains=(self.campaign.sender_domain,)
             ).start()

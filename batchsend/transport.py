@@ -32,18 +32,28 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from batchsend.errors import FatalSendError, RetryableSendError, UncertainSendError
-from batchsend.providers.base import HttpRequest
 
 TRANSPORTS = ("aiohttp", "httpx")
 DEFAULT_TIMEOUT = 30.0
 #: Connecting takes at most this long (or the whole timeout, when shorter): a request
 #: whose connection is not made in time has not left, so it may be tried again.
 CONNECT_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    """One request, ready to go: the body is already the final bytes."""
+
+    method: str
+    url: str
+    headers: Mapping[str, str] = field(repr=False)  # carries the API key: never printed
+    body: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,17 +88,30 @@ def make_transport(
     raise ValueError(f"unknown HTTP client {name!r}; choose one of: {', '.join(TRANSPORTS)}")
 
 
-def _check_url(scheme: str, host: str | None, port: int | None) -> None:
-    """Refuse what no provider URL can be (both libraries parse some of it happily)."""
-    if scheme not in ("http", "https") or not host:
-        raise FatalSendError(
-            "invalid provider URL: an http:// or https:// URL with a host is needed",
-            error_type="bad_url",
-        ) from None
+def base_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a provider's URL (``is not an http(s) URL``...), or None.
+
+    The one check of a base URL: the campaign file's ``base_url``, ``--base-url`` and
+    every request's URL at send time. It asks for an ``http://`` or ``https://`` URL with
+    a host and a port in 1-65535; what each HTTP library then parses it into is its own.
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # ValueError: out of range, a broken IPv6 literal
+    except ValueError as exc:
+        return f"is not a valid URL: {exc}"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "is not an http(s) URL"
     if port is not None and not 0 < port < 65536:
-        raise FatalSendError(
-            f"invalid provider URL: port {port} is out of range (1-65535)", error_type="bad_url"
-        ) from None
+        return f"is not a valid URL: port {port} is out of range (1-65535)"
+    return None
+
+
+def _check_url(url: str) -> None:
+    """Refuse, before it leaves, a request to what no provider URL can be."""
+    problem = base_url_problem(url)
+    if problem is not None:
+        raise FatalSendError(f"invalid provider URL: it {problem}", error_type="bad_url") from None
 
 
 class AiohttpTransport:
@@ -135,11 +158,11 @@ class AiohttpTransport:
         # Parsing the same URL for every request costs more than the cache lookup.
         parsed = self._urls.get(url)
         if parsed is None:
+            _check_url(url)
             try:
                 parsed = self._yarl.URL(url)
             except ValueError as exc:  # a port out of range, a broken IPv6 literal
                 raise FatalSendError(f"invalid provider URL: {exc}", error_type="bad_url") from None
-            _check_url(parsed.scheme, parsed.host, parsed.explicit_port)
             self._urls[url] = parsed
         return parsed
 
@@ -217,11 +240,11 @@ class HttpxTransport:
         then fails deep inside the connect) and a URL without a host."""
         parsed = self._urls.get(url)
         if parsed is None:
+            _check_url(url)
             try:
                 parsed = self._httpx.URL(url)
             except self._httpx.InvalidURL as exc:
                 raise FatalSendError(f"invalid provider URL: {exc}", error_type="bad_url") from None
-            _check_url(parsed.scheme, parsed.host, parsed.port)
             self._urls[url] = parsed
         return parsed
 

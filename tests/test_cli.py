@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import click
 from click.testing import CliRunner
 
 from batchsend.cli import COMMANDS, main
@@ -14,12 +13,18 @@ def test_version() -> None:
     assert "batchsend" in result.output
 
 
-def test_every_listed_command_has_help_with_an_example() -> None:
+def test_help_lists_exactly_the_commands_batchsend_has() -> None:
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0, result.output
+    section = result.output.split("Commands:", 1)[1]
+    shown = [line.split()[0] for line in section.splitlines() if line.strip()]
+    assert shown == ["init", "check", "preview", "run", "resume", "runs", "report", "sandbox"]
+    assert list(COMMANDS) == shown
+
+
+def test_every_command_has_help_with_an_example() -> None:
     runner = CliRunner()
-    ctx = click.Context(main)
-    listed = main.list_commands(ctx)  # a command whose module is not written yet is absent
-    assert set(listed) <= set(COMMANDS)
-    for name in listed:
+    for name in COMMANDS:
         result = runner.invoke(main, [name, "--help"])
         assert result.exit_code == 0, result.output
         assert "Example" in result.output or "example" in result.output, name

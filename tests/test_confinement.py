@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from batchsend.apikeys import redact
 from batchsend.campaign import load_campaign
 from batchsend.cli import main
 from batchsend.errors import CampaignError
-from batchsend.secrets import redact
 from batchsend.session import Session
 
 KEY = "sk-live-CONFINE-4b2d9e71c0a85f36"

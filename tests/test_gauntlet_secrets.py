@@ -28,11 +28,10 @@ import gauntlet
 
 from batchsend.cli import main
 from batchsend.errors import BatchsendError, SendError
-from batchsend.providers.base import HttpRequest
 from batchsend.resume import resume_run
 from batchsend.run import run_campaign
 from batchsend.sandbox import Sandbox
-from batchsend.transport import make_transport
+from batchsend.transport import HttpRequest, make_transport
 
 KEY = "sk-live-GAUNTLET-5e1f0c9a7b3d4411"
 

@@ -9,12 +9,12 @@ import orjson
 import pytest
 
 from batchsend import USER_AGENT
+from batchsend.apikeys import remember
 from batchsend.errors import FatalSendError
 from batchsend.message import Address, Attachment, Message
 from batchsend.outcome import OutcomeKind
 from batchsend.plan import PlannedMessage, plan_units
 from batchsend.providers import PROVIDERS, AccountInfo, check_account, get_provider
-from batchsend.secrets import remember
 from batchsend.transport import make_transport
 
 KEY = "sk-test"

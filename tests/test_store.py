@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from batchsend.apikeys import remember
 from batchsend.errors import StoreError
 from batchsend.message import Address, Message
 from batchsend.outcome import MessageOutcome, OutcomeKind
 from batchsend.plan import PlannedMessage, SendUnit
-from batchsend.secrets import remember
 from batchsend.states import RecipientState, RunState
 from batchsend.store import FLUSH_SECONDS, NewRecipient, Store, new_run_id
 

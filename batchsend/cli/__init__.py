@@ -13,8 +13,8 @@ from typing import Any
 import click
 
 from batchsend import __version__
+from batchsend.apikeys import redact
 from batchsend.errors import BatchsendError
-from batchsend.secrets import redact
 
 # command name -> "module:attribute", in the order --help lists them
 COMMANDS: dict[str, str] = {
@@ -33,26 +33,16 @@ class LazyGroup(click.Group):
     """A group whose commands are imported on first use."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return [name for name in COMMANDS if self._load(name, quiet=True) is not None]
+        # Exactly the table: a command whose module fails to import is an error here,
+        # not a command that silently drops out of --help.
+        return list(COMMANDS)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        return self._load(cmd_name, quiet=False)
-
-    @staticmethod
-    def _load(name: str, *, quiet: bool) -> click.Command | None:
-        target = COMMANDS.get(name)
+        target = COMMANDS.get(cmd_name)
         if target is None:
             return None
         module_name, attr = target.split(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            # A command whose module is not written yet is simply absent; any other
-            # missing module is a real error and must surface.
-            if quiet and exc.name == module_name:
-                return None
-            raise
-        command = getattr(module, attr)
+        command = getattr(importlib.import_module(module_name), attr)
         assert isinstance(command, click.Command)
         return command
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import click
 
+from batchsend.apikeys import redact
 from batchsend.campaign import load_campaign
 from batchsend.errors import InputError
-from batchsend.secrets import redact
 
 #: ``--allow-outside PATH``: the user, never the campaign file, lets it read elsewhere.
 ALLOW_OUTSIDE = click.option(

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from batchsend.providers.base import AccountInfo, HttpRequest, Provider, RecipientLimits
+from batchsend.providers.base import AccountInfo, Provider, RecipientLimits
 from batchsend.providers.tosend import ToSendProvider, check_account
 from batchsend.providers.v1 import V1Provider
+from batchsend.transport import HttpRequest
 
 PROVIDERS: dict[str, type[Provider]] = {"tosend": ToSendProvider, "v1": V1Provider}
 

@@ -21,18 +21,19 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from batchsend import USER_AGENT
+from batchsend.apikeys import redact
 from batchsend.errors import FatalSendError, PermanentSendError, SendError, UncertainSendError
 from batchsend.message import Message
 from batchsend.outcome import MessageOutcome, OutcomeKind
 from batchsend.plan import PlannedMessage, SendUnit
 from batchsend.ratelimit import parse_retry_after
-from batchsend.secrets import redact
+from batchsend.transport import HttpRequest
 
 # API-CONTRACTS.md, "Was it processed?": a 429 refused the request before processing it
 # (as does a 408: the server gave up waiting for it); a 5xx may come after the provider
@@ -48,16 +49,6 @@ def is_server_error(status: int) -> bool:
 def is_refusal(status: int) -> bool:
     """A 4xx: the provider answered that it did not take the request."""
     return 400 <= status <= 499
-
-
-@dataclass(frozen=True, slots=True)
-class HttpRequest:
-    """One request, ready to go: the body is already the final bytes."""
-
-    method: str
-    url: str
-    headers: Mapping[str, str] = field(repr=False)  # carries the API key: never printed
-    body: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,6 +44,8 @@ from batchsend.providers.base import (
     loads,
     rendered,
 )
+from batchsend.retry import RetryPolicy
+from batchsend.transport import make_transport
 
 SEND_PATH = "/v2/emails"
 BATCH_PATH = "/v2/emails/batch"
@@ -284,9 +286,6 @@ class ToSendProvider(Provider):
         every send request is: a provider restarting as the run starts is not a reason
         to give up. Still failing, it is a :class:`FatalSendError` (nothing was sent).
         """
-        from batchsend.retry import RetryPolicy
-        from batchsend.transport import make_transport
-
         request = self.info_request()
         policy = retry or RetryPolicy(max_attempts=5, max_time=60)
 

@@ -44,7 +44,7 @@ so a crash can leave a row ``sending`` whose answer had already arrived: resume 
 into ``unknown``, never into a second send.
 
 No API key is ever written here: the run's settings are filtered through
-:func:`safe_settings`, and error texts through :func:`batchsend.secrets.redact`.
+:func:`safe_settings`, and error texts through :func:`batchsend.apikeys.redact`.
 """
 
 from batchsend.store.database import BUSY_TIMEOUT, DEFAULT_DB, Store

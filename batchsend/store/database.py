@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets as _random
+import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -15,6 +15,7 @@ from typing import Any
 
 import sqlite_utils
 
+from batchsend.apikeys import redact
 from batchsend.errors import (
     BatchsendError,
     ConcurrentCommandError,
@@ -25,7 +26,6 @@ from batchsend.errors import (
     StoreError,
 )
 from batchsend.process import alive, this_process
-from batchsend.secrets import redact
 from batchsend.states import RecipientState, RunState
 from batchsend.store.recorder import RunRecorder
 from batchsend.store.records import (
@@ -552,7 +552,7 @@ class Store:
         if exclusive:  # read first: refused at once, even while the lock is held long
             self._refuse_claimed(campaign_path, run_id)
         me = this_process()
-        token = _random.token_hex(8)
+        token = secrets.token_hex(8)
         self._begin()
         try:
             if exclusive:

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from batchsend.apikeys import redact
 from batchsend.errors import StoreError
 from batchsend.outcome import MessageOutcome, OutcomeKind
 from batchsend.plan import SendUnit
-from batchsend.secrets import redact
 from batchsend.states import RecipientState
 from batchsend.store.statements import (
     INSERT_ATTEMPTS_SQL,

@@ -3,7 +3,7 @@ the settings filter and the store's timestamps."""
 
 from __future__ import annotations
 
-import secrets as _random
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -49,7 +49,7 @@ def iso_time(moment: datetime) -> str:
 def new_run_id(now: datetime | None = None) -> str:
     """A sortable, unique run id such as ``20261121T103455-ab12cd``."""
     moment = (now or utc_now()).astimezone(UTC)
-    return f"{moment:%Y%m%dT%H%M%S}-{_random.token_hex(3)}"
+    return f"{moment:%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
 
 
 def safe_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
