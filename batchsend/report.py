@@ -352,7 +352,7 @@ def _campaign_columns(run: RunInfo) -> tuple[str, str | None, _InputFile | None]
 
 def _unchanged_input(run: RunInfo, campaign: Any) -> _InputFile | None:
     from batchsend.preflight import fingerprints
-    from batchsend.source import SourceSpec, read_columns
+    from batchsend.source import read_columns
 
     if not run.input_fingerprint or not campaign.source.is_file():
         return None
@@ -363,8 +363,7 @@ def _unchanged_input(run: RunInfo, campaign: Any) -> _InputFile | None:
             return None  # rows may have moved: joining by row number would lie
     except (BatchsendError, OSError):
         return None
-    s = campaign.source_settings
-    spec = SourceSpec(s.path, s.format, s.delimiter, s.quote_char, s.encoding)
+    spec = campaign.source_settings
     try:
         return _InputFile(spec, tuple(read_columns(spec)))
     except BatchsendError:
