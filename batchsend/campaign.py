@@ -820,3 +820,87 @@ class _Builder:
     def check_merge(self, t: MergeSettings) -> None:
         if t.placement not in ("bcc", "to"):
             raise self.fail("merge.placement", f'{t.placement!r}: use "bcc" or "to"')
+
+
+# -- the README's campaign file reference ---------------------------------------------------
+
+#: Each table of the README reference: its marker name and the campaign tables it shows.
+README_TABLES = {
+    "top": ("",),
+    "source": ("source",),
+    "columns": ("columns",),
+    "sender": ("sender", "reply_to"),
+    "message": ("message",),
+    "attachments": ("attachments",),
+    "suppression": ("suppression",),
+    "send": ("send",),
+    "merge": ("merge",),
+}
+_MARKER = re.compile(
+    r"(<!-- campaign-reference: (\w+) -->\n)(.*?)(<!-- /campaign-reference -->)", re.S
+)
+REFERENCE_COMMAND = "python -m batchsend.campaign --reference README.md"
+
+
+def _shown_default(field: FieldInfo) -> str:
+    shown = (field.json_schema_extra or {}).get("shown")  # type: ignore[union-attr]
+    if isinstance(shown, str):
+        return shown
+    value = field.default
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if isinstance(value, float) and value.is_integer():
+        return f"`{int(value)}`"
+    if isinstance(value, str):
+        return f'`"{value}"`'
+    if isinstance(value, list | tuple):
+        return "`[]`"
+    if isinstance(value, dict):
+        return "`{}`"
+    return f"`{value}`"
+
+
+def reference_table(names: tuple[str, ...]) -> str:
+    """The Markdown table documenting the keys of the campaign tables ``names``."""
+    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for table in names:
+        fields = keys(table)
+        for key, field in fields.items():
+            if key.endswith("_file") and key.removesuffix("_file") in fields:
+                continue  # shown with its inline twin: `subject` / `subject_file`
+            shown = f"{table}.{key}" if len(names) > 1 else key
+            cell = f"`{shown}`"
+            if f"{key}_file" in fields:
+                cell += f" / `{shown}_file`"
+            lines.append(
+                f"| {cell} | {kind(field.annotation)} | {_shown_default(field)}"
+                f" | {field.description} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def render_reference(readme: str) -> str:
+    """``readme`` with every campaign-reference table regenerated from the models."""
+
+    def table(m: re.Match[str]) -> str:
+        return m.group(1) + reference_table(README_TABLES[m.group(2)]) + m.group(4)
+
+    return _MARKER.sub(table, readme)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m batchsend.campaign --reference README.md``: rewrite the reference."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m batchsend.campaign")
+    parser.add_argument("--reference", metavar="README", type=Path, required=True)
+    args = parser.parse_args(argv)
+    text = args.reference.read_text(encoding="utf-8")
+    args.reference.write_text(render_reference(text), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
