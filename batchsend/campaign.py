@@ -452,7 +452,7 @@ def _nearest(key: str, valid: list[str]) -> str | None:
 
 
 class _Builder:
-    """Checks the parsed TOML against :data:`SCHEMA` and builds the :class:`Campaign`."""
+    """Checks the parsed TOML against :class:`CampaignFile` and builds the :class:`Campaign`."""
 
     def __init__(
         self, path: Path, shown: str, data: dict[str, Any], allow_outside: Iterable[str | Path]
