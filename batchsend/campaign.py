@@ -2,10 +2,12 @@
 
 :func:`load_campaign` reads ``campaign.toml`` and returns a :class:`Campaign`. Every key
 is checked against the schema below: an unknown key is an error that names it and the
-nearest valid key, a value of the wrong type names the key and the expected type. Paths
+nearest valid key, a value of the wrong type names the key and the expected type. Each
+key, its type, default and help is declared once, as a field of the pydantic models below
+(:class:`CampaignFile` and its tables); ``python -m batchsend.campaign --reference``
+writes the README's "Campaign file reference" tables from them. Paths
 (recipient file, template files, attachments, suppression lists, key file) are relative
-to the folder holding the campaign file. Every key and its default is documented in
-the README's "Campaign file reference"; a test keeps it and :data:`SCHEMA` in step.
+to the folder holding the campaign file.
 """
 
 from __future__ import annotations
@@ -17,177 +19,300 @@ import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from email_validator import EmailNotValidError, validate_email
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
 
 from batchsend.apikeys import DEFAULT_ENV_VAR, KEY_ENV_PREFIX, remember_env
 from batchsend.confinement import Confinement, config_dir
 from batchsend.errors import CampaignError
 from batchsend.message import Address
+from batchsend.source import SourceSpec
 from batchsend.transport import base_url_problem
 
 PROVIDERS = ("v1", "tosend")
 STREAM_TYPES = ("transactional", "broadcast", "shared")
 
-# A key's value kind and its default. ``None`` means "not set".
-_STR, _INT, _NUM, _BOOL, _STRS, _TABLE_OF_STR = (
-    "string",
-    "integer",
-    "number",
-    "boolean",
-    "array of strings",
-    "table of strings",
-)
-
-#: Every key the campaign file may hold: table -> key -> (kind, default). The empty
-#: table name is the top level.
-SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
-    "": {
-        "name": (_STR, None),
-        "provider": (_STR, None),
-        "base_url": (_STR, None),
-        "api_key_env": (_STR, DEFAULT_ENV_VAR),
-        "api_key_file": (_STR, None),
-        "max_render_bytes": (_INT, 5_000_000),
-    },
-    "source": {
-        "path": (_STR, None),
-        "format": (_STR, "auto"),
-        "delimiter": (_STR, ","),
-        "quote_char": (_STR, '"'),
-        "encoding": (_STR, "utf-8"),
-    },
-    "columns": {
-        "email": (_STR, "email"),
-        "name": (_STR, None),
-        "cc": (_STR, None),
-        "bcc": (_STR, None),
-        "attachments": (_STR, None),
-        "list_separators": (_STR, ";,"),
-        "metadata": (_STRS, []),
-    },
-    "sender": {
-        "email": (_STR, None),
-        "name": (_STR, None),
-    },
-    "reply_to": {
-        "email": (_STR, None),
-        "name": (_STR, None),
-    },
-    "message": {
-        "subject": (_STR, None),
-        "subject_file": (_STR, None),
-        "html": (_STR, None),
-        "html_file": (_STR, None),
-        "text": (_STR, None),
-        "text_file": (_STR, None),
-        "ical": (_STR, None),
-        "ical_file": (_STR, None),
-        "headers": (_TABLE_OF_STR, {}),
-        "tag": (_STR, None),
-        "tags": (_TABLE_OF_STR, {}),
-        "track_opens": (_BOOL, None),
-        "track_clicks": (_BOOL, None),
-        "stream_type": (_STR, None),
-        "domain": (_STR, None),
-        "unsubscribe_url": (_STR, None),
-    },
-    "attachments": {  # [[attachments]]: static files attached to every message
-        "path": (_STR, None),
-        "filename": (_STR, None),
-        "content_type": (_STR, None),
-        "content_id": (_STR, None),
-    },
-    "suppression": {
-        "files": (_STRS, []),
-        "column": (_STR, "email"),
-    },
-    "send": {
-        "concurrency": (_INT, 16),
-        "rate": (_NUM, None),
-        "recipients_rate": (_NUM, None),
-        "batch_size": (_INT, 100),
-        "max_recipients_per_field": (_INT, 50),
-        "timeout": (_NUM, 30.0),
-        "max_attempts": (_INT, 5),
-        "max_retry_time": (_NUM, 300.0),
-        "idempotent_provider": (_BOOL, False),
-        "on_server_error": (_STR, "unknown"),
-    },
-    "merge": {
-        "enabled": (_BOOL, False),
-        "group_column": (_STR, None),
-        "placement": (_STR, "bcc"),
-    },
-}
-_TABLES_AT_TOP = {name for name in SCHEMA if name}
 _ENV_VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_ARRAY_TABLES = {"attachments"}
-
-# Keys that only one provider understands: (table, key) -> provider.
-_PROVIDER_ONLY = {
-    ("message", "tag"): "v1",
-    ("message", "track_opens"): "v1",
-    ("message", "track_clicks"): "v1",
-    ("message", "stream_type"): "v1",
-    ("message", "domain"): "v1",
-    ("message", "tags"): "tosend",
-    ("attachments", "content_id"): "tosend",
-}
 
 
-@dataclass(frozen=True, slots=True)
-class SendSettings:
-    """How fast and how hard to send (``[send]``)."""
-
-    concurrency: int = 16
-    rate: float | None = None  # requests per second, None = as fast as allowed
-    recipients_rate: float | None = None  # recipients per second, None = unlimited
-    batch_size: int = 100  # ToSend messages per batch request; 1 = single endpoint
-    max_recipients_per_field: int = 50
-    timeout: float = 30.0
-    max_attempts: int = 5
-    max_retry_time: float = 300.0
-    # The provider honours Idempotency-Key (neither documented one does): requests it may
-    # have processed are then retried under the same key instead of ending unknown.
-    idempotent_provider: bool = False
-    # "unknown" (default): a 5xx leaves its rows unknown; "retry": send them again,
-    # accepting that the provider may deliver twice.
-    on_server_error: str = "unknown"
+def _key(default: Any, help: str, *, shown: str | None = None, only: str | None = None) -> Any:
+    """One campaign-file key: its default, its README help, how the README shows the
+    default when the value alone would mislead (``shown``), and the one provider that
+    understands it (``only``)."""
+    extra: dict[str, Any] = {}
+    if shown is not None:
+        extra["shown"] = shown
+    if only is not None:
+        extra["only"] = only
+    return Field(default, description=help, json_schema_extra=extra or None)
 
 
-@dataclass(frozen=True, slots=True)
-class MergeSettings:
-    """Merging identical messages into one with several recipients (``[merge]``)."""
+class _Table(BaseModel):
+    """A table of the campaign file: no unknown keys, no type coercion, immutable."""
 
-    enabled: bool = False
-    group_column: str | None = None
-    placement: Literal["bcc", "to"] = "bcc"
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-@dataclass(frozen=True, slots=True)
-class SourceSettings:
-    """How to read the recipient file (``[source]``)."""
-
-    path: Path
-    format: Literal["csv", "parquet"]
-    delimiter: str = ","
-    quote_char: str = '"'
-    encoding: str = "utf-8"
+def _none_if_empty(value: str | None) -> str | None:
+    return value or None
 
 
-@dataclass(frozen=True, slots=True)
-class Columns:
+class SourceTable(_Table):
+    """``[source]``: the recipient file."""
+
+    path: str | None = _key(None, "CSV or Parquet file", shown="required")
+    format: str = _key(
+        "auto",
+        '`"csv"`, `"parquet"`, or `"auto"` (by extension: `.parquet`/`.pq` is Parquet)',
+    )
+    delimiter: str = _key(",", "CSV field separator")
+    quote_char: str = _key(
+        '"', "CSV quote character (fields may hold delimiters and line breaks)", shown="`'\"'`"
+    )
+    encoding: str = _key(
+        "utf-8",
+        'UTF-8 with or without BOM; any Python codec name (e.g. `"latin-1"`) otherwise',
+    )
+
+
+class Columns(_Table):
     """Which column holds what (``[columns]``); other columns are template variables."""
 
-    email: str = "email"
-    name: str | None = None
-    cc: str | None = None
-    bcc: str | None = None
-    attachments: str | None = None
-    list_separators: str = ";,"
-    metadata: tuple[str, ...] = ()
+    email: str = _key("email", "the recipient's address")
+    name: str | None = _key(None, "the recipient's display name")
+    cc: str | None = _key(None, "cc addresses, several in one cell")
+    bcc: str | None = _key(None, "bcc addresses, several in one cell")
+    attachments: str | None = _key(None, "per-row attachment paths, several separated by `;`")
+    list_separators: str = _key(";,", "characters that separate addresses in `cc`/`bcc` cells")
+    metadata: Annotated[tuple[str, ...], Field(strict=False)] = _key(
+        (),
+        "columns copied to the message's metadata (v1 stores and echoes them in webhooks)"
+        " and to reports",
+        shown="`[]`",
+    )
+
+    _empty_is_none = field_validator("name", "cc", "bcc", "attachments")(_none_if_empty)
+
+
+class AddressTable(_Table):
+    """``[sender]`` or ``[reply_to]``."""
+
+    email: str | None = _key(None, "the address")
+    name: str | None = _key(None, "display name")
+
+
+class SenderTable(AddressTable):
+    email: str | None = _key(
+        None, "the From address; its domain must be verified at the provider", shown="required"
+    )
+    name: str | None = _key(None, "From display name")
+
+
+class ReplyToTable(AddressTable):
+    email: str | None = _key(None, "Reply-To address")
+    name: str | None = _key(None, "Reply-To display name")
+
+
+def _file_of(key: str) -> str:
+    return f"`{key}` read from this file (relative to the campaign folder)"
+
+
+class MessageTable(_Table):
+    """``[message]``: templates and per-message fields."""
+
+    subject: str | None = _key(
+        None,
+        "subject template; CR, LF or NUL in the result make the row invalid",
+        shown="required",
+    )
+    subject_file: str | None = _key(None, _file_of("subject"))
+    html: str | None = _key(None, "HTML body template (html or text is required)")
+    html_file: str | None = _key(None, _file_of("html"))
+    text: str | None = _key(
+        None, "text body template; without one, text is generated from the HTML (inscriptis)"
+    )
+    text_file: str | None = _key(None, _file_of("text"))
+    ical: str | None = _key(
+        None,
+        "calendar invite template (RFC 5545; line ends become CRLF). *v1* sends it as"
+        " `icalEvent`; *tosend* has no calendar field, so it travels as an `invite.ics`"
+        " attachment (`text/calendar; method=REQUEST`)",
+    )
+    ical_file: str | None = _key(None, _file_of("ical"))
+    headers: dict[str, str] = _key({}, "`[message.headers]`: header name = value template")
+    tag: str | None = _key(None, "*v1*: analytics tag template", only="v1")
+    tags: dict[str, str] = _key(
+        {},
+        "*tosend*: `[message.tags]` name = value template (names <= 128, values <= 256 chars)",
+        only="tosend",
+    )
+    track_opens: bool | None = _key(None, "*v1*: open tracking", shown="account setting", only="v1")
+    track_clicks: bool | None = _key(
+        None, "*v1*: click tracking", shown="account setting", only="v1"
+    )
+    stream_type: str | None = _key(
+        None,
+        '*v1*: `"transactional"`, `"broadcast"` or `"shared"`',
+        shown='`"shared"` at the provider',
+        only="v1",
+    )
+    domain: str | None = _key(
+        None, "*v1*: sending domain", shown="first verified domain", only="v1"
+    )
+    unsubscribe_url: str | None = _key(
+        None,
+        "RFC 8058 one-click unsubscribe: an `https://` URL template; adds"
+        " `List-Unsubscribe: <url>` and `List-Unsubscribe-Post: List-Unsubscribe=One-Click`",
+    )
+
+
+class AttachmentTable(_Table):
+    """``[[attachments]]``: a static file attached to every message."""
+
+    path: str | None = _key(None, "file inside the campaign folder", shown="required")
+    filename: str | None = _key(None, "name shown to the recipient", shown="the file's name")
+    content_type: str | None = _key(None, "MIME type", shown="guessed from the name")
+    content_id: str | None = _key(
+        None,
+        "*tosend*: inline image, referenced in HTML as `cid:<content_id>`",
+        only="tosend",
+    )
+
+
+class SuppressionTable(_Table):
+    """``[suppression]``: addresses never to send to."""
+
+    files: list[str] = _key([], "CSV files of addresses (earlier unsubscribes, bounces)")
+    column: str = _key(
+        "email",
+        "the column holding the address (the first column when no header has this name)",
+    )
+
+
+class SendSettings(_Table):
+    """How fast and how hard to send (``[send]``)."""
+
+    concurrency: int = _key(16, "requests in flight at once")
+    rate: float | None = _key(None, "requests per second", shown="none (no limit)")
+    recipients_rate: float | None = _key(
+        None,
+        "recipients (to + cc + bcc addresses) per second; holds together with `rate`",
+        shown="*tosend*: the account's `limit_per_second`; else no limit",
+    )
+    batch_size: int = _key(
+        100, "*tosend*: emails per batch request (1..100; 1 = single-send endpoint)"
+    )
+    max_recipients_per_field: int = _key(50, "most addresses in each of to, cc and bcc")
+    timeout: float = _key(30.0, "seconds per request")
+    max_attempts: int = _key(5, "tries per request before a message is `failed`")
+    max_retry_time: float = _key(300.0, "seconds of retrying per request before giving up")
+    idempotent_provider: bool = _key(
+        False,
+        "the provider honours `Idempotency-Key` (neither documented one does): requests it"
+        " may have processed are retried under the same key instead of ending `unknown`",
+    )
+    on_server_error: str = _key(
+        "unknown",
+        'a 5xx answer leaves its rows `unknown`; `"retry"` sends them again, accepting that'
+        " the provider may deliver twice",
+    )
+
+
+class MergeSettings(_Table):
+    """Merging identical messages into one with several recipients (``[merge]``)."""
+
+    enabled: bool = _key(False, "merge rows whose rendered messages are identical")
+    group_column: str | None = _key(None, "only merge rows with the same value in this column")
+    placement: str = _key("bcc", 'where merged recipients go: `"bcc"` or `"to"`')
+
+    _empty_is_none = field_validator("group_column")(_none_if_empty)
+
+
+class CampaignFile(_Table):
+    """The whole campaign file as written: the top-level keys and one field per table."""
+
+    name: str | None = _key(None, "shown in reports", shown="the folder's name")
+    provider: str | None = _key(
+        None,
+        '`"v1"` (MailerLogic single send) or `"tosend"` (ToSend)',
+        shown="required",
+    )
+    base_url: str | None = _key(
+        None,
+        'API root, e.g. `"http://127.0.0.1:8025"` for the sandbox; a host that is not'
+        " loopback is used only when given with `--base-url` (see [API keys](#api-keys))",
+    )
+    api_key_env: str = _key(
+        DEFAULT_ENV_VAR,
+        "environment variable holding the API key; must start with `BATCHSEND_`",
+    )
+    api_key_file: str | None = _key(
+        None,
+        "file holding the key (read instead of the environment variable): in the campaign"
+        " folder or `~/.config/batchsend/`",
+    )
+    max_render_bytes: int = _key(
+        5_000_000,
+        "most characters one message may render to (subject + HTML + text + invite); a row"
+        " over it is invalid. Also the most a single value built by a template may hold; all"
+        " values built for one row may add up to ten times it",
+    )
+    source: SourceTable = SourceTable()
+    columns: Columns = Columns()
+    sender: SenderTable = SenderTable()
+    reply_to: ReplyToTable = ReplyToTable()
+    message: MessageTable = MessageTable()
+    attachments: list[AttachmentTable] = []
+    suppression: SuppressionTable = SuppressionTable()
+    send: SendSettings = SendSettings()
+    merge: MergeSettings = MergeSettings()
+
+
+def tables() -> dict[str, type[_Table]]:
+    """Every table of the campaign file by name, the top level as ``""``."""
+    out: dict[str, type[_Table]] = {"": CampaignFile}
+    for name, field in CampaignFile.model_fields.items():
+        inner = _table_type(field.annotation)
+        if inner is not None:
+            out[name] = inner
+    return out
+
+
+def _table_type(annotation: Any) -> type[_Table] | None:
+    if get_origin(annotation) is list:
+        (annotation,) = get_args(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, _Table):
+        return annotation
+    return None
+
+
+def keys(table: str) -> dict[str, FieldInfo]:
+    """The keys a table may hold (for the top level: not the tables)."""
+    fields = tables()[table].model_fields
+    return {k: f for k, f in fields.items() if _table_type(f.annotation) is None}
+
+
+def kind(annotation: Any) -> str:
+    """How an error and the README name a key's type."""
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    if get_origin(annotation) in (Union, UnionType) and len(args) == 1:
+        annotation = args[0]
+    if get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    origin = get_origin(annotation) or annotation
+    return {
+        str: "string",
+        int: "integer",
+        float: "number",
+        bool: "boolean",
+        list: "array of strings",
+        tuple: "array of strings",
+        dict: "table of strings",
+    }[origin]
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,7 +369,7 @@ class Campaign:
     base_url: str | None
     api_key_env: str
     api_key_file: Path | None
-    source_settings: SourceSettings
+    source_settings: SourceSpec
     columns: Columns
     message: MessageSettings
     attachments: tuple[StaticAttachment, ...]
@@ -327,7 +452,7 @@ def _nearest(key: str, valid: list[str]) -> str | None:
 
 
 class _Builder:
-    """Checks the parsed TOML against :data:`SCHEMA` and builds the :class:`Campaign`."""
+    """Checks the parsed TOML against :class:`CampaignFile` and builds the :class:`Campaign`."""
 
     def __init__(
         self, path: Path, shown: str, data: dict[str, Any], allow_outside: Iterable[str | Path]
@@ -350,24 +475,41 @@ class _Builder:
     def fail(self, key: str, message: str, fix: str | None = None) -> CampaignError:
         return CampaignError(f"{key}: {message}", file=self.shown, fix=fix)
 
-    # -- schema ---------------------------------------------------------------------------
+    # -- the file's shape ------------------------------------------------------------------
 
-    def check_table(self, table: str, values: dict[str, Any]) -> dict[str, Any]:
-        """Values of ``table`` with defaults filled in; unknown keys and wrong types raise."""
-        spec = SCHEMA[table]
-        out: dict[str, Any] = {}
-        for key, value in values.items():
-            dotted = f"{table}.{key}" if table else key
-            if table == "" and key in _TABLES_AT_TOP:
+    def parse(self) -> CampaignFile:
+        """The file as a :class:`CampaignFile`; the first unknown key or wrong type raises."""
+        for name, table in tables().items():
+            raw = self.data.get(name)
+            if raw is None or not name:
                 continue
-            if key not in spec:
-                raise self.unknown(table, key)
-            out[key] = self.check_type(dotted, spec[key][0], value)
-        for key, (_, default) in spec.items():
-            out.setdefault(key, default)
-        return out
+            if CampaignFile.model_fields[name].annotation is table:
+                if not isinstance(raw, dict):
+                    raise self.fail(name, "expected a table", fix=f"write it as [{name}]")
+            elif not isinstance(raw, list) or not all(isinstance(a, dict) for a in raw):
+                raise self.fail(name, "expected an array of tables", "write [[attachments]]")
+        try:
+            return CampaignFile.model_validate(self.data)
+        except ValidationError as exc:
+            raise self.translate(exc.errors()[0]) from None
 
-    def unknown(self, table: str, key: str) -> CampaignError:
+    def translate(self, error: Any) -> CampaignError:
+        loc = list(error["loc"])
+        table = loc.pop(0) if len(loc) > 1 and loc[0] in tables() else ""
+        index = loc.pop(0) if table and isinstance(loc[0], int) else None
+        key = str(loc[0])
+        if error["type"] == "extra_forbidden":
+            return self.unknown(table, key, index)
+        value: Any = self.data
+        for part in error["loc"][: len(error["loc"]) - len(loc) + 1]:
+            value = value[part]
+        dotted = ".".join(p for p in (table, key) if p)
+        if index is not None:
+            dotted = f"{table}[{index}].{key}"
+        expected = kind(tables()[table].model_fields[key].annotation)
+        return self.fail(dotted, f"expected a {expected}, got {type(value).__name__} {value!r}")
+
+    def unknown(self, table: str, key: str, index: int | None = None) -> CampaignError:
         dotted = f"{table}.{key}" if table else key
         if table == "" and key in ("api_key", "key", "token", "secret"):
             return self.fail(
@@ -375,14 +517,12 @@ class _Builder:
                 "API keys never go in the campaign file",
                 fix="set api_key_env (an environment variable name) or api_key_file",
             )
-        valid = list(SCHEMA[table]) + (sorted(_TABLES_AT_TOP) if table == "" else [])
+        valid = list(keys(table)) + (sorted(n for n in tables() if n) if table == "" else [])
         near = _nearest(key, valid)
         if near is None:  # the key may belong in another table
-            for other, keys in SCHEMA.items():
-                if key in keys:
-                    near = f"{other}.{key}" if other else key
-                    if other:
-                        near = f"[{other}] {key}"
+            for other in tables():
+                if key in keys(other):
+                    near = f"[{other}] {key}" if other else key
                     break
         hint = f"did you mean {near!r}?" if near else "remove it"
         where = f"in [{table}]" if table else "at the top level"
@@ -392,41 +532,12 @@ class _Builder:
             fix=f"valid keys {where}: {', '.join(valid)} (see README: campaign file reference)",
         )
 
-    def check_type(self, dotted: str, kind: str, value: Any) -> Any:
-        ok = {
-            _STR: isinstance(value, str),
-            _INT: isinstance(value, int) and not isinstance(value, bool),
-            _NUM: isinstance(value, int | float) and not isinstance(value, bool),
-            _BOOL: isinstance(value, bool),
-            _STRS: isinstance(value, list) and all(isinstance(v, str) for v in value),
-            _TABLE_OF_STR: isinstance(value, dict)
-            and all(isinstance(v, str) for v in value.values()),
-        }[kind]
-        if not ok:
-            raise self.fail(dotted, f"expected a {kind}, got {type(value).__name__} {value!r}")
-        if kind == _NUM:
-            return float(value)
-        return value
-
     # -- building -------------------------------------------------------------------------
 
     def build(self) -> Campaign:
         self.check_api_key_env(self.data.get("api_key_env", DEFAULT_ENV_VAR))
-        top = self.check_table("", self.data)
-        tables: dict[str, dict[str, Any]] = {}
-        for name in _TABLES_AT_TOP - _ARRAY_TABLES:
-            raw = self.data.get(name, {})
-            if not isinstance(raw, dict):
-                raise self.fail(name, "expected a table", fix=f"write it as [{name}]")
-            tables[name] = self.check_table(name, raw)
-        raw_attachments = self.data.get("attachments", [])
-        if not isinstance(raw_attachments, list) or not all(
-            isinstance(a, dict) for a in raw_attachments
-        ):
-            raise self.fail("attachments", "expected an array of tables", "write [[attachments]]")
-        attachment_tables = [self.check_table("attachments", a) for a in raw_attachments]
-
-        provider = top["provider"]
+        f = self.parse()
+        provider = f.provider
         if provider is None:
             raise self.fail("provider", "missing", fix='set provider = "v1" or "tosend"')
         if provider not in PROVIDERS:
@@ -436,37 +547,38 @@ class _Builder:
                 f"unknown provider {provider!r}" + (f"; did you mean {near!r}?" if near else ""),
                 fix='set provider = "v1" or "tosend"',
             )
-        self.check_provider_keys(provider, tables, attachment_tables)
+        self.check_provider_keys(provider, f)
 
-        send = self.build_send(tables["send"])
-        merge = self.build_merge(tables["merge"])
-        message = self.build_message(provider, tables)
-        columns = self.build_columns(tables["columns"])
-        if top["max_render_bytes"] <= 0:
+        self.check_send(f.send)
+        self.check_merge(f.merge)
+        message = self.build_message(f)
+        self.check_columns(f.columns)
+        if f.max_render_bytes <= 0:
             raise self.fail("max_render_bytes", "must be positive")
-        base_url = top["base_url"]
+        base_url = f.base_url
         problem = base_url_problem(base_url) if base_url is not None else None
         if problem is not None:
             raise self.fail("base_url", f"{base_url!r} {problem}")
         return Campaign(
             path=self.path,
             folder=self.folder,
-            name=top["name"] or self.folder.name,
-            provider=provider,
+            name=f.name or self.folder.name,
+            # checked against PROVIDERS above
+            provider=provider,  # type: ignore[arg-type]
             base_url=base_url.rstrip("/") if base_url else None,
-            api_key_env=top["api_key_env"],
-            api_key_file=self.key_file(top["api_key_file"]),
-            source_settings=self.build_source(tables["source"]),
-            columns=columns,
+            api_key_env=f.api_key_env,
+            api_key_file=self.key_file(f.api_key_file),
+            source_settings=self.build_source(f.source),
+            columns=f.columns,
             message=message,
-            attachments=tuple(self.build_attachment(i, a) for i, a in enumerate(attachment_tables)),
+            attachments=tuple(self.build_attachment(i, a) for i, a in enumerate(f.attachments)),
             suppression_files=tuple(
-                self.confined("suppression.files", f) for f in tables["suppression"]["files"]
+                self.confined("suppression.files", p) for p in f.suppression.files
             ),
-            suppression_column=tables["suppression"]["column"],
-            send=send,
-            merge=merge,
-            max_render_bytes=top["max_render_bytes"],
+            suppression_column=f.suppression.column,
+            send=f.send,
+            merge=f.merge,
+            max_render_bytes=f.max_render_bytes,
             allowed_paths=self.confinement.allowed,
         )
 
@@ -502,88 +614,82 @@ class _Builder:
             "put the key itself in that variable or in api_key_file",
         )
 
-    def check_provider_keys(
-        self, provider: str, tables: dict[str, dict[str, Any]], attachments: list[dict[str, Any]]
-    ) -> None:
-        for (table, key), only in _PROVIDER_ONLY.items():
-            if only == provider:
-                continue
-            values = attachments if table == "attachments" else [tables[table]]
-            default = SCHEMA[table][key][1]
-            if any(v[key] != default for v in values):
-                other = {
-                    "tag": "use [message.tags] on tosend",
-                    "tags": "use message.tag on v1",
-                }.get(key, f"remove it, or use provider = {only!r}")
-                raise self.fail(f"{table}.{key}", f"only provider {only!r} supports it", fix=other)
+    def check_provider_keys(self, provider: str, f: CampaignFile) -> None:
+        for table in tables():
+            values: list[BaseModel] = list(f.attachments) if table == "attachments" else []
+            if table and table != "attachments":
+                values = [getattr(f, table)]
+            for key, field in keys(table).items():
+                only = (field.json_schema_extra or {}).get("only")  # type: ignore[union-attr]
+                if only is None or only == provider:
+                    continue
+                if any(getattr(v, key) != field.default for v in values):
+                    other = {
+                        "tag": "use [message.tags] on tosend",
+                        "tags": "use message.tag on v1",
+                    }.get(key, f"remove it, or use provider = {only!r}")
+                    raise self.fail(
+                        f"{table}.{key}", f"only provider {only!r} supports it", fix=other
+                    )
 
-    def build_source(self, t: dict[str, Any]) -> SourceSettings:
-        if not t["path"]:
+    def build_source(self, t: SourceTable) -> SourceSpec:
+        if not t.path:
             raise self.fail(
                 "source.path", "missing", fix='set [source] path = "recipients.csv" (or .parquet)'
             )
-        path = self.confined("source.path", t["path"])
-        fmt = t["format"]
+        path = self.confined("source.path", t.path)
+        fmt = t.format
         if fmt == "auto":
             fmt = "parquet" if path.suffix.lower() in (".parquet", ".pq") else "csv"
         if fmt not in ("csv", "parquet"):
             raise self.fail("source.format", f"unknown format {fmt!r}", 'use "csv" or "parquet"')
-        for key in ("delimiter", "quote_char"):
-            if len(t[key]) != 1:
-                raise self.fail(f"source.{key}", f"must be one character, got {t[key]!r}")
+        for key, char in (("delimiter", t.delimiter), ("quote_char", t.quote_char)):
+            if len(char) != 1:
+                raise self.fail(f"source.{key}", f"must be one character, got {char!r}")
         try:
             import codecs
 
-            codec = codecs.lookup(t["encoding"])
+            codec = codecs.lookup(t.encoding)
         except LookupError:
             raise self.fail(
-                "source.encoding", f"unknown encoding {t['encoding']!r}", 'e.g. "utf-8", "latin-1"'
+                "source.encoding", f"unknown encoding {t.encoding!r}", 'e.g. "utf-8", "latin-1"'
             ) from None
         # rot13, base64, hex, bz2...: codecs, but not between bytes and text.
         if not getattr(codec, "_is_text_encoding", True):
             raise self.fail(
                 "source.encoding",
-                f"{t['encoding']!r} is not a text encoding (it cannot decode a file into text)",
+                f"{t.encoding!r} is not a text encoding (it cannot decode a file into text)",
                 'name the file\'s character encoding, e.g. "utf-8", "latin-1", "cp1252"',
             )
-        return SourceSettings(path, fmt, t["delimiter"], t["quote_char"], t["encoding"])
+        read_as: Literal["csv", "parquet"] = "parquet" if fmt == "parquet" else "csv"
+        return SourceSpec(path, read_as, t.delimiter, t.quote_char, t.encoding)
 
-    def build_columns(self, t: dict[str, Any]) -> Columns:
-        if not t["email"]:
+    def check_columns(self, t: Columns) -> None:
+        if not t.email:
             raise self.fail("columns.email", "must name the address column")
-        if not t["list_separators"]:
+        if not t.list_separators:
             raise self.fail("columns.list_separators", "must hold at least one character")
-        return Columns(
-            email=t["email"],
-            name=t["name"] or None,
-            cc=t["cc"] or None,
-            bcc=t["bcc"] or None,
-            attachments=t["attachments"] or None,
-            list_separators=t["list_separators"],
-            metadata=tuple(t["metadata"]),
-        )
 
-    def address(self, table: str, t: dict[str, Any], required: bool) -> Address | None:
-        if not t["email"]:
+    def address(self, table: str, t: AddressTable, required: bool) -> Address | None:
+        if not t.email:
             if required:
                 raise self.fail(
                     f"{table}.email", "missing", fix=f'set [{table}] email = "news@example.com"'
                 )
             return None
         try:
-            email = validate_email(t["email"], check_deliverability=False).normalized
+            email = validate_email(t.email, check_deliverability=False).normalized
         except EmailNotValidError as exc:
             raise self.fail(
-                f"{table}.email", f"{t['email']!r} is not a valid address: {exc}"
+                f"{table}.email", f"{t.email!r} is not a valid address: {exc}"
             ) from None
-        name = t["name"]
-        for key, value in (("email", t["email"]), ("name", name)):
+        for key, value in (("email", t.email), ("name", t.name)):
             if value and any(c in value for c in "\r\n\0"):
                 raise self.fail(f"{table}.{key}", "contains a line break or NUL")
-        return Address(email, name or None)
+        return Address(email, t.name or None)
 
-    def template(self, key: str, t: dict[str, Any], required: bool = False) -> TemplateRef | None:
-        inline, file = t.get(key), t.get(f"{key}_file")
+    def template(self, key: str, t: MessageTable, required: bool = False) -> TemplateRef | None:
+        inline, file = getattr(t, key), getattr(t, f"{key}_file")
         if inline is not None and file is not None:
             raise self.fail(
                 f"message.{key}", f"both {key} and {key}_file are set", fix="keep only one"
@@ -625,9 +731,9 @@ class _Builder:
             return TemplateRef(resolved.as_posix(), file=resolved)
         return TemplateRef(resolved.relative_to(self.folder).as_posix(), file=resolved)
 
-    def build_message(self, provider: str, tables: dict[str, dict[str, Any]]) -> MessageSettings:
-        t = tables["message"]
-        sender = self.address("sender", tables["sender"], required=True)
+    def build_message(self, f: CampaignFile) -> MessageSettings:
+        t = f.message
+        sender = self.address("sender", f.sender, required=True)
         assert sender is not None
         html = self.template("html", t)
         text = self.template("text", t)
@@ -637,12 +743,12 @@ class _Builder:
                 "a message needs html or text",
                 fix="set html_file (and optionally text_file) in [message]",
             )
-        if t["stream_type"] is not None and t["stream_type"] not in STREAM_TYPES:
+        if t.stream_type is not None and t.stream_type not in STREAM_TYPES:
             raise self.fail(
                 "message.stream_type",
-                f"{t['stream_type']!r} is not one of {', '.join(STREAM_TYPES)}",
+                f"{t.stream_type!r} is not one of {', '.join(STREAM_TYPES)}",
             )
-        url = t["unsubscribe_url"]
+        url = t.unsubscribe_url
         if url is not None and not url.startswith("https://"):
             raise self.fail(
                 "message.unsubscribe_url",
@@ -650,7 +756,7 @@ class _Builder:
                 fix='e.g. unsubscribe_url = "https://example.com/unsub?u={{ id }}"',
             )
         headers = []
-        for name, value in t["headers"].items():
+        for name, value in t.headers.items():
             if not name or any(c in name for c in ": \r\n\0\t"):
                 raise self.fail(f"message.headers.{name}", "is not a valid header name")
             if name.lower() in ("list-unsubscribe", "list-unsubscribe-post") and url:
@@ -658,9 +764,7 @@ class _Builder:
                     f"message.headers.{name}", "is already set by message.unsubscribe_url"
                 )
             headers.append((name, TemplateRef(f"campaign.toml:message.headers.{name}", value)))
-        tags = [
-            (k, TemplateRef(f"campaign.toml:message.tags.{k}", v)) for k, v in t["tags"].items()
-        ]
+        tags = [(k, TemplateRef(f"campaign.toml:message.tags.{k}", v)) for k, v in t.tags.items()]
         for k, _ in tags:
             if len(k) > 128:
                 raise self.fail(f"message.tags.{k[:20]}...", "tag names are at most 128 chars")
@@ -670,46 +774,129 @@ class _Builder:
             html=html,
             text=text,
             ical=self.template("ical", t),
-            reply_to=self.address("reply_to", tables["reply_to"], required=False),
+            reply_to=self.address("reply_to", f.reply_to, required=False),
             headers=tuple(headers),
-            tag=TemplateRef("campaign.toml:message.tag", t["tag"]) if t["tag"] else None,
+            tag=TemplateRef("campaign.toml:message.tag", t.tag) if t.tag else None,
             tags=tuple(tags),
-            track_opens=t["track_opens"],
-            track_clicks=t["track_clicks"],
-            stream_type=t["stream_type"],
-            domain=t["domain"],
+            track_opens=t.track_opens,
+            track_clicks=t.track_clicks,
+            stream_type=t.stream_type,
+            domain=t.domain,
             unsubscribe_url=TemplateRef("campaign.toml:message.unsubscribe_url", url)
             if url
             else None,
         )
 
-    def build_attachment(self, i: int, t: dict[str, Any]) -> StaticAttachment:
-        if not t["path"]:
+    def build_attachment(self, i: int, t: AttachmentTable) -> StaticAttachment:
+        if not t.path:
             raise self.fail(f"attachments[{i}].path", "missing")
-        filename = t["filename"] or Path(t["path"]).name
-        for key, value in (("filename", filename), ("content_id", t["content_id"])):
+        filename = t.filename or Path(t.path).name
+        for key, value in (("filename", filename), ("content_id", t.content_id)):
             if value and any(c in value for c in '\r\n\0"/\\'):
                 raise self.fail(f"attachments[{i}].{key}", f"{value!r} has forbidden characters")
-        return StaticAttachment(t["path"], filename, t["content_type"], t["content_id"])
+        return StaticAttachment(t.path, filename, t.content_type, t.content_id)
 
-    def build_send(self, t: dict[str, Any]) -> SendSettings:
+    def check_send(self, t: SendSettings) -> None:
         for key in ("concurrency", "batch_size", "max_recipients_per_field", "max_attempts"):
-            if t[key] < 1:
-                raise self.fail(f"send.{key}", f"must be at least 1, got {t[key]}")
+            if getattr(t, key) < 1:
+                raise self.fail(f"send.{key}", f"must be at least 1, got {getattr(t, key)}")
         for key in ("rate", "recipients_rate", "timeout", "max_retry_time"):
-            if t[key] is not None and not (0 < t[key] < math.inf):
-                raise self.fail(f"send.{key}", f"must be a positive number, got {t[key]}")
-        if t["on_server_error"] not in ("unknown", "retry"):
+            value = getattr(t, key)
+            if value is not None and not (0 < value < math.inf):
+                raise self.fail(f"send.{key}", f"must be a positive number, got {value}")
+        if t.on_server_error not in ("unknown", "retry"):
             raise self.fail(
                 "send.on_server_error",
-                f'{t["on_server_error"]!r}: use "unknown" (the rows wait to be settled) or '
+                f'{t.on_server_error!r}: use "unknown" (the rows wait to be settled) or '
                 '"retry" (send again, accepting that the provider may deliver twice)',
             )
-        if t["batch_size"] > 100:
+        if t.batch_size > 100:
             raise self.fail("send.batch_size", "ToSend accepts at most 100 emails per batch")
-        return SendSettings(**t)
 
-    def build_merge(self, t: dict[str, Any]) -> MergeSettings:
-        if t["placement"] not in ("bcc", "to"):
-            raise self.fail("merge.placement", f'{t["placement"]!r}: use "bcc" or "to"')
-        return MergeSettings(t["enabled"], t["group_column"] or None, t["placement"])
+    def check_merge(self, t: MergeSettings) -> None:
+        if t.placement not in ("bcc", "to"):
+            raise self.fail("merge.placement", f'{t.placement!r}: use "bcc" or "to"')
+
+
+# -- the README's campaign file reference ---------------------------------------------------
+
+#: Each table of the README reference: its marker name and the campaign tables it shows.
+README_TABLES = {
+    "top": ("",),
+    "source": ("source",),
+    "columns": ("columns",),
+    "sender": ("sender", "reply_to"),
+    "message": ("message",),
+    "attachments": ("attachments",),
+    "suppression": ("suppression",),
+    "send": ("send",),
+    "merge": ("merge",),
+}
+_MARKER = re.compile(
+    r"(<!-- campaign-reference: (\w+) -->\n)(.*?)(<!-- /campaign-reference -->)", re.S
+)
+REFERENCE_COMMAND = "python -m batchsend.campaign --reference README.md"
+
+
+def _shown_default(field: FieldInfo) -> str:
+    shown = (field.json_schema_extra or {}).get("shown")  # type: ignore[union-attr]
+    if isinstance(shown, str):
+        return shown
+    value = field.default
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if isinstance(value, float) and value.is_integer():
+        return f"`{int(value)}`"
+    if isinstance(value, str):
+        return f'`"{value}"`'
+    if isinstance(value, list | tuple):
+        return "`[]`"
+    if isinstance(value, dict):
+        return "`{}`"
+    return f"`{value}`"
+
+
+def reference_table(names: tuple[str, ...]) -> str:
+    """The Markdown table documenting the keys of the campaign tables ``names``."""
+    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for table in names:
+        fields = keys(table)
+        for key, field in fields.items():
+            if key.endswith("_file") and key.removesuffix("_file") in fields:
+                continue  # shown with its inline twin: `subject` / `subject_file`
+            shown = f"{table}.{key}" if len(names) > 1 else key
+            cell = f"`{shown}`"
+            if f"{key}_file" in fields:
+                cell += f" / `{shown}_file`"
+            lines.append(
+                f"| {cell} | {kind(field.annotation)} | {_shown_default(field)}"
+                f" | {field.description} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def render_reference(readme: str) -> str:
+    """``readme`` with every campaign-reference table regenerated from the models."""
+
+    def table(m: re.Match[str]) -> str:
+        return m.group(1) + reference_table(README_TABLES[m.group(2)]) + m.group(4)
+
+    return _MARKER.sub(table, readme)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m batchsend.campaign --reference README.md``: rewrite the reference."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m batchsend.campaign")
+    parser.add_argument("--reference", metavar="README", type=Path, required=True)
+    args = parser.parse_args(argv)
+    text = args.reference.read_text(encoding="utf-8")
+    args.reference.write_text(render_reference(text), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -30,11 +30,12 @@ def override(
     batch_size: int | None = None,
 ) -> Campaign:
     send = campaign.send
-    send = dataclasses.replace(
-        send,
-        concurrency=concurrency or send.concurrency,
-        rate=rate if rate is not None else send.rate,
-        batch_size=batch_size or send.batch_size,
+    send = send.model_copy(
+        update={
+            "concurrency": concurrency or send.concurrency,
+            "rate": rate if rate is not None else send.rate,
+            "batch_size": batch_size or send.batch_size,
+        }
     )
     if provider is not None and provider not in ("v1", "tosend"):
         raise CampaignError(f"unknown provider {provider!r}", fix="use v1 or tosend")

@@ -32,7 +32,7 @@ from batchsend.campaign import Campaign, TemplateRef
 from batchsend.errors import AttachmentError, SourceError, TemplateError
 from batchsend.message import Address, Attachment, Message, content_digest
 from batchsend.render import Renderer, RowRenderError, read_template
-from batchsend.source import SourceSpec, iter_batches, open_regular, read_columns
+from batchsend.source import iter_batches, open_regular, read_columns
 
 MB = 1024 * 1024
 BATCH_ROWS = 10_000  # small batches keep the per-batch Python objects small
@@ -462,8 +462,7 @@ def iter_rows(
         for r in iter_rows(load_campaign("samples/newsletter")):
             print(r.row, r.email, r.skip_reason)
     """
-    s = campaign.source_settings
-    spec = SourceSpec(s.path, s.format, s.delimiter, s.quote_char, s.encoding)
+    spec = campaign.source_settings
     _check_columns(campaign, read_columns(spec))
     checker = _RowChecker(campaign, derive_text=derive_text)
     book = checker.book

@@ -63,7 +63,7 @@ from batchsend.errors import BatchsendError, StoreError
 from batchsend.history import find_run, open_db
 from batchsend.preflight import fingerprints
 from batchsend.report_html import render_html
-from batchsend.source import SourceSpec, iter_batches, read_columns
+from batchsend.source import iter_batches, read_columns
 from batchsend.states import RecipientState
 from batchsend.store import RunInfo, reports
 from batchsend.summary import read_summary
@@ -199,8 +199,7 @@ def _unchanged_input(run: RunInfo, campaign: Any) -> _InputFile | None:
             return None  # rows may have moved: joining by row number would lie
     except (BatchsendError, OSError):
         return None
-    s = campaign.source_settings
-    spec = SourceSpec(s.path, s.format, s.delimiter, s.quote_char, s.encoding)
+    spec = campaign.source_settings
     try:
         return _InputFile(spec, tuple(read_columns(spec)))
     except BatchsendError:

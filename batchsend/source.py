@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 import polars as pl
 
@@ -37,10 +37,10 @@ _UTF8 = {"utf-8", "utf8", "utf-8-sig", "utf_8", "utf_8_sig"}
 
 @dataclass(frozen=True, slots=True)
 class SourceSpec:
-    """How to read one recipient file (mirrors ``campaign.SourceSettings``)."""
+    """How to read one recipient file (``[source]`` of a campaign, as ``source_settings``)."""
 
     path: Path
-    format: str = "csv"
+    format: Literal["csv", "parquet"] = "csv"
     delimiter: str = ","
     quote_char: str = '"'
     encoding: str = "utf-8"

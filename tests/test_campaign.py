@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from batchsend.campaign import SCHEMA, load_campaign
+from batchsend.campaign import (
+    README_TABLES,
+    REFERENCE_COMMAND,
+    keys,
+    load_campaign,
+    render_reference,
+    tables,
+)
 from batchsend.errors import CampaignError
 
 MINIMAL = """\
@@ -163,9 +170,43 @@ def test_readme_documents_every_key() -> None:
         for cell in re.findall(r"^\| `([a-z_]+)` / `([a-z_]+)`", doc, flags=re.MULTILINE)
         for part in cell
     }
-    for table, keys in SCHEMA.items():
-        for key in keys:
+    for table in tables():
+        for key in keys(table):
             assert key in documented or f"{table}.{key}" in documented, f"{table}.{key}"
+
+
+def test_readme_reference_is_generated_from_the_model() -> None:
+    """The README's key tables are what the campaign model says, word for word."""
+    assert {t for names in README_TABLES.values() for t in names} == set(tables())
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    assert readme.count("<!-- campaign-reference: ") == len(README_TABLES)
+    assert render_reference(readme) == readme, (
+        f"README.md's campaign file reference differs from batchsend/campaign.py: "
+        f"run {REFERENCE_COMMAND}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        ("[[attachments]]\npath = 1\n", ["attachments[0].path", "expected a string, got int 1"]),
+        ("[[attachments]]\npath = 'a'\nname = 'x'\n", ["attachments.name", "'filename'"]),
+        ("[columns]\nmetadata = [1]\n", ["columns.metadata", "expected a array of strings"]),
+        ("[send]\nrate = true\n", ["send.rate", "expected a number, got bool True"]),
+        ("send = 3\n", ["send: expected a table"]),
+        ("[source.x]\n", ["source.x", "unknown key in [source]"]),
+        ("[reply_to]\ndelimiter = ';'\n", ["reply_to.delimiter", "'[source] delimiter'"]),
+    ],
+)
+def test_type_errors_name_file_and_key(tmp_path, extra, words) -> None:
+    text = extra + MINIMAL if extra.startswith("send =") else MINIMAL + extra
+    path = write(tmp_path, base=text)
+    with pytest.raises(CampaignError) as info:
+        load_campaign(path)
+    assert info.value.exit_code == 2
+    assert "campaign.toml" in str(info.value)
+    for word in words:
+        assert word in str(info.value)
 
 
 def test_an_inline_template_naming_a_file_is_refused(tmp_path) -> None:
