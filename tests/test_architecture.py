@@ -47,12 +47,13 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "source",
         "spool",
         "scaffold",
+        "events",
     ),
     ("transport",),  # HTTP on the wire
     ("providers", "campaign", "store"),  # the two APIs, the campaign file, the database
     ("render", "engine"),
     ("preflight",),  # the row pass
-    ("history", "preview", "session", "summary"),
+    ("history", "preview", "session", "summary", "receiver", "eventpull"),
     ("refusals", "intake", "overrides", "report_html"),
     ("report", "sending"),
     ("run", "resume"),
