@@ -327,7 +327,7 @@ async def _drive(
                     requests_per_second=rate, recipients_per_second=recipients_rate
                 ),
                 retry=RetryPolicy(max_attempts=send.max_attempts, max_time=send.max_retry_time),
-                on_progress=display.on_engine_progress,
+                on_progress=display.update,
                 stop_event=stop,
                 uncertainty=Uncertainty(
                     idempotent_provider=send.idempotent_provider,
