@@ -65,7 +65,8 @@ def check(campaign_file: Path, errors_file: Path | None, allow_outside: tuple[Pa
       batchsend check samples/newsletter/campaign.toml
       batchsend check campaign.toml --errors bad-rows.csv
     """
-    from batchsend.preflight import format_report, preflight
+    from batchsend.check_report import format_report
+    from batchsend.preflight import preflight
 
     campaign = load_campaign(campaign_file, allow_outside=allow_outside)
     if errors_file is None:
