@@ -50,6 +50,7 @@ from batchsend.crashpoints import crashpoint
 from batchsend.errors import BatchsendError, FatalSendError, RetryableSendError, SendError
 from batchsend.outcome import MessageOutcome, OutcomeKind, Recorder
 from batchsend.plan import PlannedMessage, SendUnit
+from batchsend.progress import Progress
 from batchsend.providers.base import Provider, is_server_error
 from batchsend.ratelimit import RateLimiter, sleep_unless
 from batchsend.retry import RetryPolicy
@@ -82,20 +83,6 @@ class Uncertainty:
             return True
         status = outcome.http_status
         return self.retry_server_errors and status is not None and is_server_error(status)
-
-
-@dataclass(frozen=True, slots=True)
-class Progress:
-    """A snapshot for a progress display. Counts are rows (recipients of the input)."""
-
-    sent: int
-    failed: int
-    retrying: int  # units waiting to be tried again
-    unknown: int  # rows the provider may or may not have accepted
-    in_flight: int  # rows whose request is out (or waiting to be retried)
-    requests: int  # HTTP attempts made
-    elapsed: float  # seconds since the engine started
-    rate: float  # rows sent per second since the start
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +153,7 @@ async def send_units(
     concurrency: int = 16,
     limiter: RateLimiter | None = None,
     retry: RetryPolicy | None = None,
-    on_progress: Callable[[Progress], None] | None = None,
+    on_progress: Callable[[Progress], object] | None = None,
     progress_interval: float = 0.25,
     stop_event: asyncio.Event | None = None,
     clock: Callable[[], float] = time.monotonic,
@@ -277,7 +264,7 @@ class _Engine:
         recorder: Recorder,
         limiter: RateLimiter,
         retry: RetryPolicy,
-        on_progress: Callable[[Progress], None] | None,
+        on_progress: Callable[[Progress], object] | None,
         progress_interval: float,
         stop_event: asyncio.Event,
         clock: Callable[[], float],

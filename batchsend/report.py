@@ -60,8 +60,8 @@ import polars as pl
 
 from batchsend.campaign import load_campaign
 from batchsend.errors import BatchsendError, StoreError
+from batchsend.fingerprints import fingerprints
 from batchsend.history import find_run, open_db
-from batchsend.preflight import fingerprints
 from batchsend.report_html import render_html
 from batchsend.source import iter_batches, read_columns
 from batchsend.states import RecipientState

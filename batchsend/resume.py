@@ -22,7 +22,6 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from batchsend import refusals
 from batchsend.addresses import dedup_key
@@ -158,7 +157,7 @@ def resume_run(
                 # before the engine starts: a refusal is then one clear error, not an
                 # exception raised inside the engine's task group.
                 units=lambda provider: itertools.chain(
-                    list(_bind(rebuilt, provider)),
+                    list(_bind(rebuilt)),
                     units_for_pending(
                         store, campaign, run_id, provider, test_address, limit, rows=rows
                     ),
@@ -307,6 +306,7 @@ def _rebuild_units(
     messages = {
         r.row: r.message
         for r in rows_to_messages(campaign, needed.__contains__, test_address, rows)
+        if r.message is not None  # always: it yields rendered rows only
     }
     missing = needed - messages.keys()
     if missing:
@@ -334,7 +334,7 @@ def _resending_unknown(store: Store, run_id: str, rebuilt: list[_Rebuild]) -> se
     return rows & set(store.rows_in_state(run_id, [RecipientState.UNKNOWN]))
 
 
-def _bind(rebuilt: list[_Rebuild], provider: Any) -> Iterator[SendUnit]:
+def _bind(rebuilt: list[_Rebuild]) -> Iterator[SendUnit]:
     """The rebuilt units, checked: a repeat of a recorded request must carry its key."""
     for item in rebuilt:
         unit = rebuild_unit(

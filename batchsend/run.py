@@ -32,9 +32,9 @@ from batchsend.campaign import load_campaign
 from batchsend.errors import (
     CampaignError,
 )
+from batchsend.fingerprints import fingerprints
 from batchsend.intake import Intake, spool_encoder
 from batchsend.overrides import override, parse_test_to, run_settings
-from batchsend.preflight import fingerprints
 from batchsend.sending import (
     RunResult,
     send_and_finish,

@@ -74,7 +74,12 @@ class Transport(Protocol):
 
     async def __aenter__(self) -> Transport: ...
 
-    async def __aexit__(self, *exc: object) -> None: ...
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
 
 
 def make_transport(

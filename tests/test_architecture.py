@@ -51,9 +51,11 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ),
     ("transport",),  # HTTP on the wire
     ("providers", "campaign", "store"),  # the two APIs, the campaign file, the database
-    ("render", "engine"),
+    # rendering, sending, and what the row pass reads besides the recipients
+    ("render", "engine", "attachments", "suppressions"),
+    ("fingerprints",),  # hashes of everything a campaign reads, for resume and report
     ("preflight",),  # the row pass
-    ("history", "preview", "session", "summary", "receiver", "eventpull"),
+    ("check_report", "history", "preview", "session", "summary", "receiver", "eventpull"),
     ("refusals", "intake", "overrides", "report_html"),
     ("report", "sending"),
     ("run", "resume"),

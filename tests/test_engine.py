@@ -12,9 +12,10 @@ import orjson
 import pytest
 from aiohttp import web
 
-from batchsend.engine import MemoryRecorder, Progress, Uncertainty, send_units
+from batchsend.engine import MemoryRecorder, Uncertainty, send_units
 from batchsend.message import Address, Message
 from batchsend.plan import SendUnit, plan_units
+from batchsend.progress import Progress
 from batchsend.providers import get_provider
 from batchsend.ratelimit import RateLimiter
 from batchsend.retry import RetryPolicy

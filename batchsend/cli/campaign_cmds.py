@@ -77,7 +77,8 @@ def check(
       batchsend check samples/newsletter/campaign.toml
       batchsend check campaign.toml --errors bad-rows.csv
     """
-    from batchsend.preflight import format_report, preflight
+    from batchsend.check_report import format_report
+    from batchsend.preflight import preflight
 
     campaign = load_campaign(campaign_file, allow_outside=allow_outside)
     listed = read_suppression_details(db_path)
