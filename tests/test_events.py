@@ -3,6 +3,7 @@ pull from v1's Events API, and the suppression list every later campaign consult
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import sqlite3
@@ -269,6 +270,19 @@ def test_bounces_and_complaints_reach_the_report_and_the_next_campaign_skips_the
     linked = {e["recipient"]: e["row"] for e in events}
     assert linked == {hard: 2, soft: 5, complained: 7, "stranger@example.org": None}
     assert "1 unmatched" in listed.stderr
+
+    # the report shows what happened after "accepted"
+    first_run = rows(db, "SELECT id FROM runs ORDER BY started_at LIMIT 1")[0][0]
+    out = tmp_path / "report.csv"
+    assert cli("report", first_run, "--db", str(db), "--out", str(out)).returncode == 0
+    with out.open(encoding="utf-8-sig") as fh:
+        report = {r["email"]: r for r in csv.DictReader(fh)}
+    assert (report[hard]["delivery"], report[hard]["bounce_type"]) == ("bounced", "hard")
+    assert report[hard]["bounce_reason"].startswith("550")
+    assert (report[soft]["delivery"], report[soft]["bounce_type"]) == ("bounced", "soft")
+    assert report[complained]["complained_at"] != ""
+    assert report["user1@example.org"]["delivery"] == ""
+    assert report["user1@example.org"]["state"] == "sent"
 
     # the next campaign to the same list: exactly the hard bounce and the complaint skipped
     check = cli("check", str(campaign), "--db", str(db))

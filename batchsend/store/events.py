@@ -218,15 +218,44 @@ def list_events(
     return [dict(zip(names, row, strict=True)) for row in cur]
 
 
-def run_outcomes(conn: sqlite3.Connection, run_id: str) -> Iterator[tuple[Any, ...]]:
-    """Per row of the run that has events: (row, delivery, bounce_type, bounce_reason,
-    complained_at, first_open, first_click, unsubscribed_at), in row order.
+#: The report columns :func:`run_outcomes` yields after the row number.
+OUTCOME_COLUMNS = (
+    "delivery",
+    "bounce_type",
+    "bounce_reason",
+    "complained_at",
+    "first_open_at",
+    "first_click_at",
+    "unsubscribed_at",
+)
+
+
+def run_has_events(conn: sqlite3.Connection, run_id: str) -> bool:
+    """Whether any stored event belongs to a row of the run."""
+    try:
+        if conn.execute("SELECT 1 FROM events LIMIT 1").fetchone() is None:
+            return False
+    except sqlite3.OperationalError:  # a file from before events existed
+        return False
+    found = conn.execute(
+        "SELECT 1 FROM recipients r WHERE r.run_id = ? AND EXISTS "
+        "(SELECT 1 FROM events e WHERE e.message_key = r.message_key) LIMIT 1",
+        (run_id,),
+    ).fetchone()
+    return found is not None
+
+
+def run_outcomes(
+    conn: sqlite3.Connection, run_id: str, first_row: int, last_row: int
+) -> list[tuple[Any, ...]]:
+    """Per row of the run between ``first_row`` and ``last_row`` that has events:
+    ``(row, *OUTCOME_COLUMNS)``, in row order.
 
     ``delivery`` is the furthest the provider reported: ``bounced`` over ``delivered``
     over nothing. A row is matched by its message key and its own address (a message
     with several recipients has one event per recipient).
     """
-    return conn.execute(
+    cur = conn.execute(
         """
         SELECT r.row,
                CASE WHEN MAX(e.type = 'bounced') THEN 'bounced'
@@ -241,12 +270,13 @@ def run_outcomes(conn: sqlite3.Connection, run_id: str) -> Iterator[tuple[Any, .
         FROM recipients r
         JOIN events e ON e.message_key = r.message_key
              AND (e.recipient IS NULL OR lower(e.recipient) = lower(r.email))
-        WHERE r.run_id = ? AND r.message_key IS NOT NULL
+        WHERE r.run_id = ? AND r.row BETWEEN ? AND ? AND r.message_key IS NOT NULL
         GROUP BY r.row
         ORDER BY r.row
         """,
-        (run_id,),
+        (run_id, first_row, last_row),
     )
+    return cur.fetchall()
 
 
 def unmatched_count(store: Store) -> int:
