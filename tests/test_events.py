@@ -283,6 +283,13 @@ def test_bounces_and_complaints_reach_the_report_and_the_next_campaign_skips_the
     assert report[complained]["complained_at"] != ""
     assert report["user1@example.org"]["delivery"] == ""
     assert report["user1@example.org"]["state"] == "sent"
+    page = tmp_path / "report.html"
+    assert cli("report", first_run, "--db", str(db), "--out", str(page)).returncode == 0
+    html = page.read_text()
+    # 12 accepted: 2 bounces (1 hard, 1 soft) = 16.67%, 1 complaint = 8.33%
+    assert "Bounce rate (1 hard, 1 soft): 16.67% (over the 5%" in html
+    assert "Complaint rate (1): 8.33% (over the 0.3%" in html
+    assert "550 5.1.1 user unknown" in html and "mailbox full" in html
 
     # the next campaign to the same list: exactly the hard bounce and the complaint skipped
     check = cli("check", str(campaign), "--db", str(db))

@@ -279,6 +279,40 @@ def run_outcomes(
     return cur.fetchall()
 
 
+def run_engagement(conn: sqlite3.Connection, run_id: str, top: int = 5) -> tuple[Any, ...]:
+    """The run's funnel from its events: ``(rows with events, delivered, hard bounces,
+    soft bounces, complained, opened, clicked, unsubscribed, [(bounce reason, rows)...])``.
+    Each counts rows (a recipient opening three times is one open)."""
+    per_row = """
+        SELECT r.row AS row,
+               MAX(e.type = 'delivered') AS delivered,
+               MAX(e.type = 'bounced' AND e.bounce_type = 'hard') AS hard,
+               MAX(e.type = 'bounced' AND e.bounce_type IS NOT 'hard') AS soft,
+               MAX(e.type = 'complained') AS complained,
+               MAX(e.type = 'opened') AS opened,
+               MAX(e.type = 'clicked') AS clicked,
+               MAX(e.type = 'unsubscribed') AS unsubscribed
+        FROM recipients r
+        JOIN events e ON e.message_key = r.message_key
+             AND (e.recipient IS NULL OR lower(e.recipient) = lower(r.email))
+        WHERE r.run_id = ? AND r.message_key IS NOT NULL
+        GROUP BY r.row
+    """
+    totals = conn.execute(
+        "SELECT COUNT(*), TOTAL(delivered), TOTAL(hard), TOTAL(soft), TOTAL(complained),"
+        f" TOTAL(opened), TOTAL(clicked), TOTAL(unsubscribed) FROM ({per_row})",
+        (run_id,),
+    ).fetchone()
+    reasons = conn.execute(
+        "SELECT COALESCE(e.reason, 'unspecified') AS why, COUNT(DISTINCT r.row) AS n "
+        "FROM recipients r JOIN events e ON e.message_key = r.message_key "
+        "AND (e.recipient IS NULL OR lower(e.recipient) = lower(r.email)) "
+        "WHERE r.run_id = ? AND e.type = 'bounced' GROUP BY why ORDER BY n DESC, why LIMIT ?",
+        (run_id, top),
+    ).fetchall()
+    return (*(int(v or 0) for v in totals), [(str(w), int(n)) for w, n in reasons])
+
+
 def unmatched_count(store: Store) -> int:
     """Events whose message no run in this file knows."""
     return int(
