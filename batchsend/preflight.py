@@ -55,6 +55,9 @@ class RowResult:
 
     ``message`` is set when the row is sendable; ``skip_reason`` is ``"invalid"``,
     ``"duplicate"`` or ``"suppressed"`` otherwise, with ``problems`` for invalid rows.
+    ``skip_detail`` says why an address on the database's suppression list is there
+    (``hard bounce on 2026-12-03``); the row is recorded with the reason
+    :attr:`stored_reason` (``suppressed: hard bounce on 2026-12-03``).
     """
 
     row: int
@@ -67,6 +70,14 @@ class RowResult:
     metadata: Mapping[str, str] = field(default_factory=dict)
     group: str | None = None
     values: Mapping[str, Any] = field(default_factory=dict)  # the row as read
+    skip_detail: str | None = None
+
+    @property
+    def stored_reason(self) -> str | None:
+        """The reason the store records for a skipped row."""
+        if self.skip_detail and self.skip_reason:
+            return f"{self.skip_reason}: {self.skip_detail}"
+        return self.skip_reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,8 +134,11 @@ def _hash(key: str) -> int:
 class _RowChecker:
     """Turns one row's values into a :class:`RowResult` (rendering included)."""
 
-    def __init__(self, campaign: Campaign, *, derive_text: bool) -> None:
+    def __init__(
+        self, campaign: Campaign, *, derive_text: bool, listed: Mapping[str, str] | None = None
+    ) -> None:
         self.campaign = campaign
+        self.listed = listed or {}
         self.derive_text = derive_text
         self.book = AddressBook()
         self.renderer = Renderer(campaign)
@@ -175,9 +189,19 @@ class _RowChecker:
         group = None if group is None else str(group)
         metadata = {k: "" if values.get(k) is None else str(values[k]) for k in self.metadata}
 
-        def result(skip: str | None, problems=(), message=None, tag=None) -> RowResult:
+        def result(skip: str | None, problems=(), message=None, tag=None, detail=None) -> RowResult:
             return RowResult(
-                row, email, name, message, skip, tuple(problems), tag, metadata, group, values
+                row,
+                email,
+                name,
+                message,
+                skip,
+                tuple(problems),
+                tag,
+                metadata,
+                group,
+                values,
+                detail,
             )
 
         if isinstance(normalised, InvalidAddress):
@@ -187,6 +211,9 @@ class _RowChecker:
             return result("invalid", [problem]), None
         if normalised.key in self.suppressed:
             return result("suppressed"), None
+        listed = self.listed.get(normalised.key)
+        if listed is not None:
+            return result("suppressed", detail=listed), None
         if duplicate:
             return result("duplicate"), None
         if not render:
@@ -348,6 +375,7 @@ def iter_rows(
     *,
     derive_text: bool = True,
     only: Callable[[int], bool] | None = None,
+    suppressed: Mapping[str, str] | None = None,
 ) -> Iterator[RowResult]:
     """Yield one :class:`RowResult` per input row, in order, rendering every good row.
 
@@ -360,6 +388,10 @@ def iter_rows(
     judged as in a full pass, but they are assumed to render and come back with no
     message (``skip_reason`` None, ``message`` None).
 
+    ``suppressed``: the database's suppression list (comparison key -> why, from
+    :func:`batchsend.store.events.suppression_details`); those rows are skipped as
+    ``suppressed`` like the campaign's own lists' addresses.
+
     Example::
 
         for r in iter_rows(load_campaign("samples/newsletter")):
@@ -367,7 +399,7 @@ def iter_rows(
     """
     spec = campaign.source_settings
     _check_columns(campaign, read_columns(spec))
-    checker = _RowChecker(campaign, derive_text=derive_text)
+    checker = _RowChecker(campaign, derive_text=derive_text, listed=suppressed)
     book = checker.book
     col_email = campaign.columns.email
     seen = _Seen()
@@ -411,7 +443,11 @@ def estimate_requests(campaign: Campaign, sendable: int, merged: int | None = No
 
 
 def preflight(
-    campaign: Campaign, *, errors: TextIO | None = None, derive_text: bool = False
+    campaign: Campaign,
+    *,
+    errors: TextIO | None = None,
+    derive_text: bool = False,
+    suppressed: Mapping[str, str] | None = None,
 ) -> PreflightReport:
     """Read and render every row, send nothing, and report.
 
@@ -429,7 +465,7 @@ def preflight(
     writer = None
     merging = campaign.merge.enabled
     merged: Counter[tuple[str | None, str]] = Counter()
-    for r in iter_rows(campaign, derive_text=derive_text):
+    for r in iter_rows(campaign, derive_text=derive_text, suppressed=suppressed):
         rows += 1
         if r.skip_reason is None:
             sendable += 1

@@ -42,6 +42,7 @@ from batchsend.sending import (
 from batchsend.session import Session
 from batchsend.states import RecipientState
 from batchsend.store import DEFAULT_DB, NewRecipient, Store, UnitRecord
+from batchsend.store.events import suppression_details
 
 
 def resume_run(
@@ -211,7 +212,8 @@ def _match_rows_by_address(
     if new:
         wanted = set(new)
         after = max((row for row, _, _, _ in recorded), default=0)
-        for r in iter_rows(campaign, only=wanted.__contains__):
+        listed = suppression_details(store.conn)
+        for r in iter_rows(campaign, only=wanted.__contains__, suppressed=listed):
             if r.row not in wanted:
                 continue
             run_row = after + 1 + len(added)
@@ -223,7 +225,7 @@ def _match_rows_by_address(
                     email=r.email,
                     name=r.name,
                     state=RecipientState.PENDING if sendable else RecipientState.SKIPPED,
-                    reason=None if sendable else r.skip_reason or "invalid",
+                    reason=None if sendable else r.stored_reason or "invalid",
                     error_message="; ".join(p.message for p in r.problems) or None,
                     tag=r.tag,
                     metadata=r.metadata,

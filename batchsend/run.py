@@ -43,6 +43,7 @@ from batchsend.sending import (
 from batchsend.session import Session
 from batchsend.spool import MessageSpool
 from batchsend.store import DEFAULT_DB, Store
+from batchsend.store.events import suppression_details
 
 
 def run_campaign(
@@ -166,6 +167,7 @@ def run_campaign(
                 spool=spool,
                 encode=spool_encoder(session, run_id, test_address),
                 already_sent=earlier if skip_sent and real else None,
+                suppressed=suppression_details(store.conn),
             )
             store.add_recipients(run_id, tally.recipients())
             tally.raise_if_bad()

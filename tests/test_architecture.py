@@ -47,6 +47,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "source",
         "spool",
         "scaffold",
+        "events",
     ),
     ("transport",),  # HTTP on the wire
     ("providers", "campaign", "store"),  # the two APIs, the campaign file, the database
@@ -54,7 +55,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("render", "engine", "attachments", "suppressions"),
     ("fingerprints",),  # hashes of everything a campaign reads, for resume and report
     ("preflight",),  # the row pass
-    ("check_report", "history", "preview", "session", "summary"),
+    ("check_report", "history", "preview", "session", "summary", "receiver", "eventpull"),
     ("refusals", "intake", "overrides", "report_html"),
     ("report", "sending"),
     ("run", "resume"),

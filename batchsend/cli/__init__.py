@@ -25,6 +25,8 @@ COMMANDS: dict[str, str] = {
     "resume": "batchsend.cli.run_cmds:resume",
     "runs": "batchsend.cli.report_cmds:runs",
     "report": "batchsend.cli.report_cmds:report",
+    "events": "batchsend.cli.events_cmds:events",
+    "suppressions": "batchsend.cli.events_cmds:suppressions_group",
     "sandbox": "batchsend.cli.sandbox_cmd:sandbox",
 }
 

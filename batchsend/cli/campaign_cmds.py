@@ -10,6 +10,8 @@ import click
 from batchsend.apikeys import redact
 from batchsend.campaign import load_campaign
 from batchsend.errors import InputError
+from batchsend.store import DEFAULT_DB
+from batchsend.store.events import read_suppression_details
 
 #: ``--allow-outside PATH``: the user, never the campaign file, lets it read elsewhere.
 ALLOW_OUTSIDE = click.option(
@@ -53,7 +55,17 @@ def init(folder: Path, force: bool) -> None:
     help="Write every bad row with its reasons to this CSV file.",
 )
 @ALLOW_OUTSIDE
-def check(campaign_file: Path, errors_file: Path | None, allow_outside: tuple[Path, ...]) -> None:
+@click.option(
+    "--db",
+    "db_path",
+    default=DEFAULT_DB,
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="The database whose suppression list is consulted (read only; none if absent).",
+)
+def check(
+    campaign_file: Path, errors_file: Path | None, allow_outside: tuple[Path, ...], db_path: str
+) -> None:
     """Read and render every row of CAMPAIGN, send nothing, and report every problem.
 
     Problems are grouped by cause with their row numbers and column; the last lines
@@ -69,8 +81,9 @@ def check(campaign_file: Path, errors_file: Path | None, allow_outside: tuple[Pa
     from batchsend.preflight import preflight
 
     campaign = load_campaign(campaign_file, allow_outside=allow_outside)
+    listed = read_suppression_details(db_path)
     if errors_file is None:
-        report = preflight(campaign)
+        report = preflight(campaign, suppressed=listed)
     else:
         try:
             fh = errors_file.open("w", encoding="utf-8", newline="")
@@ -81,7 +94,7 @@ def check(campaign_file: Path, errors_file: Path | None, allow_outside: tuple[Pa
                 fix="give --errors a file path inside an existing folder you can write to",
             ) from None
         with fh:
-            report = preflight(campaign, errors=fh)
+            report = preflight(campaign, errors=fh, suppressed=listed)
     click.echo(redact(format_report(report)))
     if errors_file is not None and not report.ok:
         click.echo(f"bad rows written to {errors_file}")

@@ -21,6 +21,9 @@ _OUR_COLUMNS = {
     "attempts": frozenset({"run_id", "unit_key", "attempt"}),
     "claims": frozenset({"token", "campaign_path", "pid"}),
     "sending_marks": frozenset({"run_id", "pid", "generation", "witness"}),
+    "events": frozenset({"key", "provider", "type", "message_key"}),
+    "suppressions": frozenset({"address", "reason"}),
+    "event_cursors": frozenset({"source", "position"}),
 }
 _RECIPIENTS_TABLE = """CREATE TABLE IF NOT EXISTS recipients (
     run_id TEXT NOT NULL,
@@ -183,3 +186,45 @@ def create_schema(db: sqlite_utils.Database) -> None:
     # against two commands at once and against a lost write-ahead log.
     db.execute(_CLAIMS_TABLE)
     db.execute(_SENDING_MARKS_TABLE)
+    _create_event_tables(db)
+
+
+def _create_event_tables(db: sqlite_utils.Database) -> None:
+    """The provider events, the suppression list and the Events API pull positions."""
+    db.table("events").create(
+        {
+            "key": str,
+            "provider": str,
+            "type": str,
+            "bounce_type": str,
+            "reason": str,
+            "recipient": str,
+            "message_key": str,
+            "provider_message_id": str,
+            "provider_email_id": str,
+            "occurred_at": str,
+            "received_at": str,
+            "source": str,
+            "raw": str,
+            "deliveries": int,  # how many times it arrived (providers retry)
+        },
+        pk="key",
+        if_not_exists=True,
+    )
+    db.execute("CREATE INDEX IF NOT EXISTS events_message_key ON events (message_key)")
+    db.table("suppressions").create(
+        {
+            "address": str,  # the comparison key: what a recipient row is matched by
+            "email": str,  # as the source wrote it
+            "reason": str,  # hard bounce | complaint | unsubscribe | manual | provider list
+            "source": str,  # event | manual | import | sync:<provider>
+            "event_key": str,
+            "first_seen": str,
+            "note": str,
+        },
+        pk="address",
+        if_not_exists=True,
+    )
+    db.table("event_cursors").create(
+        {"source": str, "position": str, "updated_at": str}, pk="source", if_not_exists=True
+    )
