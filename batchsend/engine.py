@@ -218,9 +218,9 @@ class _SendingMarks:
 
     # The commit waits up to TURNS turns of the loop, or until ENOUGH units wait: on a
     # busy single core each turn brings a few more answers, so small single-send
-    # requests (v1) share a commit among ~3x more units (v1, 20k rows, concurrency 32:
-    # sending commits 46-53 -> 31-38 us per message). A worker waits a few turns more
-    # before its request leaves, never less: its rows are still committed first.
+    # requests (v1) share each commit among several times more units than a commit on
+    # the first turn would. A worker waits a few turns more before its request leaves,
+    # never less: its rows are still committed first.
     TURNS = 3
     ENOUGH = 16
 

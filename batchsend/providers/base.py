@@ -76,7 +76,8 @@ class AccountInfo:
 
 
 def dumps(value: Any) -> bytes:
-    """The one JSON encoder of the send path (orjson: ~9x faster than ``json`` here)."""
+    """The one JSON encoder of the send path: orjson, because encoding every request
+    body with ``json`` would be a large share of the CPU a batch request costs."""
     return orjson.dumps(value)
 
 
