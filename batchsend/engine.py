@@ -7,9 +7,9 @@ store (committed before the request leaves), send, classify, retry if the policy
 so, record. One task per worker, not per message or per unit, and one JSON encoding
 per request.
 
-Neither provider de-duplicates (API-CONTRACTS.md): a request sent twice may deliver
-twice. So what is sent again depends on whether the provider can have processed it
-(docs/engine.md, "Was it processed?"):
+Neither provider de-duplicates (docs/providers.md, "No idempotency"): a request sent
+twice may deliver twice. So what is sent again depends on whether the provider can have
+processed it (docs/engine.md, "Was it processed?"):
 
 * not processed (429, a refused connection, a connect timeout; each message the
   provider explicitly refused with a retryable answer): tried again, within the retry

@@ -20,7 +20,7 @@ cost more CPU than the disk space saved is worth.
 The spool is a cache, never a record:
 
 * the file is unlinked as it is created: nothing is left behind, even after kill -9;
-* a resume renders again (rendering is deterministic, DESIGN.md invariant 4);
+* a resume renders again (rendering is deterministic: docs/design.md, invariant 4);
 * when it would outgrow its cap (:data:`MAX_BYTES`, or a quarter of the free disk
   space), or a value cannot be stored, it is dropped and the send pass renders again.
 """
