@@ -7,9 +7,9 @@ store (committed before the request leaves), send, classify, retry if the policy
 so, record. One task per worker, not per message or per unit, and one JSON encoding
 per request.
 
-Neither provider de-duplicates (API-CONTRACTS.md): a request sent twice may deliver
-twice. So what is sent again depends on whether the provider can have processed it
-(docs/engine.md, "Was it processed?"):
+Neither provider de-duplicates (docs/providers.md, "No idempotency"): a request sent
+twice may deliver twice. So what is sent again depends on whether the provider can have
+processed it (docs/engine.md, "Was it processed?"):
 
 * not processed (429, a refused connection, a connect timeout; each message the
   provider explicitly refused with a retryable answer): tried again, within the retry
@@ -205,9 +205,9 @@ class _SendingMarks:
 
     # The commit waits up to TURNS turns of the loop, or until ENOUGH units wait: on a
     # busy single core each turn brings a few more answers, so small single-send
-    # requests (v1) share a commit among ~3x more units (v1, 20k rows, concurrency 32:
-    # sending commits 46-53 -> 31-38 us per message). A worker waits a few turns more
-    # before its request leaves, never less: its rows are still committed first.
+    # requests (v1) share each commit among several times more units than a commit on
+    # the first turn would. A worker waits a few turns more before its request leaves,
+    # never less: its rows are still committed first.
     TURNS = 3
     ENOUGH = 16
 

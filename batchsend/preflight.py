@@ -100,8 +100,8 @@ class PreflightReport:
 class _Seen:
     """Dedup keys of the rows accepted so far, in little memory.
 
-    Keys are kept as 64-bit hashes in a sorted polars Series (8 bytes a row, so 5M rows
-    take 40 MB where a Python set of strings would take ~400 MB), plus a set of the
+    Keys are kept as 64-bit hashes in a sorted polars Series (8 bytes a row, a small
+    fraction of what a Python set of the address strings would hold), plus a set of the
     most recent ones, joined into the sorted array every ``MERGE_EVERY`` keys so the
     re-sort stays rare. Two different addresses share a 64-bit hash with probability about
     n^2 / 2^65 (3e-8 at one million rows).

@@ -43,6 +43,7 @@ from batchsend.session import Session
 from batchsend.states import RecipientState
 from batchsend.store import DEFAULT_DB, NewRecipient, Store, UnitRecord
 from batchsend.store.events import suppression_details
+from batchsend.transport import require_transport
 
 
 def resume_run(
@@ -81,6 +82,7 @@ def resume_run(
         summary = resume_run("20261121T103455-ab12cd", retry_failed=True)
     """
     started = time.monotonic()
+    require_transport(http_client)  # a missing optional library: before anything is recorded
     if not Path(db_path).is_file():
         raise ResumeRefusedError(f"{db_path}: no batchsend database here (pass --db)")
     with Store(db_path, accept_lost_record=accept_lost_record) as store:

@@ -209,7 +209,7 @@ def _key_domains(
     show_default=True,
     metavar="N",
     help="Accepted messages kept whole in memory for /_sandbox/messages (a few KB "
-    "each); older ones are compacted to what lookups need (about 650 bytes) and "
+    "each); older ones are compacted to what lookups need (a fraction of that) and "
     "still found by the admin and events endpoints (--record writes every one).",
 )
 @click.option(

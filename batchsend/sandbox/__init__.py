@@ -1,4 +1,4 @@
-"""A loopback server that implements both provider APIs (see shared API-CONTRACTS.md).
+"""A loopback server that implements both provider APIs (docs/providers.md).
 
 It is the real service, not a mirror of our client: nothing is de-duplicated unless
 ``idempotency_keys`` says so, and each provider's limit counts its own unit.

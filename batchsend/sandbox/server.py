@@ -29,8 +29,8 @@ def _tune_gc() -> None:
     """Collect the young generation less often, and never rescan the startup heap.
 
     Each request leaves a few hundred short-lived containers; with the default
-    threshold (700) the collector runs every couple of requests and costs a quarter of
-    the server's time (measured with bench/sandbox_capacity.py). Only the foreground
+    threshold (700) the collector runs every couple of requests and takes a large share
+    of the server's time (``bench/sandbox_capacity.py`` shows it). Only the foreground
     server does this: it owns its process.
     """
     gc.collect()

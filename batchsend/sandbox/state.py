@@ -133,7 +133,7 @@ class SandboxConfig:
     schedule: tuple[tuple[int, dict[str, Any]], ...] = ()
     # How many accepted messages stay whole in memory for inspection (/_sandbox/messages);
     # the oldest are compacted beyond it (counted, still in the --record file, and still
-    # found by the lookups: ~650 B each). None keeps them all whole: a few KB each.
+    # found by the lookups, in a fraction of the memory). None keeps them all whole.
     keep_messages: int | None = DEFAULT_KEEP_MESSAGES
 
     def __post_init__(self) -> None:

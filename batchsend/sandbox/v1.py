@@ -1,6 +1,6 @@
 """MailerLogic's "Send a single email" (``POST /api/v1/send``) and its Events API.
 
-As API-CONTRACTS.md pins them. Errors are ``{error, message}``; 403 adds ``reason``.
+As docs/providers.md states them. Errors are ``{error, message}``; 403 adds ``reason``.
 ``error`` is a short machine code (``validation_error``, ``forbidden``, ``not_found``...),
 ``message`` says what to fix.
 

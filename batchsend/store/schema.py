@@ -157,10 +157,9 @@ def create_schema(db: sqlite_utils.Database) -> None:
     # recipients: WITHOUT ROWID, clustered on (run_id, row). Every hot statement
     # finds its rows by that key, so the rows live in the key's own B-tree: a sending
     # mark or an outcome dirties one page where a rowid table dirtied two (table +
-    # key index). There is deliberately NO index on state: each state change would
-    # rewrite two entries of it (a row's two updates, 100 rows a commit: 14.4 us with
-    # the index, 9.3 without, in an SQLite micro-benchmark); the few queries by state
-    # (counts, pending rows at a resume) scan the run's rows by key, once per run.
+    # key index). There is deliberately NO index on state: every row changes state at
+    # least twice, and each change would rewrite two entries of it; the few queries by
+    # state (counts, pending rows at a resume) scan the run's rows by key, once per run.
     db.execute(_RECIPIENTS_TABLE)
     db.execute("DROP INDEX IF EXISTS recipients_run_state")  # older files
     db.table("units").create(
