@@ -9,8 +9,8 @@ import click
 
 from batchsend.apikeys import redact
 from batchsend.campaign import load_campaign
+from batchsend.cli.options import db_option
 from batchsend.errors import InputError
-from batchsend.store import DEFAULT_DB
 from batchsend.store.events import read_suppression_details
 
 #: ``--allow-outside PATH``: the user, never the campaign file, lets it read elsewhere.
@@ -55,14 +55,7 @@ def init(folder: Path, force: bool) -> None:
     help="Write every bad row with its reasons to this CSV file.",
 )
 @ALLOW_OUTSIDE
-@click.option(
-    "--db",
-    "db_path",
-    default=DEFAULT_DB,
-    show_default=True,
-    type=click.Path(dir_okay=False),
-    help="The database whose suppression list is consulted (read only; none if absent).",
-)
+@db_option("The database whose suppression list is consulted (read only; none if absent).")
 def check(
     campaign_file: Path, errors_file: Path | None, allow_outside: tuple[Path, ...], db_path: str
 ) -> None:

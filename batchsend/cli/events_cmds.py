@@ -17,12 +17,13 @@ from batchsend.addresses import AddressBook, InvalidAddress
 from batchsend.apikeys import load_secret
 from batchsend.campaign import Campaign, load_campaign
 from batchsend.cli.campaign_cmds import ALLOW_OUTSIDE
+from batchsend.cli.options import db_option
 from batchsend.errors import CampaignError, SuppressionFileError
 from batchsend.eventpull import pull_v1_events
 from batchsend.events.model import EVENT_TYPES
 from batchsend.receiver import MAX_BODY, ReceiverConfig, serve_forever
 from batchsend.session import Session
-from batchsend.store import DEFAULT_DB, Store
+from batchsend.store import Store
 from batchsend.store.events import (
     Suppression,
     add_suppressions,
@@ -36,14 +37,7 @@ from batchsend.store.events import (
 TOSEND_SECRET_ENV = "BATCHSEND_TOSEND_WEBHOOK_SECRET"
 V1_TOKEN_ENV = "BATCHSEND_V1_WEBHOOK_TOKEN"
 
-_db_option = click.option(
-    "--db",
-    "db_path",
-    default=DEFAULT_DB,
-    show_default=True,
-    type=click.Path(dir_okay=False),
-    help="The SQLite file that records runs, events and the suppression list.",
-)
+_db_option = db_option("The SQLite file that records runs, events and the suppression list.")
 
 
 @click.group()

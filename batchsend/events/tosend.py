@@ -2,8 +2,8 @@
 
 ToSend posts ``bounced`` and ``complaint`` events only. A webhook created with a secret
 signs each body: ``X-ToSend-Signature: sha256=<hex>``, the HMAC-SHA256 of the raw body
-with the secret (docs/providers.md, "tosend: ToSend v2", Webhooks). Three body shapes are documented and a
-receiver accepts all three::
+with the secret (docs/providers.md, "tosend: ToSend v2", Webhooks). Three body shapes
+are documented and a receiver accepts all three::
 
     {"type": "bounced", "data": {"email", "bounce_type", "is_hard_bounce", "reason",
                                  "timestamp", "message_id", ...}, "created_at"}

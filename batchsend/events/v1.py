@@ -68,25 +68,46 @@ def _bounce(data: Mapping[str, Any]) -> tuple[str | None, str | None]:
     return ("hard" if kind in ("hard", "permanent") else "soft"), text(bounce.get("reason"))
 
 
-def parse_webhook_one(payload: Any) -> Event:
-    """The :class:`Event` in one decoded v1 webhook body."""
-    if not isinstance(payload, dict):
-        raise EventPayloadError("a v1 event must be a JSON object")
-    data = _object(payload.get("data"))
-    kind = _kind(payload.get("type"))
+def _event(
+    payload: dict[str, Any],
+    data: dict[str, Any],
+    *,
+    kind: str,
+    recipient: Any,
+    email_id: Any,
+    occurred_at: Any,
+    source: str,
+) -> Event:
     bounce_type, reason = _bounce(data) if kind == "bounced" else (None, None)
     return Event(
         key=_key(payload.get("id"), payload),
         provider=PROVIDER,
         type=kind,
-        recipient=_recipient(data.get("to")),
+        recipient=_recipient(recipient),
         message_key=_batchsend_id(data),
         provider_message_id=text(data.get("message_id")),
-        provider_email_id=text(data.get("email_id")),
+        provider_email_id=text(email_id),
         bounce_type=bounce_type,
         reason=reason or text(data.get("reason")),
-        occurred_at=text(payload.get("created_at")),
+        occurred_at=text(occurred_at),
         raw=dumps(payload),
+        source=source,
+    )
+
+
+def parse_webhook_one(payload: Any) -> Event:
+    """The :class:`Event` in one decoded v1 webhook body."""
+    if not isinstance(payload, dict):
+        raise EventPayloadError("a v1 event must be a JSON object")
+    data = _object(payload.get("data"))
+    return _event(
+        payload,
+        data,
+        kind=_kind(payload.get("type")),
+        recipient=data.get("to"),
+        email_id=data.get("email_id"),
+        occurred_at=payload.get("created_at"),
+        source="webhook",
     )
 
 
@@ -104,21 +125,13 @@ def parse_api_event(item: Any) -> Event:
     """One event of an Events API page."""
     if not isinstance(item, dict):
         raise EventPayloadError("an Events API event must be a JSON object")
-    data = _object(item.get("event_data"))
-    kind = _kind(item.get("event_type"))
-    bounce_type, reason = _bounce(data) if kind == "bounced" else (None, None)
-    return Event(
-        key=_key(item.get("id"), item),
-        provider=PROVIDER,
-        type=kind,
-        recipient=_recipient(item.get("recipient")),
-        message_key=_batchsend_id(data),
-        provider_message_id=text(data.get("message_id")),
-        provider_email_id=text(item.get("email_id")),
-        bounce_type=bounce_type,
-        reason=reason,
-        occurred_at=text(item.get("timestamp") or item.get("created_at")),
-        raw=dumps(item),
+    return _event(
+        item,
+        _object(item.get("event_data")),
+        kind=_kind(item.get("event_type")),
+        recipient=item.get("recipient"),
+        email_id=item.get("email_id"),
+        occurred_at=item.get("timestamp") or item.get("created_at"),
         source="events-api",
     )
 
