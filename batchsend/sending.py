@@ -53,7 +53,7 @@ from batchsend.retry import RetryPolicy
 from batchsend.session import Session
 from batchsend.spool import MessageSpool
 from batchsend.states import RecipientState, RunState
-from batchsend.store import Store
+from batchsend.store import RunRecorder, Store
 from batchsend.transport import make_transport
 
 DEFAULT_REPORT_DIR = "reports"
@@ -385,7 +385,7 @@ def send_and_finish(
     run = store.get_run(run_id)
     campaign = session.campaign
     provider = session.provider()
-    recorder = store.recorder(run_id)
+    recorder = RunRecorder(store, run_id)
     since = store.now()
     fatal: str | None = None
     interrupted = False

@@ -33,7 +33,7 @@ from batchsend.plan import PlannedMessage, SendUnit
 from batchsend.resume import resume_run
 from batchsend.run import run_campaign
 from batchsend.sandbox import Sandbox
-from batchsend.store import APPLICATION_ID, SCHEMA_VERSION, NewRecipient, Store
+from batchsend.store import APPLICATION_ID, SCHEMA_VERSION, NewRecipient, RunRecorder, Store
 
 KEY = "sk-test"
 
@@ -232,7 +232,7 @@ def test_a_db_copied_without_its_wal_is_refused(
             run_id, [NewRecipient(row=n, email=f"u{n}@example.org") for n in range(1, 7)]
         )
     store.mark_sending_started(run_id)
-    recorder = store.recorder(run_id)
+    recorder = RunRecorder(store, run_id)
     for first in (1, 3):
         u = unit(f"k{first}", (first, first + 1))
         recorder.mark_sending(u)

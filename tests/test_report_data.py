@@ -19,7 +19,7 @@ from batchsend.message import Address, Message, message_key
 from batchsend.outcome import MessageOutcome, OutcomeKind
 from batchsend.plan import PlannedMessage, SendUnit
 from batchsend.states import RecipientState, RunState
-from batchsend.store import NewRecipient, Store
+from batchsend.store import NewRecipient, RunRecorder, Store
 
 
 class FakeClock:
@@ -105,7 +105,7 @@ def build_run(
             for i, p in enumerate(people, start=1)
         ],
     )
-    recorder = store.recorder(run_id)
+    recorder = RunRecorder(store, run_id)
     for row, person in enumerate(people, start=1):
         if person.plan in ("skipped", "pending"):
             continue

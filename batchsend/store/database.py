@@ -27,7 +27,6 @@ from batchsend.errors import (
 )
 from batchsend.process import alive, this_process
 from batchsend.states import RecipientState, RunState
-from batchsend.store.recorder import RunRecorder
 from batchsend.store.records import (
     IN_FLIGHT_REASON,
     INSERT_CHUNK,
@@ -1048,9 +1047,3 @@ class Store:
     def integrity_check(self) -> str:
         """SQLite's ``PRAGMA integrity_check`` answer (``"ok"`` when sound)."""
         return str(self.conn.execute("PRAGMA integrity_check").fetchone()[0])
-
-    def recorder(
-        self, run_id: str, *, monotonic: Callable[[], float] = time.monotonic
-    ) -> RunRecorder:
-        """The engine's :class:`batchsend.outcome.Recorder` for run ``run_id``."""
-        return RunRecorder(self, run_id, monotonic=monotonic)
