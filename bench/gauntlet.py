@@ -8,7 +8,7 @@
 
 Every scenario raises ``GauntletFailure`` when a promise is broken and prints its
 counts either way. The default test suite runs the same functions in a short form
-(``tests/test_gauntlet_crash.py``, ``tests/test_gauntlet_faults.py``); docs/gauntlet.md
+(``tests/test_crash_kill_points.py``, ``tests/test_provider_faults.py``); docs/gauntlet.md
 lists every scenario and its last result.
 
 The crash campaign kills a real ``batchsend`` process with SIGKILL in three ways, in
