@@ -22,9 +22,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-import gauntlet
+from support import gauntlet
 
 from batchsend.cli import main
 from batchsend.errors import BatchsendError, SendError

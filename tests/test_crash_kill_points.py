@@ -4,7 +4,7 @@
 itself right after a unit's ``sending`` commit and right after a response arrives
 (``BATCHSEND_TEST_ONLY_SIGKILL_AT``), then resumes; an unknown row is never sent again,
 since the sandbox, like the real providers, does not de-duplicate. The long form
-(10,000 recipients, 50 kills, the random mode too) is ``python bench/gauntlet.py
+(10,000 recipients, 50 kills, the random mode too) is ``python -m bench.gauntlet
 crash``: the same function with bigger numbers.
 """
 
@@ -16,9 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-import gauntlet
+from support import gauntlet
 
 from batchsend.crashpoints import ENV_VAR, _parse
 

@@ -5,20 +5,17 @@ store and the sandbox's own log: every row terminal, sent + failed + unknown + s
 rows, each sent recipient delivered exactly once, nobody twice, and a row delivered
 without being ``sent`` only when its answer was lost (then it is ``unknown``). Rows that
 failed on a transient fault are then sent with ``resume --retry-failed``; unknown rows
-that the sandbox never processed, with ``--resend-unknown``. Long form: ``python bench/gauntlet.py
+that the sandbox never processed, with ``--resend-unknown``. Long form: ``python -m bench.gauntlet
 faults`` and ``fatal``.
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-import gauntlet
+from support import gauntlet
 
 TOSEND_CELLS = gauntlet.FAULT_CELLS
 V1_CELLS = (
