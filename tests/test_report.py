@@ -14,7 +14,8 @@ import polars as pl
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_report_data import TRICKY, FakeClock, Person, build_run
+from support.clock import SteppingClock
+from test_report_data import TRICKY, Person, build_run
 
 from batchsend.errors import InputError, StoreError
 from batchsend.report import (
@@ -57,7 +58,7 @@ def db(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def tricky_run(db: Path) -> str:
-    with Store(db, now=FakeClock()) as store:
+    with Store(db, now=SteppingClock()) as store:
         return build_run(store, TRICKY)
 
 
@@ -184,7 +185,7 @@ def test_metadata_columns_expand_whatever_the_keys(db: Path, tmp_path: Path) -> 
         Person("a@example.com", "A", metadata={k: f"{k}-1" for k in keys}),
         Person("b@example.com", "B", metadata={"customer id": "only one"}),
     ]
-    with Store(db, now=FakeClock()) as store:
+    with Store(db, now=SteppingClock()) as store:
         run_id = build_run(store, people, metadata_columns=keys)
         store.conn.execute(  # a value polars cannot read as text: kept as its JSON
             "UPDATE recipients SET metadata = ? WHERE run_id = ? AND row = 2",

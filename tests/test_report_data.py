@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from batchsend.message import Address, Message, message_key
@@ -20,18 +19,6 @@ from batchsend.outcome import MessageOutcome, OutcomeKind
 from batchsend.plan import PlannedMessage, SendUnit
 from batchsend.states import RecipientState, RunState
 from batchsend.store import NewRecipient, Store
-
-
-class FakeClock:
-    """A clock that advances ``step`` on every reading."""
-
-    def __init__(self, start: datetime | None = None, step: float = 0.1) -> None:
-        self.now = start or datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
-        self.step = timedelta(seconds=step)
-
-    def __call__(self) -> datetime:
-        self.now += self.step
-        return self.now
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,8 @@ import pytest
 from click.testing import CliRunner
 from runkit import KEY as CRASH_KEY
 from runkit import recipients_in, write_campaign
-from test_report_data import FakeClock, Person, build_run
+from support.clock import SteppingClock
+from test_report_data import Person, build_run
 
 from batchsend.cli import main
 from batchsend.crashpoints import ENV_VAR
@@ -316,7 +317,7 @@ def test_the_resend_warning_comes_before_any_request(
 
 def test_listing_and_badge_of_recorded_runs(tmp_path: Path) -> None:
     db = tmp_path / "h.db"
-    with Store(db, now=FakeClock()) as store:
+    with Store(db, now=SteppingClock()) as store:
         clean = build_run(store, [Person("a@example.com"), Person("b@example.com")])
         mixed = build_run(
             store,
