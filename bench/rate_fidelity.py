@@ -32,7 +32,8 @@ from typing import Any
 
 from batchsend.run import run_campaign
 from batchsend.sandbox import Sandbox
-from tests.support.gauntlet import DOMAIN, KEY, write_campaign
+from tests.support.campaigns import DOMAIN, KEY
+from tests.support.gauntlet import write_campaign
 
 GOAL = 0.95
 

@@ -14,6 +14,7 @@ import polars as pl
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.campaigns import write_campaign
 from support.clock import SteppingClock
 from test_report_data import TRICKY, Person, build_run
 
@@ -27,6 +28,7 @@ from batchsend.report import (
     unneutralise,
     write_report,
 )
+from batchsend.run import run_campaign
 from batchsend.states import RunState
 from batchsend.store import Store
 
@@ -270,10 +272,6 @@ def test_failures_file_of_a_real_run_lists_the_failed_rows_with_their_input(
     The failures file is for reading: it is no longer offered as a recipient file to
     send again (a rerun goes out under new keys; see batchsend.next_steps).
     """
-    from runkit import write_campaign
-
-    from batchsend.run import run_campaign
-
     monkeypatch.chdir(tmp_path)
     campaign_path = write_campaign(tmp_path / "c", rows=12, bad_rows=(4,))
     source = tmp_path / "c" / "recipients.csv"

@@ -9,12 +9,14 @@ from pathlib import Path
 import polars as pl
 import pytest
 from click.testing import CliRunner
+from support.campaigns import write_campaign
 from support.clock import SteppingClock
 from test_report_data import TRICKY, Person, build_run
 
 from batchsend.cli import main
 from batchsend.history import effective_state, list_runs
 from batchsend.report import iter_report
+from batchsend.run import run_campaign
 from batchsend.states import RunState
 from batchsend.store import Store
 
@@ -167,10 +169,6 @@ def test_real_runs_against_the_sandbox_are_listed_and_reported(
     tmp_path: Path, sandbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A fatal run (bad key), an interrupted one (--limit) and a finished one, for real."""
-    from runkit import write_campaign
-
-    from batchsend.run import run_campaign
-
     monkeypatch.chdir(tmp_path)
     db = tmp_path / "b.db"
 

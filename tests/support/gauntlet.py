@@ -21,14 +21,11 @@ many times.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import random
 import signal
-import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -41,8 +38,10 @@ from batchsend.resume import resume_run
 from batchsend.run import run_campaign
 from batchsend.sandbox import Sandbox
 
-KEY = "sk-gauntlet-test"
-DOMAIN = "example.com"
+from . import campaigns
+from .campaigns import DOMAIN, KEY, deliveries
+from .processes import batchsend_command, query
+
 TERMINAL = frozenset({"sent", "failed", "skipped", "unknown"})
 
 
@@ -67,60 +66,13 @@ def write_campaign(
     send: dict[str, Any] | None = None,
     base_url: str = "http://127.0.0.1:9",
 ) -> Path:
-    """A campaign of ``rows`` personalised messages to ``user{n}@example.org``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with (folder / "recipients.csv").open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["email", "first"])
-        writer.writerows([f"user{n}@example.org", f"First{n}"] for n in range(1, rows + 1))
-    settings = {"concurrency": 4, "max_attempts": 5, "max_retry_time": 30}
+    """A generated campaign with retries enough to outlast the faults the gauntlet injects."""
+    settings: dict[str, Any] = {"concurrency": 4, "max_attempts": 5, "max_retry_time": 30}
     if provider == "tosend":
         settings["batch_size"] = 20
-    settings.update(send or {})
-    send_lines = "\n".join(f"{k} = {v!r}" for k, v in settings.items())
-    (folder / "campaign.toml").write_text(
-        f"""name = "gauntlet"
-provider = "{provider}"
-base_url = "{base_url}"
-
-[source]
-path = "recipients.csv"
-
-[sender]
-email = "news@{DOMAIN}"
-
-[message]
-subject = "News for {{{{ first }}}}"
-text = "Hello {{{{ first }}}}."
-
-[send]
-{send_lines}
-""",
-        encoding="utf-8",
+    return campaigns.write_campaign(
+        folder, rows=rows, provider=provider, base_url=base_url, send={**settings, **(send or {})}
     )
-    return folder / "campaign.toml"
-
-
-def query(db: Path, sql: str, *params: object) -> list[tuple[Any, ...]]:
-    """Ask the database as an outside observer would (a fresh connection each time)."""
-    if not db.exists():
-        return []
-    conn = sqlite3.connect(db, timeout=10)
-    try:
-        return conn.execute(sql, params).fetchall()
-    except sqlite3.OperationalError:  # the schema is not there yet
-        return []
-    finally:
-        conn.close()
-
-
-def deliveries(messages: list[dict[str, Any]]) -> Counter[str]:
-    """How many messages each address received (to, cc and bcc)."""
-    out: Counter[str] = Counter()
-    for m in messages:
-        for field in ("to", "cc", "bcc"):
-            out.update(a["email"] if isinstance(a, dict) else a for a in m.get(field) or [])
-    return out
 
 
 def row_states(db: Path, run_id: str) -> dict[int, tuple[str, str | None, int | None]]:
@@ -227,8 +179,8 @@ def crash_campaign(
 
     def command() -> list[str]:
         if run_id is None:
-            return [sys.executable, "-m", "batchsend", "run", str(campaign), *common]
-        return [sys.executable, "-m", "batchsend", "resume", run_id, *common]
+            return batchsend_command("run", str(campaign), *common)
+        return batchsend_command("resume", run_id, *common)
 
     try:
         for i in range(kills):
@@ -775,7 +727,7 @@ def hostile_file(
     started = time.monotonic()
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "batchsend", "check", str(campaign)],
+            batchsend_command("check", str(campaign)),
             capture_output=True,
             text=True,
             timeout=timeout,
