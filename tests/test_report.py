@@ -1,6 +1,6 @@
 """Reports: one line per input row, in order, that round-trip through polars and stay
 inert in a spreadsheet. Runs are recorded through the store's own API
-(``test_report_data``); one test reads a real run made against the sandbox."""
+(``tests/support/runs.py``); one test reads a real run made against the sandbox."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from support.campaigns import write_campaign
 from support.clock import SteppingClock
-from test_report_data import TRICKY, Person, build_run
+from support.runs import TRICKY, Person, build_run
 
 from batchsend.errors import InputError, StoreError
 from batchsend.report import (

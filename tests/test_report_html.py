@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from support.clock import SteppingClock
-from test_report_data import Person, build_run
+from support.runs import Person, build_run
 
 from batchsend.report import write_report
 from batchsend.report_html import RATE_COLOUR, STATE_COLOURS, render_html

@@ -25,7 +25,7 @@ from support.campaigns import KEY as CRASH_KEY
 from support.campaigns import recipients_in, write_campaign
 from support.clock import SteppingClock
 from support.processes import run_batchsend
-from test_report_data import Person, build_run
+from support.runs import Person, build_run
 
 from batchsend.cli import main
 from batchsend.crashpoints import ENV_VAR

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from support.campaigns import write_campaign
 from support.clock import SteppingClock
-from test_report_data import TRICKY, Person, build_run
+from support.runs import TRICKY, Person, build_run
 
 from batchsend.cli import main
 from batchsend.history import effective_state, list_runs

@@ -42,6 +42,19 @@ def run_batchsend(
     )
 
 
+def dead_pid() -> int:
+    """A process id that belongs to no running process."""
+    pid = 4_000_000  # above Linux's pid_max, so never alive
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return pid
+        except PermissionError:
+            pass
+        pid += 1
+
+
 def query(db: Path, sql: str, *params: object) -> list[tuple]:
     """Read the database as an outside observer (a fresh connection per question)."""
     if not db.exists():
