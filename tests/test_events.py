@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import sqlite3
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -16,26 +13,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.campaigns import write_campaign
+from support.processes import query, run_batchsend
 
 from batchsend.events import tosend as tosend_events
 from batchsend.receiver import Receiver, ReceiverConfig
 from batchsend.sandbox import Sandbox
-from tests.runkit import write_campaign
 
 SECRET = "whsec-test-0123456789"
 TOKEN = "v1-token-abcdef0123456789"
-KEY = "sk-test"
 
 
-def cli(*args: str, env: dict[str, str] | None = None, stdin: str | None = None):
-    return subprocess.run(
-        [sys.executable, "-m", "batchsend", *args],
-        env={**os.environ, "BATCHSEND_API_KEY": KEY, **(env or {})},
-        capture_output=True,
-        text=True,
-        input=stdin,
-        timeout=120,
-    )
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return run_batchsend(*args)
 
 
 def post(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, Any]:
@@ -61,11 +51,7 @@ def signed(body: bytes, secret: str = SECRET) -> dict[str, str]:
 
 
 def rows(db: Path, sql: str, *params: object) -> list[tuple]:
-    conn = sqlite3.connect(db)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
+    return query(db, sql, *params)
 
 
 @pytest.fixture

@@ -9,12 +9,13 @@ import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from support.processes import batchsend_command
 
 from batchsend.events.tosend import signature
 
@@ -29,8 +30,7 @@ def _port() -> int:
 
 def _serve(db: Path, port: int) -> subprocess.Popen:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "batchsend", "events", "serve", "--db", str(db),
-         "--port", str(port)],
+        batchsend_command("events", "serve", "--db", str(db), "--port", str(port)),
         env={**os.environ, "BATCHSEND_TOSEND_WEBHOOK_SECRET": SECRET},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

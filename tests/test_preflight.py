@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from support.campaigns import campaign_folder
 
 from batchsend.campaign import load_campaign
 from batchsend.cli import main
@@ -34,10 +35,8 @@ html = "<p>Hi {{{{ first_name }}}}</p>"
 
 
 def make(tmp_path: Path, rows: str, columns: str = "", extra: str = "", provider="tosend"):
-    (tmp_path / "r.csv").write_text(rows, encoding="utf-8")
     toml = BASE.format(provider=provider, columns=columns, extra=extra)
-    (tmp_path / "campaign.toml").write_text(toml, encoding="utf-8")
-    return load_campaign(tmp_path / "campaign.toml")
+    return load_campaign(campaign_folder(tmp_path, toml, {"r.csv": rows}))
 
 
 def from_data(tmp_path: Path, data_file: str, columns: str = "", extra: str = ""):

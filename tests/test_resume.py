@@ -9,7 +9,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from runkit import ScriptedToSend, recipients_in, write_campaign
+from support.campaigns import recipients_in, write_campaign
+from support.sandboxes import ScriptedToSend
 
 from batchsend.errors import ResumeRefusedError, RunNotFoundError
 from batchsend.providers import get_provider

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from runkit import recipients_in, write_campaign
+from support.campaigns import recipients_in, write_campaign
 
 from batchsend.cli import main
 from batchsend.errors import FatalSendError, PreflightError, SecretError, UnfinishedRunError

@@ -5,20 +5,13 @@ from __future__ import annotations
 import io
 
 import pytest
+from support.clock import FakeClock
 
 from batchsend.progress import Progress, ProgressDisplay, RateMeter, describe
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
 def test_rate_and_eta_over_a_sliding_window() -> None:
-    clock = Clock()
+    clock = FakeClock(0.0)
     meter = RateMeter(window=10.0, clock=clock)
     assert meter.rate() is None and meter.eta(100) is None
     for second, done in enumerate([0, 100, 200, 300]):
@@ -63,7 +56,7 @@ def test_quiet_when_stderr_is_not_a_terminal() -> None:
 
 def test_draws_when_enabled() -> None:
     stream = io.StringIO()
-    clock = Clock()
+    clock = FakeClock(0.0)
     display = ProgressDisplay(100, stream=stream, enabled=True, clock=clock)
     display.update(Progress(sent=10))
     clock.t = 1.0

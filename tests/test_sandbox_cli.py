@@ -6,10 +6,10 @@ import json
 import re
 import signal
 import subprocess
-import sys
 
 import httpx
 from click.testing import CliRunner
+from support.processes import batchsend_command
 
 from batchsend.cli import main
 
@@ -55,12 +55,14 @@ def test_bad_key_domain_is_a_usage_error() -> None:
 
 def test_serves_prints_url_and_keys_and_stops_on_ctrl_c(tmp_path) -> None:
     record = tmp_path / "sent.jsonl"
-    args = [sys.executable, "-m", "batchsend", "sandbox", "--port", "0", "--api-key", "k-one",
-            "--api-key", "k-two", "--domain", "acme.test", "--record", str(record),
-            "--tosend-emails-per-second", "14", "--v1-requests-per-minute", "600",
-            "--idempotency-keys", "--info-shape", "older", "--admin-key", "tsend_admin_x",
-            "--events-api", "off", "--fail-after-accept-rate", "0.001", "--slow-rate", "0.001",
-            "--slow-ms", "900", "--seed", "3"]  # fmt: skip
+    args = batchsend_command(
+        "sandbox", "--port", "0", "--api-key", "k-one", "--api-key", "k-two",
+        "--domain", "acme.test", "--record", str(record),
+        "--tosend-emails-per-second", "14", "--v1-requests-per-minute", "600",
+        "--idempotency-keys", "--info-shape", "older", "--admin-key", "tsend_admin_x",
+        "--events-api", "off", "--fail-after-accept-rate", "0.001", "--slow-rate", "0.001",
+        "--slow-ms", "900", "--seed", "3",
+    )  # fmt: skip
     with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
         try:
             assert proc.stdout is not None

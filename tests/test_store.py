@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from support.clock import FakeClock
 
 from batchsend.apikeys import remember
 from batchsend.errors import StoreError
@@ -35,14 +36,6 @@ def unit_for(key: str, *row_groups: tuple[int, ...]) -> SendUnit:
         for i, rows in enumerate(row_groups)
     )
     return SendUnit(key=key, messages=messages, batch=len(messages) > 1)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 @pytest.fixture
@@ -399,7 +392,7 @@ def test_a_sending_mark_survives_kill_9(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
         import os, signal
-        from tests.test_store import unit_for
+        from test_store import unit_for
         from batchsend.store import NewRecipient, RunRecorder, Store
         s = Store({str(db)!r})
         run = s.create_run(campaign_path="/c.toml", provider="v1", run_id="r1")
@@ -408,9 +401,7 @@ def test_a_sending_mark_survives_kill_9(tmp_path: Path) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
         """
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", script], cwd=Path(__file__).parent.parent, check=False
-    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parent, check=False)
     assert proc.returncode == -9
     store = Store(db)
     assert store.recipient("r1", 1)["state"] == "sending"
