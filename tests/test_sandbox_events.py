@@ -529,3 +529,18 @@ def test_the_sandbox_stops_with_posts_outstanding(make_sandbox, receiver) -> Non
     assert time.monotonic() - started < 2
     (event,) = sb.events()
     assert event["webhook"]["pending"] and event["webhook"]["attempts"] == 1
+
+
+def test_tosend_info_counts_the_outcomes(make_sandbox) -> None:
+    sb = make_sandbox(**FAST)
+    for n, address in enumerate(("bounce@r.org", "complaint@r.org", "a@r.org", "b@r.org")):
+        tosend_send(sb, address, message_hash=f"m-{n}")
+    info = httpx.get(sb.base_url + "/v2/info", headers=SENDING).json()
+    (domain,) = info["domains"]
+    assert (domain["total_delivered"], domain["total_bounced"], domain["total_complained"]) == (
+        3,
+        1,
+        1,
+    )
+    assert info["account"]["bounce_rate"] == 0.25
+    assert info["account"]["complaint_rate"] == round(1 / 3, 4)

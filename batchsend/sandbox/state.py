@@ -453,6 +453,8 @@ def iso_time(now: float) -> str:
     return f"{_iso_cache[1]}.{millis:03d}Z"
 
 
+_DOMAIN_COLUMNS = {"delivered": 0, "bounced": 1, "complained": 2}
+
 #: How long after ``queued`` v1's ``sent`` event is stamped.
 SENT_AFTER_S = 0.001
 
@@ -522,6 +524,8 @@ class SandboxState:
         self.next_event = 1
         self.events_forgotten = 0
         self.outcomes: dict[str, int] = {}  # delivery events drawn, by type
+        # ToSend's per-domain totals for /v2/info: [delivered, bounced, complained] recipients
+        self.domain_outcomes: dict[str, list[int]] = {}
         # hard bounces and complaints, per provider: address -> the event that put it there
         self.suppressions: dict[str, dict[str, Event]] = {"tosend": {}, "v1": {}}
         # webhooks: each posted event's progress, and a heap of (when due, event id)
@@ -863,6 +867,12 @@ class SandboxState:
                 continue
             counted = f"bounced_{event.bounce_type}" if kind == "bounced" else kind
             self.outcomes[counted] = self.outcomes.get(counted, 0) + 1
+            column = _DOMAIN_COLUMNS.get(kind)
+            if column is not None:
+                totals = self.domain_outcomes.get(entry.domain)
+                if totals is None:
+                    totals = self.domain_outcomes[entry.domain] = [0, 0, 0]
+                totals[column] += 1
             if kind == "complained" or event.bounce_type == "hard":
                 self._suppress(event)
             if url is not None and kind in hooked and self.event(event.id) is not None:

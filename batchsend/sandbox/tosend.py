@@ -522,19 +522,23 @@ def info(state: SandboxState, key: str) -> dict[str, Any]:
         }
     domains = []
     for number, name in shown:
-        sent = state.domain_sent.get(name, 0)
+        delivered, bounced, complained = state.domain_outcomes.get(name, (0, 0, 0))
         domains.append(
             {
                 "id": number,
                 "domain_name": name,
                 "verification_status": "verified" if name in state.verified else "pending",
                 "is_default": 1 if name == first else 0,
-                "total_sent": sent,
-                "total_delivered": sent,
-                "total_bounced": 0,
-                "total_complained": 0,
+                "total_sent": state.domain_sent.get(name, 0),
+                "total_delivered": delivered,
+                "total_bounced": bounced,
+                "total_complained": complained,
             }
         )
+    # over every domain (the account's rates), in recipients, as drawn at acceptance
+    delivered, bounced, complained = (
+        sum(t[i] for t in state.domain_outcomes.values()) for i in range(3)
+    )
     return {
         "account": {
             "id": 1,
@@ -544,8 +548,8 @@ def info(state: SandboxState, key: str) -> dict[str, Any]:
             "monthly_email_limit": None,
             "limit_per_second": cfg.tosend_emails_per_second,
             "ses_region": "sandbox",
-            "bounce_rate": 0.0,
-            "complaint_rate": 0.0,
+            "bounce_rate": round(bounced / (delivered + bounced), 4) if bounced else 0.0,
+            "complaint_rate": round(complained / delivered, 4) if complained else 0.0,
             "ses_status": "active",
         },
         "domains": domains,
