@@ -544,3 +544,15 @@ def test_tosend_info_counts_the_outcomes(make_sandbox) -> None:
     )
     assert info["account"]["bounce_rate"] == 0.25
     assert info["account"]["complaint_rate"] == round(1 / 3, 4)
+
+
+def test_outcomes_and_webhooks_can_be_set_live(sandbox, receiver) -> None:
+    tosend_send(sandbox, "ann@r.org", message_hash="before")  # no URL yet: never posted
+    changes = {"bounce_rate": 1.0, "webhook_url": receiver.url, "webhook_secret": "s", **FAST}
+    r = httpx.post(sandbox.base_url + "/_sandbox/config", json=changes)
+    assert r.status_code == 200, r.text
+    assert r.json()["webhook_secret"] is True  # shown as set, never the value
+    tosend_send(sandbox, "ann@r.org", message_hash="after")
+    wait_for(lambda: settled(sandbox) and receiver.posts)
+    assert [b["data"]["message_id"] for b in receiver.bodies()] == ["after"]
+    assert httpx.get(sandbox.base_url + "/_sandbox/config").json()["webhook_secret"] is True

@@ -788,33 +788,38 @@ class SandboxState:
         key = hashlib.sha256(raw if isinstance(raw, bytes) else raw.encode()).hexdigest()
         body: dict[str, Any] | None = None
         batchsend_id = None
-        make = Event
         made: list[Event] = []
+
+        def add(kind: str, recipient: str, at: float, **extra: Any) -> None:
+            made.append(
+                Event(
+                    id=first + len(made),
+                    provider=entry.provider,
+                    type=kind,
+                    bounce_type=extra.get("bounce_type"),
+                    reason=extra.get("reason"),
+                    message_id=entry.message_id,
+                    email_id=entry.email_id,
+                    recipient=recipient,
+                    batchsend_id=batchsend_id,
+                    at=at,
+                    position=position,
+                    url=extra.get("url"),
+                    duplicate=extra.get("duplicate", False),
+                )
+            )
+
+        start = entry.received
         if entry.provider == "v1":
             body = json_object(raw)
             metadata = body.get("metadata")
             if isinstance(metadata, dict) and isinstance(metadata.get("batchsend_id"), str):
                 batchsend_id = metadata["batchsend_id"]
-            for kind, at in (("queued", entry.received), ("sent", entry.received + SENT_AFTER_S)):
-                made.append(
-                    make(
-                        0,
-                        "v1",
-                        kind,
-                        None,
-                        None,
-                        entry.message_id,
-                        entry.email_id,
-                        entry.to[0],
-                        batchsend_id,
-                        at,
-                        position,
-                    )
-                )
-        rates = (cfg.bounce_rate, cfg.complaint_rate, cfg.open_rate, cfg.click_rate)
-        # on v1 the delivery follows its "sent" event, whatever the delay
-        start = entry.received + (SENT_AFTER_S if entry.provider == "v1" else 0.0)
-        hooked = WEBHOOK_EVENTS[entry.provider] if self.webhook_url(entry.provider) else ()
+            add("queued", entry.to[0], entry.received)
+            add("sent", entry.to[0], entry.received + SENT_AFTER_S)
+            start += SENT_AFTER_S  # the delivery follows "sent", whatever the delay
+        url = self.webhook_url(entry.provider)
+        hooked = WEBHOOK_EVENTS[entry.provider] if url is not None else frozenset()
         for recipient in (*entry.to, *entry.cc, *entry.bcc):
             steps = timeline(
                 seed=cfg.seed,
@@ -822,45 +827,32 @@ class SandboxState:
                 recipient=recipient,
                 accepted_at=start,
                 delay=cfg.event_delay_s,
-                bounce_rate=rates[0],
-                complaint_rate=rates[1],
-                open_rate=rates[2],
-                click_rate=rates[3],
+                bounce_rate=cfg.bounce_rate,
+                complaint_rate=cfg.complaint_rate,
+                open_rate=cfg.open_rate,
+                click_rate=cfg.click_rate,
             )
             for step in steps:
-                url = None
+                link = None
                 if step.type == "clicked":
-                    if body is None:
-                        body = json_object(raw)
+                    body = json_object(raw) if body is None else body
                     html, text = body.get("html"), body.get("text")
-                    url = first_link(
+                    link = first_link(
                         html if isinstance(html, str) else None,
                         text if isinstance(text, str) else None,
                     )
-                dup = step.type in hooked and duplicated(
-                    cfg.seed, key, recipient, step.type, cfg.webhook_dup_rate
+                add(
+                    step.type,
+                    recipient,
+                    step.at,
+                    bounce_type=step.bounce_type,
+                    reason=step.reason,
+                    url=link,
+                    duplicate=step.type in hooked
+                    and duplicated(cfg.seed, key, recipient, step.type, cfg.webhook_dup_rate),
                 )
-                made.append(
-                    make(
-                        0,
-                        entry.provider,
-                        step.type,
-                        step.bounce_type,
-                        step.reason,
-                        entry.message_id,
-                        entry.email_id,
-                        recipient,
-                        batchsend_id,
-                        step.at,
-                        position,
-                        url,
-                        dup,
-                    )
-                )
-        url = self.webhook_url(entry.provider)
         queued = False
-        for number, event in enumerate(made):
-            event = event._replace(id=first + number)
+        for event in made:
             self._store(event, self.events)
             kind = event.type
             if kind in ("queued", "sent"):
@@ -869,9 +861,7 @@ class SandboxState:
             self.outcomes[counted] = self.outcomes.get(counted, 0) + 1
             column = _DOMAIN_COLUMNS.get(kind)
             if column is not None:
-                totals = self.domain_outcomes.get(entry.domain)
-                if totals is None:
-                    totals = self.domain_outcomes[entry.domain] = [0, 0, 0]
+                totals = self.domain_outcomes.setdefault(entry.domain, [0, 0, 0])
                 totals[column] += 1
             if kind == "complained" or event.bounce_type == "hard":
                 self._suppress(event)
