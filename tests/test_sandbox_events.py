@@ -556,3 +556,28 @@ def test_outcomes_and_webhooks_can_be_set_live(sandbox, receiver) -> None:
     wait_for(lambda: settled(sandbox) and receiver.posts)
     assert [b["data"]["message_id"] for b in receiver.bodies()] == ["after"]
     assert httpx.get(sandbox.base_url + "/_sandbox/config").json()["webhook_secret"] is True
+
+
+def test_tosend_blocks_a_suppressed_address_as_spam(make_sandbox) -> None:
+    sb = make_sandbox(credits=10, **FAST)
+    tosend_send(sb, "bounce@r.org", message_hash="first")
+    tosend_send(sb, "softbounce@r.org", message_hash="soft")  # soft: not suppressed
+    events_after(sb, 2)
+    again = {
+        "from": {"email": "news@example.com"},
+        "to": [{"email": "BOUNCE@r.org"}],
+        "subject": "Hi",
+        "text": "Hi",
+    }
+    r = httpx.post(sb.base_url + "/v2/emails", json=again, headers=SENDING)
+    assert r.status_code == 403 and "spam" in r.json()["errors"]["to"]
+    r = httpx.post(sb.base_url + "/v2/emails/batch", json={"emails": [again]}, headers=SENDING)
+    assert r.json()["results"][0]["status"] == "spam"
+    tosend_send(sb, "softbounce@r.org", message_hash="soft-again")
+    with_cc = {**again, "cc": [{"email": "ann@r.org"}]}
+    r = httpx.post(sb.base_url + "/v2/emails", json=with_cc, headers=SENDING)
+    assert r.status_code == 200
+    assert sb.messages()[-1]["to"] == [] and sb.messages()[-1]["cc"] == ["ann@r.org"]
+    stats = sb.stats()
+    assert stats["suppressed_dropped"] == 3
+    assert stats["credits"] == 10 - 4  # first, soft, soft-again, ann

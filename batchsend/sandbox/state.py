@@ -509,6 +509,7 @@ class SandboxState:
         self.accepted = 0
         self.recipients_accepted = 0
         self.dropped_disposable = 0
+        self.dropped_suppressed = 0  # ToSend recipients blocked as suppressed
         self.duplicates = 0
         self.rejections: dict[str, int] = {}
         self.faults: dict[str, int] = {}
@@ -936,6 +937,11 @@ class SandboxState:
             return "complaint"
         return "bounced" if "bounced" in kinds else "sent"
 
+    def is_suppressed(self, provider: str, address: str, now: float) -> bool:
+        """Is ``address`` on ``provider``'s suppression list by ``now``?"""
+        event = self.suppressions[provider].get(address.lower())
+        return event is not None and event.at <= now
+
     def listed(self, provider: str, now: float) -> list[Event]:
         """``provider``'s suppression list as of ``now``, newest first."""
         return [e for e in reversed(self.suppressions[provider].values()) if e.at <= now]
@@ -1023,6 +1029,7 @@ class SandboxState:
             "accepted": self.accepted,
             "recipients_accepted": self.recipients_accepted,
             "disposable_dropped": self.dropped_disposable,
+            "suppressed_dropped": self.dropped_suppressed,
             "duplicates": self.duplicates,
             "rejections": dict(self.rejections),
             "faults": dict(self.faults),

@@ -396,6 +396,12 @@ def send_one(
     kept = [tuple(a for a in lst if domain_of(a) not in DISPOSABLE_DOMAINS) for lst in lists]
     count = len(kept[0]) + len(kept[1]) + len(kept[2])
     state.dropped_disposable += len(lists[0]) + len(lists[1]) + len(lists[2]) - count
+    if state.suppressions["tosend"]:  # the docs: a suppressed address is blocked, as spam
+        left = [tuple(a for a in lst if not state.is_suppressed("tosend", a, now)) for lst in kept]
+        blocked = count - (len(left[0]) + len(left[1]) + len(left[2]))
+        if blocked:
+            state.dropped_suppressed += blocked
+            kept, count = left, count - blocked
     if count == 0:
         return ALL_DISPOSABLE
     if not state.has_credits(count):
