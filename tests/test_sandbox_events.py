@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+from tosend import ToSendAdmin
 
 from batchsend.sandbox import Sandbox
 
@@ -581,3 +582,14 @@ def test_tosend_blocks_a_suppressed_address_as_spam(make_sandbox) -> None:
     stats = sb.stats()
     assert stats["suppressed_dropped"] == 3
     assert stats["credits"] == 10 - 4  # first, soft, soft-again, ann
+
+
+def test_the_official_sdk_reads_the_suppression_list(make_sandbox) -> None:
+    sb = make_sandbox(**FAST)
+    tosend_send(sb, "complaint@r.org")
+    events_after(sb, 2)
+    page = ToSendAdmin("tsend_admin_test", base_url=sb.base_url).list_suppressions(
+        status="complained", search="complaint"
+    )
+    assert [(s["email"], s["status"]) for s in page["data"]] == [("complaint@r.org", "complained")]
+    assert page["total"] == 1
