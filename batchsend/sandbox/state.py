@@ -1020,7 +1020,13 @@ class SandboxState:
         one); ``client_gone``: requests whose client left before their body was read
         (never processed); ``messages_kept`` / ``messages_forgotten``: accepted messages still whole
         in memory, and the oldest compacted beyond ``keep_messages`` (still found by the
-        lookups); ``messages_indexed``: every accepted message the lookups can find.
+        lookups); ``messages_indexed``: every accepted message the lookups can find;
+        ``suppressed_dropped``: ToSend recipients blocked as suppressed; ``outcomes``: the
+        delivery events drawn, by type (``bounced_hard``/``bounced_soft``), counted at
+        acceptance; ``events_kept`` / ``events_forgotten``: the event store beyond
+        ``keep_events``; ``webhooks``: ``posts`` made, ``acknowledged`` (2xx),
+        ``failed``, ``duplicates`` (second posts on purpose), ``abandoned`` (attempts
+        used up) and ``pending`` (events with a post still to come).
         """
         return {
             "requests": self.requests,
