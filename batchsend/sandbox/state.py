@@ -168,7 +168,7 @@ class SandboxConfig:
     tosend_webhook_url: str | None = None
     v1_webhook_url: str | None = None
     # ToSend signs its bodies when the webhook has a secret: X-ToSend-Signature.
-    webhook_secret: str | None = None
+    webhook_secret: str | None = field(default=None, repr=False)  # a secret: never shown
     # Which of ToSend's three documented bodies it posts.
     webhook_shape: str = "current"
     # The fraction of acknowledged events posted a second time, as both providers warn.
