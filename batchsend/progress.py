@@ -94,6 +94,9 @@ def describe(counters: Counters, rate: float | None, eta: float | None) -> str:
 class ProgressDisplay:
     """A live line on standard error while a run sends (a no-op when it is not a terminal).
 
+    ``line`` writes the line from the counters, the rate and the ETA (:func:`describe`
+    by default; reconcile shows its lookups with its own).
+
     The send pass passes :meth:`update` as the engine's ``on_progress`` callback, which the
     engine calls a few times a second.
 
@@ -111,12 +114,14 @@ class ProgressDisplay:
         stream: IO[str] | None = None,
         enabled: bool | None = None,
         clock: Callable[[], float] = time.monotonic,
+        line: Callable[[Counters, float | None, float | None], str] = describe,
     ) -> None:
         self.total = total
+        self._describe = line
         stream = stream if stream is not None else sys.stderr
         self.enabled = _isatty(stream) if enabled is None else enabled
         self.meter = RateMeter(clock=clock)
-        self.line = describe(Counters(total=total), None, None)
+        self.line = line(Counters(total=total), None, None)
         self._progress: Any = None
         self._task: Any = None
         if self.enabled:
@@ -137,7 +142,7 @@ class ProgressDisplay:
     def update(self, counters: Counters) -> str:
         """Show ``counters`` (rate and ETA computed here); returns the line shown."""
         self.meter.add(counters.done)
-        self.line = describe(
+        self.line = self._describe(
             counters, self.meter.rate(), self.meter.eta(counters.total - counters.done)
         )
         if self._progress is not None:

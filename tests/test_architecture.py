@@ -54,7 +54,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("preflight",),  # the row pass
     ("history", "preview", "session", "summary"),
     ("refusals", "intake", "overrides", "report_html"),
-    ("report", "sending"),
+    ("report", "sending", "reconcile"),
     ("run", "resume"),
     ("cli", "__main__"),
 )

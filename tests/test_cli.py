@@ -18,7 +18,9 @@ def test_help_lists_exactly_the_commands_batchsend_has() -> None:
     assert result.exit_code == 0, result.output
     section = result.output.split("Commands:", 1)[1]
     shown = [line.split()[0] for line in section.splitlines() if line.strip()]
-    assert shown == ["init", "check", "preview", "run", "resume", "runs", "report", "sandbox"]
+    assert shown == [
+        "init", "check", "preview", "run", "resume", "reconcile", "runs", "report", "sandbox"
+    ]  # fmt: skip
     assert list(COMMANDS) == shown
 
 

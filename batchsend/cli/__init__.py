@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "preview": "batchsend.cli.campaign_cmds:preview",
     "run": "batchsend.cli.run_cmds:run",
     "resume": "batchsend.cli.run_cmds:resume",
+    "reconcile": "batchsend.cli.run_cmds:reconcile",
     "runs": "batchsend.cli.report_cmds:runs",
     "report": "batchsend.cli.report_cmds:report",
     "sandbox": "batchsend.cli.sandbox_cmd:sandbox",
