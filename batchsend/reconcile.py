@@ -282,12 +282,15 @@ def reconcile_run(
     http_client: str = "aiohttp",
     progress: bool | None = None,
     allow_outside: Iterable[str | Path] = (),
+    retry: RetryPolicy = LOOKUP_RETRY,
     clock: Any = time.time,
 ) -> ReconcileResult:
     """Ask the provider about run ``run_id``'s unknown rows and settle what it answers.
 
     ToSend needs an admin key (``admin_key``, ``admin_key_file``, ``admin_key_stdin`` or
     ``$BATCHSEND_ADMIN_KEY``); v1 uses the account's key, found as ``resume`` finds it.
+    ``retry`` is each lookup request's policy (429, 5xx, timeouts); ``clock`` the wall
+    clock the grace period is measured with (epoch seconds).
     Raises :class:`ReconcileError` or :class:`SecretError` (exit 2, nothing changed)
     when the provider cannot be asked at all.
 
@@ -330,7 +333,9 @@ def reconcile_run(
         unkeyed = sum(len(m.rows) for m in unsettled if m.key is None)
         times = store.attempt_times(run_id, {m.unit_key for m in keyed if m.unit_key})
         asked = [_asked(m, run, times, now, sender) for m in keyed]
-        state = _Reconcile(store, run_id, grace, clock, total=len(asked), progress=progress)
+        state = _Reconcile(
+            store, run_id, grace, clock, retry=retry, total=len(asked), progress=progress
+        )
         notes: list[str] = []
         interrupted = False
         if asked:
@@ -354,6 +359,9 @@ def reconcile_run(
                     "stopped: now unknown, and looked up"
                 )
         if state.sent or state.pending:
+            if state.pending and run.state is RunState.FINISHED:
+                # Rows to send again: the run is unfinished, and `runs` says to resume it.
+                store.set_run_state(run_id, RunState.INTERRUPTED)
             store.refresh_final_counts(run_id)
             _rewrite_report(store, run)
         return ReconcileResult(
@@ -505,10 +513,12 @@ class _Reconcile:
         grace: float,
         clock: Any,
         *,
+        retry: RetryPolicy,
         total: int,
         progress: bool | None,
     ) -> None:
         self.store = store
+        self.retry = retry
         self.run_id = run_id
         self.grace = grace
         self.clock = clock
@@ -609,7 +619,7 @@ class _Reconcile:
                 return answer
 
             try:
-                answer = await LOOKUP_RETRY.call(once)
+                answer = await self.retry.call(once)
             except RetryableSendError as exc:
                 return LookupAnswer(LookupKind.FAILED, detail=redact(str(exc)))
             except FatalSendError as exc:  # a URL no request can go to

@@ -23,9 +23,11 @@ import pytest
 from runkit import recipients_in, write_campaign
 
 from batchsend.crashpoints import ENV_VAR as CRASH_ENV
-from batchsend.errors import ReconcileError, SecretError
+from batchsend.errors import ReconcileError, RetryableSendError, SecretError
+from batchsend.providers import LookupKind, LookupTarget, get_provider
 from batchsend.reconcile import parse_grace, reconcile_run
 from batchsend.resume import resume_run
+from batchsend.retry import RetryPolicy
 from batchsend.run import run_campaign
 from batchsend.sandbox import Sandbox
 from batchsend.store import Store
@@ -291,3 +293,116 @@ def test_no_secret_error_for_a_key_given_in_python(tmp_path: Path, sandbox: Sand
     run_id = faulty_run(tmp_path, sandbox, "tosend")
     with pytest.raises(SecretError, match="not a ToSend admin key"):
         reconcile(run_id, admin_key=KEY)
+
+
+def test_lookups_retry_their_own_429s(tmp_path: Path, sandbox: Sandbox) -> None:
+    run_id = faulty_run(tmp_path, sandbox, "tosend")
+    sandbox.configure(refuse_next=3)  # the next three lookups are rate limited
+    result = reconcile(run_id, retry=RetryPolicy(max_attempts=5, max_time=20))
+    assert result.still_unknown == 0 and result.lookup_failed == 0
+    assert result.requests == result.messages + 3
+    assert sandbox.stats()["faults"]["429"] == 3
+
+
+def test_a_lookup_that_keeps_failing_leaves_its_rows_unknown(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    run_id = faulty_run(tmp_path, sandbox, "v1")
+    before = snapshot(run_id)
+    sandbox.configure(refuse_next=10_000, retry_after=False)
+    result = reconcile(run_id, retry=RetryPolicy(max_attempts=2, max_time=5, initial_wait=0.01))
+    assert result.sent == result.pending == 0
+    assert result.lookup_failed == result.still_unknown > 0 and result.exit_code == 3
+    assert "lookup failed" in result.describe() and "429" in result.failures[0]
+    assert snapshot(run_id) == before
+
+
+def test_rows_back_to_pending_make_the_run_unfinished_with_its_resume_command(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    run_id = faulty_run(tmp_path, sandbox, "tosend")
+    with Store("b.db") as store:
+        assert store.get_run(run_id).state.value == "finished"
+    result = reconcile(run_id)
+    assert result.pending > 0
+    with Store("b.db") as store:
+        run = store.get_run(run_id)
+    assert run.state.value == "interrupted" and run.counts == result.counts
+    listed = batchsend("runs", "--db", "b.db")
+    assert f"batchsend resume {run_id} --db b.db" in listed.stdout
+    report = Path(run.report_path or "").read_text("utf-8")
+    assert "reconciled" in report and "not_accepted" in report
+
+
+# -- request building and answer reading, without the network ----------------------------
+
+FOUND, NOT_FOUND, MORE = LookupKind.FOUND, LookupKind.NOT_FOUND, LookupKind.MORE
+FAILED, REFUSED = LookupKind.FAILED, LookupKind.REFUSED
+DISABLED = {"error": "event_api_disabled", "reason": "event_api_disabled"}
+TARGET = LookupTarget(key="bs-1/a b", recipient="ann@example.org", since=1.7e9, until=1.7e9 + 60)
+
+
+def answer(provider: str, status: int, body: Any, page: int = 1, **headers: str):
+    p = get_provider(provider, base_url="http://127.0.0.1:1", api_key="k")
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return p.parse_lookup(TARGET, status, headers, raw, page)
+
+
+def test_lookup_requests() -> None:
+    tosend = get_provider("tosend", base_url="http://127.0.0.1:1/", api_key=ADMIN)
+    request = tosend.lookup_request(TARGET)
+    assert (request.method, request.url) == ("GET", "http://127.0.0.1:1/v2/emails/bs-1%2Fa%20b")
+    assert request.headers["Authorization"] == f"Bearer {ADMIN}" and request.body is None
+    v1 = get_provider("v1", base_url="http://127.0.0.1:1", api_key="k")
+    request = v1.lookup_request(TARGET, page=2)
+    assert request.url.startswith("http://127.0.0.1:1/api/v1/events?recipient=ann%40example.org")
+    assert "from_timestamp=2023-11-14T22%3A13%3A20.000Z" in request.url
+    assert "page=2" in request.url and "limit=100" in request.url
+    assert request.headers["Authorization"] == "Bearer k" and "X-API-Key" not in request.headers
+
+
+def event(key: str) -> dict[str, Any]:
+    return {
+        "email_id": "e-1",
+        "event_type": "queued",
+        "timestamp": "2023-11-14T22:13:21.000Z",
+        "event_data": {"message_id": "<m@x>", "metadata": {"batchsend_id": key}},
+    }
+
+
+@pytest.mark.parametrize(
+    ("provider", "status", "body", "kind"),
+    [
+        ("tosend", 200, {"data": {"message_id": TARGET.key, "status": "sent"}}, FOUND),
+        ("tosend", 200, {"data": {"message_id": "other"}}, FAILED),
+        ("tosend", 404, {"status_code": 404, "errors": {"code": "not_found"}}, NOT_FOUND),
+        ("tosend", 404, {"errors": {"endpoint": {"not_found": "No endpoint"}}}, REFUSED),
+        ("tosend", 404, b"<html>not here</html>", FAILED),  # a proxy: proves nothing
+        ("tosend", 403, {"errors": {"code": "insufficient_scope"}}, REFUSED),
+        ("tosend", 401, {"message": "API Key is missing"}, REFUSED),
+        ("tosend", 418, {}, FAILED),
+        ("v1", 200, {"events": [event("x"), event(TARGET.key)]}, FOUND),
+        ("v1", 200, {"events": [event("x")], "pagination": {"pages": 1}}, NOT_FOUND),
+        ("v1", 200, {"events": [event("x")], "pagination": {"pages": 3}}, MORE),
+        ("v1", 200, {"nothing": []}, FAILED),
+        ("v1", 403, DISABLED, REFUSED),
+        ("v1", 403, {"error": "forbidden", "reason": "invalid_api_key"}, REFUSED),
+    ],
+)  # fmt: skip
+def test_lookup_answers(provider: str, status: int, body: Any, kind: LookupKind) -> None:
+    assert answer(provider, status, body).kind is kind
+
+
+def test_found_answers_carry_the_providers_ids() -> None:
+    found = answer("v1", 200, {"events": [event(TARGET.key)]})
+    assert (found.provider_message_id, found.provider_email_id) == ("<m@x>", "e-1")
+    assert found.accepted_at == "2023-11-14T22:13:21.000Z"
+    assert answer("v1", 200, {"events": [], "pagination": {"pages": 2}}).next_page == 2
+
+
+@pytest.mark.parametrize("provider", ["tosend", "v1"])
+@pytest.mark.parametrize("status", [429, 500, 503])
+def test_transient_lookup_answers_are_retryable(provider: str, status: int) -> None:
+    with pytest.raises(RetryableSendError) as caught:
+        answer(provider, status, {"message": "busy"}, **{"Retry-After": "7"})
+    assert caught.value.status == status and caught.value.retry_after == 7
