@@ -406,3 +406,62 @@ def test_transient_lookup_answers_are_retryable(provider: str, status: int) -> N
     with pytest.raises(RetryableSendError) as caught:
         answer(provider, status, {"message": "busy"}, **{"Retry-After": "7"})
     assert caught.value.status == status and caught.value.retry_after == 7
+
+
+def test_rows_a_dead_process_left_sending_are_looked_up_as_just_sent(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    path = campaign(tmp_path, sandbox, "tosend", concurrency=1)
+    killed = batchsend("run", str(path), "--db", "b.db", **{CRASH_ENV: "sending:2"})
+    assert killed.returncode == -9, killed.stderr  # the second request never left
+    with Store("b.db") as store:
+        [run] = store.list_runs()
+        assert store.counts(run.id)["sending"] == 5
+    young = reconcile(run.id, grace=600)  # a dead process: its rows count as just sent
+    assert young.too_young == 5 and young.pending == 0
+    assert "5 row(s) were in flight when the run stopped" in young.describe()
+    assert rows(run.id)["user6@example.org"]["state"] == "unknown"
+    judged = reconcile(run.id)
+    assert judged.pending == 5 and judged.still_unknown == 0
+    resumed = batchsend("resume", run.id, "--db", "b.db", "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    assert assert_consistent(run.id, sandbox) == Counter({"sent": ROWS})
+
+
+def test_resume_reconcile_on_the_command_line_with_the_admin_key_on_stdin(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    run_id = faulty_run(tmp_path, sandbox, "tosend")
+    done = batchsend(
+        "resume", run_id, "--db", "b.db", "--reconcile", "--grace", "0", "--admin-key-stdin",
+        "--json", stdin=ADMIN + "\n",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["reconciled"]["still_unknown"] == 0 and summary["counts"]["sent"] == ROWS
+    assert ADMIN not in done.stdout + done.stderr
+    assert assert_consistent(run_id, sandbox) == Counter({"sent": ROWS})
+    both = batchsend(
+        "resume", run_id, "--db", "b.db", "--reconcile", "--admin-key-stdin", "--api-key-stdin",
+        stdin="x\n",
+    )  # fmt: skip
+    assert both.returncode == 2 and "only one key" in both.stderr
+
+
+def test_a_bad_grace_is_a_usage_error(tmp_path: Path) -> None:
+    bad = batchsend("reconcile", "r", "--grace", "soon")
+    assert bad.returncode == 2 and "not a duration" in bad.stderr
+
+
+def test_a_key_revoked_mid_reconcile_stops_it_keeping_what_was_settled(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    run_id = faulty_run(tmp_path, sandbox, "tosend", slow_rate=1.0, slow_ms=1500)
+    settle(sandbox)
+    revoke_at = sandbox.stats()["requests"] + 6
+    sandbox.configure(schedule=((revoke_at, {"admin_keys": ["tsend_admin_other"]}),))
+    with pytest.raises(ReconcileError, match="stopped answering lookups") as caught:
+        reconcile(run_id, concurrency=1)
+    assert "refused the admin key" in str(caught.value)
+    states = assert_consistent(run_id, sandbox)
+    assert states == Counter({"sent": 5, "unknown": ROWS - 5})
