@@ -71,5 +71,6 @@ def main() -> None:
       batchsend check mycampaign/campaign.toml
       batchsend preview mycampaign/campaign.toml --row 1
       batchsend run mycampaign/campaign.toml
+      batchsend reconcile RUN_ID              # settle rows whose answer was lost
       batchsend report RUN_ID --out report.csv
     """
