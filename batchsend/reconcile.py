@@ -6,9 +6,9 @@ Neither provider de-duplicates, so batchsend never sends such a row again on its
 reconcile asks the provider's log instead, one lookup per message.
 
 * ToSend: ``GET /v2/emails/{message_id}`` with an admin key (``tsend_admin_...``, from
-  ``BATCHSEND_ADMIN_KEY``, ``--admin-key-file`` or ``--admin-key-stdin``, never a
-  command-line value). The message id is the ``message_hash`` batchsend set: its own
-  message key, recorded with the row.
+  ``--admin-key-file``, ``--admin-key-stdin``, the campaign's ``admin_key_file`` or
+  ``$BATCHSEND_ADMIN_KEY``, in that order; never a command-line value). The message id
+  is the ``message_hash`` batchsend set: its own message key, recorded with the row.
 * v1: ``GET /api/v1/events`` for the message's recipient, in a window around its
   attempts, matched by the ``batchsend_id`` batchsend put in its ``metadata``; with the
   account's own key, as ``Authorization: Bearer``.
@@ -422,6 +422,10 @@ def _provider(
 ) -> tuple[Any, str]:
     """The provider to ask, holding the key lookups need, and the campaign's sender."""
     if run.provider == "tosend":
+        if admin_key is None and admin_key_file is None and not admin_key_stdin:
+            # The campaign's admin_key_file, as its api_key_file, comes before the variable.
+            campaign = load_campaign(run.campaign_path, allow_outside=allow_outside)
+            admin_key_file = campaign.admin_key_file
         key = _admin_key(admin_key, admin_key_file, admin_key_stdin)
         return get_provider("tosend", base_url=url, api_key=key), ""
     if admin_key is not None or admin_key_file is not None or admin_key_stdin:
@@ -452,7 +456,8 @@ def _admin_key(key: str | None, key_file: str | Path | None, stdin: bool) -> str
                 f"admin key (tsend_admin_...), and the environment variable {ADMIN_KEY_ENV} "
                 "is not set",
                 fix=f"export {ADMIN_KEY_ENV}=... (an admin key with the emails:read scope), "
-                "or pass --admin-key-file FILE or --admin-key-stdin",
+                "set admin_key_file in the campaign, or pass --admin-key-file FILE or "
+                "--admin-key-stdin",
             )
         key = load_api_key(env_var=ADMIN_KEY_ENV, key_file=key_file, stdin=stdin)
     remember(key)

@@ -465,3 +465,23 @@ def test_a_key_revoked_mid_reconcile_stops_it_keeping_what_was_settled(
     assert "refused the admin key" in str(caught.value)
     states = assert_consistent(run_id, sandbox)
     assert states == Counter({"sent": 5, "unknown": ROWS - 5})
+
+
+def test_the_campaign_may_name_the_admin_key_file(tmp_path: Path, sandbox: Sandbox) -> None:
+    run_id = faulty_run(tmp_path, sandbox, "tosend")
+    campaign_file = tmp_path / "c" / "campaign.toml"
+    (tmp_path / "c" / "admin.key").write_text(ADMIN + "\n", encoding="utf-8")
+    text = campaign_file.read_text("utf-8")
+    campaign_file.write_text(text.replace("[source]", 'admin_key_file = "admin.key"\n\n[source]'))
+    done = batchsend("reconcile", run_id, "--db", "b.db", "--grace", "0", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["still_unknown"] == 0
+
+
+def test_admin_key_file_is_for_tosend_campaigns_only(tmp_path: Path) -> None:
+    path = write_campaign(tmp_path / "c", provider="v1")
+    path.write_text(
+        path.read_text("utf-8").replace("[source]", 'admin_key_file = "a.key"\n[source]')
+    )
+    checked = batchsend("check", str(path))
+    assert checked.returncode == 2 and "admin_key_file: only provider 'tosend'" in checked.stderr

@@ -121,8 +121,8 @@ def _reconcile_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             "--admin-key-file",
             type=click.Path(dir_okay=False),
             default=None,
-            help=f"ToSend: read the admin key (tsend_admin_...) from this file (instead of "
-            f"${ADMIN_KEY_ENV}).",
+            help="ToSend: read the admin key (tsend_admin_...) from this file (instead of "
+            f"the campaign's admin_key_file or ${ADMIN_KEY_ENV}).",
         ),
         click.option(
             "--admin-key-stdin",
@@ -331,8 +331,9 @@ def reconcile(run_id: str, **options: Any) -> None:
 
     A row is unknown when its request may have reached the provider but no answer said
     so (a timeout, a lost connection, a 5xx, a crash). Each unknown message is looked up:
-    on ToSend by its message id with an admin key (tsend_admin_..., from
-    $BATCHSEND_ADMIN_KEY, --admin-key-file or --admin-key-stdin); on v1 in the Events API,
+    on ToSend by its message id with an admin key (tsend_admin_..., from --admin-key-file,
+    --admin-key-stdin, the campaign's admin_key_file or $BATCHSEND_ADMIN_KEY); on v1 in the
+    Events API,
     by recipient, time and the batchsend_id batchsend put in its metadata, with the
     account's own key. Found: the rows are sent. Not found and older than --grace: the
     provider never accepted them, so they go back to pending and `batchsend resume`
