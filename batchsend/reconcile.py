@@ -34,6 +34,7 @@ its provider's answer said.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import shlex
 import time
@@ -92,6 +93,7 @@ WINDOW_MARGIN = 300.0
 #: Settled messages are committed in groups of at most this many (or this old).
 FLUSH_MESSAGES = 32
 FLUSH_SECONDS = 0.25
+PROGRESS_SECONDS = 0.1  # the progress line is redrawn at most this often
 LOOKUP_RETRY = RetryPolicy(max_attempts=5, max_time=60)
 _SHOWN_FAILURES = 5
 
@@ -541,6 +543,7 @@ class _Reconcile:
         self._buffer: list[Settlement] = []
         self._oldest: float | None = None
         self._display = ProgressDisplay(total, enabled=progress, line=self._line)
+        self._shown = -math.inf
 
     def _line(self, counters: Counters, rate: float | None, eta: float | None) -> str:
         pace = f"{rate:,.0f}/s" if rate is not None else "-/s"
@@ -673,7 +676,10 @@ class _Reconcile:
             self._oldest = now
         if len(self._buffer) >= FLUSH_MESSAGES or now - self._oldest >= FLUSH_SECONDS:
             self.flush()
-        self._display.update(Counters(total=self.total, sent=self.answered))
+        shown = time.monotonic()
+        if shown - self._shown >= PROGRESS_SECONDS or self.answered == self.total:
+            self._shown = shown
+            self._display.update(Counters(total=self.total, sent=self.answered))
 
     def flush(self) -> None:
         """Commit the buffered settlements (whole messages, one transaction)."""
