@@ -160,3 +160,34 @@ def is_loopback_url(url: str) -> bool:
         return False
     mapped = getattr(address, "ipv4_mapped", None)
     return address.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def load_secret(what: str, *, env_var: str, secret_file: str | Path | None) -> str | None:
+    """A shared secret other than the API key (a webhook's signing secret or URL token):
+    from ``secret_file`` if given, else the environment variable ``env_var``; None when
+    neither is set. Raises :class:`SecretError` for an unreadable or malformed file,
+    never showing its content."""
+    if secret_file is None:
+        value = os.environ.get(env_var, "").strip()
+        return remember(value) if value else None
+    path = Path(secret_file)
+    try:
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_KEY_FILE_BYTES + 1)
+    except OSError as exc:
+        raise SecretError(
+            f"cannot read the {what} file: {exc.strerror}",
+            file=str(path),
+            fix=f"point the option at a readable file holding the {what}, or set {env_var}",
+        ) from None
+    try:
+        value = raw.decode("utf-8-sig").strip()
+    except UnicodeDecodeError:
+        value = ""
+    if not value or len(raw) > MAX_KEY_FILE_BYTES or len(value.splitlines()) > 1:
+        raise SecretError(
+            f"the {what} file does not hold one line of text (its content is not shown)",
+            file=str(path),
+            fix=f"put only the {what} in the file, on one line",
+        )
+    return remember(value)

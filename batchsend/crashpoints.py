@@ -1,6 +1,6 @@
 """Test-only crash points: make this process SIGKILL itself at an exact moment.
 
-The gauntlet (``bench/gauntlet.py``, ``tests/test_gauntlet_crash.py``) must kill
+The gauntlet (``tests/support/gauntlet.py``, ``tests/test_crash_kill_points.py``) must kill
 batchsend right after a unit's ``sending`` commit and right after a response arrives,
 moments far too short to hit reliably from outside. With the environment variable
 ``BATCHSEND_TEST_ONLY_SIGKILL_AT=<point>:<n>`` the process sends itself SIGKILL (no

@@ -7,9 +7,9 @@ store (committed before the request leaves), send, classify, retry if the policy
 so, record. One task per worker, not per message or per unit, and one JSON encoding
 per request.
 
-Neither provider de-duplicates (API-CONTRACTS.md): a request sent twice may deliver
-twice. So what is sent again depends on whether the provider can have processed it
-(docs/engine.md, "Was it processed?"):
+Neither provider de-duplicates (docs/providers.md, "No idempotency"): a request sent
+twice may deliver twice. So what is sent again depends on whether the provider can have
+processed it (docs/engine.md, "Was it processed?"):
 
 * not processed (429, a refused connection, a connect timeout; each message the
   provider explicitly refused with a retryable answer): tried again, within the retry
@@ -50,6 +50,7 @@ from batchsend.crashpoints import crashpoint
 from batchsend.errors import BatchsendError, FatalSendError, RetryableSendError, SendError
 from batchsend.outcome import MessageOutcome, OutcomeKind, Recorder
 from batchsend.plan import PlannedMessage, SendUnit
+from batchsend.progress import Progress
 from batchsend.providers.base import Provider, is_server_error
 from batchsend.ratelimit import RateLimiter, sleep_unless
 from batchsend.retry import RetryPolicy
@@ -82,20 +83,6 @@ class Uncertainty:
             return True
         status = outcome.http_status
         return self.retry_server_errors and status is not None and is_server_error(status)
-
-
-@dataclass(frozen=True, slots=True)
-class Progress:
-    """A snapshot for a progress display. Counts are rows (recipients of the input)."""
-
-    sent: int
-    failed: int
-    retrying: int  # units waiting to be tried again
-    unknown: int  # rows the provider may or may not have accepted
-    in_flight: int  # rows whose request is out (or waiting to be retried)
-    requests: int  # HTTP attempts made
-    elapsed: float  # seconds since the engine started
-    rate: float  # rows sent per second since the start
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +153,7 @@ async def send_units(
     concurrency: int = 16,
     limiter: RateLimiter | None = None,
     retry: RetryPolicy | None = None,
-    on_progress: Callable[[Progress], None] | None = None,
+    on_progress: Callable[[Progress], object] | None = None,
     progress_interval: float = 0.25,
     stop_event: asyncio.Event | None = None,
     clock: Callable[[], float] = time.monotonic,
@@ -218,9 +205,9 @@ class _SendingMarks:
 
     # The commit waits up to TURNS turns of the loop, or until ENOUGH units wait: on a
     # busy single core each turn brings a few more answers, so small single-send
-    # requests (v1) share a commit among ~3x more units (v1, 20k rows, concurrency 32:
-    # sending commits 46-53 -> 31-38 us per message). A worker waits a few turns more
-    # before its request leaves, never less: its rows are still committed first.
+    # requests (v1) share each commit among several times more units than a commit on
+    # the first turn would. A worker waits a few turns more before its request leaves,
+    # never less: its rows are still committed first.
     TURNS = 3
     ENOUGH = 16
 
@@ -277,7 +264,7 @@ class _Engine:
         recorder: Recorder,
         limiter: RateLimiter,
         retry: RetryPolicy,
-        on_progress: Callable[[Progress], None] | None,
+        on_progress: Callable[[Progress], object] | None,
         progress_interval: float,
         stop_event: asyncio.Event,
         clock: Callable[[], float],

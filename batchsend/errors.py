@@ -10,7 +10,9 @@ One root, so callers can catch everything batchsend means with one clause::
     │   │   └── TemplateSecurityError   a template tried to escape Jinja's sandbox
     │   ├── AttachmentError             an attachment path (missing, escaping the folder, too big)
     │   ├── SecretError                 no API key where the campaign says it is
-    │   └── PreflightError              one or more rows failed preflight (carries the problems)
+    │   ├── PreflightError              one or more rows failed preflight (carries the problems)
+    │   └── SuppressionFileError        a suppression list to import (missing, not CSV, no address)
+    ├── EventPayloadError               a provider event batchsend cannot read (malformed JSON)
     ├── SendError                       a request did not succeed
     │   ├── RetryableSendError          NOT processed, safe to send again: 429, refused
     │   │                               connection, connect timeout
@@ -122,6 +124,14 @@ class PreflightError(InputError):
     def __init__(self, message: str, problems: list | None = None) -> None:
         super().__init__(message)
         self.problems = problems or []
+
+
+class SuppressionFileError(InputError):
+    """A suppression list given to ``batchsend suppressions import`` cannot be read."""
+
+
+class EventPayloadError(BatchsendError):
+    """A webhook body or an Events API answer that is not an event batchsend can read."""
 
 
 class SendError(BatchsendError):

@@ -8,7 +8,7 @@ sent so the send pass does not render them again.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from batchsend.addresses import dedup_key
@@ -42,7 +42,9 @@ class Intake:
         spool: MessageSpool | None = None,
         encode: Callable[[Message], PlannedMessage] | None = None,
         already_sent: dict[str, tuple[str, str]] | None = None,
+        suppressed: Mapping[str, str] | None = None,
     ) -> None:
+        self.suppressed = suppressed
         self.already_sent = already_sent
         self.spool = spool
         self.encode = encode
@@ -63,7 +65,7 @@ class Intake:
         encode = self.encode
         # derive_text=False: the HTML-to-text conversion cannot fail and is the slowest
         # step; only the rows about to be sent need it, when they enter the spool.
-        for r in iter_rows(self.campaign, derive_text=False):
+        for r in iter_rows(self.campaign, derive_text=False, suppressed=self.suppressed):
             if r.skip_reason is not None:
                 self.skipped[r.skip_reason] = self.skipped.get(r.skip_reason, 0) + 1
                 if r.problems:
@@ -76,7 +78,7 @@ class Intake:
                     email=r.email,
                     name=r.name,
                     state=RecipientState.SKIPPED,
-                    reason=r.skip_reason,
+                    reason=r.stored_reason,
                     error_message=text,
                     tag=r.tag,
                     metadata=r.metadata,

@@ -112,7 +112,8 @@ def message_key(run_id: str, message: Message) -> str:
     It salts with the run id so that a deliberate second run of a campaign is not
     swallowed by the provider's idempotency window, while a resume of the same run
     reproduces every key exactly. It hashes the fields in a fixed order (orjson, no key
-    sorting): about 7 us for a 4 KB message, where sorted ``json.dumps`` took 25 us.
+    sorting): every message is keyed, so the key must cost little beside rendering, and
+    a fixed field order is as stable as sorted keys without the sorting.
     """
     m = message
     head = orjson.dumps(

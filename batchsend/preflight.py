@@ -16,35 +16,26 @@ import csv
 import hashlib
 import json
 import math
-import mimetypes
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
 from typing import Any, TextIO
 
-import jinja2.meta
 import polars as pl
 
 from batchsend.addresses import AddressBook, InvalidAddress, split_list
-from batchsend.campaign import Campaign, TemplateRef
+from batchsend.attachments import MB, AttachmentLoader
+from batchsend.campaign import Campaign
 from batchsend.errors import AttachmentError, SourceError, TemplateError
 from batchsend.message import Address, Attachment, Message, content_digest
-from batchsend.render import Renderer, RowRenderError, read_template
-from batchsend.source import iter_batches, open_regular, read_columns
+from batchsend.render import Renderer, RowRenderError
+from batchsend.source import iter_batches, read_columns
+from batchsend.suppressions import load_suppression
 
-MB = 1024 * 1024
 BATCH_ROWS = 10_000  # small batches keep the per-batch Python objects small
 MERGE_EVERY = 200_000  # dedup hashes kept in a set before joining the sorted array
 MAX_KEPT_PROBLEMS = 10_000
-
-#: Provider attachment limits: (per file, total, whether the HTML counts in the total).
-ATTACHMENT_LIMITS: dict[str, tuple[int | None, int, bool]] = {
-    "v1": (10 * MB, 25 * MB, True),
-    "tosend": (None, 10 * MB, False),
-}
-_PERCENT_ESCAPE = re.compile(r"%(?:2e|2f|5c|00)", re.IGNORECASE)
 _HEADER_BREAK = re.compile(r"[\r\n\0]")
 
 
@@ -64,6 +55,9 @@ class RowResult:
 
     ``message`` is set when the row is sendable; ``skip_reason`` is ``"invalid"``,
     ``"duplicate"`` or ``"suppressed"`` otherwise, with ``problems`` for invalid rows.
+    ``skip_detail`` says why an address on the database's suppression list is there
+    (``hard bounce on 2026-12-03``); the row is recorded with the reason
+    :attr:`stored_reason` (``suppressed: hard bounce on 2026-12-03``).
     """
 
     row: int
@@ -76,6 +70,14 @@ class RowResult:
     metadata: Mapping[str, str] = field(default_factory=dict)
     group: str | None = None
     values: Mapping[str, Any] = field(default_factory=dict)  # the row as read
+    skip_detail: str | None = None
+
+    @property
+    def stored_reason(self) -> str | None:
+        """The reason the store records for a skipped row."""
+        if self.skip_detail and self.skip_reason:
+            return f"{self.skip_reason}: {self.skip_detail}"
+        return self.skip_reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,8 +100,8 @@ class PreflightReport:
 class _Seen:
     """Dedup keys of the rows accepted so far, in little memory.
 
-    Keys are kept as 64-bit hashes in a sorted polars Series (8 bytes a row, so 5M rows
-    take 40 MB where a Python set of strings would take ~400 MB), plus a set of the
+    Keys are kept as 64-bit hashes in a sorted polars Series (8 bytes a row, a small
+    fraction of what a Python set of the address strings would hold), plus a set of the
     most recent ones, joined into the sorted array every ``MERGE_EVERY`` keys so the
     re-sort stays rare. Two different addresses share a 64-bit hash with probability about
     n^2 / 2^65 (3e-8 at one million rows).
@@ -129,99 +131,14 @@ def _hash(key: str) -> int:
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big", signed=True)
 
 
-def load_suppression(campaign: Campaign, book: AddressBook) -> set[str]:
-    """Dedup keys of every address on the campaign's suppression lists.
-
-    A list is a CSV file; the column named ``suppression.column`` (default ``email``)
-    holds the addresses, or the first column when no header has that name. Lines that
-    are not addresses (a header, blanks) are ignored.
-    """
-    keys: set[str] = set()
-    for path in campaign.suppression_files:
-        try:
-            with path.open(encoding="utf-8-sig", newline="") as fh:
-                reader = csv.reader(fh)
-                first = next(reader, [])
-                lowered = [c.strip().lower() for c in first]
-                col = campaign.suppression_column.lower()
-                index = lowered.index(col) if col in lowered else 0
-                rows = reader if col in lowered else [first, *reader]
-                for line in rows:
-                    if len(line) > index and line[index].strip():
-                        try:
-                            keys.add(book.normalise(line[index].strip()).key)
-                        except InvalidAddress:
-                            continue
-        except OSError as exc:
-            raise SourceError(
-                f"cannot read the suppression list: {exc.strerror}",
-                file=str(path),
-                fix="check [suppression] files in the campaign file",
-            ) from None
-        except UnicodeDecodeError:
-            raise SourceError("the suppression list is not UTF-8", file=str(path)) from None
-    return keys
-
-
-class AttachmentLoader:
-    """Resolves and reads attachment paths safely: the campaign folder, or allowed paths."""
-
-    def __init__(self, campaign: Campaign) -> None:
-        self.folder = campaign.folder.resolve()
-        self.confinement = campaign.confinement
-        self.per_file, self.total, self.html_counts = ATTACHMENT_LIMITS[campaign.provider]
-
-    def resolve(self, raw: str) -> Path:
-        """The file ``raw`` names, or :class:`AttachmentError` if it may not be read."""
-        fix = "use a path relative to the campaign folder, inside it"
-        if "\0" in raw:
-            raise AttachmentError(f"path {raw!r} contains NUL", fix=fix)
-        if _PERCENT_ESCAPE.search(raw):
-            raise AttachmentError(f"path {raw!r} contains percent-encoded separators", fix=fix)
-        if "\\" in raw:
-            raise AttachmentError(f"path {raw!r} contains a backslash", fix="use / in paths")
-        pure = PurePosixPath(raw)
-        # An absolute path only into what the user allowed with --allow-outside.
-        if (pure.is_absolute() and not self.confinement.allowed) or raw.startswith("~"):
-            raise AttachmentError(f"absolute path {raw!r} is not allowed", fix=fix)
-        if ".." in pure.parts:
-            raise AttachmentError(f"path {raw!r} leaves the campaign folder", fix=fix)
-        if not self.confinement.contains(self.folder / pure):
-            raise AttachmentError(
-                f"path {raw!r} leads outside the campaign folder",
-                fix=self.confinement.fix(self.folder / pure),
-            )
-        resolved = (self.folder / pure).resolve()
-        if not resolved.is_file():
-            raise AttachmentError(f"attachment {raw!r} not found", fix="check the file name")
-        return resolved
-
-    def load(
-        self, raw: str, filename: str | None = None, content_type: str | None = None, cid=None
-    ) -> Attachment:
-        path = self.resolve(raw)
-        size = path.stat().st_size
-        limit = self.per_file or self.total
-        if size > limit:
-            raise AttachmentError(
-                f"attachment {raw!r} is {size / MB:.1f} MB, over the provider's"
-                f" {limit // MB} MB limit",
-                fix="send a link instead, or compress the file",
-            )
-        try:
-            content = path.read_bytes()
-        except OSError as exc:
-            raise AttachmentError(f"cannot read attachment {raw!r}: {exc.strerror}") from None
-        name = filename or path.name
-        ctype = content_type or mimetypes.guess_type(name)[0] or "application/octet-stream"
-        return Attachment(name, ctype, content, cid)
-
-
 class _RowChecker:
     """Turns one row's values into a :class:`RowResult` (rendering included)."""
 
-    def __init__(self, campaign: Campaign, *, derive_text: bool) -> None:
+    def __init__(
+        self, campaign: Campaign, *, derive_text: bool, listed: Mapping[str, str] | None = None
+    ) -> None:
         self.campaign = campaign
+        self.listed = listed or {}
         self.derive_text = derive_text
         self.book = AddressBook()
         self.renderer = Renderer(campaign)
@@ -272,9 +189,19 @@ class _RowChecker:
         group = None if group is None else str(group)
         metadata = {k: "" if values.get(k) is None else str(values[k]) for k in self.metadata}
 
-        def result(skip: str | None, problems=(), message=None, tag=None) -> RowResult:
+        def result(skip: str | None, problems=(), message=None, tag=None, detail=None) -> RowResult:
             return RowResult(
-                row, email, name, message, skip, tuple(problems), tag, metadata, group, values
+                row,
+                email,
+                name,
+                message,
+                skip,
+                tuple(problems),
+                tag,
+                metadata,
+                group,
+                values,
+                detail,
             )
 
         if isinstance(normalised, InvalidAddress):
@@ -284,6 +211,9 @@ class _RowChecker:
             return result("invalid", [problem]), None
         if normalised.key in self.suppressed:
             return result("suppressed"), None
+        listed = self.listed.get(normalised.key)
+        if listed is not None:
+            return result("suppressed", detail=listed), None
         if duplicate:
             return result("duplicate"), None
         if not render:
@@ -445,6 +375,7 @@ def iter_rows(
     *,
     derive_text: bool = True,
     only: Callable[[int], bool] | None = None,
+    suppressed: Mapping[str, str] | None = None,
 ) -> Iterator[RowResult]:
     """Yield one :class:`RowResult` per input row, in order, rendering every good row.
 
@@ -457,6 +388,10 @@ def iter_rows(
     judged as in a full pass, but they are assumed to render and come back with no
     message (``skip_reason`` None, ``message`` None).
 
+    ``suppressed``: the database's suppression list (comparison key -> why, from
+    :func:`batchsend.store.events.suppression_details`); those rows are skipped as
+    ``suppressed`` like the campaign's own lists' addresses.
+
     Example::
 
         for r in iter_rows(load_campaign("samples/newsletter")):
@@ -464,7 +399,7 @@ def iter_rows(
     """
     spec = campaign.source_settings
     _check_columns(campaign, read_columns(spec))
-    checker = _RowChecker(campaign, derive_text=derive_text)
+    checker = _RowChecker(campaign, derive_text=derive_text, listed=suppressed)
     book = checker.book
     col_email = campaign.columns.email
     seen = _Seen()
@@ -508,7 +443,11 @@ def estimate_requests(campaign: Campaign, sendable: int, merged: int | None = No
 
 
 def preflight(
-    campaign: Campaign, *, errors: TextIO | None = None, derive_text: bool = False
+    campaign: Campaign,
+    *,
+    errors: TextIO | None = None,
+    derive_text: bool = False,
+    suppressed: Mapping[str, str] | None = None,
 ) -> PreflightReport:
     """Read and render every row, send nothing, and report.
 
@@ -526,7 +465,7 @@ def preflight(
     writer = None
     merging = campaign.merge.enabled
     merged: Counter[tuple[str | None, str]] = Counter()
-    for r in iter_rows(campaign, derive_text=derive_text):
+    for r in iter_rows(campaign, derive_text=derive_text, suppressed=suppressed):
         rows += 1
         if r.skip_reason is None:
             sendable += 1
@@ -569,114 +508,3 @@ def delivery_notes(campaign: Campaign) -> tuple[str, ...]:
             "named invite.ics (text/calendar; method=REQUEST)"
         )
     return tuple(notes)
-
-
-def format_report(report: PreflightReport, *, max_rows_listed: int = 20) -> str:
-    """The report as ``batchsend check`` prints it: problems grouped, then the counts."""
-    lines: list[str] = []
-    groups: dict[tuple[str | None, str], list[int]] = {}
-    fixes: dict[tuple[str | None, str], str | None] = {}
-    first: dict[tuple[str | None, str], str] = {}
-    for p in report.problems:
-        # Group on the message without the row's own value, so equal causes gather; the
-        # first row's own message is shown, so the value that is wrong can be seen.
-        key = (p.column, re.sub(r"'[^']*'", "'…'", p.message, count=1))
-        groups.setdefault(key, []).append(p.row or 0)
-        fixes.setdefault(key, p.fix)
-        first.setdefault(key, p.message)
-    for (column, message), rows in groups.items():
-        shown = ", ".join(str(r) for r in rows[:max_rows_listed])
-        more = f" and {len(rows) - max_rows_listed} more" if len(rows) > max_rows_listed else ""
-        where = f"column {column!r}" if column else "row"
-        example = first[(column, message)]
-        if len(rows) > 1 and example != message:
-            example += f" (row {rows[0]}; the others alike)"
-        lines.append(f"{where}: {example}")
-        lines.append(f"  rows {shown}{more}")
-        if fixes[(column, message)]:
-            lines.append(f"  fix: {fixes[(column, message)]}")
-    if report.problem_count > len(report.problems):
-        lines.append(
-            f"... {report.problem_count - len(report.problems)} more problems not listed"
-            " (use --errors FILE for all)"
-        )
-    skipped = ", ".join(f"{k} {v}" for k, v in report.skipped_by_reason.items()) or "none"
-    lines.append(
-        f"rows {report.rows}, sendable {report.sendable}, skipped: {skipped},"
-        f" estimated requests {report.estimated_requests}"
-    )
-    lines.extend(report.notes)
-    lines.append("ok: nothing wrong" if report.ok else f"{report.problem_count} problem(s)")
-    return "\n".join(lines)
-
-
-def fingerprints(campaign: Campaign) -> tuple[str, str]:
-    """(sha256 of the recipient file, sha256 of the campaign file and everything it uses).
-
-    The second covers the campaign file, every template file and the templates they
-    include, static attachments and suppression lists: a resume refuses to continue
-    when either changed.
-    """
-    return _sha256_files([campaign.source]), _sha256_files(_campaign_files(campaign))
-
-
-def _campaign_files(campaign: Campaign) -> list[Path]:
-    files = [campaign.path]
-    # Parsing needs no sandbox, loader or compiled templates: a plain environment will do.
-    env = jinja2.Environment()
-    confinement = campaign.confinement
-    pending = [r for r in campaign.templates()]
-    seen: set[str] = set()
-    while pending:
-        ref = pending.pop()
-        if ref.name in seen:
-            continue
-        seen.add(ref.name)
-        if ref.file is not None:
-            files.append(ref.file)
-            source = read_template(ref)
-        else:
-            source = ref.inline or ""
-        try:
-            tree = env.parse(source)
-        except jinja2.TemplateSyntaxError as exc:
-            raise TemplateError(
-                f"template syntax error at line {exc.lineno}: {exc.message}", file=ref.name
-            ) from None
-        for name in jinja2.meta.find_referenced_templates(tree):
-            if not name:
-                continue
-            target = (campaign.folder / name).resolve()
-            # an include outside the folder is the renderer's to refuse; never read it here
-            if confinement.contains(target) and target.is_file():
-                pending.append(TemplateRef(name, file=target))
-    # Resolved (and refused if escaping the folder) before anything reads them: hashing
-    # is reading, and a path like ../secret.txt must never be opened.
-    loader = AttachmentLoader(campaign)
-    for attachment in campaign.attachments:
-        try:
-            files.append(loader.resolve(attachment.path))
-        except AttachmentError as exc:
-            raise AttachmentError(
-                exc.detail, file=str(campaign.path), column="attachments", fix=exc.fix
-            ) from None
-    files += list(campaign.suppression_files)
-    return files
-
-
-def _sha256_files(paths: list[Path]) -> str:
-    h = hashlib.sha256()
-    for path in paths:
-        h.update(str(path.name).encode() + b"\0")
-        try:
-            # Never a FIFO or a device: hashing one would wait, or read, for ever. The
-            # reader that comes next refuses it with the message that says why.
-            with open_regular(path, str(path)) as fh:
-                while chunk := fh.read(1 << 20):
-                    h.update(chunk)
-        except OSError:
-            h.update(b"<missing>")
-        except SourceError:
-            h.update(b"<not a regular file>")
-        h.update(b"\0")
-    return h.hexdigest()

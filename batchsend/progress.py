@@ -2,7 +2,8 @@
 
 Shown with ``rich`` only when standard error is a terminal; otherwise (a pipe, a log
 file, a test) nothing is printed, so scripts get clean output. The figures come from
-counters the store's recorder keeps in memory: the display never queries SQLite.
+the engine's :class:`Progress` snapshots, counted in memory as it records each answer:
+the display never queries SQLite.
 
 The arithmetic (rate over a sliding window, ETA) is a pure function of snapshots and
 an injected clock, so it is tested without a terminal and without sleeping.
@@ -17,18 +18,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any
 
-__all__ = ["Counters", "ProgressDisplay", "RateMeter", "describe"]
+__all__ = ["Progress", "ProgressDisplay", "RateMeter", "describe"]
 
 
 @dataclass(frozen=True, slots=True)
-class Counters:
-    """A snapshot of a run's progress, in recipients (rows)."""
+class Progress:
+    """Counts of a send in progress, as the engine reports them. Counts are rows
+    (recipients of the input); the send's total is the display's to know.
+    """
 
-    total: int  # rows this invocation will try to settle
     sent: int = 0
     failed: int = 0
-    retries: int = 0  # units waiting to be tried again
-    in_flight: int = 0
+    retrying: int = 0  # units waiting to be tried again
+    unknown: int = 0  # rows the provider may or may not have accepted
+    in_flight: int = 0  # rows whose request is out (or waiting to be retried)
+    requests: int = 0  # HTTP attempts made
+    elapsed: float = 0.0  # seconds since the engine started
+    rate: float = 0.0  # rows sent per second since the start
 
     @property
     def done(self) -> int:
@@ -78,15 +84,15 @@ def _duration(seconds: float | None) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
 
 
-def describe(counters: Counters, rate: float | None, eta: float | None) -> str:
-    """One line of progress.
+def describe(progress: Progress, total: int, rate: float | None, eta: float | None) -> str:
+    """One line of progress: ``total`` rows to settle, at ``rate`` rows a second.
 
     e.g. ``sent 1,200/5,000  failed 3  retrying 7  in flight 48  410/s  ETA 00:09``.
     """
     rate_text = f"{rate:,.0f}/s" if rate is not None else "-/s"
     return (
-        f"sent {counters.sent:,}/{counters.total:,}  failed {counters.failed:,}  "
-        f"retrying {counters.retries:,}  in flight {counters.in_flight:,}  "
+        f"sent {progress.sent:,}/{total:,}  failed {progress.failed:,}  "
+        f"retrying {progress.retrying:,}  in flight {progress.in_flight:,}  "
         f"{rate_text}  ETA {_duration(eta)}"
     )
 
@@ -94,16 +100,16 @@ def describe(counters: Counters, rate: float | None, eta: float | None) -> str:
 class ProgressDisplay:
     """A live line on standard error while a run sends (a no-op when it is not a terminal).
 
-    ``line`` writes the line from the counters, the rate and the ETA (:func:`describe`
-    by default; reconcile shows its lookups with its own).
+    The send pass passes :meth:`update` as :func:`batchsend.engine.send_units`'
+    ``on_progress`` callback, which the engine calls a few times a second.
 
-    The send pass passes :meth:`update` as the engine's ``on_progress`` callback, which the
-    engine calls a few times a second.
+    ``line`` writes the line from the progress, the total, the rate and the ETA
+    (:func:`describe` by default; reconcile shows its lookups with its own).
 
     Example::
 
         display = ProgressDisplay(total=5000)
-        display.update(Counters(total=5000, sent=1200, failed=3))
+        display.update(Progress(sent=1200, failed=3))
         display.close()
     """
 
@@ -114,52 +120,43 @@ class ProgressDisplay:
         stream: IO[str] | None = None,
         enabled: bool | None = None,
         clock: Callable[[], float] = time.monotonic,
-        line: Callable[[Counters, float | None, float | None], str] = describe,
+        line: Callable[[Progress, int, float | None, float | None], str] = describe,
     ) -> None:
         self.total = total
         self._describe = line
         stream = stream if stream is not None else sys.stderr
         self.enabled = _isatty(stream) if enabled is None else enabled
         self.meter = RateMeter(clock=clock)
-        self.line = line(Counters(total=total), None, None)
+        self.line = line(Progress(), total, None, None)
         self._progress: Any = None
         self._task: Any = None
         if self.enabled:
             # Imported here: rich costs import time that non-terminal runs need not pay.
+            import rich.progress
             from rich.console import Console
-            from rich.progress import BarColumn, Progress, TextColumn
 
-            self._progress = Progress(
-                TextColumn("[bold]batchsend[/bold]"),
-                BarColumn(),
-                TextColumn("{task.description}"),
+            self._progress = rich.progress.Progress(
+                rich.progress.TextColumn("[bold]batchsend[/bold]"),
+                rich.progress.BarColumn(),
+                rich.progress.TextColumn("{task.description}"),
                 console=Console(file=stream),
                 transient=False,
             )
             self._task = self._progress.add_task(self.line, total=max(total, 1))
             self._progress.start()
 
-    def update(self, counters: Counters) -> str:
-        """Show ``counters`` (rate and ETA computed here); returns the line shown."""
-        self.meter.add(counters.done)
+    def update(self, progress: Progress) -> str:
+        """Show ``progress`` (rate over the recent window and ETA computed here); returns
+        the line shown.
+        """
+        done = progress.done
+        self.meter.add(done)
         self.line = self._describe(
-            counters, self.meter.rate(), self.meter.eta(counters.total - counters.done)
+            progress, self.total, self.meter.rate(), self.meter.eta(self.total - done)
         )
         if self._progress is not None:
-            self._progress.update(self._task, completed=counters.done, description=self.line)
+            self._progress.update(self._task, completed=done, description=self.line)
         return self.line
-
-    def on_engine_progress(self, snapshot: Any) -> None:
-        """Adapter for :func:`batchsend.engine.send_units`' ``on_progress`` callback."""
-        self.update(
-            Counters(
-                total=self.total,
-                sent=snapshot.sent,
-                failed=snapshot.failed,
-                retries=snapshot.retrying,
-                in_flight=snapshot.in_flight,
-            )
-        )
 
     def close(self) -> None:
         """Release the terminal (the last line stays on screen)."""

@@ -58,7 +58,7 @@ from batchsend.errors import (
 from batchsend.next_steps import reconcile_command, resume_command
 from batchsend.overrides import parse_test_to
 from batchsend.process import alive
-from batchsend.progress import Counters, ProgressDisplay
+from batchsend.progress import Progress, ProgressDisplay
 from batchsend.providers import (
     ADMIN_KEY_PREFIX,
     LookupAnswer,
@@ -545,11 +545,11 @@ class _Reconcile:
         self._display = ProgressDisplay(total, enabled=progress, line=self._line)
         self._shown = -math.inf
 
-    def _line(self, counters: Counters, rate: float | None, eta: float | None) -> str:
+    def _line(self, progress: Progress, total: int, rate: float | None, eta: float | None) -> str:
         pace = f"{rate:,.0f}/s" if rate is not None else "-/s"
         left = "--:--" if eta is None else f"{int(eta) // 60:02d}:{int(eta) % 60:02d}"
         return (
-            f"looked up {self.answered:,}/{self.total:,}  found {self.found_messages:,}  "
+            f"looked up {progress.sent:,}/{total:,}  found {self.found_messages:,}  "
             f"failed {self.failed:,}  {pace}  ETA {left}"
         )
 
@@ -679,7 +679,7 @@ class _Reconcile:
         shown = time.monotonic()
         if shown - self._shown >= PROGRESS_SECONDS or self.answered == self.total:
             self._shown = shown
-            self._display.update(Counters(total=self.total, sent=self.answered))
+            self._display.update(Progress(sent=self.answered))
 
     def flush(self) -> None:
         """Commit the buffered settlements (whole messages, one transaction)."""

@@ -24,11 +24,11 @@ from batchsend.errors import (
     ResumeRefusedError,
     UnfinishedRunError,
 )
+from batchsend.fingerprints import fingerprints
 from batchsend.history import effective_state
 from batchsend.next_steps import (
     resume_command,
 )
-from batchsend.preflight import fingerprints
 from batchsend.process import alive
 from batchsend.states import RecipientState, RunState
 from batchsend.store import RunInfo, Store

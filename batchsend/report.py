@@ -50,6 +50,7 @@ import gc
 import io
 import json
 import queue
+import sqlite3
 import threading
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -60,12 +61,13 @@ import polars as pl
 
 from batchsend.campaign import load_campaign
 from batchsend.errors import BatchsendError, StoreError
+from batchsend.fingerprints import fingerprints
 from batchsend.history import find_run, open_db
-from batchsend.preflight import fingerprints
 from batchsend.report_html import render_html
 from batchsend.source import iter_batches, read_columns
 from batchsend.states import RecipientState
 from batchsend.store import RunInfo, reports
+from batchsend.store.events import OUTCOME_COLUMNS, run_has_events, run_outcomes
 from batchsend.summary import read_summary
 
 __all__ = [
@@ -442,14 +444,36 @@ def iter_report(
     # (WAL), and polars' Parquet sink pulls the chunks from one of its own threads.
     conn = reports.connect_read_only(db_path)
     try:
+        outcomes = run_has_events(conn, run_id)
         chunks = reports.row_chunks(conn, sql, params, chunk_rows)
         for frame in _prefetched(_frame(rows, schema) for rows in chunks):
             frame = _expand_metadata(frame, cols.metadata)
+            if outcomes:
+                frame = _join_outcomes(conn, run_id, frame, row_name)
             if joiner is not None:
                 frame = joiner.join(frame, row_name)
             yield frame
     finally:
         conn.close()
+
+
+_OUTCOME_SCHEMA = {"__row": pl.Int64(), **{c: pl.String() for c in OUTCOME_COLUMNS}}
+
+
+def _join_outcomes(
+    conn: sqlite3.Connection, run_id: str, frame: pl.DataFrame, row_column: str
+) -> pl.DataFrame:
+    """The chunk with what the provider reported after accepting each row's message
+    (delivered or bounced, bounce type and reason, complaint, first open and click)."""
+    if frame.height:
+        rows = frame.get_column(row_column)
+        found = run_outcomes(conn, run_id, int(rows.min()), int(rows.max()))  # type: ignore[arg-type]
+    else:
+        found = []
+    events = pl.DataFrame(found, schema=_OUTCOME_SCHEMA, orient="row")
+    return frame.join(
+        events, left_on=row_column, right_on="__row", how="left", maintain_order="left"
+    )
 
 
 # -- writing -------------------------------------------------------------------------

@@ -15,7 +15,14 @@ from html import escape
 
 from batchsend.next_steps import NextStep
 from batchsend.states import RecipientState
-from batchsend.summary import ReasonCount, RunSummary, TimeBucket
+from batchsend.summary import (
+    BOUNCE_LIMIT,
+    COMPLAINT_LIMIT,
+    Engagement,
+    ReasonCount,
+    RunSummary,
+    TimeBucket,
+)
 
 __all__ = ["render_html", "timeline_svg"]
 
@@ -221,6 +228,66 @@ def _reasons_table(reasons: Sequence[ReasonCount]) -> str:
     )
 
 
+def _funnel(e: Engagement | None) -> str:
+    if e is None:
+        return (
+            '<p class="note" id="funnel">No provider events stored for this run: receive them '
+            "with <code>batchsend events serve</code> (or <code>batchsend events pull</code> "
+            "on v1) to see deliveries, bounces and complaints here.</p>"
+        )
+    steps = [
+        ("accepted", e.accepted),
+        ("delivered", e.delivered),
+        ("opened", e.opened),
+        ("clicked", e.clicked),
+    ]
+    top = max(e.accepted, 1)
+    bars = "".join(
+        f'<tr><td>{name}</td><td class="n">{n:,}</td><td class="n">{100 * n / top:.1f}%</td>'
+        f'<td style="width:60%"><div class="bar" style="margin:0"><span style="width:'
+        f'{min(100.0, 100 * n / top):.1f}%;background:{RATE_COLOUR}"></span></div></td></tr>'
+        for name, n in steps
+    )
+
+    def rate(label: str, value: float, limit: float, who: str, el: str) -> str:
+        over = value >= limit
+        style = ' class="warn"' if over else ""
+        verdict = "over" if over else "under"
+        return (
+            f'<p{style} id="{el}">{label} {100 * value:.2f}% ({verdict} the '
+            f"{100 * limit:g}% {who})</p>"
+        )
+
+    reasons = "".join(
+        f"<tr><td>{escape(why)}</td><td class='n'>{n:,}</td></tr>" for why, n in e.bounce_reasons
+    )
+    reasons_table = (
+        '<table id="bounce-reasons"><tr><th>bounce reason</th><th class="n">rows</th></tr>'
+        f"{reasons}</table>"
+        if reasons
+        else ""
+    )
+    return (
+        f'<table id="funnel"><tr><th>step</th><th class="n">recipients</th>'
+        f'<th class="n">of accepted</th><th></th></tr>{bars}</table>'
+        + rate(
+            f"Bounce rate ({e.hard_bounces:,} hard, {e.soft_bounces:,} soft):",
+            e.bounce_rate,
+            BOUNCE_LIMIT,
+            "at which AWS SES reviews an account",
+            "bounce-rate",
+        )
+        + rate(
+            f"Complaint rate ({e.complained:,}):",
+            e.complaint_rate,
+            COMPLAINT_LIMIT,
+            "Gmail and Yahoo require of bulk senders",
+            "complaint-rate",
+        )
+        + reasons_table
+    )
+
+
 def _next_steps(steps: Sequence[NextStep]) -> str:
     if not steps:
         return ""
@@ -282,6 +349,8 @@ def render_html(summary: RunSummary) -> str:
 <h2>Recipients by state</h2>
 {_state_bar(summary.counts)}
 {_counts_table(summary.counts)}
+<h2>After the provider accepted</h2>
+{_funnel(summary.engagement)}
 <h2>Top failure reasons</h2>
 {_reasons_table(summary.reasons)}
 <h2>Sending rate and retries over time</h2>

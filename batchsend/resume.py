@@ -24,7 +24,6 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from batchsend import refusals
 from batchsend.addresses import dedup_key
@@ -48,6 +47,8 @@ from batchsend.sending import (
 from batchsend.session import Session
 from batchsend.states import RecipientState
 from batchsend.store import DEFAULT_DB, NewRecipient, Store, UnitRecord
+from batchsend.store.events import suppression_details
+from batchsend.transport import require_transport
 
 
 def resume_run(
@@ -95,6 +96,7 @@ def resume_run(
         summary = resume_run("20261121T103455-ab12cd", retry_failed=True)
     """
     started = time.monotonic()
+    require_transport(http_client)  # a missing optional library: before anything is recorded
     if not Path(db_path).is_file():
         raise ResumeRefusedError(f"{db_path}: no batchsend database here (pass --db)")
     reconciled = None
@@ -242,7 +244,7 @@ def _resume(
                 # before the engine starts: a refusal is then one clear error, not an
                 # exception raised inside the engine's task group.
                 units=lambda provider: itertools.chain(
-                    list(_bind(rebuilt, provider)),
+                    list(_bind(rebuilt)),
                     units_for_pending(
                         store, campaign, run_id, provider, test_address, limit, rows=rows
                     ),
@@ -297,7 +299,8 @@ def _match_rows_by_address(
     if new:
         wanted = set(new)
         after = max((row for row, _, _, _ in recorded), default=0)
-        for r in iter_rows(campaign, only=wanted.__contains__):
+        listed = suppression_details(store.conn)
+        for r in iter_rows(campaign, only=wanted.__contains__, suppressed=listed):
             if r.row not in wanted:
                 continue
             run_row = after + 1 + len(added)
@@ -309,7 +312,7 @@ def _match_rows_by_address(
                     email=r.email,
                     name=r.name,
                     state=RecipientState.PENDING if sendable else RecipientState.SKIPPED,
-                    reason=None if sendable else r.skip_reason or "invalid",
+                    reason=None if sendable else r.stored_reason or "invalid",
                     error_message="; ".join(p.message for p in r.problems) or None,
                     tag=r.tag,
                     metadata=r.metadata,
@@ -390,6 +393,7 @@ def _rebuild_units(
     messages = {
         r.row: r.message
         for r in rows_to_messages(campaign, needed.__contains__, test_address, rows)
+        if r.message is not None  # always: it yields rendered rows only
     }
     missing = needed - messages.keys()
     if missing:
@@ -417,7 +421,7 @@ def _resending_unknown(store: Store, run_id: str, rebuilt: list[_Rebuild]) -> se
     return rows & set(store.rows_in_state(run_id, [RecipientState.UNKNOWN]))
 
 
-def _bind(rebuilt: list[_Rebuild], provider: Any) -> Iterator[SendUnit]:
+def _bind(rebuilt: list[_Rebuild]) -> Iterator[SendUnit]:
     """The rebuilt units, checked: a repeat of a recorded request must carry its key."""
     for item in rebuilt:
         unit = rebuild_unit(

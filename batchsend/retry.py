@@ -75,7 +75,7 @@ class RetryPolicy:
 
         The first attempt runs outside tenacity: nearly every request succeeds at once,
         and setting up a tenacity loop (it inspects its callables on every action) costs
-        about 30 us, more than the rest of the engine's work per request. A retryable
+        more than the rest of the engine's work per request. A retryable
         failure enters the loop, which replays that failure as its own attempt 1, so
         tenacity alone decides every wait and bound, exactly as if it had run from the
         start.

@@ -32,9 +32,9 @@ from batchsend.campaign import load_campaign
 from batchsend.errors import (
     CampaignError,
 )
+from batchsend.fingerprints import fingerprints
 from batchsend.intake import Intake, spool_encoder
 from batchsend.overrides import override, parse_test_to, run_settings
-from batchsend.preflight import fingerprints
 from batchsend.sending import (
     RunResult,
     send_and_finish,
@@ -43,6 +43,8 @@ from batchsend.sending import (
 from batchsend.session import Session
 from batchsend.spool import MessageSpool
 from batchsend.store import DEFAULT_DB, Store
+from batchsend.store.events import suppression_details
+from batchsend.transport import require_transport
 
 
 def run_campaign(
@@ -80,10 +82,11 @@ def run_campaign(
     :class:`ConcurrentCommandError` when another live command is sending the campaign,
     :class:`LostRecordError` when the database lost a record of this campaign's sends
     (``accept_lost_record`` goes on anyway), :class:`FatalSendError` when ToSend's
-    account check refuses before anything is sent. Proof copies (``test_to``) and dry
-    runs are not refused for earlier runs. ``progress`` None: a live display when
-    standard error is a terminal. ``allow_outside``: paths outside the
-    campaign folder its files may be read from. A ``base_url`` given here is the user's
+    account check refuses before anything is sent, :class:`InputError` when
+    ``http_client`` is ``"httpx"`` and httpx (an optional extra) is not installed. Proof
+    copies (``test_to``) and dry runs are not refused for earlier runs. ``progress``
+    None: a live display when standard error is a terminal. ``allow_outside``: paths
+    outside the campaign folder its files may be read from. A ``base_url`` given here is the user's
     choice; one from the campaign file alone must be loopback (:class:`CampaignError`
     otherwise).
 
@@ -92,6 +95,7 @@ def run_campaign(
         summary = run_campaign("samples/newsletter", sandbox=True, limit=10)
     """
     started = time.monotonic()
+    require_transport(http_client)  # a missing optional library: before anything is recorded
     campaign = override(
         load_campaign(campaign_path, allow_outside=allow_outside),
         provider=provider,
@@ -166,6 +170,7 @@ def run_campaign(
                 spool=spool,
                 encode=spool_encoder(session, run_id, test_address),
                 already_sent=earlier if skip_sent and real else None,
+                suppressed=suppression_details(store.conn),
             )
             store.add_recipients(run_id, tally.recipients())
             tally.raise_if_bad()

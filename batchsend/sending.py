@@ -27,7 +27,7 @@ from typing import Any
 from batchsend import ledger
 from batchsend.apikeys import redact
 from batchsend.campaign import Campaign
-from batchsend.engine import Uncertainty, send_units
+from batchsend.engine import EngineResult, Uncertainty, send_units
 from batchsend.errors import (
     BatchsendError,
     DiskFullError,
@@ -42,16 +42,18 @@ from batchsend.next_steps import (
     resume_command,
     state_label,
 )
+from batchsend.outcome import Recorder
 from batchsend.plan import PlannedMessage, SendUnit, plan_units
-from batchsend.preflight import iter_rows
+from batchsend.preflight import RowResult, iter_rows
 from batchsend.progress import ProgressDisplay
+from batchsend.providers import Provider
 from batchsend.ratelimit import RateLimiter
 from batchsend.report import format_for, write_report
 from batchsend.retry import RetryPolicy
 from batchsend.session import Session
 from batchsend.spool import MessageSpool
 from batchsend.states import RecipientState, RunState
-from batchsend.store import Store
+from batchsend.store import RunRecorder, Store
 from batchsend.transport import make_transport
 
 DEFAULT_REPORT_DIR = "reports"
@@ -171,7 +173,7 @@ def rows_to_messages(
     wanted: Callable[[int], bool],
     test_address: Address | None,
     rows: dict[int, int] | None = None,
-) -> Iterator[Any]:
+) -> Iterator[RowResult]:
     """Preflight rows (rendered in full) for the rows ``wanted`` says, proof-copied if asked.
 
     ``rows`` (a forced resume): ``{file row: run row}``; ``wanted`` then names run rows,
@@ -228,7 +230,7 @@ def units_for_pending(
     store: Store,
     campaign: Campaign,
     run_id: str,
-    provider: Any,
+    provider: Provider,
     test_address: Address | None,
     limit: int | None,
     spool: MessageSpool | None = None,
@@ -247,7 +249,7 @@ def units_for_pending(
         return iter(())
     wanted = set(pending)
     merge = campaign.merge.enabled and test_address is None
-    messages: Iterable[Any]
+    messages: Iterable[PlannedMessage | tuple[str | None, Message] | RowResult]
     if spool is not None and spool.usable and spool.count == len(wanted):
         if spool.form == "planned":
             messages = _spooled_planned(spool, wanted)
@@ -294,15 +296,15 @@ class _Interrupts:
 async def _drive(
     units: Iterable[SendUnit],
     *,
-    provider: Any,
-    recorder: Any,
+    provider: Provider,
+    recorder: Recorder,
     campaign: Campaign,
     rate: float | None,
     recipients_rate: float | None,
     http_client: str,
     display: ProgressDisplay,
     interrupts: list[_Interrupts],
-) -> Any:
+) -> EngineResult:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     task = asyncio.current_task()
@@ -322,14 +324,14 @@ async def _drive(
             return await send_units(
                 units,
                 provider=provider,
-                transport=transport,  # type: ignore[arg-type]
+                transport=transport,
                 recorder=recorder,
                 concurrency=send.concurrency,
                 limiter=RateLimiter(
                     requests_per_second=rate, recipients_per_second=recipients_rate
                 ),
                 retry=RetryPolicy(max_attempts=send.max_attempts, max_time=send.max_retry_time),
-                on_progress=display.on_engine_progress,
+                on_progress=display.update,
                 stop_event=stop,
                 uncertainty=Uncertainty(
                     idempotent_provider=send.idempotent_provider,
@@ -371,7 +373,7 @@ def send_and_finish(
     session: Session,
     run_id: str,
     *,
-    units: Callable[[Any], Iterable[SendUnit]],
+    units: Callable[[Provider], Iterable[SendUnit]],
     started: float,
     http_client: str,
     report_path: str | Path | None,
@@ -385,7 +387,7 @@ def send_and_finish(
     run = store.get_run(run_id)
     campaign = session.campaign
     provider = session.provider()
-    recorder = store.recorder(run_id)
+    recorder = RunRecorder(store, run_id)
     since = store.now()
     fatal: str | None = None
     interrupted = False
@@ -513,7 +515,7 @@ def send_and_finish(
     )
 
 
-def _dry_run(store: Store, run_id: str, provider: Any, units: Iterable[SendUnit]) -> int:
+def _dry_run(store: Store, run_id: str, provider: Provider, units: Iterable[SendUnit]) -> int:
     """Build every request (proving each serialises), send none; rows end ``skipped``."""
     rows: list[int] = []
     requests = 0

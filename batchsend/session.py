@@ -6,14 +6,17 @@ from __future__ import annotations
 import asyncio
 import secrets
 from pathlib import Path
-from typing import Any
 
 from batchsend.apikeys import is_loopback_url, load_api_key, remember
 from batchsend.campaign import Campaign
-from batchsend.errors import (
-    CampaignError,
+from batchsend.errors import CampaignError
+from batchsend.providers import (
+    Provider,
+    RecipientLimits,
+    ToSendProvider,
+    check_account,
+    get_provider,
 )
-from batchsend.providers import RecipientLimits, check_account, get_provider
 from batchsend.sandbox import Sandbox
 
 
@@ -34,7 +37,7 @@ class Session:
         self.base_url = campaign.base_url
         self.base_url_confirmed = base_url_confirmed
         self.api_key = ""
-        self._sandbox: Any = None
+        self._sandbox: Sandbox | None = None
         self.account_rate: float | None = None
 
     @property
@@ -98,7 +101,7 @@ class Session:
             " line (or try the campaign with --sandbox)",
         )
 
-    def provider(self) -> Any:
+    def provider(self) -> Provider:
         n = self.campaign.send.max_recipients_per_field
         assert self.base_url is not None
         return get_provider(
@@ -113,8 +116,8 @@ class Session:
         """ToSend: ``GET /v2/info`` says the run can go (key, account, domain, credits)."""
         if self.campaign.provider != "tosend":
             return
-
         provider = self.provider()
+        assert isinstance(provider, ToSendProvider)  # what get_provider("tosend") makes
         info = asyncio.run(provider.account_info())
         check_account(info, sender_domains={self.campaign.sender_domain}, recipients=recipients)
         self.account_rate = info.limit_per_second

@@ -7,19 +7,20 @@ to the database, and the send pass streams them back in row order. Two forms:
 
 * planned (a run without merging or proof copies): the message's key, rows, recipient
   count and its provider-encoded JSON (``PlannedMessage.wire``). The send pass joins
-  those bytes into requests and never rebuilds a message: reading one back costs about
-  2 us, where the message form below costs about 10 us, and the key and the encoding
-  on top;
+  those bytes into requests and never rebuilds a message: reading bytes back is much
+  cheaper than rebuilding a message from the form below, then keying and encoding it;
 * messages: the rendered :class:`Message` as a plain tuple, for the planner to merge or
-  proof-copy (about 2 us to write and 10 us to read back).
+  proof-copy.
 
-Records go through :mod:`marshal` (pickle took 28 us a message; compressing with zlib
-another 25 us, for a file about five times smaller).
+Records go through :mod:`marshal`, the cheapest of Python's own serialisers for plain
+tuples of str, bytes and ints (pickle costs more a message). They are not compressed:
+the file is short-lived and next to the database, and compressing every message would
+cost more CPU than the disk space saved is worth.
 
 The spool is a cache, never a record:
 
 * the file is unlinked as it is created: nothing is left behind, even after kill -9;
-* a resume renders again (rendering is deterministic, DESIGN.md invariant 4);
+* a resume renders again (rendering is deterministic: docs/design.md, invariant 4);
 * when it would outgrow its cap (:data:`MAX_BYTES`, or a quarter of the free disk
   space), or a value cannot be stored, it is dropped and the send pass renders again.
 """

@@ -6,7 +6,7 @@ from enum import StrEnum
 
 
 class RecipientState(StrEnum):
-    """Where one input row stands. See DESIGN.md, "States of a recipient"."""
+    """Where one input row stands. See docs/design.md, "States of a recipient"."""
 
     PENDING = "pending"
     SENDING = "sending"

@@ -10,8 +10,9 @@ from pathlib import Path
 
 from batchsend.history import RunListing, find_run, listing_of, open_db
 from batchsend.store import Store, reports
+from batchsend.store.events import run_engagement, run_has_events
 
-__all__ = ["ReasonCount", "RunSummary", "TimeBucket", "read_summary"]
+__all__ = ["Engagement", "ReasonCount", "RunSummary", "TimeBucket", "read_summary"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,42 @@ class TimeBucket:
         return self.accepted / self.width if self.width else 0.0
 
 
+#: Complaint rate Gmail and Yahoo require bulk senders to stay under (their 2024 rules).
+COMPLAINT_LIMIT = 0.003
+#: Bounce rate above which AWS SES (under ToSend) reviews an account.
+BOUNCE_LIMIT = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class Engagement:
+    """What the provider's events say happened after it accepted the run's messages.
+
+    Every figure counts recipients (rows), not events. Rates are of ``accepted``.
+    """
+
+    accepted: int  # rows the provider accepted (state sent)
+    with_events: int
+    delivered: int
+    hard_bounces: int
+    soft_bounces: int
+    complained: int
+    opened: int
+    clicked: int
+    unsubscribed: int
+    bounce_reasons: tuple[tuple[str, int], ...]
+
+    def rate(self, n: int) -> float:
+        return n / self.accepted if self.accepted else 0.0
+
+    @property
+    def bounce_rate(self) -> float:
+        return self.rate(self.hard_bounces + self.soft_bounces)
+
+    @property
+    def complaint_rate(self) -> float:
+        return self.rate(self.complained)
+
+
 @dataclass(frozen=True, slots=True)
 class RunSummary:
     """Everything the one-page summary shows about one run."""
@@ -55,6 +92,7 @@ class RunSummary:
     last_attempt: str | None
     total_attempts: int
     db_path: str
+    engagement: Engagement | None = None  # None when no event of the run is stored
 
 
 def _timeline(
@@ -108,4 +146,16 @@ def read_summary(
             last_attempt=last,
             total_attempts=total,
             db_path=str(db_path),
+            engagement=_engagement(store, run_id, listing.run.counts.get("sent", 0)),
         )
+
+
+def _engagement(store: Store, run_id: str, accepted: int) -> Engagement | None:
+    if not run_has_events(store.conn, run_id):
+        return None
+    rows, delivered, hard, soft, complained, opened, clicked, unsub, reasons = run_engagement(
+        store.conn, run_id
+    )
+    return Engagement(
+        accepted, rows, delivered, hard, soft, complained, opened, clicked, unsub, tuple(reasons)
+    )

@@ -2,11 +2,12 @@
 
 Two transports, chosen by name:
 
-* ``"aiohttp"`` (default): measured on this machine at about a tenth of httpx's CPU per
-  request (see ``bench/send_bench.py`` and the README's design notes), which is what
-  lets one core keep a provider busy;
+* ``"aiohttp"`` (default): it spends far less CPU per request than httpx, which is what
+  lets one core keep a provider busy on v1's one-request-per-recipient API
+  (docs/engine.md, "Choosing the HTTP client"; ``bench/send_bench.py`` measures it);
 * ``"httpx"``: ``httpx.AsyncClient``, batchsend's first design, kept selectable
-  (``--http-client httpx``).
+  (``--http-client httpx``). httpx is an optional extra (``pip install
+  'batchsend[httpx]'``): :func:`require_transport` says so before anything is sent.
 
 Both open ONE client for the whole run with at most ``concurrency`` connections, and
 turn the library's own failures into one of two errors, so nothing above this module
@@ -37,7 +38,7 @@ from types import TracebackType
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from batchsend.errors import FatalSendError, RetryableSendError, UncertainSendError
+from batchsend.errors import FatalSendError, InputError, RetryableSendError, UncertainSendError
 
 TRANSPORTS = ("aiohttp", "httpx")
 DEFAULT_TIMEOUT = 30.0
@@ -74,18 +75,49 @@ class Transport(Protocol):
 
     async def __aenter__(self) -> Transport: ...
 
-    async def __aexit__(self, *exc: object) -> None: ...
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
 
 
 def make_transport(
     name: str = "aiohttp", *, concurrency: int = 16, timeout: float = DEFAULT_TIMEOUT
 ) -> AiohttpTransport | HttpxTransport:
     """A transport by name (``"aiohttp"`` or ``"httpx"``), pool sized to ``concurrency``."""
-    if name == "aiohttp":
-        return AiohttpTransport(concurrency=concurrency, timeout=timeout)
+    require_transport(name)
     if name == "httpx":
         return HttpxTransport(concurrency=concurrency, timeout=timeout)
-    raise ValueError(f"unknown HTTP client {name!r}; choose one of: {', '.join(TRANSPORTS)}")
+    return AiohttpTransport(concurrency=concurrency, timeout=timeout)
+
+
+def require_transport(name: str) -> None:
+    """Raise unless transport ``name`` can be used here: called before a run records or
+    sends anything, so a missing optional library costs nothing.
+
+    :class:`InputError` (exit 2) when ``name`` is ``"httpx"`` and httpx is not installed,
+    naming the extra that installs it; :class:`ValueError` for a name that is no
+    transport at all.
+    """
+    if name not in TRANSPORTS:
+        raise ValueError(f"unknown HTTP client {name!r}; choose one of: {', '.join(TRANSPORTS)}")
+    if name == "httpx":
+        _import_httpx()
+
+
+def _import_httpx() -> Any:
+    try:
+        # httpx is an optional dependency (the batchsend[httpx] extra), imported only
+        # when its transport is chosen, so the default path runs without it.
+        import httpx
+    except ImportError:
+        raise InputError(
+            "the httpx transport (--http-client httpx) needs httpx, which is not installed",
+            fix="pip install 'batchsend[httpx]', or leave out --http-client (aiohttp)",
+        ) from None
+    return httpx
 
 
 def base_url_problem(url: str) -> str | None:
@@ -213,9 +245,7 @@ class HttpxTransport:
         self._urls: dict[str, Any] = {}
 
     async def __aenter__(self) -> HttpxTransport:
-        import httpx
-
-        self._httpx = httpx
+        httpx = self._httpx = _import_httpx()
         self._client = httpx.AsyncClient(
             limits=httpx.Limits(
                 max_connections=self.concurrency, max_keepalive_connections=self.concurrency

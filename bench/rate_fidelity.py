@@ -1,7 +1,7 @@
 """Rate fidelity: does a run keep to the provider's own rate, in the provider's own units?
 
-    python bench/rate_fidelity.py                       # the three cases below
-    python bench/rate_fidelity.py --rows 20000 --seconds 120
+    python -m bench.rate_fidelity                       # the three cases below
+    python -m bench.rate_fidelity --rows 20000 --seconds 120
 
 Each case runs a real campaign (``run_campaign``, in this process) against a sandbox
 that enforces its provider's documented limit in its documented unit, and measures,
@@ -24,18 +24,16 @@ import datetime as dt
 import json
 import os
 import signal
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gauntlet import DOMAIN, KEY, write_campaign
-
 from batchsend.run import run_campaign
 from batchsend.sandbox import Sandbox
+from tests.support.campaigns import DOMAIN, KEY
+from tests.support.gauntlet import write_campaign
 
 GOAL = 0.95
 

@@ -396,8 +396,8 @@ def main() -> None:
         v1 = write_campaign(folder, args.rows, "v1", "http://127.0.0.1:1")
         single_body, batch_body, v1_body = campaign_payloads(tosend, v1)
 
-        # The machine's speed drifts (a shared host: the same CPU-bound step varies by
-        # up to 40% from minute to minute), so the figures a goal compares are measured
+        # The machine's speed drifts (on a shared host the same CPU-bound step varies a
+        # lot from minute to minute), so the figures a goal compares are measured
         # side by side in each round, and the goals are judged on the rounds' medians.
         rounds = []
         for n in range(1, args.rounds + 1):

@@ -17,7 +17,7 @@ from pathlib import Path
 from batchsend.message import Address, Message
 from batchsend.outcome import MessageOutcome, OutcomeKind
 from batchsend.plan import PlannedMessage, SendUnit
-from batchsend.store import NewRecipient, Store
+from batchsend.store import NewRecipient, RunRecorder, Store
 
 SENDER = Address("news@example.com")
 
@@ -51,7 +51,7 @@ def main() -> None:
         took = time.perf_counter() - started
         print(f"insert {rows:,} rows at run start: {took:.2f} s ({rows / took:,.0f} rows/s)")
 
-        recorder = store.recorder(run_id)
+        recorder = RunRecorder(store, run_id)
         next_row = 1
         for per_unit, count in ((1, 5_000), (100, 500)):
             batch = units(next_row, count, per_unit)

@@ -17,11 +17,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from support.sandboxes import TEST_DOMAIN, TEST_KEY
 
 from batchsend.sandbox import Sandbox
-
-TEST_KEY = "sk-test"
-TEST_DOMAIN = "example.com"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -47,12 +47,15 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "source",
         "spool",
         "scaffold",
+        "events",
     ),
     ("transport",),  # HTTP on the wire
     ("providers", "campaign", "store"),  # the two APIs, the campaign file, the database
-    ("render", "engine"),
+    # rendering, sending, and what the row pass reads besides the recipients
+    ("render", "engine", "attachments", "suppressions"),
+    ("fingerprints",),  # hashes of everything a campaign reads, for resume and report
     ("preflight",),  # the row pass
-    ("history", "preview", "session", "summary"),
+    ("check_report", "history", "preview", "session", "summary", "receiver", "eventpull"),
     ("refusals", "intake", "overrides", "report_html"),
     ("report", "sending", "reconcile"),
     ("run", "resume"),

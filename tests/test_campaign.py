@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+from support.campaigns import campaign_folder
 
 from batchsend.campaign import (
     README_TABLES,
@@ -30,10 +31,8 @@ text = "Hello"
 
 
 def write(tmp_path: Path, extra: str = "", provider: str = "tosend", base: str = MINIMAL) -> Path:
-    (tmp_path / "r.csv").write_text("email\na@example.com\n", encoding="utf-8")
-    path = tmp_path / "campaign.toml"
-    path.write_text(base.format(provider=provider) + extra, encoding="utf-8")
-    return path
+    toml = base.format(provider=provider) + extra
+    return campaign_folder(tmp_path, toml, {"r.csv": "email\na@example.com\n"})
 
 
 @pytest.mark.parametrize("sample", ["newsletter", "event-invite", "invoices"])

@@ -19,8 +19,18 @@ def test_help_lists_exactly_the_commands_batchsend_has() -> None:
     section = result.output.split("Commands:", 1)[1]
     shown = [line.split()[0] for line in section.splitlines() if line.strip()]
     assert shown == [
-        "init", "check", "preview", "run", "resume", "reconcile", "runs", "report", "sandbox"
-    ]  # fmt: skip
+        "init",
+        "check",
+        "preview",
+        "run",
+        "resume",
+        "reconcile",
+        "runs",
+        "report",
+        "events",
+        "suppressions",
+        "sandbox",
+    ]
     assert list(COMMANDS) == shown
 
 

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from support.campaigns import TEXT, write_campaign
+from support.processes import batchsend_command
 
 from batchsend.apikeys import redact
 from batchsend.campaign import load_campaign
@@ -54,28 +56,6 @@ def outside(tmp_path: Path) -> Path:
     folder.mkdir()
     (folder / "secret.txt").write_text(f"email\n{KEY}@example.org\n", encoding="utf-8")
     return folder
-
-
-def write_campaign(folder: Path, base_url: str = "http://127.0.0.1:9", extra: str = "") -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "recipients.csv").write_text("email,first\nann@example.org,Ann\n", "utf-8")
-    (folder / "campaign.toml").write_text(
-        f"""provider = "tosend"
-base_url = "{base_url}"
-{extra}
-[source]
-path = "recipients.csv"
-
-[sender]
-email = "news@example.com"
-
-[message]
-subject = "Hi {{{{ first }}}}"
-text = "Hello {{{{ first }}}}."
-""",
-        encoding="utf-8",
-    )
-    return folder / "campaign.toml"
 
 
 def edit(campaign: Path, old: str, new: str) -> None:
@@ -131,7 +111,7 @@ def _source_cases(outside: Path) -> dict[str, tuple[str, str]]:
 def test_a_recipient_file_outside_the_folder_is_refused_unread(
     tmp_path: Path, outside: Path, opened: list[str], case: str
 ) -> None:
-    campaign = write_campaign(tmp_path / "c")
+    campaign = write_campaign(tmp_path / "c", rows=1)
     raw, target = _source_cases(outside)[case]
     if target:
         (tmp_path / "c" / raw.split("/")[0]).symlink_to(target)
@@ -146,8 +126,8 @@ def test_a_recipient_file_outside_the_folder_is_refused_unread(
 def test_allow_outside_on_the_command_line_lets_the_user_read_a_file_elsewhere(
     tmp_path: Path, outside: Path
 ) -> None:
-    (outside / "list.csv").write_text("email,first\nbob@example.org,Bob\n", "utf-8")
-    campaign = write_campaign(tmp_path / "c")
+    (outside / "list.csv").write_text("email,first,n\nbob@example.org,Bob,1\n", "utf-8")
+    campaign = write_campaign(tmp_path / "c", rows=1)
     edit(campaign, 'path = "recipients.csv"', f'path = "{outside / "list.csv"}"')
     result = invoke("check", str(campaign), "--allow-outside", str(outside))
     assert result.exit_code == 0, result.output
@@ -155,7 +135,7 @@ def test_allow_outside_on_the_command_line_lets_the_user_read_a_file_elsewhere(
 
 
 def test_a_campaign_file_cannot_allow_itself_a_path(tmp_path: Path, outside: Path) -> None:
-    campaign = write_campaign(tmp_path / "c", extra=f'allow_outside = ["{outside}"]')
+    campaign = write_campaign(tmp_path / "c", rows=1, extra=f'allow_outside = ["{outside}"]')
     refused(invoke("check", str(campaign)), "allow_outside", "unknown key")
 
 
@@ -169,14 +149,14 @@ def test_proc_self_environ_as_the_recipient_file_never_shows_the_key(
     with. Refused as outside the folder; and with --allow-outside /proc (the user's own
     choice) the key, registered before any file is read, is still redacted.
     """
-    campaign = write_campaign(tmp_path / "c")
+    campaign = write_campaign(tmp_path / "c", rows=1)
     edit(campaign, 'path = "recipients.csv"', 'path = "/proc/self/environ"')
     args = {"check": [], "preview": ["--row", "1"], "run": ["--dry-run"]}[command]
     env = {**os.environ, "BATCHSEND_API_KEY": KEY, "PYTHONPATH": str(ROOT)}
     for allow in ([], ["--allow-outside", "/proc"]):
         proc = subprocess.run(
-            [sys.executable, "-m", "batchsend", command, str(campaign), *args, *allow,
-             *(["--db", str(tmp_path / "s.db")] if command == "run" else [])],
+            batchsend_command(command, str(campaign), *args, *allow,
+                              *(["--db", str(tmp_path / "s.db")] if command == "run" else [])),
             capture_output=True, text=True, env=env, timeout=60,
         )  # fmt: skip
         assert proc.returncode == 2, proc.stderr
@@ -201,14 +181,14 @@ def test_an_include_through_a_symlink_to_outside_is_refused_and_never_sent(
 ) -> None:
     """The reported hole: the outside file's content went to every recipient."""
     sandbox = make_sandbox(api_keys=(KEY,))
-    campaign = write_campaign(tmp_path / "c", base_url=sandbox.base_url)
+    campaign = write_campaign(tmp_path / "c", rows=1, base_url=sandbox.base_url)
     folder = tmp_path / "c"
     (folder / "parts").mkdir()
     (folder / "parts" / "footer.txt").symlink_to(outside / "secret.txt")
     (folder / "shared").symlink_to(outside)
     (outside / "footer.txt").write_text(f"{KEY}\n", encoding="utf-8")
     (folder / "body.txt.j2").write_text(f"Hello.\n{statement}\n", encoding="utf-8")
-    edit(campaign, 'text = "Hello {{ first }}."', 'text_file = "body.txt.j2"')
+    edit(campaign, f'text = "{TEXT}"', 'text_file = "body.txt.j2"')
     db = tmp_path / "store.db"
     for command in [*commands(campaign, db), ["run", str(campaign), "--db", str(db)]]:
         refused(invoke(*command), "outside the campaign folder")
@@ -217,23 +197,23 @@ def test_an_include_through_a_symlink_to_outside_is_refused_and_never_sent(
 
 
 def test_a_symlink_inside_the_folder_to_a_file_inside_it_is_fine(tmp_path: Path) -> None:
-    campaign = write_campaign(tmp_path / "c")
+    campaign = write_campaign(tmp_path / "c", rows=1)
     folder = tmp_path / "c"
     (folder / "real.txt").write_text("the footer", encoding="utf-8")
     (folder / "footer.txt").symlink_to(folder / "real.txt")
     (folder / "body.txt.j2").write_text('{% include "footer.txt" %}', encoding="utf-8")
-    edit(campaign, 'text = "Hello {{ first }}."', 'text_file = "body.txt.j2"')
+    edit(campaign, f'text = "{TEXT}"', 'text_file = "body.txt.j2"')
     result = invoke("preview", str(campaign), "--row", "1")
     assert result.exit_code == 0, result.output
 
 
 def test_an_include_allowed_on_the_command_line_is_read(tmp_path: Path, outside: Path) -> None:
-    campaign = write_campaign(tmp_path / "c")
+    campaign = write_campaign(tmp_path / "c", rows=1)
     folder = tmp_path / "c"
     (outside / "footer.txt").write_text("shared footer", encoding="utf-8")
     (folder / "footer.txt").symlink_to(outside / "footer.txt")
     (folder / "body.txt.j2").write_text('{% include "footer.txt" %}', encoding="utf-8")
-    edit(campaign, 'text = "Hello {{ first }}."', 'text_file = "body.txt.j2"')
+    edit(campaign, f'text = "{TEXT}"', 'text_file = "body.txt.j2"')
     result = invoke("check", str(campaign), "--allow-outside", str(outside / "footer.txt"))
     assert result.exit_code == 0, result.output
 
@@ -251,11 +231,11 @@ def test_an_include_allowed_on_the_command_line_is_read(tmp_path: Path, outside:
 def test_every_file_the_campaign_names_follows_the_same_rule(
     tmp_path: Path, outside: Path, opened: list[str], key: str, line: str
 ) -> None:
-    campaign = write_campaign(tmp_path / "c")
+    campaign = write_campaign(tmp_path / "c", rows=1)
     (tmp_path / "c" / "link.txt").symlink_to(outside / "secret.txt")
     line = line.replace("LINK", "link.txt").replace("OUTSIDE", str(outside / "secret.txt"))
     if key == "message.text_file":
-        edit(campaign, 'text = "Hello {{ first }}."', line)
+        edit(campaign, f'text = "{TEXT}"', line)
     elif key == "api_key_file":
         edit(campaign, "[source]", f"{line}\n[source]")
     else:
@@ -277,6 +257,7 @@ def test_a_key_file_may_live_in_the_user_config_folder(
     sandbox = make_sandbox(api_keys=(KEY,))
     campaign = write_campaign(
         tmp_path / "c",
+        rows=1,
         base_url=sandbox.base_url,
         extra=f'api_key_file = "{config / "batchsend" / "tosend.key"}"',
     )
@@ -292,7 +273,7 @@ def test_a_remote_base_url_in_the_campaign_file_is_refused_before_the_key_is_rea
     tmp_path: Path,
 ) -> None:
     # .invalid never resolves: even a broken check could not reach another host
-    campaign = write_campaign(tmp_path / "c", base_url="https://collector.invalid")
+    campaign = write_campaign(tmp_path / "c", rows=1, base_url="https://collector.invalid")
     db = tmp_path / "store.db"
     result = invoke("run", str(campaign), "--db", str(db))
     refused(result, "base_url", "collector.invalid", "--base-url")
@@ -306,7 +287,7 @@ def test_a_remote_base_url_in_the_campaign_file_is_refused_before_the_key_is_rea
     ["http://127.0.0.1:9", "http://localhost:9", "http://[::1]:9", "http://127.8.9.10:9"],
 )
 def test_a_loopback_base_url_needs_no_confirmation(tmp_path: Path, url: str) -> None:
-    campaign = load_campaign(write_campaign(tmp_path / "c", base_url=url))
+    campaign = load_campaign(write_campaign(tmp_path / "c", rows=1, base_url=url))
     with Session(campaign, sandbox=False, dry_run=False) as session:
         session.open(api_key=KEY, api_key_file=None, api_key_stdin=False)
         assert session.base_url == url
@@ -323,7 +304,7 @@ def test_a_loopback_base_url_needs_no_confirmation(tmp_path: Path, url: str) -> 
     ],
 )
 def test_a_remote_base_url_is_used_only_when_the_user_gave_it(tmp_path: Path, url: str) -> None:
-    campaign = load_campaign(write_campaign(tmp_path / "c", base_url=url))
+    campaign = load_campaign(write_campaign(tmp_path / "c", rows=1, base_url=url))
     with (
         Session(campaign, sandbox=False, dry_run=False) as session,
         pytest.raises(CampaignError, match="--base-url"),
@@ -337,7 +318,7 @@ def test_a_remote_base_url_is_used_only_when_the_user_gave_it(tmp_path: Path, ur
 @pytest.mark.parametrize("name", ["AWS_SECRET_ACCESS_KEY", "GITHUB_TOKEN", "HOME", "batchsend_x"])
 def test_api_key_env_must_be_a_batchsend_variable(tmp_path: Path, name: str) -> None:
     """Else a campaign file could pick any secret of the user's and send it as the key."""
-    campaign = write_campaign(tmp_path / "c", extra=f'api_key_env = "{name}"')
+    campaign = write_campaign(tmp_path / "c", rows=1, extra=f'api_key_env = "{name}"')
     secret = "ghp_" + "z" * 36
     for command in commands(campaign, tmp_path / "s.db"):
         result = invoke(*command, env={name: secret})
@@ -348,7 +329,10 @@ def test_api_key_env_must_be_a_batchsend_variable(tmp_path: Path, name: str) -> 
 def test_a_batchsend_variable_named_by_the_campaign_is_used(tmp_path: Path, make_sandbox) -> None:
     sandbox = make_sandbox(api_keys=(KEY,))
     campaign = write_campaign(
-        tmp_path / "c", base_url=sandbox.base_url, extra='api_key_env = "BATCHSEND_TOSEND_KEY"'
+        tmp_path / "c",
+        rows=1,
+        base_url=sandbox.base_url,
+        extra='api_key_env = "BATCHSEND_TOSEND_KEY"',
     )
     result = CliRunner().invoke(
         main, ["run", str(campaign), "--db", str(tmp_path / "s.db")],
@@ -363,5 +347,7 @@ def test_the_key_is_registered_for_redaction_when_the_campaign_loads(
     fresh = "sk-live-REGISTERED-AT-LOAD-91c7e3"
     monkeypatch.setenv("BATCHSEND_OTHER_KEY", fresh)
     assert redact(fresh) == fresh
-    load_campaign(write_campaign(tmp_path / "c", extra='api_key_env = "BATCHSEND_OTHER_KEY"'))
+    load_campaign(
+        write_campaign(tmp_path / "c", rows=1, extra='api_key_env = "BATCHSEND_OTHER_KEY"')
+    )
     assert redact(f"header: {fresh}") == "header: [redacted]"

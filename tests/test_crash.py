@@ -17,13 +17,13 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from runkit import KEY, query, start_sandbox, write_campaign
+from support.campaigns import KEY, write_campaign
+from support.processes import batchsend_command, query, start_sandbox
 
 TERMINAL = {"sent", "failed", "skipped", "unknown"}
 
@@ -44,8 +44,8 @@ def crash_and_resume(
 
     def command() -> list[str]:
         if run_id is None:
-            return [sys.executable, "-m", "batchsend", "run", str(campaign), *common]
-        return [sys.executable, "-m", "batchsend", "resume", run_id, *common]
+            return batchsend_command("run", str(campaign), *common)
+        return batchsend_command("resume", run_id, *common)
 
     try:
         for i in range(kills):

@@ -24,7 +24,8 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
-from runkit import recipients_in, write_campaign
+from support.campaigns import recipients_in, write_campaign
+from support.processes import batchsend_command, run_batchsend
 
 import batchsend.store.database
 from batchsend.errors import DatabaseFileError, LostRecordError
@@ -33,7 +34,7 @@ from batchsend.plan import PlannedMessage, SendUnit
 from batchsend.resume import resume_run
 from batchsend.run import run_campaign
 from batchsend.sandbox import Sandbox
-from batchsend.store import APPLICATION_ID, SCHEMA_VERSION, NewRecipient, Store
+from batchsend.store import APPLICATION_ID, SCHEMA_VERSION, NewRecipient, RunRecorder, Store
 
 KEY = "sk-test"
 
@@ -41,16 +42,6 @@ KEY = "sk-test"
 @pytest.fixture(autouse=True)
 def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-
-
-def cli(*args: str, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "batchsend", *args],
-        env={**os.environ, "BATCHSEND_API_KEY": KEY, **(extra_env or {})},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def digest(path: Path) -> str:
@@ -80,14 +71,14 @@ def test_another_applications_file_is_refused_unchanged(
     conn.close()
     before = digest(other)
     campaign = write_campaign(tmp_path / "c", rows=2, base_url=sandbox.base_url)
-    result = cli("run", str(campaign), "--db", str(other))
+    result = run_batchsend("run", str(campaign), "--db", str(other))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "not a batchsend database" in result.stderr and "did not change it" in result.stderr
     assert "fix:" in result.stderr
     assert digest(other) == before
     assert not Path(f"{other}-wal").exists()
     assert sandbox.messages() == []
-    assert cli("runs", "--db", str(other)).returncode == 2
+    assert run_batchsend("runs", "--db", str(other)).returncode == 2
 
 
 def test_a_newer_batchsend_file_is_refused(tmp_path: Path) -> None:
@@ -133,12 +124,12 @@ def crashed_run(tmp_path: Path, sandbox: Sandbox) -> Path:
     campaign = write_campaign(
         tmp_path / "c", rows=12, base_url=sandbox.base_url, send={"concurrency": 1, "batch_size": 2}
     )
-    died = cli(
+    died = run_batchsend(
         "run",
         str(campaign),
         "--db",
         "b.db",
-        extra_env={"BATCHSEND_TEST_ONLY_SIGKILL_AT": "response:3"},
+        env={"BATCHSEND_TEST_ONLY_SIGKILL_AT": "response:3"},
     )
     assert died.returncode == -9, died.stderr
     assert Path("b.db-wal").stat().st_size > 0
@@ -154,20 +145,20 @@ def test_a_lost_wal_is_refused_and_putting_it_back_is_the_fix(
     Path("b.db-shm").unlink(missing_ok=True)
     before = digest(Path("b.db"))
 
-    again = cli("run", str(campaign), "--db", "b.db")
+    again = run_batchsend("run", str(campaign), "--db", "b.db")
     assert again.returncode == 2 and "Traceback" not in again.stderr
     assert "b.db-wal" in again.stderr and "is missing" in again.stderr
     assert "12 pending or in flight" in again.stderr  # the main file: as at the start
     assert "--accept-lost-record" in again.stderr and "put b.db-wal back" in again.stderr
     run_id = again.stderr.split("  run ", 1)[1].split(" ", 1)[0]
-    refused = cli("resume", run_id, "--db", "b.db")
+    refused = run_batchsend("resume", run_id, "--db", "b.db")
     assert refused.returncode == 2 and "is missing" in refused.stderr
     assert digest(Path("b.db")) == before  # nothing written: the -wal can still go back
     assert len(sandbox.messages()) == 6
 
     Path("b.db-shm").unlink(missing_ok=True)
     shutil.move(tmp_path / "saved-wal", "b.db-wal")
-    done = cli("resume", run_id, "--db", "b.db", "--base-url", sandbox.base_url)
+    done = run_batchsend("resume", run_id, "--db", "b.db", "--base-url", sandbox.base_url)
     # the record is whole again: the batch answered but unrecorded is unknown (exit 3)
     assert done.returncode == 3, done.stderr
     assert "10 sent, 2 unknown" in done.stderr
@@ -232,7 +223,7 @@ def test_a_db_copied_without_its_wal_is_refused(
             run_id, [NewRecipient(row=n, email=f"u{n}@example.org") for n in range(1, 7)]
         )
     store.mark_sending_started(run_id)
-    recorder = store.recorder(run_id)
+    recorder = RunRecorder(store, run_id)
     for first in (1, 3):
         u = unit(f"k{first}", (first, first + 1))
         recorder.mark_sending(u)
@@ -263,19 +254,19 @@ def test_a_db_copied_without_its_wal_is_refused(
 
 def test_a_deleted_database_is_refused_from_the_ledger(tmp_path: Path, sandbox: Sandbox) -> None:
     campaign = write_campaign(tmp_path / "c", rows=4, base_url=sandbox.base_url)
-    first = cli("run", str(campaign), "--db", "b.db")
+    first = run_batchsend("run", str(campaign), "--db", "b.db")
     assert first.returncode == 0, first.stderr
     for leftover in Path().glob("b.db*"):
         leftover.unlink()
-    again = cli("run", str(campaign), "--db", "b.db")
+    again = run_batchsend("run", str(campaign), "--db", "b.db")
     assert again.returncode == 2 and "Traceback" not in again.stderr
     assert "does not hold it" in again.stderr and ".batchsend-ledger" in again.stderr
     assert "ended with 4 sent" in again.stderr
     assert len(sandbox.messages()) == 4
-    accepted = cli("run", str(campaign), "--db", "b.db", "--accept-lost-record")
+    accepted = run_batchsend("run", str(campaign), "--db", "b.db", "--accept-lost-record")
     assert accepted.returncode == 0 and "--accept-lost-record" in accepted.stderr
     assert len(sandbox.messages()) == 8  # accepted, explicitly
-    assert cli("run", str(campaign), "--db", "b.db", "--dry-run").returncode == 0
+    assert run_batchsend("run", str(campaign), "--db", "b.db", "--dry-run").returncode == 0
 
 
 def test_an_older_copy_of_the_database_is_refused(tmp_path: Path, sandbox: Sandbox) -> None:
@@ -286,7 +277,7 @@ def test_an_older_copy_of_the_database_is_refused(tmp_path: Path, sandbox: Sandb
     shutil.copy("b.db", "backup.db")  # closed cleanly: the .db is whole
     resume_run(first.run_id, db_path="b.db", api_key=KEY, base_url=sandbox.base_url)
     shutil.copy("backup.db", "b.db")
-    refused = cli("resume", first.run_id, "--db", "b.db")
+    refused = run_batchsend("resume", first.run_id, "--db", "b.db")
     assert refused.returncode == 2 and "ended with 6 sent" in refused.stderr
     assert "shows 2" in refused.stderr
     assert len(sandbox.messages()) == 6
@@ -302,7 +293,7 @@ def test_a_database_deleted_mid_run_stops_the_run_with_a_clear_error(
         send={"concurrency": 2},
     )  # fmt: skip
     proc = subprocess.Popen(
-        [sys.executable, "-m", "batchsend", "run", str(campaign), "--db", "b.db", "--json"],
+        batchsend_command("run", str(campaign), "--db", "b.db", "--json"),
         env={**os.environ, "BATCHSEND_API_KEY": KEY},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

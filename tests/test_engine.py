@@ -11,10 +11,12 @@ from email.utils import format_datetime
 import orjson
 import pytest
 from aiohttp import web
+from support.clock import FakeClock
 
-from batchsend.engine import MemoryRecorder, Progress, Uncertainty, send_units
+from batchsend.engine import MemoryRecorder, Uncertainty, send_units
 from batchsend.message import Address, Message
 from batchsend.plan import SendUnit, plan_units
+from batchsend.progress import Progress
 from batchsend.providers import get_provider
 from batchsend.ratelimit import RateLimiter
 from batchsend.retry import RetryPolicy
@@ -312,20 +314,6 @@ def test_our_own_rate_is_never_exceeded_in_any_second_at_the_sandbox(sandbox):
 # --- a tiny scripted server for what the sandbox does not do -------------------------------
 
 
-class FakeTime:
-    def __init__(self) -> None:
-        self.t = 100.0
-        self.waits: list[float] = []
-
-    def clock(self) -> float:
-        return self.t
-
-    async def sleep(self, seconds: float) -> None:
-        self.waits.append(seconds)
-        self.t += seconds
-        await asyncio.sleep(0)
-
-
 WALL = 1_700_000_000.0
 
 
@@ -346,9 +334,9 @@ def test_429_with_an_http_date_pauses_the_run_and_repeats_the_same_request():
             ),
         ]
     )
-    fake = FakeTime()
-    limiter = RateLimiter(clock=fake.clock, sleep=fake.sleep)
-    retry = RetryPolicy(sleep=fake.sleep, clock=fake.clock, initial_wait=0.01, max_wait=0.02)
+    fake = FakeClock(100.0)
+    limiter = RateLimiter(clock=fake, sleep=fake.sleep)
+    retry = RetryPolicy(sleep=fake.sleep, clock=fake, initial_wait=0.01, max_wait=0.02)
 
     async def go():
         async with script as url:
@@ -362,13 +350,13 @@ def test_429_with_an_http_date_pauses_the_run_and_repeats_the_same_request():
                     recorder=rec,
                     limiter=limiter,
                     retry=retry,
-                    clock=fake.clock,
+                    clock=fake,
                 )
             return result, rec
 
     result, rec = asyncio.run(go())
     assert result.sent == 2 and result.throttled == 1
-    assert fake.waits[0] == pytest.approx(3.0)  # the retry waited the date out
+    assert fake.slept[0] == pytest.approx(3.0)  # the retry waited the date out
     assert limiter.throttle_episodes == 1
     (key1, body1), (key2, body2) = script.seen
     assert key1 == key2 and body1 == body2

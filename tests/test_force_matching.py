@@ -14,7 +14,7 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
-from runkit import recipients_in, write_campaign
+from support.campaigns import recipients_in, write_campaign
 
 from batchsend.resume import resume_run
 from batchsend.run import run_campaign

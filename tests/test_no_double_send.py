@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from runkit import recipients_in, write_campaign
+from support.campaigns import recipients_in, write_campaign
 
 from batchsend.resume import resume_run
 from batchsend.run import run_campaign

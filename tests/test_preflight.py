@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from support.campaigns import campaign_folder
 
 from batchsend.campaign import load_campaign
 from batchsend.cli import main
-from batchsend.errors import TemplateError
-from batchsend.preflight import fingerprints, iter_rows, preflight
+from batchsend.preflight import iter_rows, preflight
 
 DATA = Path(__file__).parent / "data"
 
@@ -35,10 +35,8 @@ html = "<p>Hi {{{{ first_name }}}}</p>"
 
 
 def make(tmp_path: Path, rows: str, columns: str = "", extra: str = "", provider="tosend"):
-    (tmp_path / "r.csv").write_text(rows, encoding="utf-8")
     toml = BASE.format(provider=provider, columns=columns, extra=extra)
-    (tmp_path / "campaign.toml").write_text(toml, encoding="utf-8")
-    return load_campaign(tmp_path / "campaign.toml")
+    return load_campaign(campaign_folder(tmp_path, toml, {"r.csv": rows}))
 
 
 def from_data(tmp_path: Path, data_file: str, columns: str = "", extra: str = ""):
@@ -286,36 +284,6 @@ def test_rendering_is_deterministic_across_runs() -> None:
     campaign = load_campaign("samples/invoices")
     first = [r.message for r in iter_rows(campaign)]
     assert first == [r.message for r in iter_rows(campaign)]
-
-
-def test_fingerprints_change_with_inputs(tmp_path) -> None:
-    shutil.copytree("samples/newsletter", tmp_path / "n")
-    campaign = load_campaign(tmp_path / "n")
-    data, templates = fingerprints(campaign)
-    assert fingerprints(campaign) == (data, templates)
-    with (tmp_path / "n" / "templates" / "newsletter.txt.j2").open("a") as fh:
-        fh.write("P.S.\n")
-    assert fingerprints(campaign) == (data, fingerprints(campaign)[1])
-    assert fingerprints(campaign)[1] != templates
-    with (tmp_path / "n" / "recipients.csv").open("a") as fh:
-        fh.write("C-2000,new@example.com,New,New,Rome,no,,0\n")
-    assert fingerprints(campaign)[0] != data
-
-
-def test_fingerprints_follow_includes_and_name_a_broken_one(tmp_path) -> None:
-    shutil.copytree("samples/newsletter", tmp_path / "n")
-    body = tmp_path / "n" / "templates" / "newsletter.html.j2"
-    body.write_text(body.read_text() + '{% include "templates/footer.j2" %}\n')
-    footer = tmp_path / "n" / "templates" / "footer.j2"
-    footer.write_text("bye\n")
-    campaign = load_campaign(tmp_path / "n")
-    before = fingerprints(campaign)[1]
-    footer.write_text("bye now\n")
-    assert fingerprints(campaign)[1] != before  # an included file counts as a template
-    footer.write_text("bye {{ oops }\n")
-    with pytest.raises(TemplateError, match="line 1") as info:
-        fingerprints(campaign)
-    assert info.value.location.file == "templates/footer.j2"
 
 
 def test_check_command_groups_problems_and_exits_2(tmp_path) -> None:

@@ -9,22 +9,9 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 
 import pytest
+from support.clock import FakeClock, VirtualTime
 
 from batchsend.ratelimit import PACING_MARGIN, RateLimiter, parse_retry_after
-
-
-class FakeClock:
-    def __init__(self, t: float = 1000.0) -> None:
-        self.t = t
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.t
-
-    async def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.t += seconds
-
 
 NOW = 1_700_000_000.0
 
@@ -170,38 +157,6 @@ def test_bad_settings_are_refused():
         RateLimiter(requests_per_second=0)
     with pytest.raises(ValueError):
         RateLimiter(burst=0.5)
-
-
-class VirtualTime:
-    """Concurrent sleepers on a virtual clock; one chosen wake-up comes late."""
-
-    def __init__(self, late_call: int, lateness: float) -> None:
-        self.t = 1000.0
-        self.calls = 0
-        self.late_call = late_call
-        self.lateness = lateness
-        self.sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
-
-    def __call__(self) -> float:
-        return self.t
-
-    async def sleep(self, seconds: float) -> None:
-        self.calls += 1
-        extra = self.lateness if self.calls == self.late_call else 0.0
-        future = asyncio.get_running_loop().create_future()
-        self.sleepers.append((self.t + seconds + extra, self.calls, future))
-        await future
-
-    async def run(self, tasks: list[asyncio.Task[None]]) -> None:
-        while not all(task.done() for task in tasks):
-            for _ in range(5):  # let every runnable task reach its next sleep
-                await asyncio.sleep(0)
-            if not self.sleepers:
-                continue
-            self.sleepers.sort(key=lambda s: (s[0], s[1]))
-            wake, _, future = self.sleepers.pop(0)
-            self.t = max(self.t, wake)
-            future.set_result(None)
 
 
 def test_a_late_wake_up_never_puts_rate_plus_one_requests_in_a_second() -> None:

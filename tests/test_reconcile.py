@@ -11,16 +11,15 @@ exactly once or ``failed``, and nobody got two messages.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
-from runkit import recipients_in, write_campaign
+from support.campaigns import deliveries, write_campaign
+from support.processes import run_batchsend
 
 from batchsend.crashpoints import ENV_VAR as CRASH_ENV
 from batchsend.errors import ReconcileError, RetryableSendError, SecretError
@@ -69,7 +68,7 @@ def rows(run_id: str) -> dict[str, dict[str, Any]]:
 
 def delivered(sandbox: Sandbox) -> Counter[str]:
     settle(sandbox)
-    return Counter(recipients_in(sandbox.messages()))
+    return deliveries(sandbox.messages())
 
 
 def assert_consistent(run_id: str, sandbox: Sandbox) -> Counter[str]:
@@ -112,14 +111,8 @@ def reconcile(run_id: str, **kw: Any):
 
 
 def batchsend(*args: str, stdin: str | None = None, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "batchsend", *args],
-        env={**os.environ, "BATCHSEND_API_KEY": KEY, **env},
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    """``batchsend ARGS`` in a child process with the sending key, and ``env``."""
+    return run_batchsend(*args, key=KEY, env=env, stdin=stdin)
 
 
 @pytest.mark.parametrize("provider", ["tosend", "v1"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from support.campaigns import campaign_folder
 
 from batchsend.campaign import load_campaign
 from batchsend.errors import TemplateError, TemplateSecurityError
@@ -23,13 +24,9 @@ email = "news@example.com"
 
 
 def renderer(tmp_path: Path, message: str, limit: int = 100_000, files=None) -> Renderer:
-    (tmp_path / "r.csv").write_text("email\na@example.com\n", encoding="utf-8")
-    for name, text in (files or {}).items():
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_text(text, encoding="utf-8")
     toml = BASE.format(limit=limit, message=message)
-    (tmp_path / "campaign.toml").write_text(toml, encoding="utf-8")
-    return Renderer(load_campaign(tmp_path / "campaign.toml"))
+    files = {"r.csv": "email\na@example.com\n", **(files or {})}
+    return Renderer(load_campaign(campaign_folder(tmp_path, toml, files)))
 
 
 def test_missing_variable_is_an_error_never_empty(tmp_path) -> None:

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support.campaigns import campaign_folder
 
 from batchsend.campaign import load_campaign
 from batchsend.errors import TemplateError
@@ -30,10 +31,8 @@ text_file = "body.txt.j2"
 
 
 def renderer(tmp_path: Path, body: str) -> Renderer:
-    (tmp_path / "r.csv").write_text("email,first\na@example.com,Ann\n", encoding="utf-8")
-    (tmp_path / "body.txt.j2").write_text(body, encoding="utf-8")
-    (tmp_path / "campaign.toml").write_text(CAMPAIGN, encoding="utf-8")
-    return Renderer(load_campaign(tmp_path / "campaign.toml"))
+    files = {"r.csv": "email,first\na@example.com,Ann\n", "body.txt.j2": body}
+    return Renderer(load_campaign(campaign_folder(tmp_path, CAMPAIGN, files)))
 
 
 def doubled(step: str, start: str = "first", times: int = 40) -> str:

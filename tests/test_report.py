@@ -1,6 +1,6 @@
 """Reports: one line per input row, in order, that round-trip through polars and stay
 inert in a spreadsheet. Runs are recorded through the store's own API
-(``test_report_data``); one test reads a real run made against the sandbox."""
+(``tests/support/runs.py``); one test reads a real run made against the sandbox."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ import polars as pl
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_report_data import TRICKY, FakeClock, Person, build_run
+from support.campaigns import write_campaign
+from support.clock import SteppingClock
+from support.runs import TRICKY, Person, build_run
 
 from batchsend.errors import InputError, StoreError
 from batchsend.report import (
@@ -26,6 +28,7 @@ from batchsend.report import (
     unneutralise,
     write_report,
 )
+from batchsend.run import run_campaign
 from batchsend.states import RunState
 from batchsend.store import Store
 
@@ -57,7 +60,7 @@ def db(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def tricky_run(db: Path) -> str:
-    with Store(db, now=FakeClock()) as store:
+    with Store(db, now=SteppingClock()) as store:
         return build_run(store, TRICKY)
 
 
@@ -184,7 +187,7 @@ def test_metadata_columns_expand_whatever_the_keys(db: Path, tmp_path: Path) -> 
         Person("a@example.com", "A", metadata={k: f"{k}-1" for k in keys}),
         Person("b@example.com", "B", metadata={"customer id": "only one"}),
     ]
-    with Store(db, now=FakeClock()) as store:
+    with Store(db, now=SteppingClock()) as store:
         run_id = build_run(store, people, metadata_columns=keys)
         store.conn.execute(  # a value polars cannot read as text: kept as its JSON
             "UPDATE recipients SET metadata = ? WHERE run_id = ? AND row = 2",
@@ -269,10 +272,6 @@ def test_failures_file_of_a_real_run_lists_the_failed_rows_with_their_input(
     The failures file is for reading: it is no longer offered as a recipient file to
     send again (a rerun goes out under new keys; see batchsend.next_steps).
     """
-    from runkit import write_campaign
-
-    from batchsend.run import run_campaign
-
     monkeypatch.chdir(tmp_path)
     campaign_path = write_campaign(tmp_path / "c", rows=12, bad_rows=(4,))
     source = tmp_path / "c" / "recipients.csv"

@@ -11,7 +11,8 @@ import zlib
 from pathlib import Path
 
 import pytest
-from test_report_data import FakeClock, Person, build_run
+from support.clock import SteppingClock
+from support.runs import Person, build_run
 
 from batchsend.report import write_report
 from batchsend.report_html import RATE_COLOUR, STATE_COLOURS, render_html
@@ -44,7 +45,7 @@ def mixed_people(n: int) -> list[Person]:
 @pytest.fixture
 def summary_run(tmp_path: Path) -> tuple[Path, str]:
     db = tmp_path / "b.db"
-    with Store(db, now=FakeClock()) as store:
+    with Store(db, now=SteppingClock()) as store:
         run_id = build_run(store, mixed_people(160), campaign_name="Autumn <b>news</b> & more")
     return db, run_id
 
@@ -83,7 +84,7 @@ def test_page_is_self_contained_and_escaped(summary_run) -> None:
 
 def test_unfinished_and_fatal_runs_say_so(tmp_path: Path) -> None:
     db = tmp_path / "b.db"
-    with Store(db, now=FakeClock()) as store:
+    with Store(db, now=SteppingClock()) as store:
         run_id = build_run(
             store,
             [Person("a@example.com", plan="pending")],

@@ -9,7 +9,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from runkit import ScriptedToSend, recipients_in, write_campaign
+from support.campaigns import recipients_in, write_campaign
+from support.sandboxes import ScriptedToSend
 
 from batchsend.errors import ResumeRefusedError, RunNotFoundError
 from batchsend.providers import get_provider
@@ -18,7 +19,7 @@ from batchsend.run import run_campaign
 from batchsend.sandbox import Sandbox
 from batchsend.sending import units_for_pending
 from batchsend.states import RecipientState, RunState
-from batchsend.store import Store
+from batchsend.store import RunRecorder, Store
 from batchsend.transport import make_transport
 
 KEY = "sk-test"
@@ -84,7 +85,7 @@ def test_in_flight_rows_become_unknown_and_resend_repeats_the_same_request(
             units_for_pending(store, load_campaign(campaign), first.run_id, provider, None, None)
         )
         left, never_left = units[0], units[1]
-        recorder = store.recorder(first.run_id)
+        recorder = RunRecorder(store, first.run_id)
         recorder.mark_sending(left)
         recorder.mark_sending(never_left)
 

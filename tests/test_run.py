@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from runkit import recipients_in, write_campaign
+from support.campaigns import recipients_in, write_campaign
 
 from batchsend.cli import main
 from batchsend.errors import FatalSendError, PreflightError, SecretError, UnfinishedRunError
@@ -233,6 +236,38 @@ def test_httpx_transport_sends_the_same(tmp_path: Path, sandbox: Sandbox) -> Non
     summary = run(campaign, sandbox, http_client="httpx")
     assert summary.counts["sent"] == 12
     assert len(sandbox.messages()) == 12
+
+
+# httpx is an optional extra: this interpreter has it, so the child process is told to
+# find no httpx at all (a None in sys.modules makes `import httpx` fail as if missing).
+WITHOUT_HTTPX = (
+    "import sys; sys.modules['httpx'] = None; from batchsend.cli import main; "
+    "main(args=sys.argv[1:], prog_name='batchsend')"
+)
+
+
+@pytest.mark.parametrize("client", ["httpx", "aiohttp"])
+def test_without_httpx_only_its_transport_is_refused(
+    tmp_path: Path, sandbox: Sandbox, client: str
+) -> None:
+    campaign = write_campaign(tmp_path / "c", rows=5, provider="v1", base_url=sandbox.base_url)
+    command = ["run", str(campaign), "--db", "b.db", "--http-client", client]
+    done = subprocess.run(
+        [sys.executable, "-c", WITHOUT_HTTPX, *command],
+        env={**os.environ, "BATCHSEND_API_KEY": KEY},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if client == "aiohttp":  # the default path never needs httpx
+        assert done.returncode == 0, done.stderr
+        assert len(sandbox.messages()) == 5
+        return
+    assert done.returncode == 2
+    assert "httpx" in done.stderr and "pip install 'batchsend[httpx]'" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert sandbox.stats()["requests"] == 0
+    assert not Path("b.db").exists()  # refused before anything was recorded
 
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"

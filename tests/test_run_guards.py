@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from runkit import query, recipients_in, write_campaign
+from support.campaigns import recipients_in, write_campaign
+from support.processes import batchsend_command, query
 
 import batchsend.store.database
 from batchsend.cli import main
@@ -41,10 +42,6 @@ SEND = {"concurrency": 1, "batch_size": 2}
 @pytest.fixture(autouse=True)
 def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-
-
-def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "batchsend", *args]
 
 
 def env() -> dict[str, str]:
@@ -87,7 +84,7 @@ def assert_one_proceeded(results: list[subprocess.CompletedProcess], *refusals: 
 def test_two_runs_of_one_campaign_at_once(tmp_path: Path, make_sandbox, attempt: int) -> None:
     sandbox = make_sandbox(latency_ms=50)
     campaign = write_campaign(tmp_path / "c", rows=8, base_url=sandbox.base_url, send=SEND)
-    command = cli("run", str(campaign), "--db", "b.db")
+    command = batchsend_command("run", str(campaign), "--db", "b.db")
     results = both(command, command)
     # Which message depends on timing: the other is still sending, or it finished first.
     assert_one_proceeded(results, "right now", "was sent already")
@@ -100,7 +97,7 @@ def test_two_resumes_of_one_run_at_once(tmp_path: Path, make_sandbox, attempt: i
     sandbox = make_sandbox(latency_ms=150)
     campaign = write_campaign(tmp_path / "c", rows=12, base_url=sandbox.base_url, send=SEND)
     first = lib_run(campaign, sandbox, limit=2)
-    command = cli("resume", first.run_id, "--db", "b.db")
+    command = batchsend_command("resume", first.run_id, "--db", "b.db")
     results = both(command, command)
     assert_one_proceeded(results, "right now")
     assert delivered(sandbox) == Counter({f"user{n}@example.org": 1 for n in range(1, 13)})
@@ -114,8 +111,8 @@ def test_a_run_and_a_resume_at_once(tmp_path: Path, make_sandbox, attempt: int) 
     campaign = write_campaign(tmp_path / "c", rows=12, base_url=sandbox.base_url, send=SEND)
     first = lib_run(campaign, sandbox, limit=2)
     results = both(
-        cli("resume", first.run_id, "--db", "b.db"),
-        cli("run", str(campaign), "--db", "b.db", "--skip-sent"),
+        batchsend_command("resume", first.run_id, "--db", "b.db"),
+        batchsend_command("run", str(campaign), "--db", "b.db", "--skip-sent"),
     )
     assert_one_proceeded(results, "right now")
     assert delivered(sandbox) == Counter({f"user{n}@example.org": 1 for n in range(1, 13)})
@@ -195,7 +192,7 @@ def test_a_finished_campaign_is_refused_with_the_earlier_run(
     first = lib_run(campaign, sandbox)
     assert first.state is RunState.FINISHED
     result = subprocess.run(
-        cli("run", str(campaign), "--db", "b.db"),
+        batchsend_command("run", str(campaign), "--db", "b.db"),
         env=env(),
         capture_output=True,
         text=True,

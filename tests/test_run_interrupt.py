@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -17,7 +16,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from runkit import KEY, query, start_sandbox, write_campaign
+from support.campaigns import KEY, write_campaign
+from support.processes import batchsend_command, query, start_sandbox
 
 ROWS = 800
 
@@ -35,7 +35,7 @@ def test_ctrl_c_leaves_a_resumable_run(tmp_path: Path, presses: int, signum: int
     common = ["--db", str(db), "--base-url", base_url, "--json"]
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "batchsend", "run", str(campaign), *common],
+            batchsend_command("run", str(campaign), *common),
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -73,7 +73,7 @@ def test_ctrl_c_leaves_a_resumable_run(tmp_path: Path, presses: int, signum: int
         (run_id,) = query(db, "SELECT id FROM runs")[0]
         settle(base_url)  # the held requests of the stopped process are delivered now
         resumed = subprocess.run(
-            [sys.executable, "-m", "batchsend", "resume", run_id, *common],
+            batchsend_command("resume", run_id, *common),
             env=env,
             capture_output=True,
             text=True,

@@ -11,7 +11,6 @@ disposable addresses (ToSend refuses them permanently) and a refused connection 
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import socket
 import subprocess
@@ -22,9 +21,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from runkit import KEY as CRASH_KEY
-from runkit import recipients_in, write_campaign
-from test_report_data import FakeClock, Person, build_run
+from support.campaigns import KEY as CRASH_KEY
+from support.campaigns import recipients_in, write_campaign
+from support.clock import SteppingClock
+from support.processes import run_batchsend
+from support.runs import Person, build_run
 
 from batchsend.cli import main
 from batchsend.crashpoints import ENV_VAR
@@ -47,22 +48,11 @@ def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # reports/ lands in the test's folder
 
 
-def batchsend(*args: str, key: str = KEY, **env: str) -> subprocess.CompletedProcess[str]:
-    """``batchsend ARGS`` in a child process (PYTHONPATH, when set, points at this tree)."""
-    return subprocess.run(
-        [sys.executable, "-m", "batchsend", *args],
-        env={**os.environ, "BATCHSEND_API_KEY": key, **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 def run_hint(command: str, *extra: str, key: str = KEY) -> subprocess.CompletedProcess[str]:
     """Run a hint exactly as printed (``batchsend ...``), plus ``extra`` options."""
     words = shlex.split(command)
     assert words[0] == "batchsend", command
-    return batchsend(*words[1:], *extra, key=key)
+    return run_batchsend(*words[1:], *extra, key=key)
 
 
 def with_disposable(campaign: Path, rows: tuple[int, ...]) -> None:
@@ -154,7 +144,7 @@ def test_state_label_and_steps_are_pure() -> None:
 def test_permanent_failures_exit_3_and_point_to_the_report(tmp_path: Path, sandbox) -> None:
     campaign = write_campaign(tmp_path / "c", rows=12, base_url=sandbox.base_url)
     with_disposable(campaign, (3, 8))
-    done = batchsend("run", str(campaign), "--db", "b.db", "--json")
+    done = run_batchsend("run", str(campaign), "--db", "b.db", "--json")
     assert done.returncode == 3, done.stderr
     assert "Traceback" not in done.stderr
     summary = json.loads(done.stdout)
@@ -172,10 +162,10 @@ def test_permanent_failures_exit_3_and_point_to_the_report(tmp_path: Path, sandb
     assert "--resend-unknown" not in done.stdout + done.stderr
 
     # the text summary and the listing say the same
-    text = batchsend("resume", summary["run_id"], "--db", "b.db")
+    text = run_batchsend("resume", summary["run_id"], "--db", "b.db")
     assert text.returncode == 3, text.stderr
     assert f"run {summary['run_id']}: finished with 2 failed / 0 unknown" in text.stderr
-    listed = batchsend("runs", "--db", "b.db")
+    listed = run_batchsend("runs", "--db", "b.db")
     assert listed.returncode == 0, listed.stderr
     assert f"{summary['run_id']}  finished with 2 failed / 0 unknown" in listed.stdout
     assert "2 failed permanently" in listed.stdout and "see the report" in listed.stdout
@@ -192,7 +182,7 @@ def test_retryable_failures_name_the_retry_command_which_then_sends_them(
         send={"max_attempts": 1},
     )
     db = tmp_path / "b.db"
-    done = batchsend("run", str(campaign), "--db", str(db), "--json")
+    done = run_batchsend("run", str(campaign), "--db", str(db), "--json")
     assert done.returncode == 3, done.stderr
     summary = json.loads(done.stdout)
     run_id = summary["run_id"]
@@ -205,7 +195,7 @@ def test_retryable_failures_name_the_retry_command_which_then_sends_them(
     with Store(db) as store:  # the store agrees: every failure is retryable
         assert store.failed_retryable(run_id) == 6
 
-    listing = json.loads(batchsend("runs", "--db", str(db), "--json").stdout)[0]
+    listing = json.loads(run_batchsend("runs", "--db", str(db), "--json").stdout)[0]
     assert listing["state_label"] == "finished with 6 failed / 0 unknown"
     assert [s["command"] for s in listing["next_steps"]] == [step["command"]]
 
@@ -236,8 +226,8 @@ def _crash_at_first_sending(tmp_path: Path, sandbox: Sandbox) -> tuple[Path, str
         send={"concurrency": 1, "batch_size": 5},
     )
     db = tmp_path / "b.db"
-    killed = batchsend(
-        "run", str(campaign), "--db", str(db), key=CRASH_KEY, **{ENV_VAR: "sending:1"}
+    killed = run_batchsend(
+        "run", str(campaign), "--db", str(db), key=CRASH_KEY, env={ENV_VAR: "sending:1"}
     )
     assert killed.returncode == -9, killed.stderr
     assert sandbox.messages() == []  # killed before the request left
@@ -253,7 +243,7 @@ def test_unknown_rows_name_reconcile_then_the_resend_command_with_its_warning(
     sandbox = make_sandbox(api_keys=(CRASH_KEY,))
     db, run_id = _crash_at_first_sending(tmp_path, sandbox)
 
-    resumed = batchsend("resume", run_id, "--db", str(db), "--json", key=CRASH_KEY)
+    resumed = run_batchsend("resume", run_id, "--db", str(db), "--json", key=CRASH_KEY)
     assert resumed.returncode == 3, resumed.stderr
     summary = json.loads(resumed.stdout)
     assert summary["state"] == "finished"
@@ -265,7 +255,7 @@ def test_unknown_rows_name_reconcile_then_the_resend_command_with_its_warning(
     assert step["fallback"] == f"batchsend resume {run_id} --db {db} --resend-unknown"
     assert "twice" in step["fallback_warning"]
     assert summary["resume"] is None and summary["resent_unknown"] == 0
-    assert "may email those people twice" in batchsend("runs", "--db", str(db)).stdout
+    assert "may email those people twice" in run_batchsend("runs", "--db", str(db)).stdout
 
     # the HTML report's badge is not green and carries the same advice
     assert badge(run_id, db).endswith(">finished with 0 failed / 5 unknown")
@@ -322,7 +312,7 @@ def test_the_resend_warning_comes_before_any_request(
 
 def test_listing_and_badge_of_recorded_runs(tmp_path: Path) -> None:
     db = tmp_path / "h.db"
-    with Store(db, now=FakeClock()) as store:
+    with Store(db, now=SteppingClock()) as store:
         clean = build_run(store, [Person("a@example.com"), Person("b@example.com")])
         mixed = build_run(
             store,

@@ -5,20 +5,13 @@ from __future__ import annotations
 import io
 
 import pytest
+from support.clock import FakeClock
 
-from batchsend.progress import Counters, ProgressDisplay, RateMeter, describe
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
+from batchsend.progress import Progress, ProgressDisplay, RateMeter, describe
 
 
 def test_rate_and_eta_over_a_sliding_window() -> None:
-    clock = Clock()
+    clock = FakeClock(0.0)
     meter = RateMeter(window=10.0, clock=clock)
     assert meter.rate() is None and meter.eta(100) is None
     for second, done in enumerate([0, 100, 200, 300]):
@@ -35,33 +28,39 @@ def test_rate_and_eta_over_a_sliding_window() -> None:
 
 
 @pytest.mark.parametrize(
-    ("counters", "rate", "eta", "expected"),
+    ("progress", "total", "rate", "eta", "expected"),
     [
-        (Counters(5000, 1200, 3, 7, 48), 410.2, 9.4, "sent 1,200/5,000  failed 3  retrying 7"),
-        (Counters(10), None, None, "-/s  ETA --:--"),
-        (Counters(10, 5), 1.0, 3725.0, "ETA 1:02:05"),
+        (
+            Progress(sent=1200, failed=3, retrying=7, in_flight=48),
+            5000,
+            410.2,
+            9.4,
+            "sent 1,200/5,000  failed 3  retrying 7  in flight 48  410/s  ETA 00:09",
+        ),
+        (Progress(), 10, None, None, "-/s  ETA --:--"),
+        (Progress(sent=5), 10, 1.0, 3725.0, "ETA 1:02:05"),
     ],
 )
-def test_describe(counters: Counters, rate, eta, expected: str) -> None:
-    assert expected in describe(counters, rate, eta)
+def test_describe(progress: Progress, total: int, rate, eta, expected: str) -> None:
+    assert expected in describe(progress, total, rate, eta)
 
 
 def test_quiet_when_stderr_is_not_a_terminal() -> None:
     stream = io.StringIO()
     display = ProgressDisplay(100, stream=stream)
     assert not display.enabled
-    display.update(Counters(100, sent=50))
+    display.update(Progress(sent=50))
     display.close()
     assert stream.getvalue() == ""
 
 
 def test_draws_when_enabled() -> None:
     stream = io.StringIO()
-    clock = Clock()
+    clock = FakeClock(0.0)
     display = ProgressDisplay(100, stream=stream, enabled=True, clock=clock)
-    display.update(Counters(100, sent=10))
+    display.update(Progress(sent=10))
     clock.t = 1.0
-    line = display.update(Counters(100, sent=30, failed=2, in_flight=8))
+    line = display.update(Progress(sent=30, failed=2, in_flight=8))
     display.close()
     assert "sent 30/100" in line and "22/s" in line
     assert "sent 30/100" in stream.getvalue()

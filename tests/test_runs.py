@@ -9,11 +9,14 @@ from pathlib import Path
 import polars as pl
 import pytest
 from click.testing import CliRunner
-from test_report_data import TRICKY, FakeClock, Person, build_run
+from support.campaigns import write_campaign
+from support.clock import SteppingClock
+from support.runs import TRICKY, Person, build_run
 
 from batchsend.cli import main
 from batchsend.history import effective_state, list_runs
 from batchsend.report import iter_report
+from batchsend.run import run_campaign
 from batchsend.states import RunState
 from batchsend.store import Store
 
@@ -24,7 +27,7 @@ PEOPLE = [Person(f"p{n}@example.com", f"P{n}") for n in range(1, 4)]
 def history(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     """A database with a finished, an interrupted, a crashed, a fatal and a live run."""
     db = tmp_path / "history.db"
-    clock = FakeClock()
+    clock = SteppingClock()
     with Store(db, now=clock) as store:
         ids = {
             "finished": build_run(store, TRICKY),
@@ -80,7 +83,7 @@ def test_counts_and_resume_commands(history) -> None:
 
 
 def test_a_run_recorded_on_another_host_is_not_running_here(tmp_path: Path) -> None:
-    with Store(tmp_path / "b.db", now=FakeClock()) as store:
+    with Store(tmp_path / "b.db", now=SteppingClock()) as store:
         run_id = build_run(
             store, PEOPLE, final=RunState.RUNNING, settings={"host": "some-other-machine"}
         )
@@ -166,10 +169,6 @@ def test_real_runs_against_the_sandbox_are_listed_and_reported(
     tmp_path: Path, sandbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A fatal run (bad key), an interrupted one (--limit) and a finished one, for real."""
-    from runkit import write_campaign
-
-    from batchsend.run import run_campaign
-
     monkeypatch.chdir(tmp_path)
     db = tmp_path / "b.db"
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+from support.clock import FakeClock
 
 T0 = 1_700_000_000.0
 AUTH = {"Authorization": "Bearer sk-test"}
@@ -18,16 +19,6 @@ EMAIL: dict[str, Any] = {
     "text": "Hi",
 }
 V1 = {"to": "ann@recipients.org", "subject": "Hello", "text": "Hi"}
-
-
-class Clock:
-    """A settable epoch clock the sandbox reads instead of time.time."""
-
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -151,12 +142,12 @@ def test_batch_replay_returns_the_207(client, idem) -> None:
 
 
 def test_keys_are_kept_24_hours(client, make_sandbox) -> None:
-    clock = Clock()
+    clock = FakeClock(T0)
     sb = make_sandbox(clock=clock, idempotency_keys=True)
     first = tosend(client, sb, key="k").json()
-    clock.now += 24 * 3600 - 1
+    clock.t += 24 * 3600 - 1
     assert tosend(client, sb, key="k").json() == first
-    clock.now += 2
+    clock.t += 2
     assert tosend(client, sb, key="k").json() != first
     assert len(sb.messages()) == 2
 
@@ -177,7 +168,7 @@ def rcpts(n: int) -> list[dict[str, str]]:
 
 
 def test_tosend_counts_emails_not_requests(client, make_sandbox) -> None:
-    clock = Clock()
+    clock = FakeClock(T0)
     sb = make_sandbox(tosend_emails_per_second=5, clock=clock)
     # 3 to + 1 cc + 1 bcc = 5 emails: the whole second's worth in one request
     big = {**EMAIL, "to": rcpts(3), "cc": [{"email": "c@r.org"}], "bcc": [{"email": "b@r.org"}]}
@@ -191,7 +182,7 @@ def test_tosend_counts_emails_not_requests(client, make_sandbox) -> None:
         "message": "Too many requests. Please slow down.",
         "errors": {"rate_limit": {"exceeded": "Rate limit of 5 emails per second exceeded."}},
     }
-    clock.now += 0.2  # refilled continuously: one email's worth
+    clock.t += 0.2  # refilled continuously: one email's worth
     assert tosend(client, sb).status_code == 200
     assert tosend(client, sb).status_code == 429
     stats = sb.stats()
@@ -201,7 +192,7 @@ def test_tosend_counts_emails_not_requests(client, make_sandbox) -> None:
 def test_tosend_a_batch_bigger_than_the_bucket_is_admitted_then_the_next_waits(
     client, make_sandbox
 ) -> None:
-    clock = Clock()
+    clock = FakeClock(T0)
     sb = make_sandbox(tosend_emails_per_second=50, clock=clock)
     batch = {"emails": [{**EMAIL, "to": rcpts(1)} for _ in range(100)]}
     r = tosend(client, sb, body=batch, path="/v2/emails/batch")
@@ -210,22 +201,22 @@ def test_tosend_a_batch_bigger_than_the_bucket_is_admitted_then_the_next_waits(
     assert limited.status_code == 429
     # the level is -50: one more email needs 51/50 s
     assert limited.headers["Retry-After"] == "2"
-    clock.now += 1.0
+    clock.t += 1.0
     assert tosend(client, sb).status_code == 429  # -50 + 50 = 0 < 1
-    clock.now += 0.03
+    clock.t += 0.03
     assert tosend(client, sb).status_code == 200
 
 
 def test_tosend_bucket_holds_at_most_one_second(client, make_sandbox) -> None:
-    clock = Clock()
+    clock = FakeClock(T0)
     sb = make_sandbox(tosend_emails_per_second=2, clock=clock)
-    clock.now += 3600  # an idle hour does not bank 7200 emails
+    clock.t += 3600  # an idle hour does not bank 7200 emails
     statuses = [tosend(client, sb).status_code for _ in range(3)]
     assert statuses == [200, 200, 429]
 
 
 def test_tosend_rate_is_reported_by_info_and_not_counted_there(client, make_sandbox) -> None:
-    sb = make_sandbox(tosend_emails_per_second=1, clock=Clock())
+    sb = make_sandbox(tosend_emails_per_second=1, clock=FakeClock(T0))
     bad = client.post(sb.base_url + "/v2/emails", json=EMAIL, headers={"Authorization": "Bearer x"})
     assert bad.status_code == 403  # a refused key takes nothing
     for _ in range(3):
@@ -237,17 +228,17 @@ def test_tosend_rate_is_reported_by_info_and_not_counted_there(client, make_sand
 
 
 def test_v1_counts_requests_in_a_sliding_minute(client, make_sandbox) -> None:
-    clock = Clock(T0)
+    clock = FakeClock(T0)
     sb = make_sandbox(v1_requests_per_minute=2, clock=clock)
     first = v1(client, sb)
     assert first.headers["X-RateLimit-Limit"] == "2"
     assert first.headers["X-RateLimit-Remaining"] == "1"
     assert first.headers["X-RateLimit-Reset"] == str(int(T0) + 60)
-    clock.now += 30
+    clock.t += 30
     second = v1(client, sb)
     assert second.headers["X-RateLimit-Remaining"] == "0"
     assert second.headers["X-RateLimit-Reset"] == str(int(T0) + 60)  # the oldest leaves then
-    clock.now += 10
+    clock.t += 10
     limited = v1(client, sb)
     assert limited.status_code == 429
     assert limited.headers["Retry-After"] == "20"
@@ -256,14 +247,14 @@ def test_v1_counts_requests_in_a_sliding_minute(client, make_sandbox) -> None:
         "error": "rate_limit_exceeded",
         "message": "Rate limit of 2 requests per minute exceeded.",
     }
-    clock.now += 20  # T0 + 60: the first request left the window
+    clock.t += 20  # T0 + 60: the first request left the window
     again = v1(client, sb)
     assert again.status_code == 200
     assert again.headers["X-RateLimit-Reset"] == str(int(T0) + 90)
 
 
 def test_v1_headers_ride_on_errors_and_events(client, make_sandbox) -> None:
-    sb = make_sandbox(v1_requests_per_minute=600, clock=Clock())
+    sb = make_sandbox(v1_requests_per_minute=600, clock=FakeClock(T0))
     bad = v1(client, sb, body={"to": "nobody", "subject": "s", "text": "t"})
     assert bad.status_code == 400 and bad.headers["X-RateLimit-Remaining"] == "599"
     events = client.get(sb.base_url + "/api/v1/events", headers=AUTH)
@@ -271,14 +262,14 @@ def test_v1_headers_ride_on_errors_and_events(client, make_sandbox) -> None:
 
 
 def test_v1_and_tosend_limits_are_separate(client, make_sandbox) -> None:
-    sb = make_sandbox(v1_requests_per_minute=1, tosend_emails_per_second=1, clock=Clock())
+    sb = make_sandbox(v1_requests_per_minute=1, tosend_emails_per_second=1, clock=FakeClock(T0))
     assert [v1(client, sb).status_code, tosend(client, sb).status_code] == [200, 200]
     assert [v1(client, sb).status_code, tosend(client, sb).status_code] == [429, 429]
     assert "X-RateLimit-Limit" not in tosend(client, sb).headers
 
 
 def test_rate_limits_change_live(client, make_sandbox) -> None:
-    sb = make_sandbox(clock=Clock())
+    sb = make_sandbox(clock=FakeClock(T0))
     assert [tosend(client, sb).status_code for _ in range(3)] == [200] * 3
     assert "X-RateLimit-Limit" not in v1(client, sb).headers  # unlimited: no headers
     sb.configure(tosend_emails_per_second=1)
@@ -288,7 +279,7 @@ def test_rate_limits_change_live(client, make_sandbox) -> None:
 
 
 def test_retry_after_can_be_left_out(client, make_sandbox) -> None:
-    sb = make_sandbox(tosend_emails_per_second=1, v1_requests_per_minute=1, clock=Clock())
+    sb = make_sandbox(tosend_emails_per_second=1, v1_requests_per_minute=1, clock=FakeClock(T0))
     sb.configure(retry_after=False)
     tosend(client, sb), v1(client, sb)
     for r in (tosend(client, sb), v1(client, sb)):
@@ -307,7 +298,7 @@ def test_the_old_rate_limit_setting_names_its_replacements(client, sandbox) -> N
 
 
 def test_refuse_next_is_a_storm_of_exactly_n_429s(client, make_sandbox) -> None:
-    sb = make_sandbox(clock=Clock())
+    sb = make_sandbox(clock=FakeClock(T0))
     sb.configure(refuse_next=2, retry_after=False)
     bad = client.post(sb.base_url + "/v2/emails", json=EMAIL, headers={"Authorization": "Bearer x"})
     assert bad.status_code == 403  # a refused key does not use up the storm
@@ -319,7 +310,7 @@ def test_refuse_next_is_a_storm_of_exactly_n_429s(client, make_sandbox) -> None:
 
 
 def test_a_schedule_changes_settings_at_a_request_count(client, make_sandbox) -> None:
-    sb = make_sandbox(clock=Clock(), seed=1)
+    sb = make_sandbox(clock=FakeClock(T0), seed=1)
     sb.configure(schedule=[[3, {"fail_rate": 1.0}], [5, {"fail_rate": 0.0, "refuse_next": 1}]])
     statuses = [tosend(client, sb).status_code for _ in range(7)]
     # requests 3 and 4 are faulted, 5 is refused, then back to normal

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from support.campaigns import campaign_folder
 
 from batchsend.campaign import load_campaign
 from batchsend.errors import SourceError
@@ -33,8 +34,7 @@ text = "Hi {{{{ first_name }}}}"
 def campaign_for(tmp_path: Path, data_file: str, source_extra: str = ""):
     shutil.copy(DATA / data_file, tmp_path / data_file)
     toml = CAMPAIGN.format(source=data_file, source_extra=source_extra)
-    (tmp_path / "campaign.toml").write_text(toml, encoding="utf-8")
-    return load_campaign(tmp_path / "campaign.toml")
+    return load_campaign(campaign_folder(tmp_path, toml))
 
 
 @pytest.mark.parametrize(

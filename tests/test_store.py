@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from support.clock import FakeClock
 
 from batchsend.apikeys import remember
 from batchsend.errors import StoreError
@@ -18,7 +19,7 @@ from batchsend.message import Address, Message
 from batchsend.outcome import MessageOutcome, OutcomeKind
 from batchsend.plan import PlannedMessage, SendUnit
 from batchsend.states import RecipientState, RunState
-from batchsend.store import FLUSH_SECONDS, NewRecipient, Store, new_run_id
+from batchsend.store import FLUSH_SECONDS, NewRecipient, RunRecorder, Store, new_run_id
 
 SENDER = Address("news@example.com")
 
@@ -35,14 +36,6 @@ def unit_for(key: str, *row_groups: tuple[int, ...]) -> SendUnit:
         for i, rows in enumerate(row_groups)
     )
     return SendUnit(key=key, messages=messages, batch=len(messages) > 1)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 @pytest.fixture
@@ -121,7 +114,7 @@ def test_a_file_of_the_older_layout_is_upgraded_in_place(tmp_path) -> None:
         assert [ix for ix in old.db["recipients"].indexes if ix.origin != "pk"] == []
         assert "seq" in old.db["attempts"].columns_dict
         run_id = new_run(old, rows=3)
-        recorder = old.recorder(run_id)
+        recorder = RunRecorder(old, run_id)
         u = unit_for("u1", (1,), (2,))
         ok = [MessageOutcome(f"u1-m{i}", OutcomeKind.ACCEPTED, 200) for i in range(2)]
         recorder.mark_sending(u)
@@ -175,7 +168,7 @@ def test_no_api_key_reaches_the_file(tmp_path: Path) -> None:
     store.add_recipients(
         run_id, [NewRecipient(row=1, email="a@example.org", error_message=f"bad {key}")]
     )
-    rec = store.recorder(run_id)
+    rec = RunRecorder(store, run_id)
     unit = unit_for("u1", (1,))
     rec.mark_sending(unit)
     rec.record_final(
@@ -193,7 +186,7 @@ def test_no_api_key_reaches_the_file(tmp_path: Path) -> None:
 
 def test_mark_sending_is_committed_before_it_returns(store: Store) -> None:
     run_id = new_run(store, 5)
-    rec = store.recorder(run_id)
+    rec = RunRecorder(store, run_id)
     rec.mark_sending(unit_for("u1", (1,), (2, 3)))
     seen = states(other_view(store), run_id)
     assert [seen[r] for r in (1, 2, 3, 4)] == ["sending", "sending", "sending", "pending"]
@@ -204,7 +197,7 @@ def test_mark_sending_is_committed_before_it_returns(store: Store) -> None:
 def test_outcomes_are_buffered_then_flushed(store: Store) -> None:
     run_id = new_run(store, 5)
     clock = FakeClock()
-    rec = store.recorder(run_id, monotonic=clock)
+    rec = RunRecorder(store, run_id, monotonic=clock)
     unit = unit_for("u1", (1,), (2,), (3,))
     rec.mark_sending(unit)
     rec.record_attempt(unit, 1, [MessageOutcome("u1-m0", OutcomeKind.RETRYABLE, 503)], 12.5)
@@ -266,7 +259,7 @@ def test_an_accepted_batch_keyed_in_preflight_is_recorded_whole(store: Store, un
     # One range statement for the batch; a row missing its key falls back to row by row,
     # and every row ends with the very same record either way.
     run_id = keyed_run(store, 6, unkeyed)
-    rec = store.recorder(run_id)
+    rec = RunRecorder(store, run_id)
     unit = encoded_unit("u1", range(2, 6))
     rec.mark_sending(unit)
     rec.record_final(unit, accepted(unit, 207), attempts=2)
@@ -285,7 +278,7 @@ def test_an_accepted_batch_keyed_in_preflight_is_recorded_whole(store: Store, un
 
 def test_a_resume_forgets_the_keys_of_rows_not_sent(store: Store) -> None:
     run_id = keyed_run(store, 4)
-    rec = store.recorder(run_id)
+    rec = RunRecorder(store, run_id)
     unit = encoded_unit("u1", range(1, 3))
     rec.mark_sending(unit)
     rec.record_final(unit, accepted(unit), attempts=1)
@@ -297,7 +290,7 @@ def test_a_resume_forgets_the_keys_of_rows_not_sent(store: Store) -> None:
 
 def test_a_batch_with_any_other_answer_is_recorded_row_by_row(store: Store) -> None:
     run_id = keyed_run(store, 4)
-    rec = store.recorder(run_id)
+    rec = RunRecorder(store, run_id)
     unit = encoded_unit("u1", range(1, 5))
     outcomes = accepted(unit)
     outcomes[1] = MessageOutcome("key2", OutcomeKind.PERMANENT, 422, "validation_error", "bad")
@@ -315,7 +308,7 @@ def test_a_batch_with_any_other_answer_is_recorded_row_by_row(store: Store) -> N
 
 def test_fatal_answer_leaves_rows_pending_for_a_later_resume(store: Store) -> None:
     run_id = new_run(store, 2)
-    rec = store.recorder(run_id)
+    rec = RunRecorder(store, run_id)
     unit = unit_for("u1", (1,))
     rec.mark_sending(unit)
     rec.record_final(unit, [MessageOutcome("u1-m0", OutcomeKind.FATAL, 403, "forbidden")], 1)
@@ -330,7 +323,7 @@ def test_fatal_answer_on_a_retry_keeps_rows_for_retry_failed(store: Store) -> No
     as fatal, pending would let a resume re-plan the rows under a new key: a second send.
     They end failed and retryable, for --retry-failed to repeat the same request."""
     run_id = new_run(store, 2)
-    rec = store.recorder(run_id)
+    rec = RunRecorder(store, run_id)
     unit = unit_for("u1", (1,))
     rec.mark_sending(unit)
     rec.record_final(unit, [MessageOutcome("u1-m0", OutcomeKind.FATAL, 403, "forbidden")], 2)
@@ -345,7 +338,7 @@ def test_fatal_answer_on_a_retry_keeps_rows_for_retry_failed(store: Store) -> No
 def test_mark_sending_refuses_rows_not_sendable(store: Store, state: str) -> None:
     run_id = new_run(store, 3)
     store.conn.execute("UPDATE recipients SET state = ? WHERE row = 2", (state,))
-    rec = store.recorder(run_id)
+    rec = RunRecorder(store, run_id)
     with pytest.raises(StoreError, match="refusing to send"):
         rec.mark_sending(unit_for("u1", (1,), (2,)))
     # all or nothing: row 1 was not marked either, and no unit was recorded
@@ -356,7 +349,7 @@ def test_mark_sending_refuses_rows_not_sendable(store: Store, state: str) -> Non
 
 def test_sending_becomes_unknown_and_keeps_its_unit(store: Store) -> None:
     run_id = new_run(store, 4)
-    rec = store.recorder(run_id)
+    rec = RunRecorder(store, run_id)
     rec.mark_sending(unit_for("u1", (1, 2)))
     rec.mark_sending(unit_for("u2", (3,)))
     assert store.sending_to_unknown(run_id) == [1, 2, 3]
@@ -399,18 +392,16 @@ def test_a_sending_mark_survives_kill_9(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
         import os, signal
-        from tests.test_store import unit_for
-        from batchsend.store import NewRecipient, Store
+        from test_store import unit_for
+        from batchsend.store import NewRecipient, RunRecorder, Store
         s = Store({str(db)!r})
         run = s.create_run(campaign_path="/c.toml", provider="v1", run_id="r1")
         s.add_recipients(run, [NewRecipient(row=1, email="a@example.org")])
-        s.recorder(run).mark_sending(unit_for("u1", (1,)))
+        RunRecorder(s, run).mark_sending(unit_for("u1", (1,)))
         os.kill(os.getpid(), signal.SIGKILL)
         """
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", script], cwd=Path(__file__).parent.parent, check=False
-    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parent, check=False)
     assert proc.returncode == -9
     store = Store(db)
     assert store.recipient("r1", 1)["state"] == "sending"

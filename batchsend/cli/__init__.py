@@ -26,6 +26,8 @@ COMMANDS: dict[str, str] = {
     "reconcile": "batchsend.cli.run_cmds:reconcile",
     "runs": "batchsend.cli.report_cmds:runs",
     "report": "batchsend.cli.report_cmds:report",
+    "events": "batchsend.cli.events_cmds:events",
+    "suppressions": "batchsend.cli.events_cmds:suppressions_group",
     "sandbox": "batchsend.cli.sandbox_cmd:sandbox",
 }
 

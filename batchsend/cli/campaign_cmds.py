@@ -9,7 +9,9 @@ import click
 
 from batchsend.apikeys import redact
 from batchsend.campaign import load_campaign
+from batchsend.cli.options import db_option
 from batchsend.errors import InputError
+from batchsend.store.events import read_suppression_details
 
 #: ``--allow-outside PATH``: the user, never the campaign file, lets it read elsewhere.
 ALLOW_OUTSIDE = click.option(
@@ -53,7 +55,10 @@ def init(folder: Path, force: bool) -> None:
     help="Write every bad row with its reasons to this CSV file.",
 )
 @ALLOW_OUTSIDE
-def check(campaign_file: Path, errors_file: Path | None, allow_outside: tuple[Path, ...]) -> None:
+@db_option("The database whose suppression list is consulted (read only; none if absent).")
+def check(
+    campaign_file: Path, errors_file: Path | None, allow_outside: tuple[Path, ...], db_path: str
+) -> None:
     """Read and render every row of CAMPAIGN, send nothing, and report every problem.
 
     Problems are grouped by cause with their row numbers and column; the last lines
@@ -65,11 +70,13 @@ def check(campaign_file: Path, errors_file: Path | None, allow_outside: tuple[Pa
       batchsend check samples/newsletter/campaign.toml
       batchsend check campaign.toml --errors bad-rows.csv
     """
-    from batchsend.preflight import format_report, preflight
+    from batchsend.check_report import format_report
+    from batchsend.preflight import preflight
 
     campaign = load_campaign(campaign_file, allow_outside=allow_outside)
+    listed = read_suppression_details(db_path)
     if errors_file is None:
-        report = preflight(campaign)
+        report = preflight(campaign, suppressed=listed)
     else:
         try:
             fh = errors_file.open("w", encoding="utf-8", newline="")
@@ -80,7 +87,7 @@ def check(campaign_file: Path, errors_file: Path | None, allow_outside: tuple[Pa
                 fix="give --errors a file path inside an existing folder you can write to",
             ) from None
         with fh:
-            report = preflight(campaign, errors=fh)
+            report = preflight(campaign, errors=fh, suppressed=listed)
     click.echo(redact(format_report(report)))
     if errors_file is not None and not report.ok:
         click.echo(f"bad rows written to {errors_file}")

@@ -7,19 +7,12 @@ from pathlib import Path
 
 import click
 
+from batchsend.cli.options import db_option
 from batchsend.history import RunListing, dumps_listings, list_runs
 from batchsend.report import FORMATS, format_for, write_report
 from batchsend.states import RecipientState
-from batchsend.store import DEFAULT_DB
 
-_db_option = click.option(
-    "--db",
-    "db_path",
-    default=DEFAULT_DB,
-    show_default=True,
-    type=click.Path(dir_okay=False),
-    help="The SQLite file that records runs.",
-)
+_db_option = db_option()
 
 
 def _describe(item: RunListing) -> str:

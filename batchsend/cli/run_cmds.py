@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from batchsend.cli.campaign_cmds import ALLOW_OUTSIDE
+from batchsend.cli.options import db_option
 from batchsend.errors import DiskFullError, is_disk_full
 from batchsend.reconcile import ADMIN_KEY_ENV, ReconcileResult, parse_grace, reconcile_run
 from batchsend.resume import resume_run
@@ -21,14 +22,7 @@ from batchsend.sending import EXIT_INTERRUPTED, RunResult
 def _send_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Options shared by ``run`` and ``resume``."""
     options = [
-        click.option(
-            "--db",
-            "db_path",
-            default="batchsend.db",
-            show_default=True,
-            type=click.Path(dir_okay=False),
-            help="The SQLite file that records runs.",
-        ),
+        db_option(),
         click.option(
             "--base-url",
             default=None,
@@ -287,14 +281,7 @@ def resume(run_id: str, **options: Any) -> None:
 
 @click.command()
 @click.argument("run_id")
-@click.option(
-    "--db",
-    "db_path",
-    default="batchsend.db",
-    show_default=True,
-    type=click.Path(dir_okay=False),
-    help="The SQLite file that records runs.",
-)
+@db_option()
 @_reconcile_options
 @click.option(
     "--base-url",

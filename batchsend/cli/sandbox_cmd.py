@@ -5,14 +5,20 @@ from __future__ import annotations
 import click
 
 from batchsend.sandbox import Sandbox, is_loopback
+from batchsend.sandbox.outcomes import DEFAULT_EVENT_DELAY_S
+from batchsend.sandbox.rules import loopback_url_problem
 from batchsend.sandbox.state import (
     ADMIN_KEY_PREFIX,
     DEFAULT_ADMIN_KEY,
+    DEFAULT_KEEP_EVENTS,
     DEFAULT_KEEP_MESSAGES,
     INFO_SHAPES,
+    WEBHOOK_SHAPES,
+    SandboxConfig,
 )
 
 DEFAULT_KEY = "sk-test"
+_DEFAULTS = SandboxConfig()
 
 
 def _loopback(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -21,6 +27,14 @@ def _loopback(ctx: click.Context, param: click.Parameter, value: str) -> str:
             f"{value!r} is not a loopback address; the sandbox only listens on "
             "127.0.0.1, ::1 or localhost."
         )
+    return value
+
+
+def _webhook_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None:
+        problem = loopback_url_problem(value)
+        if problem is not None:
+            raise click.BadParameter(problem)
     return value
 
 
@@ -200,7 +214,8 @@ def _key_domains(
     type=int,
     default=None,
     help="Seed for every drawn fault (--fail-rate, --drop-rate, --fail-after-accept-rate, "
-    "--slow-rate), to reproduce a run's faults.",
+    "--slow-rate), to reproduce a run's faults, and for the delivery outcomes and "
+    "--webhook-dup-rate, to reproduce a run's bounces, complaints and duplicates.",
 )
 @click.option(
     "--keep-messages",
@@ -209,8 +224,135 @@ def _key_domains(
     show_default=True,
     metavar="N",
     help="Accepted messages kept whole in memory for /_sandbox/messages (a few KB "
-    "each); older ones are compacted to what lookups need (about 650 bytes) and "
+    "each); older ones are compacted to what lookups need (a fraction of that) and "
     "still found by the admin and events endpoints (--record writes every one).",
+)
+@click.option(
+    "--bounce-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Fraction of accepted recipients that bounce (a quarter of them soft), drawn "
+    "from --seed and the message, not the order it came in.",
+)
+@click.option(
+    "--complaint-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Fraction of delivered recipients that complain (mark it as spam).",
+)
+@click.option(
+    "--open-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Fraction of delivered recipients that open the message.",
+)
+@click.option(
+    "--click-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Fraction of delivered recipients that click its first link (and so open it).",
+)
+@click.option(
+    "--event-delay",
+    "event_delay_s",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_EVENT_DELAY_S,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long after acceptance a delivery or bounce happens (an open or complaint "
+    "one more delay later, a click a third).",
+)
+@click.option(
+    "--keep-events",
+    type=click.IntRange(min=0),
+    default=DEFAULT_KEEP_EVENTS,
+    show_default=True,
+    metavar="N",
+    help="Events kept in memory for /_sandbox/events, the Events API and webhooks; the "
+    "oldest go first.",
+)
+@click.option(
+    "--webhook-url",
+    callback=_webhook_url,
+    default=None,
+    metavar="URL",
+    help="Post both providers' events here (loopback only: 127.0.0.0/8, ::1, localhost).",
+)
+@click.option(
+    "--tosend-webhook-url",
+    callback=_webhook_url,
+    default=None,
+    metavar="URL",
+    help="Post ToSend's events (bounced, complaint) here instead (loopback only).",
+)
+@click.option(
+    "--v1-webhook-url",
+    callback=_webhook_url,
+    default=None,
+    metavar="URL",
+    help="Post v1's events (every type) here instead (loopback only; v1 signs nothing, so "
+    "put a secret in the path).",
+)
+@click.option(
+    "--webhook-secret",
+    envvar="BATCHSEND_SANDBOX_WEBHOOK_SECRET",
+    default=None,
+    metavar="SECRET",
+    help="Sign ToSend's posts: X-ToSend-Signature: sha256=<HMAC-SHA256 of the body>. "
+    "Also read from $BATCHSEND_SANDBOX_WEBHOOK_SECRET.",
+)
+@click.option(
+    "--webhook-shape",
+    type=click.Choice(WEBHOOK_SHAPES),
+    default="current",
+    show_default=True,
+    help="Which of ToSend's three documented webhook bodies to post.",
+)
+@click.option(
+    "--webhook-dup-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Fraction of acknowledged events posted a second time, as providers warn they may.",
+)
+@click.option(
+    "--webhook-max-attempts",
+    type=click.IntRange(min=1),
+    default=_DEFAULTS.webhook_max_attempts,
+    show_default=True,
+    metavar="N",
+    help="Posts of one event at most: one answered other than 2xx, refused or timed out "
+    "is tried again after --webhook-backoff, doubling each time.",
+)
+@click.option(
+    "--webhook-backoff",
+    "webhook_backoff_s",
+    type=click.FloatRange(min=0),
+    default=_DEFAULTS.webhook_backoff_s,
+    show_default=True,
+    metavar="SECONDS",
+    help="The wait before the first retry of a webhook post.",
+)
+@click.option(
+    "--webhook-timeout",
+    "webhook_timeout_s",
+    type=click.FloatRange(min=0, min_open=True),
+    default=_DEFAULTS.webhook_timeout_s,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long a webhook post may take before it counts as unacknowledged.",
+)
+@click.option(
+    "--webhook-concurrency",
+    type=click.IntRange(min=1),
+    default=_DEFAULTS.webhook_concurrency,
+    show_default=True,
+    metavar="N",
+    help="Webhook posts in flight at once.",
 )
 @click.option(
     "--record",
@@ -240,6 +382,22 @@ def sandbox(
     slow_ms: float,
     seed: int | None,
     keep_messages: int,
+    bounce_rate: float,
+    complaint_rate: float,
+    open_rate: float,
+    click_rate: float,
+    event_delay_s: float,
+    keep_events: int,
+    webhook_url: str | None,
+    tosend_webhook_url: str | None,
+    v1_webhook_url: str | None,
+    webhook_secret: str | None,
+    webhook_shape: str,
+    webhook_dup_rate: float,
+    webhook_max_attempts: int,
+    webhook_backoff_s: float,
+    webhook_timeout_s: float,
+    webhook_concurrency: int,
     record: str | None,
 ) -> None:
     """Serve both provider APIs on loopback, behaving as the real services document.
@@ -254,6 +412,14 @@ def sandbox(
     (a JSON object, e.g. {"fail_rate": 0.2}). Like ToSend's edge, the ToSend routes
     refuse urllib's default User-Agent (403 "error code: 1010"): set your own.
     docs/sandbox.md records each behaviour the providers' documents leave open.
+
+    After acceptance each recipient is delivered, bounces, complains, opens and clicks
+    as --bounce-rate, --complaint-rate, --open-rate and --click-rate draw it (the same
+    with the same --seed), or as its address says: bounce@, softbounce@, complaint@,
+    success@ on any domain. Those events are listed at GET /_sandbox/events, by v1's
+    Events API and both suppression lists (GET /v2/suppressions,
+    /api/customer/suppressions), and posted to --webhook-url (loopback only) as each
+    provider would, retried with back-off.
 
     \b
     Defaults: key sk-test, admin key tsend_admin_test, verified domain example.com,
@@ -270,6 +436,13 @@ def sandbox(
           --record sent.jsonl --keep-messages 10000
       batchsend sandbox --api-key sk-a --api-key sk-b --domain a.com --domain b.com \\
           --key-domain sk-b=b.com
+      batchsend sandbox --bounce-rate 0.05 --complaint-rate 0.01 --open-rate 0.4 \\
+          --click-rate 0.1 --event-delay 2 --seed 7 --keep-events 100000 \\
+          --tosend-webhook-url http://127.0.0.1:9000/hooks/tosend \\
+          --v1-webhook-url http://127.0.0.1:9000/hooks/v1/TOKEN --webhook-shape legacy \\
+          --webhook-secret whsec-test --webhook-dup-rate 0.1 --webhook-max-attempts 5 \\
+          --webhook-backoff 1 --webhook-timeout 10 --webhook-concurrency 4
+      batchsend sandbox --webhook-url http://127.0.0.1:9000/hooks
     """
     server = Sandbox(
         api_keys=api_keys or (DEFAULT_KEY,),
@@ -294,6 +467,22 @@ def sandbox(
         port=port,
         key_domains=key_domains,
         keep_messages=keep_messages,
+        bounce_rate=bounce_rate,
+        complaint_rate=complaint_rate,
+        open_rate=open_rate,
+        click_rate=click_rate,
+        event_delay_s=event_delay_s,
+        keep_events=keep_events,
+        webhook_url=webhook_url,
+        tosend_webhook_url=tosend_webhook_url,
+        v1_webhook_url=v1_webhook_url,
+        webhook_secret=webhook_secret,
+        webhook_shape=webhook_shape,
+        webhook_dup_rate=webhook_dup_rate,
+        webhook_max_attempts=webhook_max_attempts,
+        webhook_backoff_s=webhook_backoff_s,
+        webhook_timeout_s=webhook_timeout_s,
+        webhook_concurrency=webhook_concurrency,
     )
 
     def banner(running: Sandbox) -> None:
@@ -301,9 +490,16 @@ def sandbox(
         click.echo(f"  v1:     POST {running.base_url}/api/v1/send")
         click.echo(f"  ToSend: POST {running.base_url}/v2/emails, /v2/emails/batch; GET /v2/info")
         click.echo(f"  lookups: GET {running.base_url}/v2/emails[/ID] (admin key), /api/v1/events")
-        click.echo(f"  inspect: GET {running.base_url}/_sandbox/messages, /_sandbox/stats")
+        click.echo(
+            f"  inspect: GET {running.base_url}/_sandbox/messages, /_sandbox/events, "
+            "/_sandbox/stats"
+        )
         click.echo("  accepted API keys: " + ", ".join(running.api_keys))
         click.echo("  admin keys: " + ", ".join(running.config.admin_keys))
+        for provider in ("tosend", "v1"):
+            url = running.state.webhook_url(provider)
+            if url is not None:
+                click.echo(f"  {provider} webhooks: POST {url}")
         click.echo("Ctrl-C to stop.")
 
     try:

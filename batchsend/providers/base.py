@@ -8,7 +8,7 @@ Two rules every provider follows:
 
 * a :class:`SendUnit` becomes exactly one :class:`HttpRequest` whose body is serialised
   once; a retry sends the very same bytes with the same ``Idempotency-Key`` (the unit's
-  key). Neither provider honours the key (API-CONTRACTS.md): it is sent because it is
+  key). Neither provider honours the key (docs/providers.md): it is sent because it is
   harmless and helps a provider that does;
 * an answer (or a transport failure) becomes exactly one :class:`MessageOutcome` per
   planned message, in the unit's order, of the kind that says whether the provider can
@@ -37,7 +37,7 @@ from batchsend.plan import PlannedMessage, SendUnit
 from batchsend.ratelimit import parse_retry_after
 from batchsend.transport import HttpRequest
 
-# API-CONTRACTS.md, "Was it processed?": a 429 refused the request before processing it
+# docs/providers.md, "Was it processed?": a 429 refused the request before processing it
 # (as does a 408: the server gave up waiting for it); a 5xx may come after the provider
 # delivered it (an error on the way back).
 RETRYABLE_STATUSES = frozenset({408, 429})
@@ -116,7 +116,8 @@ def iso_utc(epoch: float) -> str:
 
 
 def dumps(value: Any) -> bytes:
-    """The one JSON encoder of the send path (orjson: ~9x faster than ``json`` here)."""
+    """The one JSON encoder of the send path: orjson, because encoding every request
+    body with ``json`` would be a large share of the CPU a batch request costs."""
     return orjson.dumps(value)
 
 

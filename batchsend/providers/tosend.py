@@ -1,7 +1,7 @@
 """ToSend: ``POST /v2/emails`` and ``/v2/emails/batch``, ``GET /v2/info``, and the admin
 API's ``GET /v2/emails/{message_id}`` (reconcile's lookups).
 
-The contract is API-CONTRACTS.md, "Provider tosend". Personalised mail goes through
+The contract is docs/providers.md, "tosend: ToSend v2". Personalised mail goes through
 the batch endpoint, up to ``batch_size`` (default 100) different emails per request;
 ``batch_size=1`` uses the single-send endpoint. Each email carries ``message_hash`` =
 its planned key, so the provider's ``message_id`` is known before the request leaves.

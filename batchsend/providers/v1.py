@@ -1,16 +1,18 @@
 """MailerLogic's ``v1`` API: ``POST /api/v1/send``, one request per recipient, and the
 Events API's ``GET /api/v1/events`` (reconcile's lookups).
 
-The contract is API-CONTRACTS.md, "Provider v1". ``to`` is ONE address, so a unit is
-always one message; ``cc`` and ``bcc`` are arrays of address strings; attachments are
-``{filename, content (base64), contentType}``.
+The contract is docs/providers.md, "v1: MailerLogic". ``to`` is ONE address, so a unit
+is always one message; ``cc`` and ``bcc`` are arrays of address strings; attachments
+are ``{filename, content (base64), contentType}``.
 
 Classification of answers:
 
 ====================  =========================================================
 200                   accepted (``message_id``, ``email_id``)
-429, 500-504          retryable (``Retry-After`` or ``X-RateLimit-Reset`` honoured)
-403                   fatal: missing or invalid key, inactive account, sender domain
+408, 429              retryable (``Retry-After`` or ``X-RateLimit-Reset`` honoured)
+5xx, another 2xx,     unknown: v1 may have delivered it (docs/providers.md,
+a 200 without an id   "Was it processed?")
+401, 403              fatal: missing or invalid key, inactive account, sender domain
                       not verified or not allowed, insufficient credits
 404                   fatal: the ``domain`` is unknown to the account
 other 4xx             permanent for that message (400 validation, 409 idempotency)
@@ -114,7 +116,8 @@ class V1Provider(Provider):
         if m.stream_type:
             body["stream_type"] = m.stream_type
         # batchsend's own id travels in metadata (echoed in every event of the message),
-        # so events and lookups map back to the row (API-CONTRACTS.md).
+        # so events and lookups map back to the row (docs/providers.md, "Decisions for
+        # both providers").
         body["metadata"] = {**m.metadata, "batchsend_id": planned.key}
         if m.attachments:
             body["attachments"] = [

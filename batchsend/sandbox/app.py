@@ -18,7 +18,8 @@ Order of checks on a provider endpoint, and why:
    (``v1_requests_per_minute``, whose ``X-RateLimit-*`` headers then ride on every v1
    answer); 429 + ``Retry-After`` unless ``retry_after`` is off. A refused request takes
    nothing from a limit;
-5. ``GET /v2/info``, the admin lookups and the v1 events stop here: faults are for sends;
+5. ``GET /v2/info``, the admin lookups, suppression lists and v1 events stop here:
+   faults are for sends;
 6. ``fail_rate``: an injected 500/502/503, before any processing, so it never accepts;
 7. only with ``idempotency_keys``: a known key with the same body replays the stored
    answer (counted as a duplicate, no new message); with a different body, 409. Without
@@ -30,14 +31,18 @@ Order of checks on a provider endpoint, and why:
    all three; only a refused or rejected request is certain not to be.
 
 Inspection endpoints (``/_sandbox/...``) need no key; the server binds to loopback only
-and these handlers also refuse any non-loopback peer.
+and these handlers also refuse any non-loopback peer. The app's one background task,
+:class:`~batchsend.sandbox.webhooks.WebhookSender`, posts delivery events; it starts and
+stops with the app.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
+from collections.abc import AsyncIterator
 from types import ModuleType
 from typing import Any
 
@@ -45,6 +50,7 @@ from aiohttp import web
 
 from batchsend.sandbox import tosend, v1
 from batchsend.sandbox.state import SandboxState
+from batchsend.sandbox.webhooks import WebhookSender
 
 STATE: web.AppKey[SandboxState] = web.AppKey("state", SandboxState)
 LOOPBACK_PEERS = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
@@ -53,7 +59,12 @@ MAX_BODY = 40 * 1024 * 1024
 
 _JSON = "application/json"
 _SENDS = frozenset({"send", "batch"})
-_ADMIN = frozenset({"email", "emails"})
+#: Admin endpoints and the scope each needs.
+_ADMIN = {
+    "email": tosend.ADMIN_READ_SCOPE,
+    "emails": tosend.ADMIN_READ_SCOPE,
+    "suppressions": tosend.SUPPRESSIONS_READ_SCOPE,
+}
 _EVENTS = frozenset({"events", "email_events"})
 
 Answer = tuple[int, dict[str, Any]]
@@ -86,12 +97,12 @@ def _authorize(state: SandboxState, provider: ModuleType, kind: str, key: str) -
         scopes = state.admin_scopes(key)
         if kind in _SENDS and tosend.ADMIN_SEND_SCOPE not in scopes:
             return tosend.insufficient_scope(tosend.ADMIN_SEND_SCOPE)
-        if kind in _ADMIN and tosend.ADMIN_READ_SCOPE not in scopes:
-            return tosend.insufficient_scope(tosend.ADMIN_READ_SCOPE)
+        if kind in _ADMIN and _ADMIN[kind] not in scopes:
+            return tosend.insufficient_scope(_ADMIN[kind])
         return None
     if key in state.keys:
         if kind in _ADMIN:  # a sending key holds no admin scope
-            return tosend.insufficient_scope(tosend.ADMIN_READ_SCOPE)
+            return tosend.insufficient_scope(_ADMIN[kind])
         return None
     return tosend.INVALID_KEY
 
@@ -243,6 +254,10 @@ def _lookup(request: web.Request, state: SandboxState, kind: str, key: str) -> A
         return tosend.get_email(state, request.match_info["message_id"])
     if kind == "emails":
         return tosend.list_emails(state, request.query)
+    if kind == "suppressions":
+        return tosend.list_suppressions(state, request.query)
+    if kind == "customer_suppressions":
+        return v1.list_suppressions(state, request.query)
     if not state.config.events_api:
         return v1.EVENTS_DISABLED
     if kind == "events":
@@ -318,6 +333,16 @@ async def tosend_list_emails(request: web.Request) -> web.StreamResponse:
     return await _provider_request(request, tosend, "emails")
 
 
+async def tosend_suppressions(request: web.Request) -> web.StreamResponse:
+    """``GET /v2/suppressions`` (admin key with ``suppressions:read``)."""
+    return await _provider_request(request, tosend, "suppressions")
+
+
+async def v1_suppressions(request: web.Request) -> web.StreamResponse:
+    """``GET /api/customer/suppressions``."""
+    return await _provider_request(request, v1, "customer_suppressions")
+
+
 async def v1_events(request: web.Request) -> web.StreamResponse:
     """``GET /api/v1/events``."""
     return await _provider_request(request, v1, "events")
@@ -375,6 +400,21 @@ async def stats(request: web.Request) -> web.Response:
     return _response(200, _dump(request.app[STATE].stats()))
 
 
+async def events(request: web.Request) -> web.Response:
+    """``GET /_sandbox/events[?since=ID]``: delivery events that have happened, by id.
+
+    ``since`` leaves out events with an id up to it (a poller passes the last id seen).
+    v1's ``queued`` and ``sent`` are not delivery events and are not listed.
+    """
+    _loopback_only(request)
+    state = request.app[STATE]
+    try:
+        since = int(request.query.get("since", "0"))
+    except ValueError:
+        raise web.HTTPBadRequest(text="since must be an integer") from None
+    return _response(200, _dump({"events": state.events_view(since)}))
+
+
 async def get_config(request: web.Request) -> web.Response:
     """``GET /_sandbox/config``: the current settings (keys shown by count only)."""
     _loopback_only(request)
@@ -399,6 +439,7 @@ def public_config(state: SandboxState) -> dict[str, Any]:
     """Settings without the keys themselves."""
     out = state.config_dict()
     out["api_keys"] = len(out["api_keys"])
+    out["webhook_secret"] = out["webhook_secret"] is not None
     out["admin_keys"] = len(out["admin_keys"])
     out["admin_scopes"] = sorted({s for v in out["admin_scopes"].values() for s in v})
     out["key_domains"] = sorted({d for v in out["key_domains"].values() for d in v})
@@ -409,6 +450,7 @@ def make_app(state: SandboxState) -> web.Application:
     """The sandbox's aiohttp application over ``state``."""
     app = web.Application(client_max_size=MAX_BODY)
     app[STATE] = state
+    app.cleanup_ctx.append(_webhook_sender)
     app.router.add_post("/api/v1/send", v1_send)
     app.router.add_post("/v2/emails", tosend_send)
     app.router.add_post("/v2/emails/batch", tosend_batch)
@@ -417,10 +459,22 @@ def make_app(state: SandboxState) -> web.Application:
     app.router.add_get("/v2/emails/{message_id}", tosend_get_email)
     app.router.add_get("/api/v1/events", v1_events)
     app.router.add_get("/api/v1/emails/{email_id}/events", v1_email_events)
+    app.router.add_get("/v2/suppressions", tosend_suppressions)
+    app.router.add_get("/api/customer/suppressions", v1_suppressions)
     app.router.add_route("*", "/v2/{tail:.*}", tosend_not_found)
     app.router.add_route("*", "/api/{tail:.*}", v1_not_found)
     app.router.add_get("/_sandbox/messages", messages)
     app.router.add_get("/_sandbox/stats", stats)
+    app.router.add_get("/_sandbox/events", events)
     app.router.add_get("/_sandbox/config", get_config)
     app.router.add_post("/_sandbox/config", post_config)
     return app
+
+
+async def _webhook_sender(app: web.Application) -> AsyncIterator[None]:
+    """Run the webhook sender while the app serves; cancel it when the app stops."""
+    task = asyncio.create_task(WebhookSender(app[STATE]).run())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -1,12 +1,16 @@
-"""Checks both providers share: address syntax, attachment sizes, bodies for the log."""
+"""Checks both providers share: address syntax, attachment sizes, bodies for the log, and
+which hosts count as this machine (the sandbox listens and posts webhooks on loopback only).
+"""
 
 from __future__ import annotations
 
 import binascii
+import ipaddress
 import json
 import re
 from email.utils import parseaddr
 from typing import Any, TypeGuard
+from urllib.parse import urlsplit
 
 MB = 1024 * 1024
 
@@ -75,3 +79,35 @@ def without_attachment_contents(body: dict[str, Any]) -> dict[str, Any]:
             item["content_bytes"] = size
         stripped.append(item)
     return {**body, "attachments": stripped}
+
+
+def is_loopback(host: str) -> bool:
+    """Is ``host`` a loopback address (127.0.0.0/8, ::1) or ``localhost``?"""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def loopback_url_problem(url: str) -> str | None:
+    """Why ``url`` may not receive the sandbox's webhooks, or None when it may.
+
+    Only ``http(s)://`` URLs whose host is loopback pass: events the sandbox makes up
+    must never leave this machine.
+    """
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 - a bad port raises here
+    except ValueError as exc:
+        return f"{url!r} is not a valid URL ({exc})"
+    if parts.scheme not in ("http", "https") or not host:
+        return f"{url!r} is not an http:// or https:// URL"
+    if not is_loopback(host):
+        return (
+            f"{url!r} is not on this machine: the sandbox posts webhooks to loopback only "
+            "(127.0.0.0/8, ::1 or localhost)"
+        )
+    return None

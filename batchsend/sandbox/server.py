@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import ipaddress
 import signal
 import threading
 import time
@@ -14,6 +13,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from batchsend.sandbox.app import make_app
+from batchsend.sandbox.rules import is_loopback
 from batchsend.sandbox.state import (
     CONFIG_FIELDS,
     DEFAULT_KEEP_MESSAGES,
@@ -29,23 +29,13 @@ def _tune_gc() -> None:
     """Collect the young generation less often, and never rescan the startup heap.
 
     Each request leaves a few hundred short-lived containers; with the default
-    threshold (700) the collector runs every couple of requests and costs a quarter of
-    the server's time (measured with bench/sandbox_capacity.py). Only the foreground
+    threshold (700) the collector runs every couple of requests and takes a large share
+    of the server's time (``bench/sandbox_capacity.py`` shows it). Only the foreground
     server does this: it owns its process.
     """
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
-
-
-def is_loopback(host: str) -> bool:
-    """Is ``host`` a loopback address or ``localhost``?"""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class Sandbox:
@@ -222,6 +212,14 @@ class Sandbox:
         """
         messages = self._call(lambda: list(self.state.messages))
         return [m.as_dict() for m in messages]
+
+    def events(self, since: int = 0) -> list[dict[str, Any]]:
+        """The delivery events that have happened, oldest id first (``GET /_sandbox/events``).
+
+        Each says what the sandbox decided (``type``, ``bounce_type``, ``recipient``,
+        ``batchsend_id``...) and, when it was due a webhook, how the posts went.
+        """
+        return self._call(lambda: self.state.events_view(since))
 
     def stats(self) -> dict[str, Any]:
         """The counters (as ``GET /_sandbox/stats``)."""

@@ -27,11 +27,17 @@ messages). Decisions where the documents are silent (docs/sandbox.md has the lon
   events need kept), so lookups find every message ever accepted.
 - Faults draw from one ``random.Random(seed)`` in request order, so a run with the same
   seed and the same request sequence injects the same faults.
+- Delivery outcomes (:mod:`batchsend.sandbox.outcomes`) are drawn per accepted recipient
+  at acceptance, from a hash, not from that RNG; their events are stored at once with the
+  times they happen (``event_delay_s`` later) and every reader shows an event only once
+  its time has come. The newest ``keep_events`` are kept. Events due a webhook wait in
+  :attr:`SandboxState.outbox` for :mod:`batchsend.sandbox.webhooks`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import math
 import random
@@ -41,6 +47,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import IO, Any, NamedTuple
+
+from batchsend.sandbox.outcomes import DEFAULT_EVENT_DELAY_S, duplicated, first_link, timeline
+from batchsend.sandbox.rules import loopback_url_problem
 
 IDEMPOTENCY_TTL_S = 24 * 3600
 
@@ -66,10 +75,18 @@ DISPOSABLE_DOMAINS: frozenset[str] = frozenset(
 
 
 DEFAULT_KEEP_MESSAGES = 1_000_000
+DEFAULT_KEEP_EVENTS = 1_000_000
+#: ToSend's webhook bodies, newest first (the three generations its docs show).
+WEBHOOK_SHAPES = ("current", "flat", "legacy")
+#: Delivery events per provider that a webhook carries (ToSend: bounces and complaints).
+WEBHOOK_EVENTS = {
+    "tosend": frozenset({"bounced", "complained"}),
+    "v1": frozenset({"delivered", "bounced", "complained", "opened", "clicked"}),
+}
 DEFAULT_ADMIN_KEY = "tsend_admin_test"
 ADMIN_KEY_PREFIX = "tsend_admin_"
 #: What an admin key holds when ``admin_scopes`` does not list it: read the delivery log.
-DEFAULT_ADMIN_SCOPES: tuple[str, ...] = ("emails:read",)
+DEFAULT_ADMIN_SCOPES: tuple[str, ...] = ("emails:read", "suppressions:read")
 INFO_SHAPES = ("current", "older")
 #: Settings that no longer exist, and what replaced them (a clear error, not a silent no-op).
 REPLACED_SETTINGS = {
@@ -133,14 +150,68 @@ class SandboxConfig:
     schedule: tuple[tuple[int, dict[str, Any]], ...] = ()
     # How many accepted messages stay whole in memory for inspection (/_sandbox/messages);
     # the oldest are compacted beyond it (counted, still in the --record file, and still
-    # found by the lookups: ~650 B each). None keeps them all whole: a few KB each.
+    # found by the lookups, in a fraction of the memory). None keeps them all whole.
     keep_messages: int | None = DEFAULT_KEEP_MESSAGES
+    # Delivery outcomes (batchsend.sandbox.outcomes), drawn per accepted recipient from a
+    # hash of (seed, message, recipient): fractions of recipients that bounce, and of
+    # delivered ones that complain, open and click; the events come event_delay_s later.
+    bounce_rate: float = 0.0
+    complaint_rate: float = 0.0
+    open_rate: float = 0.0
+    click_rate: float = 0.0
+    event_delay_s: float = DEFAULT_EVENT_DELAY_S
+    # How many events stay in memory (the oldest go first); None keeps them all.
+    keep_events: int | None = DEFAULT_KEEP_EVENTS
+    # Webhooks: where each provider posts its events (loopback only); webhook_url serves
+    # both providers unless one has its own. None: nothing is posted.
+    webhook_url: str | None = None
+    tosend_webhook_url: str | None = None
+    v1_webhook_url: str | None = None
+    # ToSend signs its bodies when the webhook has a secret: X-ToSend-Signature.
+    webhook_secret: str | None = field(default=None, repr=False)  # a secret: never shown
+    # Which of ToSend's three documented bodies it posts.
+    webhook_shape: str = "current"
+    # The fraction of acknowledged events posted a second time, as both providers warn.
+    webhook_dup_rate: float = 0.0
+    # An unacknowledged post (not 2xx, no connection, timeout) is tried again after
+    # webhook_backoff_s, doubling each time, up to webhook_max_attempts posts in all.
+    webhook_max_attempts: int = 5
+    webhook_backoff_s: float = 0.5
+    webhook_timeout_s: float = 10.0
+    webhook_concurrency: int = 4
 
     def __post_init__(self) -> None:
-        for name in ("fail_rate", "drop_rate", "fail_after_accept_rate", "slow_rate", "spike_rate"):
+        for name in (
+            "fail_rate",
+            "drop_rate",
+            "fail_after_accept_rate",
+            "slow_rate",
+            "spike_rate",
+            "bounce_rate",
+            "complaint_rate",
+            "open_rate",
+            "click_rate",
+            "webhook_dup_rate",
+        ):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, got {value}")
+        for name in ("webhook_url", "tosend_webhook_url", "v1_webhook_url"):
+            url = getattr(self, name)
+            if url is not None:
+                problem = loopback_url_problem(url) if isinstance(url, str) else "not a string"
+                if problem is not None:
+                    raise ValueError(f"{name}: {problem}")
+        if self.webhook_shape not in WEBHOOK_SHAPES:
+            raise ValueError(
+                f"webhook_shape must be one of {WEBHOOK_SHAPES}, got {self.webhook_shape!r}"
+            )
+        for name in ("webhook_max_attempts", "webhook_concurrency"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 1:
+                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+        if self.webhook_timeout_s <= 0:
+            raise ValueError(f"webhook_timeout_s must be positive, got {self.webhook_timeout_s}")
         for name, unit in (
             ("tosend_emails_per_second", "email/s"),
             ("v1_requests_per_minute", "request/min"),
@@ -152,7 +223,7 @@ class SandboxConfig:
                 )
         if self.info_shape not in INFO_SHAPES:
             raise ValueError(f"info_shape must be one of {INFO_SHAPES}, got {self.info_shape!r}")
-        for name in ("latency_ms", "spike_ms", "slow_ms"):
+        for name in ("latency_ms", "spike_ms", "slow_ms", "event_delay_s", "webhook_backoff_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
         if self.credits is not None and self.credits < 0:
@@ -160,6 +231,9 @@ class SandboxConfig:
         keep = self.keep_messages
         if keep is not None and (type(keep) is not int or keep < 0):
             raise ValueError(f"keep_messages must be a whole number >= 0 or null, got {keep!r}")
+        keep = self.keep_events
+        if keep is not None and (type(keep) is not int or keep < 0):
+            raise ValueError(f"keep_events must be a whole number >= 0 or null, got {keep!r}")
         if self.refuse_next < 0:
             raise ValueError(f"refuse_next must not be negative, got {self.refuse_next}")
         object.__setattr__(self, "schedule", _checked_schedule(self.schedule))
@@ -254,6 +328,10 @@ class Logged(NamedTuple):
     domain: str = ""
     subject: str = ""
     attachments: tuple[str, ...] = ()
+    # This message's events are ids first_event .. first_event + events - 1 (set on
+    # acceptance; a v1 message's queued and sent events come first).
+    first_event: int = 0
+    events: int = 0
 
     @property
     def calendar_invite(self) -> bool:
@@ -288,11 +366,80 @@ class Logged(NamedTuple):
         if self.provider != "v1":
             return self._replace(body_json="{}")
         body = json.loads(self.body_json)
-        kept = {k: body[k] for k in ("metadata", "tag") if k in body}
+        kept = {k: body[k] for k in ("metadata", "tag", "headers") if k in body}
         return self._replace(body_json=json.dumps(kept, ensure_ascii=False))
 
 
 INVITE_ICS = "invite.ics"
+
+
+class Event(NamedTuple):
+    """One event of one recipient (atoms only, like :class:`Logged`).
+
+    ``type`` is ``queued``/``sent`` (v1's, one per message, for its ``to``) or a delivery
+    event: ``delivered``, ``bounced`` (``bounce_type`` hard/soft, with a ``reason``),
+    ``opened``, ``complained``, ``clicked`` (with the ``url`` followed). ``position`` is
+    the message's place in the log; ``duplicate``: its webhook is posted twice.
+    """
+
+    id: int
+    provider: str
+    type: str
+    bounce_type: str | None
+    reason: str | None
+    message_id: str
+    email_id: str | None
+    recipient: str
+    batchsend_id: str | None
+    at: float
+    position: int
+    url: str | None = None
+    duplicate: bool = False
+
+    def seen(self, now: float) -> bool:
+        """Has it happened by ``now``? (v1's ``queued`` and ``sent`` are there at once.)"""
+        return self.at <= now or self.type in ("queued", "sent")
+
+    def as_dict(self, delivery: Delivery | None) -> dict[str, Any]:
+        """The entry of ``GET /_sandbox/events``."""
+        return {
+            "id": self.id,
+            "provider": self.provider,
+            "type": self.type,
+            "bounce_type": self.bounce_type,
+            "reason": self.reason,
+            "message_id": self.message_id,
+            "email_id": self.email_id,
+            "recipient": self.recipient,
+            "batchsend_id": self.batchsend_id,
+            "url": self.url,
+            "created_at": iso_time(self.at),
+            "webhook": None if delivery is None else delivery.as_dict(),
+        }
+
+
+class Delivery:
+    """How an event's webhook went: posts made, and the answers they got."""
+
+    __slots__ = ("attempts", "done", "failures", "sent", "url")
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.attempts = 0  # posts made, retries and the duplicate included
+        self.failures = 0  # posts not acknowledged (not 2xx, no connection, timeout)
+        self.sent = 0  # posts the receiver acknowledged (2 when duplicated)
+        self.done = False  # no post left to make (acknowledged, or attempts used up)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The ``webhook`` field of a ``/_sandbox/events`` entry."""
+        return {
+            "url": self.url,
+            "attempts": self.attempts,
+            "acknowledged": self.sent > 0,
+            "deliveries_sent": self.sent,
+            "pending": not self.done,
+        }
+
 
 _iso_cache: list[Any] = [None, ""]
 
@@ -304,6 +451,21 @@ def iso_time(now: float) -> str:
         _iso_cache[0] = second
         _iso_cache[1] = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
     return f"{_iso_cache[1]}.{millis:03d}Z"
+
+
+_DOMAIN_COLUMNS = {"delivered": 0, "bounced": 1, "complained": 2}
+
+#: How long after ``queued`` v1's ``sent`` event is stamped.
+SENT_AFTER_S = 0.001
+
+
+def json_object(raw: str | bytes) -> dict[str, Any]:
+    """A logged body as a dict (an empty one if it is not a JSON object)."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
 
 
 def _count(counter: dict[str, int], key: str) -> None:
@@ -347,6 +509,7 @@ class SandboxState:
         self.accepted = 0
         self.recipients_accepted = 0
         self.dropped_disposable = 0
+        self.dropped_suppressed = 0  # ToSend recipients blocked as suppressed
         self.duplicates = 0
         self.rejections: dict[str, int] = {}
         self.faults: dict[str, int] = {}
@@ -357,6 +520,21 @@ class SandboxState:
         self._v1_window: deque[float] = deque()
         self.refuse_left = config.refuse_next
         self._schedule = list(config.schedule)
+        # events: the newest keep_events, ids contiguous (events[i].id == events[0].id + i)
+        self.events: deque[Event] = deque(maxlen=config.keep_events)
+        self.next_event = 1
+        self.events_forgotten = 0
+        self.outcomes: dict[str, int] = {}  # delivery events drawn, by type
+        # ToSend's per-domain totals for /v2/info: [delivered, bounced, complained] recipients
+        self.domain_outcomes: dict[str, list[int]] = {}
+        # hard bounces and complaints, per provider: address -> the event that put it there
+        self.suppressions: dict[str, dict[str, Event]] = {"tosend": {}, "v1": {}}
+        # webhooks: each posted event's progress, and a heap of (when due, event id)
+        self.deliveries: dict[int, Delivery] = {}
+        self.outbox: list[tuple[float, int]] = []
+        self.webhook_counts: dict[str, int] = {}
+        self.webhooks_pending = 0
+        self.wake: Callable[[], None] | None = None  # set by the webhook sender
         self._set_derived()
 
     # settings --------------------------------------------------------------------------
@@ -387,6 +565,11 @@ class SandboxState:
             self._bucket = None  # a new limit starts with a full bucket
         if "keep_messages" in changes:
             self._compact()
+        if "keep_events" in changes and self.config.keep_events != self.events.maxlen:
+            kept: deque[Event] = deque(maxlen=self.config.keep_events)
+            for event in self.events:
+                self._store(event, kept)
+            self.events = kept
         self._set_derived()
         return self.config
 
@@ -564,6 +747,7 @@ class SandboxState:
         self.recipients_per_hour[hour] = self.recipients_per_hour.get(hour, 0) + recipients
         log = self.log
         position = len(log)
+        entry = self._draw_events(entry, position)
         log.append(entry)
         if entry.provider == "v1":
             assert entry.email_id is not None
@@ -589,6 +773,229 @@ class SandboxState:
             log[self.forgotten] = log[self.forgotten].compacted()
             self.forgotten += 1
 
+    # events ------------------------------------------------------------------------------
+
+    def webhook_url(self, provider: str) -> str | None:
+        """Where ``provider`` posts its events: its own URL, else the shared one."""
+        cfg = self.config
+        own = cfg.tosend_webhook_url if provider == "tosend" else cfg.v1_webhook_url
+        return own or cfg.webhook_url
+
+    def _draw_events(self, entry: Logged, position: int) -> Logged:
+        """Draw and store the events of a message being accepted (its ids on the entry)."""
+        cfg = self.config
+        first = self.next_event
+        raw = entry.body_json
+        key = hashlib.sha256(raw if isinstance(raw, bytes) else raw.encode()).hexdigest()
+        body: dict[str, Any] | None = None
+        batchsend_id = None
+        made: list[Event] = []
+
+        def add(kind: str, recipient: str, at: float, **extra: Any) -> None:
+            made.append(
+                Event(
+                    id=first + len(made),
+                    provider=entry.provider,
+                    type=kind,
+                    bounce_type=extra.get("bounce_type"),
+                    reason=extra.get("reason"),
+                    message_id=entry.message_id,
+                    email_id=entry.email_id,
+                    recipient=recipient,
+                    batchsend_id=batchsend_id,
+                    at=at,
+                    position=position,
+                    url=extra.get("url"),
+                    duplicate=extra.get("duplicate", False),
+                )
+            )
+
+        start = entry.received
+        if entry.provider == "v1":
+            body = json_object(raw)
+            metadata = body.get("metadata")
+            if isinstance(metadata, dict) and isinstance(metadata.get("batchsend_id"), str):
+                batchsend_id = metadata["batchsend_id"]
+            add("queued", entry.to[0], entry.received)
+            add("sent", entry.to[0], entry.received + SENT_AFTER_S)
+            start += SENT_AFTER_S  # the delivery follows "sent", whatever the delay
+        url = self.webhook_url(entry.provider)
+        hooked = WEBHOOK_EVENTS[entry.provider] if url is not None else frozenset()
+        for recipient in (*entry.to, *entry.cc, *entry.bcc):
+            steps = timeline(
+                seed=cfg.seed,
+                message_key=key,
+                recipient=recipient,
+                accepted_at=start,
+                delay=cfg.event_delay_s,
+                bounce_rate=cfg.bounce_rate,
+                complaint_rate=cfg.complaint_rate,
+                open_rate=cfg.open_rate,
+                click_rate=cfg.click_rate,
+            )
+            for step in steps:
+                link = None
+                if step.type == "clicked":
+                    body = json_object(raw) if body is None else body
+                    html, text = body.get("html"), body.get("text")
+                    link = first_link(
+                        html if isinstance(html, str) else None,
+                        text if isinstance(text, str) else None,
+                    )
+                add(
+                    step.type,
+                    recipient,
+                    step.at,
+                    bounce_type=step.bounce_type,
+                    reason=step.reason,
+                    url=link,
+                    duplicate=step.type in hooked
+                    and duplicated(cfg.seed, key, recipient, step.type, cfg.webhook_dup_rate),
+                )
+        queued = False
+        for event in made:
+            self._store(event, self.events)
+            kind = event.type
+            if kind in ("queued", "sent"):
+                continue
+            counted = f"bounced_{event.bounce_type}" if kind == "bounced" else kind
+            self.outcomes[counted] = self.outcomes.get(counted, 0) + 1
+            column = _DOMAIN_COLUMNS.get(kind)
+            if column is not None:
+                totals = self.domain_outcomes.setdefault(entry.domain, [0, 0, 0])
+                totals[column] += 1
+            if kind == "complained" or event.bounce_type == "hard":
+                self._suppress(event)
+            if url is not None and kind in hooked and self.event(event.id) is not None:
+                self.deliveries[event.id] = Delivery(url)
+                self.webhooks_pending += 1
+                heapq.heappush(self.outbox, (event.at, event.id))
+                queued = True
+        self.next_event = first + len(made)
+        if queued and self.wake is not None:
+            self.wake()
+        return entry._replace(first_event=first, events=len(made))
+
+    def _store(self, event: Event, events: deque[Event]) -> None:
+        """Append ``event``; beyond ``keep_events`` the oldest goes, with its webhook."""
+        if events.maxlen is not None and len(events) >= events.maxlen:
+            self.events_forgotten += 1
+            if events.maxlen == 0:
+                gone = event
+            else:
+                gone = events[0]
+                events.append(event)
+            delivery = self.deliveries.pop(gone.id, None)
+            if delivery is not None and not delivery.done:
+                self.webhooks_pending -= 1
+            return
+        events.append(event)
+
+    def _suppress(self, event: Event) -> None:
+        """Put a hard-bounced or complaining address on its provider's suppression list."""
+        listed = self.suppressions[event.provider]
+        address = event.recipient.lower()
+        if address in listed:
+            return
+        listed[address] = event
+        keep = self.config.keep_events
+        while keep is not None and len(listed) > keep:
+            del listed[next(iter(listed))]
+
+    def event(self, event_id: int) -> Event | None:
+        """The stored event with this id, or None (never made, or forgotten)."""
+        events = self.events
+        if not events:
+            return None
+        index = event_id - events[0].id
+        return events[index] if 0 <= index < len(events) else None
+
+    def events_of(self, entry: Logged) -> list[Event]:
+        """The stored events of one accepted message, in id order."""
+        found = (self.event(i) for i in range(entry.first_event, entry.first_event + entry.events))
+        return [e for e in found if e is not None]
+
+    def happened(self, now: float, since: int = 0) -> list[Event]:
+        """Stored events whose time has come, with an id above ``since``, in id order."""
+        events = self.events
+        start = 0 if not events else max(0, since + 1 - events[0].id)
+        return [e for i, e in enumerate(events) if i >= start and e.seen(now)]
+
+    def events_view(self, since: int = 0) -> list[dict[str, Any]]:
+        """``GET /_sandbox/events``: delivery events that have happened, in id order."""
+        deliveries = self.deliveries
+        return [
+            e.as_dict(deliveries.get(e.id))
+            for e in self.happened(self.clock(), since)
+            if e.type not in ("queued", "sent")
+        ]
+
+    def message_status(self, entry: Logged, now: float) -> str:
+        """What ToSend's log says of a message: ``complaint``, ``bounced`` or ``sent``."""
+        kinds = {e.type for e in self.events_of(entry) if e.at <= now}
+        if "complained" in kinds:
+            return "complaint"
+        return "bounced" if "bounced" in kinds else "sent"
+
+    def is_suppressed(self, provider: str, address: str, now: float) -> bool:
+        """Is ``address`` on ``provider``'s suppression list by ``now``?"""
+        event = self.suppressions[provider].get(address.lower())
+        return event is not None and event.at <= now
+
+    def listed(self, provider: str, now: float) -> list[Event]:
+        """``provider``'s suppression list as of ``now``, newest first."""
+        return [e for e in reversed(self.suppressions[provider].values()) if e.at <= now]
+
+    # webhooks (driven by batchsend.sandbox.webhooks) ---------------------------------------
+
+    def due_posts(self, now: float, limit: int) -> list[tuple[Event, Delivery]]:
+        """Up to ``limit`` webhook posts due by ``now``, taken off the outbox."""
+        out: list[tuple[Event, Delivery]] = []
+        outbox = self.outbox
+        while outbox and outbox[0][0] <= now and len(out) < limit:
+            _due, event_id = heapq.heappop(outbox)
+            event = self.event(event_id)
+            delivery = self.deliveries.get(event_id)
+            if event is not None and delivery is not None and not delivery.done:
+                out.append((event, delivery))
+        return out
+
+    def next_post_at(self) -> float | None:
+        """When the next webhook post is due, or None when none is waiting."""
+        return self.outbox[0][0] if self.outbox else None
+
+    def post_later(self, event: Event, now: float) -> None:
+        """Put back a post that was cut short (the sandbox stopping): due again at once."""
+        heapq.heappush(self.outbox, (now, event.id))
+
+    def posted(self, event: Event, delivery: Delivery, ok: bool, now: float) -> None:
+        """Record one post's answer: acknowledged, or to be tried again after a back-off.
+
+        An acknowledged event drawn for ``webhook_dup_rate`` is posted once more at once;
+        that second post is not retried.
+        """
+        delivery.attempts += 1
+        counts = self.webhook_counts
+        _count(counts, "posts")
+        if ok:
+            delivery.sent += 1
+            _count(counts, "acknowledged")
+            if delivery.sent == 1 and event.duplicate:
+                _count(counts, "duplicates")
+                heapq.heappush(self.outbox, (now, event.id))
+                return
+        else:
+            _count(counts, "failed")
+            delivery.failures += 1
+            if delivery.sent == 0:
+                if delivery.attempts < self.config.webhook_max_attempts:
+                    backoff = self.config.webhook_backoff_s * 2 ** (delivery.failures - 1)
+                    heapq.heappush(self.outbox, (now + backoff, event.id))
+                    return
+                _count(counts, "abandoned")
+        delivery.done = True
+        self.webhooks_pending -= 1
+
     def close(self) -> None:
         """Close the record file (reopened on the next accepted message)."""
         if self._record_file is not None:
@@ -613,7 +1020,13 @@ class SandboxState:
         one); ``client_gone``: requests whose client left before their body was read
         (never processed); ``messages_kept`` / ``messages_forgotten``: accepted messages still whole
         in memory, and the oldest compacted beyond ``keep_messages`` (still found by the
-        lookups); ``messages_indexed``: every accepted message the lookups can find.
+        lookups); ``messages_indexed``: every accepted message the lookups can find;
+        ``suppressed_dropped``: ToSend recipients blocked as suppressed; ``outcomes``: the
+        delivery events drawn, by type (``bounced_hard``/``bounced_soft``), counted at
+        acceptance; ``events_kept`` / ``events_forgotten``: the event store beyond
+        ``keep_events``; ``webhooks``: ``posts`` made, ``acknowledged`` (2xx),
+        ``failed``, ``duplicates`` (second posts on purpose), ``abandoned`` (attempts
+        used up) and ``pending`` (events with a post still to come).
         """
         return {
             "requests": self.requests,
@@ -622,6 +1035,7 @@ class SandboxState:
             "accepted": self.accepted,
             "recipients_accepted": self.recipients_accepted,
             "disposable_dropped": self.dropped_disposable,
+            "suppressed_dropped": self.dropped_suppressed,
             "duplicates": self.duplicates,
             "rejections": dict(self.rejections),
             "faults": dict(self.faults),
@@ -630,6 +1044,14 @@ class SandboxState:
             "messages_forgotten": self.forgotten,
             "messages_indexed": len(self.log),
             "idempotency_keys": len(self.idempotency),
+            "outcomes": dict(self.outcomes),
+            "events_kept": len(self.events),
+            "events_forgotten": self.events_forgotten,
+            "webhooks": {
+                **{k: 0 for k in ("posts", "acknowledged", "failed", "duplicates", "abandoned")},
+                **self.webhook_counts,
+                "pending": self.webhooks_pending,
+            },
             "requests_per_second": {str(k): v for k, v in self.per_second.items()},
             "max_requests_per_second": max(self.per_second.values(), default=0),
         }

@@ -1,4 +1,5 @@
-"""ToSend's contract: sends, batches, ``GET /v2/info`` and the admin API's email lookups.
+"""ToSend's contract: sends, batches, ``GET /v2/info`` and the admin API's email lookups
+and suppression list.
 
 Error bodies are ``{status_code, error_type, message, errors: {field: {rule: text}}}``;
 where ToSend's documentation shows an example (the send page, seed 003, and the batch
@@ -395,6 +396,12 @@ def send_one(
     kept = [tuple(a for a in lst if domain_of(a) not in DISPOSABLE_DOMAINS) for lst in lists]
     count = len(kept[0]) + len(kept[1]) + len(kept[2])
     state.dropped_disposable += len(lists[0]) + len(lists[1]) + len(lists[2]) - count
+    if state.suppressions["tosend"]:  # the docs: a suppressed address is blocked, as spam
+        left = [tuple(a for a in lst if not state.is_suppressed("tosend", a, now)) for lst in kept]
+        blocked = count - (len(left[0]) + len(left[1]) + len(left[2]))
+        if blocked:
+            state.dropped_suppressed += blocked
+            kept, count = left, count - blocked
     if count == 0:
         return ALL_DISPOSABLE
     if not state.has_credits(count):
@@ -521,19 +528,23 @@ def info(state: SandboxState, key: str) -> dict[str, Any]:
         }
     domains = []
     for number, name in shown:
-        sent = state.domain_sent.get(name, 0)
+        delivered, bounced, complained = state.domain_outcomes.get(name, (0, 0, 0))
         domains.append(
             {
                 "id": number,
                 "domain_name": name,
                 "verification_status": "verified" if name in state.verified else "pending",
                 "is_default": 1 if name == first else 0,
-                "total_sent": sent,
-                "total_delivered": sent,
-                "total_bounced": 0,
-                "total_complained": 0,
+                "total_sent": state.domain_sent.get(name, 0),
+                "total_delivered": delivered,
+                "total_bounced": bounced,
+                "total_complained": complained,
             }
         )
+    # over every domain (the account's rates), in recipients, as drawn at acceptance
+    delivered, bounced, complained = (
+        sum(t[i] for t in state.domain_outcomes.values()) for i in range(3)
+    )
     return {
         "account": {
             "id": 1,
@@ -543,8 +554,8 @@ def info(state: SandboxState, key: str) -> dict[str, Any]:
             "monthly_email_limit": None,
             "limit_per_second": cfg.tosend_emails_per_second,
             "ses_region": "sandbox",
-            "bounce_rate": 0.0,
-            "complaint_rate": 0.0,
+            "bounce_rate": round(bounced / (delivered + bounced), 4) if bounced else 0.0,
+            "complaint_rate": round(complained / delivered, 4) if complained else 0.0,
             "ses_status": "active",
         },
         "domains": domains,
@@ -566,6 +577,10 @@ def _usage(state: SandboxState, *, month: bool) -> int:
 
 ADMIN_READ_SCOPE = "emails:read"
 ADMIN_SEND_SCOPE = "emails:send"
+SUPPRESSIONS_READ_SCOPE = "suppressions:read"
+#: Suppression statuses (the dashboard's filter) and the bounce type shown for a bounce.
+SUPPRESSION_STATUSES = ("bounced", "complained")
+SUPPRESSED_BOUNCE_TYPE = "General"
 DEFAULT_PER_PAGE = 20
 MAX_PER_PAGE = 100
 
@@ -575,11 +590,11 @@ def is_admin_key(key: str) -> bool:
     return key.startswith(ADMIN_KEY_PREFIX)
 
 
-def email_resource(entry: Logged) -> dict[str, Any]:
-    """One accepted message as the admin API shows it."""
+def email_resource(entry: Logged, status: str = "sent") -> dict[str, Any]:
+    """One accepted message as the admin API shows it (``status``: sent|bounced|complaint)."""
     return {
         "message_id": entry.message_id,
-        "status": "sent",
+        "status": status,
         "from": entry.sender,
         "to": list(entry.to),
         "cc": list(entry.cc),
@@ -604,7 +619,8 @@ def get_email(state: SandboxState, message_id: str) -> Answer:
     position = state.tosend_index.get(message_id)
     if position is None:
         return admin_error(404, "Email not found.", {"code": "not_found"})
-    return 200, {"data": email_resource(state.log[position])}
+    entry = state.log[position]
+    return 200, {"data": email_resource(entry, state.message_status(entry, state.clock()))}
 
 
 def _bound(value: str, *, upper: bool) -> float | None:
@@ -623,19 +639,31 @@ def _bound(value: str, *, upper: bool) -> float | None:
     return stamp
 
 
-def list_emails(state: SandboxState, query: Any) -> Answer:
-    """``GET /v2/emails``: the delivery log, newest first, filtered and paged."""
+def _paging(query: Any) -> tuple[int, int, Answer | None]:
+    """(page, per_page, None) from the query, or (0, 0, the 422 to answer)."""
     try:
         page = int(query.get("page", "1"))
         per_page = int(query.get("per_page", str(DEFAULT_PER_PAGE)))
     except ValueError:
-        return admin_error(422, "page and per_page must be integers.", {"page": "integer"})
+        return 0, 0, admin_error(422, "page and per_page must be integers.", {"page": "integer"})
     if page < 1 or not 1 <= per_page <= MAX_PER_PAGE:
-        return admin_error(
-            422,
-            f"page must be >= 1 and per_page between 1 and {MAX_PER_PAGE}.",
-            {"per_page": "between"},
+        return (
+            0,
+            0,
+            admin_error(
+                422,
+                f"page must be >= 1 and per_page between 1 and {MAX_PER_PAGE}.",
+                {"per_page": "between"},
+            ),
         )
+    return page, per_page, None
+
+
+def list_emails(state: SandboxState, query: Any) -> Answer:
+    """``GET /v2/emails``: the delivery log, newest first, filtered and paged."""
+    page, per_page, refused = _paging(query)
+    if refused is not None:
+        return refused
     status = query.get("status") or None
     domain = (query.get("domain") or "").lower() or None
     if domain is not None and domain.isdigit():  # a domain id, as /v2/info numbers them
@@ -656,11 +684,12 @@ def list_emails(state: SandboxState, query: Any) -> Answer:
             bounds.append(-math.inf if not upper else math.inf)
     low, high = bounds
     search = (query.get("search") or "").lower() or None
+    now = state.clock()
     matched = []
     for entry in reversed(state.log):
         if entry.provider != "tosend":
             continue
-        if status is not None and status != "sent":
+        if status is not None and status != state.message_status(entry, now):
             continue
         if domain is not None and entry.domain != domain:
             continue
@@ -681,8 +710,58 @@ def list_emails(state: SandboxState, query: Any) -> Answer:
         matched.append(entry)
     start = (page - 1) * per_page
     return 200, {
-        "data": [email_resource(e) for e in matched[start : start + per_page]],
+        "data": [
+            email_resource(e, state.message_status(e, now))
+            for e in matched[start : start + per_page]
+        ],
         "total": len(matched),
+        "page": page,
+        "per_page": per_page,
+    }
+
+
+# Admin API: the suppression list ---------------------------------------------------------
+
+
+def list_suppressions(state: SandboxState, query: Any) -> Answer:
+    """``GET /v2/suppressions?search&status&page&per_page``: hard bounces and complaints.
+
+    Newest first, one entry per address (the first event that put it there).
+    """
+    page, per_page, refused = _paging(query)
+    if refused is not None:
+        return refused
+    status = query.get("status") or None
+    if status is not None and status not in SUPPRESSION_STATUSES:
+        return admin_error(
+            422,
+            "status must be one of: " + ", ".join(SUPPRESSION_STATUSES) + ".",
+            {"status": "in"},
+        )
+    search = (query.get("search") or "").lower() or None
+    rows = []
+    for event in state.listed("tosend", state.clock()):
+        kind = "complained" if event.type == "complained" else "bounced"
+        if status is not None and kind != status:
+            continue
+        if search is not None and search not in event.recipient.lower():
+            continue
+        rows.append((kind, event))
+    start = (page - 1) * per_page
+    return 200, {
+        "data": [
+            {
+                "email": event.recipient,
+                "status": kind,
+                "bounce_type": SUPPRESSED_BOUNCE_TYPE if kind == "bounced" else None,
+                "reason": event.reason,
+                "domain": state.log[event.position].domain,
+                "message_id": event.message_id,
+                "created_at": iso_time(event.at),
+            }
+            for kind, event in rows[start : start + per_page]
+        ],
+        "total": len(rows),
         "page": page,
         "per_page": per_page,
     }

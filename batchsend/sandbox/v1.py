@@ -1,18 +1,19 @@
 """MailerLogic's "Send a single email" (``POST /api/v1/send``) and its Events API.
 
-As API-CONTRACTS.md pins them. Errors are ``{error, message}``; 403 adds ``reason``.
+As docs/providers.md states them. Errors are ``{error, message}``; 403 adds ``reason``.
 ``error`` is a short machine code (``validation_error``, ``forbidden``, ``not_found``...),
 ``message`` says what to fix.
 
-Events (``GET /api/v1/events``, ``GET /api/v1/emails/{email_id}/events``) are derived
-from the message log when asked, not stored: every accepted message has a ``queued``
-event at its acceptance and a ``sent`` event 1 ms later, for its ``to`` recipient, with
-the message's ``metadata``, ``tag`` and ``message_id`` in ``event_data``.
+Events (``GET /api/v1/events``, ``GET /api/v1/emails/{email_id}/events``) come from the
+state's event store: every accepted message has a ``queued`` event at its acceptance and
+a ``sent`` event 1 ms later, for its ``to`` recipient, then each recipient's delivery
+events (:mod:`batchsend.sandbox.outcomes`) once their time has come, with the message's
+``metadata``, ``tag`` and ``message_id`` in ``event_data``. ``GET
+/api/customer/suppressions`` lists the addresses that bounced hard or complained.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import uuid
 from datetime import UTC, datetime
@@ -25,7 +26,14 @@ from batchsend.sandbox.rules import (
     logged_body,
     valid_address,
 )
-from batchsend.sandbox.state import INVITE_ICS, Logged, SandboxState, iso_time
+from batchsend.sandbox.state import (
+    INVITE_ICS,
+    Event,
+    Logged,
+    SandboxState,
+    iso_time,
+    json_object,
+)
 
 MAX_FILE = 10 * MB
 MAX_TOTAL = 25 * MB
@@ -293,11 +301,10 @@ EVENT_TYPES = (
     "clicked",
     "unsubscribed",
 )
-#: How long after ``queued`` the sandbox's ``sent`` event is stamped.
-SENT_AFTER_S = 0.001
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 100
 CUSTOMER_ID = 1
+SUPPRESSION_TYPES = ("bounce", "complaint")
 
 EVENTS_DISABLED = error(
     403,
@@ -307,35 +314,35 @@ EVENTS_DISABLED = error(
 )
 
 
-def _events(entry: Logged, position: int) -> list[dict[str, Any]]:
-    body = json.loads(entry.body_json)
-    data = {
+def _shown(state: SandboxState, event: Event, bodies: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """One event as the Events API answers it (``bodies`` caches parsed message bodies)."""
+    entry = state.log[event.position]
+    body = bodies.get(event.position)
+    if body is None:
+        body = bodies[event.position] = json_object(entry.body_json)
+    data: dict[str, Any] = {
         "message_id": entry.message_id,
         "tag": body.get("tag"),
         "metadata": body.get("metadata") or {},
         "subject": entry.subject,
     }
-    out = []
-    for number, (kind, at) in enumerate(
-        (("queued", entry.received), ("sent", entry.received + SENT_AFTER_S)), start=1
-    ):
-        stamp = iso_time(at)
-        out.append(
-            {
-                "id": position * 2 + number,
-                "email_id": entry.email_id,
-                "customer_id": CUSTOMER_ID,
-                "event_type": kind,
-                "status": kind,
-                "recipient": entry.to[0],
-                "from": entry.sender,
-                "timestamp": stamp,
-                "event_data": data,
-                "created_at": stamp,
-                "_at": at,
-            }
-        )
-    return out
+    if event.type == "bounced":
+        data["bounce"] = {"type": event.bounce_type, "reason": event.reason}
+    if event.type == "clicked":
+        data["url"] = event.url
+    stamp = iso_time(event.at)
+    return {
+        "id": event.id,
+        "email_id": entry.email_id,
+        "customer_id": CUSTOMER_ID,
+        "event_type": event.type,
+        "status": event.type,
+        "recipient": event.recipient,
+        "from": entry.sender,
+        "timestamp": stamp,
+        "event_data": data,
+        "created_at": stamp,
+    }
 
 
 def _moment(value: str) -> float | None:
@@ -354,13 +361,11 @@ def _moment(value: str) -> float | None:
     return moment.timestamp()
 
 
-def _page(events: list[dict[str, Any]], page: int, limit: int) -> dict[str, Any]:
+def _page(state: SandboxState, events: list[Event], page: int, limit: int) -> dict[str, Any]:
     start = (page - 1) * limit
-    shown = events[start : start + limit]
-    for event in shown:
-        event.pop("_at", None)
+    bodies: dict[int, dict[str, Any]] = {}
     return {
-        "events": shown,
+        "events": [_shown(state, e, bodies) for e in events[start : start + limit]],
         "pagination": {
             "page": page,
             "limit": limit,
@@ -405,24 +410,29 @@ def list_events(state: SandboxState, query: Any) -> Answer:
     low, high = bounds
     recipient = (query.get("recipient") or "").lower() or None
     email_id = query.get("email_id") or None
+    now = state.clock()
+    candidates: Any
     if email_id is not None:
         position = state.v1_index.get(email_id)
-        candidates = [] if position is None else [(position, state.log[position])]
+        candidates = [] if position is None else state.events_of(state.log[position])
     else:
-        candidates = [(i, e) for i, e in enumerate(state.log) if e.provider == "v1"]
-    events = []
-    for position, entry in candidates:
-        if recipient is not None and entry.to[0].lower() != recipient:
-            continue
-        for event in _events(entry, position):
-            if kind is not None and event["event_type"] != kind:
-                continue
-            if low is not None and event["_at"] < low:
-                continue
-            if high is not None and event["_at"] > high:
-                continue
-            events.append(event)
-    return 200, _page(events, page, limit)
+        candidates = state.events
+    events = [
+        event
+        for event in candidates
+        if event.provider == "v1"
+        and event.seen(now)
+        and (kind is None or event.type == kind)
+        and (recipient is None or event.recipient.lower() == recipient)
+        and (low is None or event.at >= low)
+        and (high is None or event.at <= high)
+    ]
+    events.sort(key=_when)
+    return 200, _page(state, events, page, limit)
+
+
+def _when(event: Event) -> tuple[float, int]:
+    return event.at, event.id
 
 
 def email_events(state: SandboxState, email_id: str, query: Any) -> Answer:
@@ -433,4 +443,48 @@ def email_events(state: SandboxState, email_id: str, query: Any) -> Answer:
     page, limit, refused = _paging(query)
     if refused is not None:
         return refused
-    return 200, _page(_events(state.log[position], position), page, limit)
+    now = state.clock()
+    events = [e for e in state.events_of(state.log[position]) if e.seen(now)]
+    events.sort(key=_when)
+    return 200, _page(state, events, page, limit)
+
+
+def list_suppressions(state: SandboxState, query: Any) -> Answer:
+    """``GET /api/customer/suppressions?type&search&page&limit``: newest first.
+
+    One entry per address: the first hard bounce or complaint that put it there.
+    """
+    page, limit, refused = _paging(query)
+    if refused is not None:
+        return refused
+    wanted = query.get("type") or None
+    if wanted is not None and wanted not in SUPPRESSION_TYPES:
+        return _invalid("The type filter must be one of: " + ", ".join(SUPPRESSION_TYPES) + ".")
+    search = (query.get("search") or "").lower() or None
+    rows = []
+    for event in state.listed("v1", state.clock()):
+        kind = "complaint" if event.type == "complained" else "bounce"
+        if wanted is not None and kind != wanted:
+            continue
+        if search is not None and search not in event.recipient.lower():
+            continue
+        rows.append((kind, event))
+    start = (page - 1) * limit
+    return 200, {
+        "suppressions": [
+            {
+                "email": event.recipient,
+                "type": kind,
+                "reason": event.reason,
+                "email_id": event.email_id,
+                "created_at": iso_time(event.at),
+            }
+            for kind, event in rows[start : start + limit]
+        ],
+        "pagination": {
+            "page": page,
+            "limit": limit,
+            "total": len(rows),
+            "pages": math.ceil(len(rows) / limit),
+        },
+    }

@@ -59,7 +59,7 @@ def _consecutive(messages: Sequence[Any], first: int) -> bool:
 
 
 def _composition(unit: SendUnit) -> str:
-    # orjson: 2 us for a batch of 100 where json.dumps took 23 (compact, same meaning)
+    # orjson, as for request bodies: written for every request (compact, same meaning)
     return orjson.dumps([m.rows for m in unit.messages]).decode()
 
 

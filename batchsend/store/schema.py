@@ -21,6 +21,9 @@ _OUR_COLUMNS = {
     "attempts": frozenset({"run_id", "unit_key", "attempt"}),
     "claims": frozenset({"token", "campaign_path", "pid"}),
     "sending_marks": frozenset({"run_id", "pid", "generation", "witness"}),
+    "events": frozenset({"key", "provider", "type", "message_key"}),
+    "suppressions": frozenset({"address", "reason"}),
+    "event_cursors": frozenset({"source", "position"}),
 }
 _RECIPIENTS_TABLE = """CREATE TABLE IF NOT EXISTS recipients (
     run_id TEXT NOT NULL,
@@ -154,10 +157,9 @@ def create_schema(db: sqlite_utils.Database) -> None:
     # recipients: WITHOUT ROWID, clustered on (run_id, row). Every hot statement
     # finds its rows by that key, so the rows live in the key's own B-tree: a sending
     # mark or an outcome dirties one page where a rowid table dirtied two (table +
-    # key index). There is deliberately NO index on state: each state change would
-    # rewrite two entries of it (a row's two updates, 100 rows a commit: 14.4 us with
-    # the index, 9.3 without, in an SQLite micro-benchmark); the few queries by state
-    # (counts, pending rows at a resume) scan the run's rows by key, once per run.
+    # key index). There is deliberately NO index on state: every row changes state at
+    # least twice, and each change would rewrite two entries of it; the few queries by
+    # state (counts, pending rows at a resume) scan the run's rows by key, once per run.
     db.execute(_RECIPIENTS_TABLE)
     db.execute("DROP INDEX IF EXISTS recipients_run_state")  # older files
     db.table("units").create(
@@ -183,3 +185,45 @@ def create_schema(db: sqlite_utils.Database) -> None:
     # against two commands at once and against a lost write-ahead log.
     db.execute(_CLAIMS_TABLE)
     db.execute(_SENDING_MARKS_TABLE)
+    _create_event_tables(db)
+
+
+def _create_event_tables(db: sqlite_utils.Database) -> None:
+    """The provider events, the suppression list and the Events API pull positions."""
+    db.table("events").create(
+        {
+            "key": str,
+            "provider": str,
+            "type": str,
+            "bounce_type": str,
+            "reason": str,
+            "recipient": str,
+            "message_key": str,
+            "provider_message_id": str,
+            "provider_email_id": str,
+            "occurred_at": str,
+            "received_at": str,
+            "source": str,
+            "raw": str,
+            "deliveries": int,  # how many times it arrived (providers retry)
+        },
+        pk="key",
+        if_not_exists=True,
+    )
+    db.execute("CREATE INDEX IF NOT EXISTS events_message_key ON events (message_key)")
+    db.table("suppressions").create(
+        {
+            "address": str,  # the comparison key: what a recipient row is matched by
+            "email": str,  # as the source wrote it
+            "reason": str,  # hard bounce | complaint | unsubscribe | manual | provider list
+            "source": str,  # event | manual | import | sync:<provider>
+            "event_key": str,
+            "first_seen": str,
+            "note": str,
+        },
+        pk="address",
+        if_not_exists=True,
+    )
+    db.table("event_cursors").create(
+        {"source": str, "position": str, "updated_at": str}, pk="source", if_not_exists=True
+    )

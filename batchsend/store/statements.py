@@ -10,9 +10,9 @@ import functools
 from batchsend.store.records import SENDABLE_STATES
 
 # Rows per UPDATE ... FROM (VALUES ...) statement: one statement for a whole group of
-# rows costs about half of executemany's row-by-row statements (the table and the
-# state index are walked in row order once); 300 rows x 12 values stays far below
-# SQLite's 32,766 bound parameters.
+# rows costs less than executemany's row-by-row statements (the table is walked in
+# row order once); 300 rows x 12 values stays far below SQLite's 32,766 bound
+# parameters.
 VALUES_CHUNK = 300
 # Below this many rows the statement's fixed cost (a materialised VALUES table, a
 # two-pass update) outweighs the gain: a few single sends use executemany.
@@ -47,8 +47,8 @@ SENT_SQL = (
 )
 # An accepted request whose rows are consecutive and whose messages were keyed in
 # preflight (the key stored with each row, and the provider's id = that key, as ToSend's
-# message_hash makes it): one statement for the whole range, about 1 us a row where the
-# VALUES form takes about 5. The rows must still be this request's (``unit_key``), and
+# message_hash makes it): one statement for the whole range, with no per-row values to
+# bind at all. The rows must still be this request's (``unit_key``), and
 # ``message_key IS NOT NULL`` guards the assumption: a row without its key is left
 # ``sending`` and written row by row instead (see _write_buffers).
 SENT_RANGE_SQL = (

@@ -1,4 +1,4 @@
-"""Runs for the report tests, written through the store's own API (no hand-made SQL).
+"""Recorded runs for the report and history tests, through the store's own API (no SQL).
 
 :func:`build_run` records a run the way the engine would: rows added pending or
 skipped, each sent row marked ``sending`` before its attempts are logged and its
@@ -9,29 +9,16 @@ moves 100 ms per reading, so attempts spread over time without any real waiting.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 from batchsend.message import Address, Message, message_key
 from batchsend.outcome import MessageOutcome, OutcomeKind
 from batchsend.plan import PlannedMessage, SendUnit
 from batchsend.states import RecipientState, RunState
-from batchsend.store import NewRecipient, Store
+from batchsend.store import NewRecipient, RunRecorder, Store
 
-
-class FakeClock:
-    """A clock that advances ``step`` on every reading."""
-
-    def __init__(self, start: datetime | None = None, step: float = 0.1) -> None:
-        self.now = start or datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
-        self.step = timedelta(seconds=step)
-
-    def __call__(self) -> datetime:
-        self.now += self.step
-        return self.now
+from .processes import dead_pid
 
 
 @dataclass(frozen=True)
@@ -105,7 +92,7 @@ def build_run(
             for i, p in enumerate(people, start=1)
         ],
     )
-    recorder = store.recorder(run_id)
+    recorder = RunRecorder(store, run_id)
     for row, person in enumerate(people, start=1):
         if person.plan in ("skipped", "pending"):
             continue
@@ -149,21 +136,6 @@ def build_run(
     return run_id
 
 
-def dead_pid() -> int:
-    """A process id that belongs to no running process."""
-    import os
-
-    pid = 4_000_000  # above Linux's pid_max, so never alive
-    while True:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return pid
-        except PermissionError:
-            pass
-        pid += 1
-
-
 TRICKY = [
     Person("ann@example.com", 'Ann, the "first"', "sent", {"customer_id": 'C-1, "x"'}),
     Person("bob@example.com", "Bob\nNewline", "retried", {"customer_id": "=SUM(A1:A2)"}),
@@ -194,8 +166,3 @@ TRICKY = [
     ),
     Person("-frank@example.com", "Frank", "sent", {"customer_id": "'quoted"}),
 ]
-
-
-def write_json(path: Path, value: object) -> Path:
-    path.write_text(json.dumps(value), encoding="utf-8")
-    return path

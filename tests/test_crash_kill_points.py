@@ -4,7 +4,7 @@
 itself right after a unit's ``sending`` commit and right after a response arrives
 (``BATCHSEND_TEST_ONLY_SIGKILL_AT``), then resumes; an unknown row is never sent again,
 since the sandbox, like the real providers, does not de-duplicate. The long form
-(10,000 recipients, 50 kills, the random mode too) is ``python bench/gauntlet.py
+(10,000 recipients, 50 kills, the random mode too) is ``python -m bench.gauntlet
 crash``: the same function with bigger numbers.
 """
 
@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-import gauntlet
+from support import gauntlet
+from support.campaigns import DOMAIN, KEY
+from support.processes import batchsend_command, query
 
 from batchsend.crashpoints import ENV_VAR, _parse
 
@@ -52,23 +51,23 @@ def test_a_process_killed_right_after_the_answer_leaves_its_rows_sending(tmp_pat
     """The ``response`` crash point fires after the provider accepted, before the record."""
     from batchsend.sandbox import Sandbox
 
-    with Sandbox(api_keys=(gauntlet.KEY,), domains=(gauntlet.DOMAIN,)) as sandbox:
+    with Sandbox(api_keys=(KEY,), domains=(DOMAIN,)) as sandbox:
         campaign = gauntlet.write_campaign(
             tmp_path / "c", rows=30, send={"concurrency": 1}, base_url=sandbox.base_url
         )
         db = tmp_path / "k.db"
-        env = {**os.environ, "BATCHSEND_API_KEY": gauntlet.KEY, ENV_VAR: "response:1"}
+        env = {**os.environ, "BATCHSEND_API_KEY": KEY, ENV_VAR: "response:1"}
         proc = subprocess.run(
-            [sys.executable, "-m", "batchsend", "run", str(campaign), "--db", str(db)],
+            batchsend_command("run", str(campaign), "--db", str(db)),
             env=env,
             capture_output=True,
             timeout=60,
         )
         assert proc.returncode == -9
         assert len(sandbox.messages()) == 20  # the first batch was accepted...
-        states = gauntlet.query(db, "SELECT state, count(*) FROM recipients GROUP BY state")
+        states = query(db, "SELECT state, count(*) FROM recipients GROUP BY state")
         assert dict(states) == {"sending": 20, "pending": 10}  # ...and never recorded
-        assert gauntlet.query(db, "PRAGMA integrity_check") == [("ok",)]
+        assert query(db, "PRAGMA integrity_check") == [("ok",)]
 
 
 @pytest.mark.parametrize("spec", ["sending", "sending:0", "answer:3", "sending:x"])
@@ -90,29 +89,28 @@ def test_a_changed_unknown_request_is_refused_cleanly_before_sending(tmp_path: P
     """
     from batchsend.sandbox import Sandbox
 
-    with Sandbox(api_keys=(gauntlet.KEY,), domains=(gauntlet.DOMAIN,)) as sandbox:
+    with Sandbox(api_keys=(KEY,), domains=(DOMAIN,)) as sandbox:
         campaign = gauntlet.write_campaign(
             tmp_path / "c", rows=30, send={"concurrency": 1}, base_url=sandbox.base_url
         )
         db = str(tmp_path / "k.db")
-        env = {**os.environ, "BATCHSEND_API_KEY": gauntlet.KEY}
+        env = {**os.environ, "BATCHSEND_API_KEY": KEY}
         killed = subprocess.run(
-            [sys.executable, "-m", "batchsend", "run", str(campaign), "--db", db],
+            batchsend_command("run", str(campaign), "--db", db),
             env={**env, ENV_VAR: "sending:1"},
             capture_output=True,
             timeout=60,
         )
         assert killed.returncode == -9
-        [(run_id,)] = gauntlet.query(Path(db), "SELECT id FROM runs")
-        campaign.write_text(campaign.read_text().replace("Hello", "Hi"))
+        [(run_id,)] = query(Path(db), "SELECT id FROM runs")
+        campaign.write_text(campaign.read_text().replace("News for", "Tidings for"))
         again = subprocess.run(
-            [sys.executable, "-m", "batchsend", "resume", run_id, "--db", db, "--force",
-             "--resend-unknown"],
+            batchsend_command("resume", run_id, "--db", db, "--force", "--resend-unknown"),
             env=env, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert again.returncode == 2, again.stderr
         assert "cannot be rebuilt identically" in again.stderr
         assert "Traceback" not in again.stderr
         assert sandbox.stats()["requests"] <= 1  # the account check, no send
-        states = dict(gauntlet.query(Path(db), "SELECT state, count(*) FROM recipients GROUP BY 1"))
+        states = dict(query(Path(db), "SELECT state, count(*) FROM recipients GROUP BY 1"))
         assert states == {"unknown": 20, "pending": 10}

@@ -656,16 +656,16 @@ def test_a_disk_that_fills_mid_run_is_one_error_and_the_run_resumes(
     recorded, the store's connection gets ``PRAGMA max_page_count`` a few pages above its
     size, so a later commit fails with SQLITE_FULL, as on a full file system.
     """
-    from batchsend.store import Store
+    from batchsend.store import RunRecorder, Store
 
-    recorder = Store.recorder
+    start = RunRecorder.__init__
 
-    def cramped(self: Store, *args: object, **kwargs: object):
-        (pages,) = self.conn.execute("PRAGMA page_count").fetchone()
-        self.conn.execute(f"PRAGMA max_page_count = {pages + 2}")
-        return recorder(self, *args, **kwargs)
+    def cramped(self: RunRecorder, store: Store, *args: object, **kwargs: object) -> None:
+        (pages,) = store.conn.execute("PRAGMA page_count").fetchone()
+        store.conn.execute(f"PRAGMA max_page_count = {pages + 2}")
+        start(self, store, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(Store, "recorder", cramped)
+    monkeypatch.setattr(RunRecorder, "__init__", cramped)
     rows = b"".join(b"user%d@example.org,U%d\n" % (n, n) for n in range(400))
     outcome = send(HEADER + rows)
     assert outcome.exit_code == 1, outcome.output

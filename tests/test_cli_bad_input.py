@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from runkit import write_campaign
+from support.campaigns import write_campaign
 
 from batchsend.cli import main
 
@@ -75,9 +75,7 @@ def test_preview_out_that_is_a_file(tmp_path: Path, afile: Path) -> None:
 def test_key_pasted_into_api_key_env_is_refused_without_echoing_it(
     tmp_path: Path, line: str
 ) -> None:
-    campaign = write_campaign(tmp_path / "c", rows=2)
-    text = campaign.read_text(encoding="utf-8")
-    campaign.write_text(text.replace('api_key_env = "BATCHSEND_API_KEY"', line), "utf-8")
+    campaign = write_campaign(tmp_path / "c", rows=2, extra=line)
     pasted = line.split("=", 1)[1].strip().strip('"')
     for command in (["check", str(campaign)], ["run", str(campaign), "--db", str(tmp_path / "db")]):
         result = invoke(*command)
@@ -92,11 +90,7 @@ def test_key_pasted_into_api_key_env_is_refused_without_echoing_it(
 
 @pytest.mark.parametrize("pasted", ["sk-live-abc123DEF456ghi789", "re_9f8e7d6c5b4a39281706"])
 def test_key_pasted_into_api_key_file_is_not_echoed(tmp_path: Path, pasted: str) -> None:
-    campaign = write_campaign(tmp_path / "c", rows=2)
-    text = campaign.read_text(encoding="utf-8")
-    campaign.write_text(
-        text.replace('api_key_env = "BATCHSEND_API_KEY"', f'api_key_file = "{pasted}"'), "utf-8"
-    )
+    campaign = write_campaign(tmp_path / "c", rows=2, extra=f'api_key_file = "{pasted}"')
     result = invoke("run", str(campaign), "--db", str(tmp_path / "db"))
     assert result.exit_code == 2, result.output
     assert pasted not in result.stdout + result.stderr
@@ -105,12 +99,7 @@ def test_key_pasted_into_api_key_file_is_not_echoed(tmp_path: Path, pasted: str)
 
 
 def test_a_missing_key_file_is_named(tmp_path: Path) -> None:
-    campaign = write_campaign(tmp_path / "c", rows=2)
-    text = campaign.read_text(encoding="utf-8")
-    campaign.write_text(
-        text.replace('api_key_env = "BATCHSEND_API_KEY"', 'api_key_file = "secrets/key.txt"'),
-        "utf-8",
-    )
+    campaign = write_campaign(tmp_path / "c", rows=2, extra='api_key_file = "secrets/key.txt"')
     result = invoke("run", str(campaign), "--db", str(tmp_path / "db"))
     assert result.exit_code == 2, result.output
     assert "key.txt" in result.stderr and "No such file" in result.stderr

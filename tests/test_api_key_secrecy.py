@@ -14,17 +14,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-import gauntlet
+from support import gauntlet
+from support.campaigns import DOMAIN
+from support.processes import run_batchsend
 
 from batchsend.cli import main
 from batchsend.errors import BatchsendError, SendError
@@ -34,18 +31,6 @@ from batchsend.sandbox import Sandbox
 from batchsend.transport import HttpRequest, make_transport
 
 KEY = "sk-live-GAUNTLET-5e1f0c9a7b3d4411"
-
-
-def batchsend(*args: str, stdin: str | None = None, env: dict | None = None):
-    proc = subprocess.run(
-        [sys.executable, "-m", "batchsend", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**{k: v for k, v in os.environ.items() if k != "BATCHSEND_API_KEY"}, **(env or {})},
-    )
-    return proc
 
 
 def files_with_key(folder: Path) -> list[str]:
@@ -69,7 +54,7 @@ def revoke_at_request(sandbox: Sandbox, n: int) -> None:
 
 
 def test_the_key_never_reaches_the_store_reports_output_or_errors(tmp_path: Path) -> None:
-    sandbox = Sandbox(api_keys=(KEY,), domains=(gauntlet.DOMAIN,), latency_ms=2).start()
+    sandbox = Sandbox(api_keys=(KEY,), domains=(DOMAIN,), latency_ms=2).start()
     try:
         sandbox.configure(fail_rate=0.2, seed=4)  # 5xx: those rows end unknown
         campaign = gauntlet.write_campaign(
@@ -83,16 +68,14 @@ def test_the_key_never_reaches_the_store_reports_output_or_errors(tmp_path: Path
 
         # 1. the key from the environment; revoked mid-run: a fatal stop
         revoke_at_request(sandbox, 12)  # GET /v2/info, then 10 or so batches of 10
-        first = batchsend("run", str(campaign), "--db", db, "--json",
-                          env={"BATCHSEND_API_KEY": KEY})  # fmt: skip
+        first = run_batchsend("run", str(campaign), "--db", db, "--json", key=KEY)
         outputs += [first.stdout, first.stderr]
         assert first.returncode == 1, first.stderr
         summary = json.loads(first.stdout)
         assert summary["state"] == "fatal" and "403" in summary["fatal_error"]
 
         # 2. a resume with the old key still revoked: refused by the account check
-        refused = batchsend("resume", summary["run_id"], "--db", db,
-                            env={"BATCHSEND_API_KEY": KEY})  # fmt: skip
+        refused = run_batchsend("resume", summary["run_id"], "--db", db, key=KEY)
         outputs += [refused.stdout, refused.stderr]
         assert refused.returncode == 1 and "403" in refused.stderr
 
@@ -100,8 +83,8 @@ def test_the_key_never_reaches_the_store_reports_output_or_errors(tmp_path: Path
         sandbox.configure(api_keys=(KEY,))
         key_file = tmp_path / "key.txt"
         key_file.write_text(KEY + "\n")
-        second = batchsend("resume", summary["run_id"], "--db", db, "--json",
-                           "--api-key-file", str(key_file))  # fmt: skip
+        second = run_batchsend("resume", summary["run_id"], "--db", db, "--json",
+                               "--api-key-file", str(key_file), key=None)  # fmt: skip
         outputs += [second.stdout, second.stderr]
         counts = json.loads(second.stdout)["counts"]
         # 3: finished, with the rows the injected faults left failed or unknown
@@ -113,19 +96,20 @@ def test_the_key_never_reaches_the_store_reports_output_or_errors(tmp_path: Path
         # 4. from standard input, retrying the failures and resending the unknown rows
         # (this sandbox's 5xx come before processing, so nothing was delivered twice)
         sandbox.configure(fail_rate=0.0)
-        third = batchsend("resume", summary["run_id"], "--db", db, "--json", "--retry-failed",
-                          "--resend-unknown", "--api-key-stdin", stdin=KEY + "\n")  # fmt: skip
+        third = run_batchsend("resume", summary["run_id"], "--db", db, "--json", "--retry-failed",
+                              "--resend-unknown", "--api-key-stdin", key=None,
+                              stdin=KEY + "\n")  # fmt: skip
         outputs += [third.stdout, third.stderr]
         assert third.returncode == 0, third.stderr
         assert json.loads(third.stdout)["counts"]["sent"] == 300
 
         # every report format, and the runs listing
         for fmt in ("csv", "json", "parquet", "html"):
-            out = batchsend("report", summary["run_id"], "--db", db,
-                            "--out", str(tmp_path / f"report.{fmt}"))  # fmt: skip
+            out = run_batchsend("report", summary["run_id"], "--db", db,
+                                "--out", str(tmp_path / f"report.{fmt}"), key=None)  # fmt: skip
             outputs += [out.stdout, out.stderr]
             assert out.returncode == 0, out.stderr
-        listing = batchsend("runs", "--db", db)
+        listing = run_batchsend("runs", "--db", db, key=None)
         outputs += [listing.stdout, listing.stderr]
     finally:
         sandbox.stop()
@@ -139,7 +123,7 @@ def test_the_key_is_not_in_debug_logs_of_either_http_client(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)  # root: every library's logger, at its most verbose
-    with Sandbox(api_keys=(KEY,), domains=(gauntlet.DOMAIN,)) as sandbox:
+    with Sandbox(api_keys=(KEY,), domains=(DOMAIN,)) as sandbox:
         sandbox.configure(fail_rate=0.3, drop_rate=0.2, seed=9)
         for client in ("aiohttp", "httpx"):
             campaign = gauntlet.write_campaign(

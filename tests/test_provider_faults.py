@@ -5,20 +5,18 @@ store and the sandbox's own log: every row terminal, sent + failed + unknown + s
 rows, each sent recipient delivered exactly once, nobody twice, and a row delivered
 without being ``sent`` only when its answer was lost (then it is ``unknown``). Rows that
 failed on a transient fault are then sent with ``resume --retry-failed``; unknown rows
-that the sandbox never processed, with ``--resend-unknown``. Long form: ``python bench/gauntlet.py
+that the sandbox never processed, with ``--resend-unknown``. Long form: ``python -m bench.gauntlet
 faults`` and ``fatal``.
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-import gauntlet
+from support import gauntlet
+from support.campaigns import KEY
 
 TOSEND_CELLS = gauntlet.FAULT_CELLS
 V1_CELLS = (
@@ -118,7 +116,7 @@ def test_the_tosend_account_check_rides_out_a_transient_fault(
     import batchsend.preflight  # noqa: F401  (imported now: the run must reach /v2/info fast)
     from batchsend.run import run_campaign
 
-    sandbox = make_sandbox(api_keys=(gauntlet.KEY,))
+    sandbox = make_sandbox(api_keys=(KEY,))
     campaign = gauntlet.write_campaign(tmp_path / "c", rows=5, base_url=sandbox.base_url)
     if fault == "down":
         sandbox.stop()
@@ -129,7 +127,7 @@ def test_the_tosend_account_check_rides_out_a_transient_fault(
         # Retry-After, so five quick jittered attempts could all land in one second.)
         sandbox.configure(refuse_next=2)
     summary = run_campaign(
-        campaign, db_path=tmp_path / "a.db", api_key=gauntlet.KEY, progress=False,
+        campaign, db_path=tmp_path / "a.db", api_key=KEY, progress=False,
         report_path=tmp_path / "r.csv",
     )  # fmt: skip
     assert summary.state.value == "finished"
