@@ -255,6 +255,13 @@ class CampaignFile(_Table):
         "file holding the key (read instead of the environment variable): in the campaign"
         " folder or `~/.config/batchsend/`",
     )
+    admin_key_file: str | None = _key(
+        None,
+        "*tosend*: file holding the admin key (`tsend_admin_...`, scope `emails:read`) that"
+        " `batchsend reconcile` reads the delivery log with (read instead of"
+        " `BATCHSEND_ADMIN_KEY`): in the campaign folder or `~/.config/batchsend/`",
+        only="tosend",
+    )
     max_render_bytes: int = _key(
         5_000_000,
         "most characters one message may render to (subject + HTML + text + invite); a row"
@@ -378,6 +385,8 @@ class Campaign:
     send: SendSettings
     merge: MergeSettings
     max_render_bytes: int
+    # ToSend: the admin key's file, for reconcile (None: $BATCHSEND_ADMIN_KEY or the CLI)
+    admin_key_file: Path | None = None
     #: Paths outside the folder the user allowed (``--allow-outside``), as real paths.
     allowed_paths: tuple[Path, ...] = ()
 
@@ -568,6 +577,7 @@ class _Builder:
             base_url=base_url.rstrip("/") if base_url else None,
             api_key_env=f.api_key_env,
             api_key_file=self.key_file(f.api_key_file),
+            admin_key_file=self.key_file(f.admin_key_file, "admin_key_file"),
             source_settings=self.build_source(f.source),
             columns=f.columns,
             message=message,
@@ -582,11 +592,11 @@ class _Builder:
             allowed_paths=self.confinement.allowed,
         )
 
-    def key_file(self, raw: str | None) -> Path | None:
+    def key_file(self, raw: str | None, key: str = "api_key_file") -> Path | None:
         """A key file: in the campaign folder, an allowed path or the user's config folder."""
         if not raw:
             return None
-        path = self.confined("api_key_file", str(Path(raw).expanduser()), extra=(config_dir(),))
+        path = self.confined(key, str(Path(raw).expanduser()), extra=(config_dir(),))
         return path
 
     def check_api_key_env(self, value: Any) -> None:
@@ -619,6 +629,8 @@ class _Builder:
             values: list[BaseModel] = list(f.attachments) if table == "attachments" else []
             if table and table != "attachments":
                 values = [getattr(f, table)]
+            elif not table:  # the top level's own keys
+                values = [f]
             for key, field in keys(table).items():
                 only = (field.json_schema_extra or {}).get("only")  # type: ignore[union-attr]
                 if only is None or only == provider:
@@ -629,7 +641,9 @@ class _Builder:
                         "tags": "use message.tag on v1",
                     }.get(key, f"remove it, or use provider = {only!r}")
                     raise self.fail(
-                        f"{table}.{key}", f"only provider {only!r} supports it", fix=other
+                        f"{table}.{key}" if table else key,
+                        f"only provider {only!r} supports it",
+                        fix=other,
                     )
 
     def build_source(self, t: SourceTable) -> SourceSpec:

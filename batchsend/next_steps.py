@@ -7,9 +7,10 @@ exit with :data:`EXIT_ROWS_NOT_SENT`, and :func:`next_steps` gives one step per 
 row left behind:
 
 * ``unknown`` -- the provider may have accepted them. :func:`settle_unknown_step` is the
-  one place that says how to settle them: today only ``resume --resend-unknown``, with
-  the warning that it may email those people twice (a future ``batchsend reconcile``,
-  which asks the provider, belongs there, in front of that);
+  one place that says how to settle them: ``batchsend reconcile``, which asks the
+  provider (found: ``sent``; never accepted: back to ``pending`` for a resume), and, as
+  the fallback when the provider cannot be asked, ``resume --resend-unknown`` with the
+  warning that it may email those people twice;
 * ``failed_retryable`` -- certainly not accepted, refused for a reason that may pass
   (429, connection refused...): ``resume --retry-failed``;
 * ``failed_permanent`` -- certainly not accepted and never will be as they are: no
@@ -35,6 +36,7 @@ __all__ = [
     "EXIT_ROWS_NOT_SENT",
     "NextStep",
     "next_steps",
+    "reconcile_command",
     "report_command",
     "resume_command",
     "settle_unknown_step",
@@ -54,6 +56,11 @@ def resume_command(run_id: str, db_path: str | Path) -> str:
     return f"batchsend resume {shlex.quote(run_id)} --db {shlex.quote(str(db_path))}"
 
 
+def reconcile_command(run_id: str, db_path: str | Path) -> str:
+    """The shell command that asks the provider about the unknown rows of ``run_id``."""
+    return f"batchsend reconcile {shlex.quote(run_id)} --db {shlex.quote(str(db_path))}"
+
+
 def report_command(run_id: str, db_path: str | Path, state: str) -> str:
     """The shell command that writes the rows of ``run_id`` in ``state`` to a CSV file."""
     out = shlex.quote(f"{run_id}-{state}.csv")
@@ -66,13 +73,17 @@ def report_command(run_id: str, db_path: str | Path, state: str) -> str:
 @dataclass(frozen=True, slots=True)
 class NextStep:
     """What to do about ``rows`` rows of one ``kind``: ``command`` (None: nothing to
-    send), one line of ``advice``, and a ``warning`` the user must accept to run it."""
+    send), one line of ``advice``, and a ``warning`` the user must accept to run it.
+    ``fallback`` is the command for when ``command`` cannot work, with its own
+    ``fallback_warning``."""
 
     kind: str  # "unknown", "failed_retryable" or "failed_permanent"
     rows: int
     command: str | None
     advice: str
     warning: str | None = None
+    fallback: str | None = None
+    fallback_warning: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (the ``next_steps`` of ``--json`` summaries and listings)."""
@@ -82,15 +93,24 @@ class NextStep:
             "command": self.command,
             "advice": self.advice,
             "warning": self.warning,
+            "fallback": self.fallback,
+            "fallback_warning": self.fallback_warning,
         }
 
     def describe(self) -> str:
-        """One line: how many rows, the advice, the command and its warning."""
+        """One line: how many rows, the advice, the command and its warning, the fallback."""
         line = f"{self.rows:,} {self.advice}"
         if self.command:
             line += f" {self.command}"
         if self.warning:
             line += f" (WARNING: {self.warning})"
+        if self.fallback:
+            line += (
+                "; if the provider cannot be asked and you accept the risk, send them "
+                f"again with: {self.fallback}"
+            )
+            if self.fallback_warning:
+                line += f" (WARNING: {self.fallback_warning})"
         return line
 
 
@@ -107,16 +127,19 @@ def state_label(state: RunState, counts: Mapping[str, int]) -> str:
 def settle_unknown_step(run_id: str, db_path: str | Path, rows: int) -> NextStep:
     """How to settle ``rows`` unknown rows: the one place that says so.
 
-    There is no way yet to ask the provider what it accepted, so the only command is
-    the user's explicit acceptance of a possible duplicate.
+    First ask the provider (``batchsend reconcile``): what it accepted becomes ``sent``,
+    what it never accepted goes back to ``pending`` for a resume. Only when it cannot be
+    asked (no admin key, no Events API), the user's explicit acceptance of a possible
+    duplicate: ``resume --resend-unknown``.
     """
     return NextStep(
         kind=UNKNOWN,
         rows=rows,
-        command=f"{resume_command(run_id, db_path)} --resend-unknown",
-        advice="unknown: the provider may already have accepted them; batchsend cannot "
-        "ask it yet. Only if you accept that risk, send them again with:",
-        warning="this may email those people twice",
+        command=reconcile_command(run_id, db_path),
+        advice="unknown: the provider may already have accepted them; ask it which it "
+        "did (accepted: sent; never accepted: pending, for a resume to send) with:",
+        fallback=f"{resume_command(run_id, db_path)} --resend-unknown",
+        fallback_warning="this may email those people twice",
     )
 
 

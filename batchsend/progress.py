@@ -103,6 +103,9 @@ class ProgressDisplay:
     The send pass passes :meth:`update` as :func:`batchsend.engine.send_units`'
     ``on_progress`` callback, which the engine calls a few times a second.
 
+    ``line`` writes the line from the progress, the total, the rate and the ETA
+    (:func:`describe` by default; reconcile shows its lookups with its own).
+
     Example::
 
         display = ProgressDisplay(total=5000)
@@ -117,12 +120,14 @@ class ProgressDisplay:
         stream: IO[str] | None = None,
         enabled: bool | None = None,
         clock: Callable[[], float] = time.monotonic,
+        line: Callable[[Progress, int, float | None, float | None], str] = describe,
     ) -> None:
         self.total = total
+        self._describe = line
         stream = stream if stream is not None else sys.stderr
         self.enabled = _isatty(stream) if enabled is None else enabled
         self.meter = RateMeter(clock=clock)
-        self.line = describe(Progress(), total, None, None)
+        self.line = line(Progress(), total, None, None)
         self._progress: Any = None
         self._task: Any = None
         if self.enabled:
@@ -146,7 +151,7 @@ class ProgressDisplay:
         """
         done = progress.done
         self.meter.add(done)
-        self.line = describe(
+        self.line = self._describe(
             progress, self.total, self.meter.rate(), self.meter.eta(self.total - done)
         )
         if self._progress is not None:

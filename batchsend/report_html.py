@@ -295,6 +295,13 @@ def _next_steps(steps: Sequence[NextStep]) -> str:
     for step in steps:
         command = f" <code>{escape(step.command)}</code>" if step.command else ""
         warning = f" <strong>Warning: {escape(step.warning)}.</strong>" if step.warning else ""
+        if step.fallback:
+            warning += (
+                "; if the provider cannot be asked and you accept the risk, send them again"
+                f" with: <code>{escape(step.fallback)}</code>"
+            )
+            if step.fallback_warning:
+                warning += f" <strong>Warning: {escape(step.fallback_warning)}.</strong>"
         items.append(f"<li>{step.rows:,} {escape(step.advice)}{command}{warning}</li>")
     return (
         '<div class="warn" id="next-steps"><strong>What to do next</strong>'

@@ -6,6 +6,8 @@ pending rows. ``resend_unknown`` is the user accepting that the provider may alr
 have delivered the unknown rows (neither provider de-duplicates): each goes again in
 its recorded request (same composition, body and ``Idempotency-Key``), or, when only
 some messages of that request are still unknown, in a request of those alone.
+``reconcile`` first asks the provider about the unknown rows (:mod:`batchsend.reconcile`):
+the ones it never accepted are pending again, and this resume sends them.
 ``retry_failed`` sends the rows that failed with a retryable error (certainly not taken)
 again: the recorded request when all of it failed, else a new request of the failed
 messages, whose key derives from their own message keys (recorded before it leaves,
@@ -25,14 +27,17 @@ from pathlib import Path
 
 from batchsend import refusals
 from batchsend.addresses import dedup_key
+from batchsend.apikeys import load_api_key
 from batchsend.campaign import Campaign, load_campaign
 from batchsend.errors import (
     ResumeRefusedError,
+    SecretError,
 )
 from batchsend.message import Address, Message
 from batchsend.overrides import override, parse_test_to
 from batchsend.plan import SendUnit, rebuild_unit
 from batchsend.preflight import iter_rows
+from batchsend.reconcile import DEFAULT_GRACE, reconcile_run
 from batchsend.sending import (
     RunResult,
     rows_to_messages,
@@ -66,8 +71,17 @@ def resume_run(
     report_path: str | Path | None = None,
     progress: bool | None = None,
     allow_outside: Iterable[str | Path] = (),
+    reconcile: bool = False,
+    grace: float = DEFAULT_GRACE,
+    admin_key: str | None = None,
+    admin_key_file: str | Path | None = None,
+    admin_key_stdin: bool = False,
 ) -> RunResult:
     """Continue run ``run_id``: unknown for what was in flight, then send what is pending.
+
+    ``reconcile`` asks the provider about the unknown rows first (``grace`` and the
+    ``admin_key*`` options as for :func:`batchsend.reconcile.reconcile_run`): what it
+    never accepted is then pending, and sent by this resume.
 
     Raises :class:`ResumeRefusedError` (exit 2) when the recipient file or templates
     changed since the run began (unless ``force``), when the run is a dry run, or when
@@ -85,13 +99,84 @@ def resume_run(
     require_transport(http_client)  # a missing optional library: before anything is recorded
     if not Path(db_path).is_file():
         raise ResumeRefusedError(f"{db_path}: no batchsend database here (pass --db)")
+    reconciled = None
+    if reconcile:
+        if api_key_stdin and admin_key_stdin:
+            raise SecretError(
+                "only one key can come from standard input",
+                fix="give the admin key with --admin-key-file or $BATCHSEND_ADMIN_KEY",
+            )
+        if api_key_stdin and api_key is None:  # read once: reconcile and the resume share it
+            api_key, api_key_stdin = load_api_key(stdin=True), False
+        reconciled = reconcile_run(
+            run_id,
+            db_path=db_path,
+            grace=grace,
+            admin_key=admin_key,
+            admin_key_file=admin_key_file,
+            admin_key_stdin=admin_key_stdin,
+            api_key=api_key,
+            api_key_file=api_key_file,
+            base_url=base_url,
+            http_client=http_client,
+            progress=progress,
+            allow_outside=allow_outside,
+        )
+    result = _resume(
+        run_id,
+        started=started,
+        db_path=db_path,
+        force=force,
+        retry_failed=retry_failed,
+        resend_unknown=resend_unknown,
+        base_url=base_url,
+        concurrency=concurrency,
+        rate=rate,
+        limit=limit,
+        sandbox=sandbox,
+        accept_lost_record=accept_lost_record,
+        http_client=http_client,
+        api_key=api_key,
+        api_key_file=api_key_file,
+        api_key_stdin=api_key_stdin,
+        report_path=report_path,
+        progress=progress,
+        allow_outside=allow_outside,
+        notes=[reconciled.note()] if reconciled is not None else [],
+    )
+    if reconciled is None:
+        return result
+    return dataclasses.replace(result, reconciled=reconciled.to_dict())
+
+
+def _resume(
+    run_id: str,
+    *,
+    started: float,
+    db_path: str | Path,
+    force: bool,
+    retry_failed: bool,
+    resend_unknown: bool,
+    base_url: str | None,
+    concurrency: int | None,
+    rate: float | None,
+    limit: int | None,
+    sandbox: bool,
+    accept_lost_record: bool,
+    http_client: str,
+    api_key: str | None,
+    api_key_file: str | Path | None,
+    api_key_stdin: bool,
+    report_path: str | Path | None,
+    progress: bool | None,
+    allow_outside: Iterable[str | Path],
+    notes: list[str],
+) -> RunResult:
     with Store(db_path, accept_lost_record=accept_lost_record) as store:
         run = store.get_run(run_id)
         refusals.refuse_unsafe_resume(store, run, force=force)
-        notes = list(
-            refusals.lost_record_notes(
-                store, run.campaign_path, check=not run.is_test, accept=accept_lost_record
-            )
+        notes += refusals.lost_record_notes(
+            store, run.campaign_path, check=not run.is_test, accept=accept_lost_record
         )
         store.claim(
             run.campaign_path,

@@ -82,6 +82,7 @@ class RunResult:
     notes: tuple[str, ...] = field(default=())
     failed_retryable: int = 0  # of counts["failed"]: the rows --retry-failed would send
     resent_unknown: int = 0  # unknown rows this invocation sent again (--resend-unknown)
+    reconciled: dict[str, Any] | None = None  # resume --reconcile: what the lookups settled
 
     @property
     def exit_code(self) -> int:
@@ -128,6 +129,7 @@ class RunResult:
             "failed_retryable": self.failed_retryable,
             "failed_permanent": failed - self.failed_retryable,
             "resent_unknown": self.resent_unknown,
+            "reconciled": self.reconciled,
             "duration_s": round(self.duration_s, 3),
             "db_path": self.db_path,
             "report_path": self.report_path,

@@ -57,7 +57,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("preflight",),  # the row pass
     ("check_report", "history", "preview", "session", "summary", "receiver", "eventpull"),
     ("refusals", "intake", "overrides", "report_html"),
-    ("report", "sending"),
+    ("report", "sending", "reconcile"),
     ("run", "resume"),
     ("cli", "__main__"),
 )

@@ -24,6 +24,7 @@ def test_help_lists_exactly_the_commands_batchsend_has() -> None:
         "preview",
         "run",
         "resume",
+        "reconcile",
         "runs",
         "report",
         "events",

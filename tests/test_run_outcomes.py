@@ -125,8 +125,13 @@ def test_state_label_and_steps_are_pure() -> None:
         ("unknown", 2), ("failed_retryable", 1), ("failed_permanent", 2)
     ]  # fmt: skip
     unknown, retryable, permanent = steps
-    assert unknown.command == "batchsend resume 'r 1' --db 'my db.db' --resend-unknown"
-    assert unknown.warning and "twice" in unknown.warning and "twice" in unknown.describe()
+    # ask the provider first; sending again, which may email twice, is only the fallback
+    assert unknown.command == "batchsend reconcile 'r 1' --db 'my db.db'"
+    assert unknown.warning is None
+    assert unknown.fallback == "batchsend resume 'r 1' --db 'my db.db' --resend-unknown"
+    assert unknown.fallback_warning and "twice" in unknown.fallback_warning
+    assert unknown.describe().index("reconcile") < unknown.describe().index("--resend-unknown")
+    assert "twice" in unknown.describe()
     assert retryable.command == "batchsend resume 'r 1' --db 'my db.db' --retry-failed"
     assert permanent.command is None and "see the report" in permanent.advice
     assert "--resend-unknown" not in permanent.advice and "--retry-failed" not in permanent.advice
@@ -232,7 +237,7 @@ def _crash_at_first_sending(tmp_path: Path, sandbox: Sandbox) -> tuple[Path, str
     return db, run.id
 
 
-def test_unknown_rows_name_the_resend_command_with_its_warning(
+def test_unknown_rows_name_reconcile_then_the_resend_command_with_its_warning(
     tmp_path: Path, make_sandbox
 ) -> None:
     sandbox = make_sandbox(api_keys=(CRASH_KEY,))
@@ -246,8 +251,9 @@ def test_unknown_rows_name_the_resend_command_with_its_warning(
     assert summary["counts"]["sent"] == 10 and summary["counts"]["unknown"] == 5
     [step] = summary["next_steps"]
     assert step["kind"] == "unknown" and step["rows"] == 5
-    assert step["command"] == f"batchsend resume {run_id} --db {db} --resend-unknown"
-    assert "twice" in step["warning"]
+    assert step["command"] == f"batchsend reconcile {run_id} --db {db}"
+    assert step["fallback"] == f"batchsend resume {run_id} --db {db} --resend-unknown"
+    assert "twice" in step["fallback_warning"]
     assert summary["resume"] is None and summary["resent_unknown"] == 0
     assert "may email those people twice" in run_batchsend("runs", "--db", str(db)).stdout
 
@@ -255,10 +261,10 @@ def test_unknown_rows_name_the_resend_command_with_its_warning(
     assert badge(run_id, db).endswith(">finished with 0 failed / 5 unknown")
     assert f"background:{_RUN_STATE_COLOURS['finished']}" not in badge(run_id, db)
     page = (tmp_path / f"{run_id}.html").read_text("utf-8")
-    assert step["command"] in page and "twice" in page
+    assert step["command"] in page and step["fallback"] in page and "twice" in page
 
     # the user accepts the risk: said on stderr before sending, counted after
-    resent = run_hint(step["command"], "--json", key=CRASH_KEY)
+    resent = run_hint(step["fallback"], "--json", key=CRASH_KEY)
     assert resent.returncode == 0, resent.stderr
     warning = [line for line in resent.stderr.splitlines() if "--resend-unknown" in line]
     assert len(warning) == 1, resent.stderr
@@ -333,6 +339,7 @@ def test_listing_and_badge_of_recorded_runs(tmp_path: Path) -> None:
     assert f"{mixed}  finished with 2 failed / 1 unknown" in text.stdout
     assert f"{clean}  finished  " in text.stdout
     assert f"batchsend resume {mixed} --db {db} --retry-failed" in text.stdout
+    assert f"batchsend reconcile {mixed} --db {db}" in text.stdout
     assert f"batchsend resume {mixed} --db {db} --resend-unknown" in text.stdout
 
     green = _RUN_STATE_COLOURS["finished"]

@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "preview": "batchsend.cli.campaign_cmds:preview",
     "run": "batchsend.cli.run_cmds:run",
     "resume": "batchsend.cli.run_cmds:resume",
+    "reconcile": "batchsend.cli.run_cmds:reconcile",
     "runs": "batchsend.cli.report_cmds:runs",
     "report": "batchsend.cli.report_cmds:report",
     "events": "batchsend.cli.events_cmds:events",
@@ -72,5 +73,6 @@ def main() -> None:
       batchsend check mycampaign/campaign.toml
       batchsend preview mycampaign/campaign.toml --row 1
       batchsend run mycampaign/campaign.toml
+      batchsend reconcile RUN_ID              # settle rows whose answer was lost
       batchsend report RUN_ID --out report.csv
     """

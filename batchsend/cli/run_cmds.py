@@ -1,5 +1,5 @@
-"""``batchsend run`` and ``batchsend resume``: thin click layers over :mod:`batchsend.run` and
-:mod:`batchsend.resume`."""
+"""``batchsend run``, ``batchsend resume`` and ``batchsend reconcile``: thin click layers over
+:mod:`batchsend.run`, :mod:`batchsend.resume` and :mod:`batchsend.reconcile`."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import click
 from batchsend.cli.campaign_cmds import ALLOW_OUTSIDE
 from batchsend.cli.options import db_option
 from batchsend.errors import DiskFullError, is_disk_full
+from batchsend.reconcile import ADMIN_KEY_ENV, ReconcileResult, parse_grace, reconcile_run
 from batchsend.resume import resume_run
 from batchsend.run import run_campaign
 from batchsend.sending import EXIT_INTERRUPTED, RunResult
@@ -78,6 +79,49 @@ def _send_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option(
             "--json", "as_json", is_flag=True, help="Print a JSON summary object on stdout."
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+class Duration(click.ParamType):
+    """A duration such as ``10m``, ``90s``, ``1h`` or ``0`` (seconds without a unit)."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, int | float):
+            return float(value)
+        try:
+            return parse_grace(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def _reconcile_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Options of ``reconcile`` that ``resume --reconcile`` shares."""
+    options = [
+        click.option(
+            "--grace",
+            type=Duration(),
+            default="10m",
+            show_default=True,
+            help="A message not in the provider's log this long after its last request was "
+            "never accepted (its rows go back to pending); a younger one stays unknown.",
+        ),
+        click.option(
+            "--admin-key-file",
+            type=click.Path(dir_okay=False),
+            default=None,
+            help="ToSend: read the admin key (tsend_admin_...) from this file (instead of "
+            f"the campaign's admin_key_file or ${ADMIN_KEY_ENV}).",
+        ),
+        click.option(
+            "--admin-key-stdin",
+            is_flag=True,
+            help="ToSend: read the admin key from standard input.",
         ),
     ]
     for option in reversed(options):
@@ -206,21 +250,106 @@ def run(campaign: str, **options: Any) -> None:
     "(same Idempotency-Key). The provider may already have delivered them: those people "
     "may get the message twice. Said on stderr before sending.",
 )
+@click.option(
+    "--reconcile",
+    is_flag=True,
+    help="First ask the provider about the unknown rows, as `batchsend reconcile` does; "
+    "the ones it never accepted are then sent by this resume.",
+)
+@_reconcile_options
 @_send_options
 def resume(run_id: str, **options: Any) -> None:
     """Continue a run: rows in flight at a crash become unknown, pending rows are sent.
 
     Refuses if the input file or the templates changed since the run began (--force to
-    override). Unknown rows are not sent again unless --resend-unknown; retryable
-    failures are sent again only with --retry-failed. Exit codes as for `batchsend run`:
+    override). Unknown rows are not sent again unless --resend-unknown; --reconcile asks
+    the provider about them first (see `batchsend reconcile`); retryable failures are
+    sent again only with --retry-failed. Exit codes as for `batchsend run`:
     0 done, 1 fatal provider error, 2 bad input or refused, 3 finished but some rows
     failed or are unknown (the run's, not only this resume's), 130 interrupted.
 
     \b
     Example:
       batchsend resume 20261121T103455-ab12cd
+      batchsend resume 20261121T103455-ab12cd --reconcile
       batchsend resume 20261121T103455-ab12cd --retry-failed --resend-unknown --json
     """
     as_json = options.pop("as_json")
     summary = _call(resume_run, run_id, **options)
     _finish(summary, as_json)
+
+
+@click.command()
+@click.argument("run_id")
+@db_option()
+@_reconcile_options
+@click.option(
+    "--base-url",
+    default=None,
+    help="The provider's base URL (default: the one the run sent to).",
+)
+@click.option(
+    "--concurrency", type=click.IntRange(min=1), default=None, help="Lookups in flight (8)."
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0.001),
+    default=None,
+    help="Lookups per second (default: ToSend 20, v1 9, under its 600 requests/minute).",
+)
+@click.option(
+    "--http-client",
+    type=click.Choice(["aiohttp", "httpx"]),
+    default="aiohttp",
+    show_default=True,
+    help="The HTTP client for the lookups.",
+)
+@click.option(
+    "--api-key-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="v1: read the account's API key from this file (the Events API takes it).",
+)
+@click.option("--api-key-stdin", is_flag=True, help="v1: read the API key from standard input.")
+@ALLOW_OUTSIDE
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary object on stdout.")
+def reconcile(run_id: str, **options: Any) -> None:
+    """Settle a run's unknown rows by asking the provider what it accepted.
+
+    A row is unknown when its request may have reached the provider but no answer said
+    so (a timeout, a lost connection, a 5xx, a crash). Each unknown message is looked up:
+    on ToSend by its message id with an admin key (tsend_admin_..., from --admin-key-file,
+    --admin-key-stdin, the campaign's admin_key_file or $BATCHSEND_ADMIN_KEY); on v1 in the
+    Events API,
+    by recipient, time and the batchsend_id batchsend put in its metadata, with the
+    account's own key. Found: the rows are sent. Not found and older than --grace: the
+    provider never accepted them, so they go back to pending and `batchsend resume`
+    sends them. Younger ones stay unknown (the summary says when to try again), and so
+    do rows whose lookup failed. Nothing is ever sent by this command.
+
+    \b
+    Exit codes:
+      0    every unknown row is settled (run `batchsend resume` for the pending ones)
+      2    the provider cannot be asked (no or wrong admin key, a missing scope, no
+           Events API on the account): nothing was changed
+      3    some rows are still unknown (too recent, or their lookup failed)
+      130  interrupted (what was settled is kept)
+
+    \b
+    Example:
+      export BATCHSEND_ADMIN_KEY=...        # ToSend: an admin key with emails:read
+      batchsend reconcile 20261121T103455-ab12cd
+      batchsend reconcile 20261121T103455-ab12cd --grace 30m --json
+      batchsend resume 20261121T103455-ab12cd
+    """
+    as_json = options.pop("as_json")
+    try:
+        result: ReconcileResult = reconcile_run(run_id, **options)
+    except KeyboardInterrupt:
+        click.echo("\nbatchsend: interrupted; the rows settled so far are recorded", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        click.echo(result.describe(), err=True)
+    sys.exit(result.exit_code)

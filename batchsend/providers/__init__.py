@@ -10,8 +10,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from batchsend.providers.base import AccountInfo, Provider, RecipientLimits
-from batchsend.providers.tosend import ToSendProvider, check_account
+from batchsend.providers.base import (
+    AccountInfo,
+    LookupAnswer,
+    LookupKind,
+    LookupTarget,
+    Provider,
+    RecipientLimits,
+)
+from batchsend.providers.tosend import ADMIN_KEY_PREFIX, ToSendProvider, check_account
 from batchsend.providers.v1 import V1Provider
 from batchsend.transport import HttpRequest
 
@@ -34,9 +41,13 @@ def get_provider(name: str, *, base_url: str, api_key: str, **options: Any) -> P
 
 
 __all__ = [
+    "ADMIN_KEY_PREFIX",
     "PROVIDERS",
     "AccountInfo",
     "HttpRequest",
+    "LookupAnswer",
+    "LookupKind",
+    "LookupTarget",
     "Provider",
     "RecipientLimits",
     "ToSendProvider",

@@ -22,6 +22,8 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 import orjson
@@ -73,6 +75,44 @@ class AccountInfo:
 
     def domain_verified(self, domain: str) -> bool:
         return domain.lower() in {d.lower() for d in self.verified_domains}
+
+
+class LookupKind(StrEnum):
+    """What the provider's log says about one message batchsend asked it about."""
+
+    FOUND = "found"  # the provider accepted it: its rows are sent
+    NOT_FOUND = "not_found"  # no record of it (yet): not accepted, if old enough
+    MORE = "more"  # not on this page of the answer; ask for ``next_page``
+    FAILED = "failed"  # this lookup could not tell (an answer we cannot read)
+    REFUSED = "refused"  # no lookup can work: bad key, missing scope, feature disabled
+
+
+@dataclass(frozen=True, slots=True)
+class LookupTarget:
+    """One message to look up: its key (ToSend's ``message_hash``, v1's ``batchsend_id``),
+    the address its ``to`` carried, and the epoch-seconds window its requests left in."""
+
+    key: str
+    recipient: str
+    since: float
+    until: float
+
+
+@dataclass(frozen=True, slots=True)
+class LookupAnswer:
+    """A provider's answer to one lookup request, reduced to what reconcile decides on."""
+
+    kind: LookupKind
+    provider_message_id: str | None = None
+    provider_email_id: str | None = None
+    accepted_at: str | None = None  # the provider's time of acceptance, as it wrote it
+    detail: str | None = None  # why, for FAILED and REFUSED (redacted)
+    next_page: int | None = None  # MORE only
+
+
+def iso_utc(epoch: float) -> str:
+    """Epoch seconds as ISO 8601 UTC with milliseconds (``2026-11-21T10:34:55.120Z``)."""
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def dumps(value: Any) -> bytes:

@@ -1,4 +1,5 @@
-"""ToSend: ``POST /v2/emails`` and ``/v2/emails/batch``, ``GET /v2/info``.
+"""ToSend: ``POST /v2/emails`` and ``/v2/emails/batch``, ``GET /v2/info``, and the admin
+API's ``GET /v2/emails/{message_id}`` (reconcile's lookups).
 
 The contract is docs/providers.md, "tosend: ToSend v2". Personalised mail goes through
 the batch endpoint, up to ``batch_size`` (default 100) different emails per request;
@@ -29,6 +30,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import quote
 
 from batchsend.errors import FatalSendError, RetryableSendError
 from batchsend.outcome import MessageOutcome, OutcomeKind
@@ -37,6 +39,9 @@ from batchsend.providers.base import (
     RETRYABLE_STATUSES,
     AccountInfo,
     HttpRequest,
+    LookupAnswer,
+    LookupKind,
+    LookupTarget,
     Provider,
     _text,
     is_refusal,
@@ -56,6 +61,8 @@ _FATAL_DOMAIN_RULES = frozenset({"domain_not_verified", "domain_not_allowed", "d
 #: Rules that say every recipient was disposable: that email is never sent, on its own.
 _SPAM_RULES = frozenset({"spam", "disposable"})
 DISPOSABLE = "disposable"
+#: Admin keys (the only keys that may read the delivery log) start with this.
+ADMIN_KEY_PREFIX = "tsend_admin_"
 INVITE_NAME = "invite.ics"
 INVITE_TYPE = "text/calendar; method=REQUEST"
 
@@ -307,6 +314,71 @@ class ToSendProvider(Provider):
             return await ask(transport)
         async with make_transport("aiohttp", concurrency=1) as own:
             return await ask(own)
+
+    # --- admin lookups (reconcile) ------------------------------------------------------
+
+    def lookup_request(self, target: LookupTarget, page: int = 1) -> HttpRequest:
+        """``GET /v2/emails/{message_id}`` for the message batchsend sent as ``message_hash``.
+
+        The provider must have been built with an admin key (``tsend_admin_...``).
+        """
+        headers = {k: v for k, v in self._base_headers.items() if k != "Content-Type"}
+        url = f"{self._send_url}/{quote(target.key, safe='')}"
+        return HttpRequest("GET", url, headers, None)
+
+    def parse_lookup(
+        self,
+        target: LookupTarget,
+        status: int,
+        headers: Mapping[str, str],
+        body: bytes,
+        page: int = 1,
+    ) -> LookupAnswer:
+        """The admin API's answer: 200 found, 404 not in the log; 429/5xx raise
+        :class:`RetryableSendError` (a GET may always be asked again)."""
+        data = loads(body)
+        data = data if isinstance(data, dict) else {}
+        if status == 200:
+            record = data.get("data")
+            if isinstance(record, dict) and str(record.get("message_id")) == target.key:
+                return LookupAnswer(
+                    LookupKind.FOUND,
+                    provider_message_id=target.key,
+                    accepted_at=_opt(record.get("created_at")),
+                    detail=f"status {_text(record.get('status'), 40)}",
+                )
+            return LookupAnswer(LookupKind.FAILED, detail="a 200 without this message's record")
+        message = _text(data.get("message") or body[:200].decode("utf-8", "replace"))
+        errors = data.get("errors")
+        errors = errors if isinstance(errors, dict) else {}
+        if status == 404:
+            if "endpoint" in errors:  # the route, not the message: no admin API there
+                return LookupAnswer(
+                    LookupKind.REFUSED,
+                    detail=f"{self.base_url} has no admin lookup endpoint (404: {message})",
+                )
+            if data:  # the admin API's own JSON 404: no such message in the log
+                return LookupAnswer(LookupKind.NOT_FOUND)
+            # a 404 that is not ToSend's JSON (a proxy's page): it proves nothing
+            return LookupAnswer(LookupKind.FAILED, detail=f"an unexpected 404: {message}")
+        if status in RETRYABLE_STATUSES or is_server_error(status):
+            raise RetryableSendError(
+                f"GET /v2/emails/... failed ({status}: {message})",
+                status=status,
+                error_type=_error_type(status, data),
+                retry_after=self.retry_after(headers),
+            )
+        if status in (401, 403):
+            if errors.get("code") == "insufficient_scope":
+                scope = _text(errors.get("required_scope") or "emails:read", 60)
+                detail = (
+                    f"the admin key lacks the scope {scope} (403 insufficient_scope); give it "
+                    "that scope in ToSend, or use an admin key that has it"
+                )
+            else:
+                detail = f"ToSend refused the admin key ({status}: {message})"
+            return LookupAnswer(LookupKind.REFUSED, detail=detail)
+        return LookupAnswer(LookupKind.FAILED, detail=f"unexpected HTTP {status}: {message}")
 
 
 def check_account(info: AccountInfo, *, sender_domains: set[str], recipients: int) -> None:

@@ -1,4 +1,5 @@
-"""MailerLogic's ``v1`` API: ``POST /api/v1/send``, one request per recipient.
+"""MailerLogic's ``v1`` API: ``POST /api/v1/send``, one request per recipient, and the
+Events API's ``GET /api/v1/events`` (reconcile's lookups).
 
 The contract is docs/providers.md, "v1: MailerLogic". ``to`` is ONE address, so a unit
 is always one message; ``cc`` and ``bcc`` are arrays of address strings; attachments
@@ -23,21 +24,35 @@ from __future__ import annotations
 import base64
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlencode
 
+from batchsend.errors import RetryableSendError
 from batchsend.outcome import MessageOutcome, OutcomeKind
 from batchsend.plan import PlannedMessage, SendUnit
 from batchsend.providers.base import (
     RETRYABLE_STATUSES,
+    HttpRequest,
+    LookupAnswer,
+    LookupKind,
+    LookupTarget,
     Provider,
     RecipientLimits,
     _text,
     is_refusal,
     is_server_error,
+    iso_utc,
     loads,
     rendered,
 )
 
 SEND_PATH = "/api/v1/send"
+EVENTS_PATH = "/api/v1/events"
+#: Events per page asked for (the Events API's maximum).
+EVENTS_PER_PAGE = 100
+#: A lookup reads at most this many pages of one recipient's events, then gives up.
+MAX_EVENT_PAGES = 50
+#: 403 reasons that say the account has no Events API (an enterprise feature).
+EVENTS_DISABLED = frozenset({"event_api_disabled", "event_tracking_disabled"})
 
 
 def _addr(address: Any) -> str:
@@ -179,6 +194,103 @@ class V1Provider(Provider):
                 retry_after=retry_after,
             )
         ]
+
+    # --- the Events API (reconcile's lookups) ------------------------------------------
+
+    def lookup_request(self, target: LookupTarget, page: int = 1) -> HttpRequest:
+        """``GET /api/v1/events`` of the message's recipient within its send window.
+
+        The Events API takes the account key as ``Authorization: Bearer`` whatever header
+        the sends use (the docs).
+        """
+        headers = {
+            "Accept": "application/json",
+            "User-Agent": self._base_headers["User-Agent"],
+            "Authorization": f"Bearer {self._api_key}",
+        }
+        query = urlencode(
+            {
+                "recipient": target.recipient,
+                "from_timestamp": iso_utc(target.since),
+                "to_timestamp": iso_utc(target.until),
+                "page": page,
+                "limit": EVENTS_PER_PAGE,
+            }
+        )
+        return HttpRequest("GET", f"{self.base_url}{EVENTS_PATH}?{query}", headers, None)
+
+    def parse_lookup(
+        self,
+        target: LookupTarget,
+        status: int,
+        headers: Mapping[str, str],
+        body: bytes,
+        page: int = 1,
+    ) -> LookupAnswer:
+        """Found when an event carries ``metadata.batchsend_id`` = the message's key; the
+        next page when there is one; 429/5xx raise :class:`RetryableSendError`."""
+        data = loads(body)
+        data = data if isinstance(data, dict) else {}
+        if status == 200:
+            events = data.get("events")
+            if not isinstance(events, list):
+                return LookupAnswer(LookupKind.FAILED, detail="a 200 without an events list")
+            for event in events:
+                found = _matching(event, target.key)
+                if found is not None:
+                    return found
+            pagination = data.get("pagination")
+            pages = pagination.get("pages") if isinstance(pagination, dict) else None
+            if isinstance(pages, int) and page < pages:
+                if page >= MAX_EVENT_PAGES:
+                    return LookupAnswer(
+                        LookupKind.FAILED,
+                        detail=f"more than {MAX_EVENT_PAGES} pages of events for one address",
+                    )
+                return LookupAnswer(LookupKind.MORE, next_page=page + 1)
+            return LookupAnswer(LookupKind.NOT_FOUND)
+        message = _text(data.get("message") or body[:200].decode("utf-8", "replace"))
+        if status in RETRYABLE_STATUSES or is_server_error(status):
+            raise RetryableSendError(
+                f"GET {EVENTS_PATH} failed ({status}: {message})",
+                status=status,
+                error_type=_opt(data.get("error")) or f"http_{status}",
+                retry_after=self.retry_after(headers),
+            )
+        reason = _opt(data.get("reason")) or _opt(data.get("error"))
+        if status == 403 and reason in EVENTS_DISABLED:
+            return LookupAnswer(
+                LookupKind.REFUSED,
+                detail=f"the Events API is not enabled for this account (403 {reason}: "
+                f"{message}), so reconcile is not available; ask the provider to enable it",
+            )
+        if status in (401, 403):
+            return LookupAnswer(
+                LookupKind.REFUSED, detail=f"the provider refused the API key ({status}: {message})"
+            )
+        if status == 404:
+            return LookupAnswer(
+                LookupKind.REFUSED, detail=f"{self.base_url} has no Events API (404: {message})"
+            )
+        return LookupAnswer(LookupKind.FAILED, detail=f"unexpected HTTP {status}: {message}")
+
+
+def _matching(event: Any, key: str) -> LookupAnswer | None:
+    """The lookup's answer if ``event`` belongs to the message batchsend keyed ``key``."""
+    if not isinstance(event, dict):
+        return None
+    data = event.get("event_data")
+    metadata = data.get("metadata") if isinstance(data, dict) else None
+    if not isinstance(metadata, dict) or metadata.get("batchsend_id") != key:
+        return None
+    assert isinstance(data, dict)
+    return LookupAnswer(
+        LookupKind.FOUND,
+        provider_message_id=_opt(data.get("message_id")),
+        provider_email_id=_opt(event.get("email_id")),
+        accepted_at=_opt(event.get("timestamp")),
+        detail=f"event {_text(event.get('event_type'), 40)}",
+    )
 
 
 def _opt(value: Any) -> str | None:

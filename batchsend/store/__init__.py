@@ -53,7 +53,9 @@ from batchsend.store.records import (
     IN_FLIGHT_REASON,
     NewRecipient,
     RunInfo,
+    Settlement,
     UnitRecord,
+    UnsettledMessage,
     new_run_id,
     safe_settings,
 )
@@ -70,8 +72,10 @@ __all__ = [
     "NewRecipient",
     "RunInfo",
     "RunRecorder",
+    "Settlement",
     "Store",
     "UnitRecord",
+    "UnsettledMessage",
     "new_run_id",
     "safe_settings",
 ]

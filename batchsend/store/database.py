@@ -32,7 +32,9 @@ from batchsend.store.records import (
     INSERT_CHUNK,
     NewRecipient,
     RunInfo,
+    Settlement,
     UnitRecord,
+    UnsettledMessage,
     iso_time,
     new_run_id,
     safe_settings,
@@ -938,6 +940,131 @@ class Store:
         except BaseException:
             self._rollback()
             raise
+
+    # -- reconcile -----------------------------------------------------------------
+
+    def unsettled_messages(self, run_id: str) -> list[UnsettledMessage]:
+        """The run's ``unknown`` and ``sending`` rows, grouped by the message they went in.
+
+        Rows of one message (a merge) share its key and its fate; a row without a
+        recorded message key is a message of its own, which no lookup can find.
+        """
+        groups: dict[Any, list[tuple[int, str, str | None, str, str]]] = {}
+        for row, email, key, unit, updated, state in self.conn.execute(
+            "SELECT row, email, message_key, unit_key, updated_at, state FROM recipients"
+            " WHERE run_id = ? AND state IN (?, ?) ORDER BY row",
+            (run_id, RecipientState.UNKNOWN.value, RecipientState.SENDING.value),
+        ):
+            groups.setdefault(key if key is not None else ("row", row), []).append(
+                (row, email or "", unit, updated or "", state)
+            )
+        return [
+            UnsettledMessage(
+                key=key if isinstance(key, str) else None,
+                rows=tuple(r[0] for r in rows),
+                emails=tuple(r[1] for r in rows),
+                unit_key=rows[0][2],
+                updated_at=max(r[3] for r in rows),
+                in_flight=any(r[4] == RecipientState.SENDING.value for r in rows),
+            )
+            for key, rows in groups.items()
+        ]
+
+    def attempt_times(
+        self, run_id: str, unit_keys: Iterable[str]
+    ) -> dict[str, list[tuple[str, float]]]:
+        """``{unit key: [(answered at, elapsed ms), ...]}`` of the logged attempts of those
+        requests (one pass over the run's attempts log)."""
+        wanted = set(unit_keys)
+        out: dict[str, list[tuple[str, float]]] = {}
+        for key, at, elapsed in self.conn.execute(
+            "SELECT unit_key, at, elapsed_ms FROM attempts WHERE run_id = ?", (run_id,)
+        ):
+            if key in wanted and at:
+                out.setdefault(key, []).append((at, float(elapsed or 0.0)))
+        return out
+
+    def settle_lookups(self, run_id: str, settlements: Sequence[Settlement]) -> tuple[int, int]:
+        """Record what reconcile learnt, in ONE transaction; returns (rows sent, rows pending).
+
+        Found: the rows become ``sent`` (reason ``reconciled``, the provider's ids, its time
+        of acceptance as ``sent_at``). Not accepted: back to ``pending`` (reason
+        ``not_accepted``), attempts count and log kept, so the next resume sends them.
+        Only rows still ``unknown`` under that message key change; ``http_status`` and
+        ``error_type`` keep the lost answer's, and the request's unit takes its new state.
+        """
+        if not settlements:
+            return 0, 0
+        now = self.now()
+        sent_params: list[tuple[Any, ...]] = []
+        pending_params: list[tuple[Any, ...]] = []
+        units: set[str] = set()
+        for s in settlements:
+            m = s.message
+            if m.key is None:
+                raise StoreError(f"run {run_id}: rows {list(m.rows)[:10]} have no message key")
+            if m.unit_key:
+                units.add(m.unit_key)
+            note = redact(s.note)
+            for row in m.rows:
+                if s.sent:
+                    sent_params.append(
+                        (
+                            s.provider_message_id,
+                            s.provider_email_id,
+                            s.accepted_at or now,
+                            now,
+                            note,
+                            run_id,
+                            row,
+                            m.key,
+                        )
+                    )
+                else:
+                    pending_params.append((now, note, run_id, row, m.key))
+        with self.transaction() as conn:
+            sent = conn.executemany(
+                "UPDATE recipients SET state = 'sent', reason = 'reconciled',"
+                " provider_message_id = COALESCE(?, provider_message_id),"
+                " provider_email_id = COALESCE(?, provider_email_id), sent_at = ?,"
+                " updated_at = ?, retryable = NULL, error_message = ?"
+                " WHERE run_id = ? AND row = ? AND state = 'unknown' AND message_key = ?",
+                sent_params,
+            ).rowcount
+            pending = conn.executemany(
+                "UPDATE recipients SET state = 'pending', reason = 'not_accepted',"
+                " retryable = NULL, updated_at = ?, error_message = ?"
+                " WHERE run_id = ? AND row = ? AND state = 'unknown' AND message_key = ?",
+                pending_params,
+            ).rowcount
+            self._restate_units(run_id, sorted(units))
+        return max(sent, 0), max(pending, 0)
+
+    def _restate_units(self, run_id: str, keys: Sequence[str]) -> None:
+        """Give recorded units the state of the rows they still carry (inside a transaction)."""
+        states: dict[str, set[str]] = {}
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            for key, state in self.conn.execute(
+                "SELECT unit_key, state FROM recipients WHERE run_id = ?"
+                f" AND unit_key IN ({','.join('?' * len(chunk))})",
+                (run_id, *chunk),
+            ):
+                states.setdefault(key, set()).add(state)
+        self.conn.executemany(
+            "UPDATE units SET state = ? WHERE run_id = ? AND key = ?",
+            [
+                (next(iter(found)) if len(found) == 1 else "mixed", run_id, key)
+                for key, found in states.items()
+            ],
+        )
+
+    def refresh_final_counts(self, run_id: str) -> None:
+        """An ended run's recorded final counts follow a change made after it ended."""
+        self.conn.execute(
+            "UPDATE runs SET counts = ?, updated_at = ? WHERE id = ? AND ended_at IS NOT NULL",
+            (json.dumps(self.counts(run_id)), self.now(), run_id),
+        )
 
     # -- units ---------------------------------------------------------------------
 

@@ -117,3 +117,29 @@ class UnitRecord:
     batch: bool
     state: str
     attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class UnsettledMessage:
+    """One message whose rows are ``unknown`` (or ``sending`` in a dead process): what a
+    reconcile asks the provider about. ``key`` is None when no message key was recorded."""
+
+    key: str | None
+    rows: tuple[int, ...]
+    emails: tuple[str, ...]
+    unit_key: str | None
+    updated_at: str  # the latest change of its rows: no request of it left after this
+    in_flight: bool  # some of its rows are still ``sending``
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """What a reconcile learnt about one message: ``sent`` (found in the provider's log,
+    with its ids and time) or not accepted (back to ``pending``); ``note`` says so."""
+
+    message: UnsettledMessage
+    sent: bool
+    note: str
+    provider_message_id: str | None = None
+    provider_email_id: str | None = None
+    accepted_at: str | None = None
