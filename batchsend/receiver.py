@@ -76,7 +76,10 @@ class EventWriter:
 
     def __init__(self, db_path: Path) -> None:
         self.db_path = db_path
-        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        # Items are lists of requests: the event loop hands over, once per turn, every
+        # request that arrived in that turn (one wake-up of the thread, not one each).
+        self._queue: queue.SimpleQueue[list[_Pending] | None] = queue.SimpleQueue()
+        self._arrived: list[_Pending] = []
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="batchsend-events", daemon=True)
@@ -94,9 +97,16 @@ class EventWriter:
         self._thread.join(timeout=30)
 
     async def store(self, events: Sequence[Event]) -> Stored:
-        pending = _Pending(events, asyncio.get_running_loop())
-        self._queue.put(pending)
+        loop = asyncio.get_running_loop()
+        pending = _Pending(events, loop)
+        if not self._arrived:
+            loop.call_soon(self._hand_over)
+        self._arrived.append(pending)
         return await pending.future
+
+    def _hand_over(self) -> None:
+        arrived, self._arrived = self._arrived, []
+        self._queue.put(arrived)
 
     def _run(self) -> None:
         try:
@@ -111,14 +121,14 @@ class EventWriter:
                 first = self._queue.get()
                 if first is None:
                     return
-                group = [first]
+                group = list(first)
                 with contextlib.suppress(queue.Empty):
                     while len(group) < GROUP_COMMIT:
                         item = self._queue.get_nowait()
                         if item is None:
                             self._queue.put(None)  # stop after this group
                             break
-                        group.append(item)
+                        group.extend(item)
                 self._write(store, group)
         finally:
             store.close()
@@ -131,23 +141,31 @@ class EventWriter:
                 for pending in group:
                     results.append(record_events(conn, pending.events, now))
         except Exception as exc:  # every waiter must hear of it (and answer 503)
-            for pending in group:
-                pending.loop.call_soon_threadsafe(_fail, pending.future, exc)
+            _answer_all(group, [exc] * len(group))
             return
-        for pending, result in zip(group, results, strict=True):
+        for result in results:
             self.stored += result.new
             self.duplicates += result.duplicates
-            pending.loop.call_soon_threadsafe(_succeed, pending.future, result)
+        _answer_all(group, results)
 
 
-def _succeed(future: asyncio.Future[Stored], result: Stored) -> None:
-    if not future.done():
-        future.set_result(result)
+def _answer_all(group: list[_Pending], outcomes: Sequence[Stored | BaseException]) -> None:
+    """Wake each waiting request with its outcome: one call into each event loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Pending, Stored | BaseException]]] = {}
+    for pending, outcome in zip(group, outcomes, strict=True):
+        by_loop.setdefault(pending.loop, []).append((pending, outcome))
+    for loop, answers in by_loop.items():
+        loop.call_soon_threadsafe(_settle, answers)
 
 
-def _fail(future: asyncio.Future[Stored], exc: BaseException) -> None:
-    if not future.done():
-        future.set_exception(exc)
+def _settle(answers: list[tuple[_Pending, Stored | BaseException]]) -> None:
+    for pending, outcome in answers:
+        if pending.future.done():
+            continue
+        if isinstance(outcome, BaseException):
+            pending.future.set_exception(outcome)
+        else:
+            pending.future.set_result(outcome)
 
 
 WRITER = web.AppKey("writer", EventWriter)

@@ -452,16 +452,12 @@ def _provider(
 def _admin_key(key: str | None, key_file: str | Path | None, stdin: bool) -> str:
     """The ToSend admin key, checked to be one (never shown, whatever is wrong with it)."""
     if key is None:
-        if key_file is None and not stdin and not os.environ.get(ADMIN_KEY_ENV, "").strip():
-            raise SecretError(
-                f"no ToSend admin key: reconcile reads ToSend's delivery log, which needs an "
-                f"admin key (tsend_admin_...), and the environment variable {ADMIN_KEY_ENV} "
-                "is not set",
-                fix=f"export {ADMIN_KEY_ENV}=... (an admin key with the emails:read scope), "
-                "set admin_key_file in the campaign, or pass --admin-key-file FILE or "
-                "--admin-key-stdin",
-            )
-        key = load_api_key(env_var=ADMIN_KEY_ENV, key_file=key_file, stdin=stdin)
+        return load_admin_key(
+            key_file=key_file,
+            stdin=stdin,
+            needed_for="reconcile reads ToSend's delivery log, which",
+            scope="emails:read",
+        )
     remember(key)
     if not key.startswith(ADMIN_KEY_PREFIX):
         raise SecretError(
