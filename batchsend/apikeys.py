@@ -16,6 +16,9 @@ from urllib.parse import urlsplit
 from batchsend.errors import SecretError
 
 DEFAULT_ENV_VAR = "BATCHSEND_API_KEY"
+#: ToSend's admin keys (reading its delivery log and suppression list) start with this.
+ADMIN_KEY_PREFIX = "tsend_admin_"
+ADMIN_KEY_ENV = "BATCHSEND_ADMIN_KEY"
 #: A campaign file's ``api_key_env`` must start with this: it may not pick another secret.
 KEY_ENV_PREFIX = "BATCHSEND_"
 
@@ -191,3 +194,33 @@ def load_secret(what: str, *, env_var: str, secret_file: str | Path | None) -> s
             fix=f"put only the {what} in the file, on one line",
         )
     return remember(value)
+
+
+def load_admin_key(
+    *, key_file: str | Path | None = None, stdin: bool = False, needed_for: str, scope: str
+) -> str:
+    """The ToSend admin key (standard input, a key file, or ``$BATCHSEND_ADMIN_KEY``),
+    checked to be one. ``needed_for`` and ``scope`` word the errors; the key is never shown.
+    """
+    if key_file is None and not stdin and not os.environ.get(ADMIN_KEY_ENV, "").strip():
+        raise SecretError(
+            f"no ToSend admin key: {needed_for} needs an admin key ({ADMIN_KEY_PREFIX}...), "
+            f"and the environment variable {ADMIN_KEY_ENV} is not set",
+            fix=f"export {ADMIN_KEY_ENV}=... (an admin key with the {scope} scope), set "
+            "admin_key_file in the campaign, or pass --admin-key-file FILE or --admin-key-stdin",
+        )
+    key = load_api_key(env_var=ADMIN_KEY_ENV, key_file=key_file, stdin=stdin)
+    return check_admin_key(key, scope=scope, cannot="do this")
+
+
+def check_admin_key(key: str, *, scope: str, cannot: str) -> str:
+    """``key`` (registered for redaction) if it is a ToSend admin key, else SecretError."""
+    remember(key)
+    if not key.startswith(ADMIN_KEY_PREFIX):
+        raise SecretError(
+            f"the admin key is not a ToSend admin key: admin keys start with "
+            f"{ADMIN_KEY_PREFIX!r} (a sending key cannot {cannot}); the key is not shown",
+            fix=f"create an admin key with the {scope} scope in ToSend and put it in "
+            f"{ADMIN_KEY_ENV}, or in the file --admin-key-file names",
+        )
+    return key

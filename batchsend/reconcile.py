@@ -44,7 +44,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from batchsend.apikeys import load_api_key, redact, remember, remember_env
+from batchsend.apikeys import (
+    ADMIN_KEY_ENV,
+    check_admin_key,
+    load_admin_key,
+    load_api_key,
+    redact,
+    remember,
+    remember_env,
+)
 from batchsend.campaign import load_campaign
 from batchsend.crashpoints import crashpoint
 from batchsend.errors import (
@@ -52,7 +60,6 @@ from batchsend.errors import (
     FatalSendError,
     ReconcileError,
     RetryableSendError,
-    SecretError,
     UncertainSendError,
 )
 from batchsend.next_steps import reconcile_command, resume_command
@@ -60,7 +67,6 @@ from batchsend.overrides import parse_test_to
 from batchsend.process import alive
 from batchsend.progress import Progress, ProgressDisplay
 from batchsend.providers import (
-    ADMIN_KEY_PREFIX,
     LookupAnswer,
     LookupKind,
     LookupTarget,
@@ -81,8 +87,6 @@ __all__ = [
     "reconcile_run",
 ]
 
-#: Where the ToSend admin key is read from when no file or stdin is given.
-ADMIN_KEY_ENV = "BATCHSEND_ADMIN_KEY"
 #: A message not in the provider's log this long after its last request was not accepted.
 DEFAULT_GRACE = 600.0
 DEFAULT_CONCURRENCY = 8
@@ -458,16 +462,7 @@ def _admin_key(key: str | None, key_file: str | Path | None, stdin: bool) -> str
             needed_for="reconcile reads ToSend's delivery log, which",
             scope="emails:read",
         )
-    remember(key)
-    if not key.startswith(ADMIN_KEY_PREFIX):
-        raise SecretError(
-            f"the admin key is not a ToSend admin key: admin keys start with "
-            f"{ADMIN_KEY_PREFIX!r} (a sending key cannot read the delivery log); the key "
-            "is not shown",
-            fix=f"create an admin key with the emails:read scope in ToSend and put it in "
-            f"{ADMIN_KEY_ENV}, or in the file --admin-key-file names",
-        )
-    return key
+    return check_admin_key(key, scope="emails:read", cannot="read the delivery log")
 
 
 def _asked(

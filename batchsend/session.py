@@ -87,6 +87,18 @@ class Session:
                 fix="set base_url in the campaign, pass --base-url, or try it with --sandbox",
             )
 
+    def provider_url(self) -> str:
+        """The base URL a command other than a send may take a key to (the same rules as
+        a send: a URL only the campaign file names must be on this machine)."""
+        self._refuse_unconfirmed_base_url()
+        if not self.base_url:
+            raise CampaignError(
+                "no provider base URL",
+                file=str(self.campaign.path),
+                fix="set base_url in the campaign, or pass --base-url",
+            )
+        return self.base_url
+
     def _refuse_unconfirmed_base_url(self) -> None:
         """The key goes to a host the campaign file alone named only if it is this machine."""
         url = self.base_url

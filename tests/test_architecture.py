@@ -55,7 +55,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("render", "engine", "attachments", "suppressions"),
     ("fingerprints",),  # hashes of everything a campaign reads, for resume and report
     ("preflight",),  # the row pass
-    ("check_report", "history", "preview", "session", "summary", "receiver", "eventpull"),
+    ("check_report", "history", "preview", "session", "summary", "receiver", "pull"),
     ("refusals", "intake", "overrides", "report_html"),
     ("report", "sending", "reconcile"),
     ("run", "resume"),

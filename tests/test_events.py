@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -381,3 +382,64 @@ def test_events_pull_on_an_account_without_the_events_api_changes_nothing(
     assert result.returncode != 0
     assert "event_api_disabled" in result.stderr and "Traceback" not in result.stderr
     assert rows(db, "SELECT COUNT(*) FROM events") == [(0,)]
+
+
+# -- the providers' own lists ----------------------------------------------------------
+
+
+def _campaign_with(folder: Path, provider: str, base_url: str, emails: list[str]) -> Path:
+    campaign = write_campaign(folder, rows=len(emails), provider=provider, base_url=base_url)
+    lines = ["email,first,n", *(f"{e},F{n},{n}" for n, e in enumerate(emails, 1))]
+    (folder / "recipients.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return campaign
+
+
+def _wait_for_events(sandbox: Sandbox, count: int) -> None:
+    deadline = time.monotonic() + 20
+    while len([e for e in sandbox.events() if e["type"] in ("bounced", "complained")]) < count:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("provider", ["tosend", "v1"])
+def test_suppressions_sync_takes_the_providers_list(
+    make_sandbox: Any, tmp_path: Path, provider: str
+) -> None:
+    sandbox = make_sandbox(event_delay_s=0.01)
+    db = tmp_path / "b.db"
+    emails = ["bounce@example.org", "complaint@example.org", "ann@example.org"]
+    campaign = _campaign_with(tmp_path / "c", provider, sandbox.base_url, emails)
+    assert run_batchsend("run", str(campaign), "--db", str(db)).returncode == 0
+    _wait_for_events(sandbox, 2)
+    env = {"BATCHSEND_ADMIN_KEY": "tsend_admin_test"} if provider == "tosend" else {}
+    result = run_batchsend(
+        "suppressions", "sync", "--campaign", str(campaign), "--db", str(db), "--json", env=env
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {
+        "provider": provider, "listed": 2, "added": 2, "only_ours": 0,
+    }  # fmt: skip
+    assert rows(db, "SELECT address, reason, source FROM suppressions ORDER BY address") == [
+        ("bounce@example.org", "hard bounce", f"sync:{provider}"),
+        ("complaint@example.org", "complaint", f"sync:{provider}"),
+    ]
+    again = run_batchsend(
+        "suppressions", "sync", "--campaign", str(campaign), "--db", str(db), "--json", env=env
+    )
+    assert json.loads(again.stdout)["added"] == 0
+
+
+def test_suppressions_sync_refuses_a_sending_key_as_the_admin_key(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    campaign = write_campaign(tmp_path / "c", rows=1, base_url=sandbox.base_url)
+    db = tmp_path / "b.db"
+    result = run_batchsend(
+        "suppressions", "sync", "--campaign", str(campaign), "--db", str(db),
+        env={"BATCHSEND_ADMIN_KEY": "sk-test"},
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "not a ToSend admin key" in result.stderr and "sk-test" not in result.stderr
+    assert "Traceback" not in result.stderr
+    missing = run_batchsend("suppressions", "sync", "--campaign", str(campaign), "--db", str(db))
+    assert missing.returncode == 2 and "BATCHSEND_ADMIN_KEY" in missing.stderr

@@ -1,5 +1,5 @@
 """``batchsend events`` and ``batchsend suppressions``: thin click layers over
-:mod:`batchsend.receiver`, :mod:`batchsend.eventpull` and :mod:`batchsend.store.events`."""
+:mod:`batchsend.receiver`, :mod:`batchsend.pull` and :mod:`batchsend.store.events`."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ from pathlib import Path
 import click
 
 from batchsend.addresses import AddressBook, InvalidAddress
-from batchsend.apikeys import load_secret
+from batchsend.apikeys import load_admin_key, load_secret
 from batchsend.campaign import Campaign, load_campaign
 from batchsend.cli.campaign_cmds import ALLOW_OUTSIDE
 from batchsend.cli.options import db_option
 from batchsend.errors import CampaignError, SuppressionFileError
-from batchsend.eventpull import pull_v1_events
 from batchsend.events.model import EVENT_TYPES
+from batchsend.pull import pull_v1_events, sync_suppressions
 from batchsend.receiver import MAX_BODY, ReceiverConfig, serve_forever
 from batchsend.session import Session
 from batchsend.store import Store
@@ -389,3 +389,82 @@ def suppressions_export(db_path: str, out: str | None) -> None:
             writer.writerow([s.email, s.reason, s.source, s.first_seen, s.note or ""])
     if out:
         click.echo(f"{len(entries):,} addresses written to {out}", err=True)
+
+
+@suppressions_group.command(name="sync")
+@click.option(
+    "--campaign",
+    "campaign_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="A campaign of the account: its provider, base_url and key settings are used.",
+)
+@click.option("--base-url", default=None, help="Confirm a base URL that is not loopback.")
+@click.option(
+    "--admin-key-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="ToSend: a file holding the admin key (else $BATCHSEND_ADMIN_KEY).",
+)
+@click.option("--admin-key-stdin", is_flag=True, help="ToSend: read the admin key from stdin.")
+@click.option(
+    "--api-key-file", type=click.Path(dir_okay=False), default=None, help="v1's key file."
+)
+@click.option("--api-key-stdin", is_flag=True, help="v1: read the API key from standard input.")
+@ALLOW_OUTSIDE
+@_db_option
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+def suppressions_sync(
+    campaign_path: str,
+    base_url: str | None,
+    admin_key_file: str | None,
+    admin_key_stdin: bool,
+    api_key_file: str | None,
+    api_key_stdin: bool,
+    allow_outside: tuple[str, ...],
+    db_path: str,
+    as_json: bool,
+) -> None:
+    """Add every address on the provider's own suppression list to batchsend's.
+
+    ToSend: GET /v2/suppressions with an admin key (scope suppressions:read). v1: GET
+    /api/customer/suppressions with the account's key. Addresses batchsend lists and the
+    provider does not are counted (neither provider documents adding to its list).
+    """
+    campaign = load_campaign(campaign_path, allow_outside=allow_outside)
+    if base_url is not None:
+        campaign = _with_base_url(campaign, base_url)
+    confirmed = base_url is not None
+    session = Session(campaign, sandbox=False, dry_run=False, base_url_confirmed=confirmed)
+    if campaign.provider == "tosend":
+        url = session.provider_url()
+        key = load_admin_key(
+            key_file=admin_key_file or campaign.admin_key_file,
+            stdin=admin_key_stdin,
+            needed_for="reading ToSend's suppression list",
+            scope="suppressions:read",
+        )
+    else:
+        session.open(api_key=None, api_key_file=api_key_file, api_key_stdin=api_key_stdin)
+        url, key = session.provider_url(), session.api_key
+    with Store(db_path) as store:
+        result = asyncio.run(
+            sync_suppressions(store, provider=campaign.provider, base_url=url, key=key)
+        )
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "provider": result.provider,
+                    "listed": result.listed,
+                    "added": result.added,
+                    "only_ours": result.only_ours,
+                }
+            )
+        )
+        return
+    click.echo(
+        f"{result.provider}'s list: {result.listed:,} addresses, {result.added:,} new to "
+        f"batchsend's; {result.only_ours:,} on batchsend's list only",
+        err=True,
+    )

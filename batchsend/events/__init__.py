@@ -3,6 +3,6 @@
 provider's payloads; parsing only, no network, like :mod:`batchsend.providers`).
 
 The receiver that takes webhooks is :mod:`batchsend.receiver`; the pull from
-MailerLogic's Events API is :mod:`batchsend.eventpull`; both store through
+MailerLogic's Events API is :mod:`batchsend.pull`; both store through
 :mod:`batchsend.store.events`.
 """

@@ -18,7 +18,7 @@ from batchsend.providers.base import (
     Provider,
     RecipientLimits,
 )
-from batchsend.providers.tosend import ADMIN_KEY_PREFIX, ToSendProvider, check_account
+from batchsend.providers.tosend import ToSendProvider, check_account
 from batchsend.providers.v1 import V1Provider
 from batchsend.transport import HttpRequest
 
@@ -41,7 +41,6 @@ def get_provider(name: str, *, base_url: str, api_key: str, **options: Any) -> P
 
 
 __all__ = [
-    "ADMIN_KEY_PREFIX",
     "PROVIDERS",
     "AccountInfo",
     "HttpRequest",

@@ -62,7 +62,6 @@ _FATAL_DOMAIN_RULES = frozenset({"domain_not_verified", "domain_not_allowed", "d
 _SPAM_RULES = frozenset({"spam", "disposable"})
 DISPOSABLE = "disposable"
 #: Admin keys (the only keys that may read the delivery log) start with this.
-ADMIN_KEY_PREFIX = "tsend_admin_"
 INVITE_NAME = "invite.ics"
 INVITE_TYPE = "text/calendar; method=REQUEST"
 

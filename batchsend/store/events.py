@@ -163,6 +163,11 @@ def read_suppression_details(db_path: str | Path) -> dict[str, str]:
         conn.close()
 
 
+def suppressed_addresses(store: Store) -> list[str]:
+    """Every comparison key on the list."""
+    return [a for (a,) in store.conn.execute("SELECT address FROM suppressions")]
+
+
 def add_suppressions(store: Store, entries: Iterable[Suppression]) -> int:
     """Add entries not on the list yet (an address keeps its first reason); how many."""
     added = 0
