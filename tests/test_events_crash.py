@@ -120,3 +120,72 @@ def test_kill_9_during_an_event_storm_loses_nothing_acknowledged(tmp_path: Path)
     conn.close()
     assert count == distinct == total  # no loss, no duplicate
     assert suppressed == total
+
+
+def test_kill_9_while_the_sandbox_posts_a_storm_its_retries_bring_the_rest(
+    make_sandbox, tmp_path: Path
+) -> None:
+    """The provider's side of the same promise: the sandbox posts real webhooks, the
+    receiver dies mid-storm, comes back on the same port, and the sandbox's own retries
+    deliver what was not acknowledged. The stored events equal the sandbox's record."""
+    from support.campaigns import write_campaign
+    from support.processes import run_batchsend
+
+    db = tmp_path / "events.db"
+    port = _port()
+    proc = _serve(db, port)
+    sandbox = make_sandbox(
+        seed=5,
+        bounce_rate=0.5,
+        complaint_rate=0.5,
+        event_delay_s=0.01,
+        tosend_webhook_url=f"http://127.0.0.1:{port}/webhooks/tosend",
+        webhook_secret=SECRET,
+        webhook_max_attempts=12,
+        webhook_backoff_s=0.1,
+        webhook_concurrency=8,
+    )
+    campaign = write_campaign(
+        tmp_path / "c", rows=1000, base_url=sandbox.base_url, send={"batch_size": 100}
+    )
+    assert run_batchsend("run", str(campaign), "--db", str(tmp_path / "runs.db")).returncode == 0
+
+    def acknowledged() -> int:
+        return sum(1 for e in sandbox.events() if e["webhook"] and e["webhook"]["acknowledged"])
+
+    deadline = time.monotonic() + 30
+    while acknowledged() < 100:  # mid-storm
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    seen_acked = {
+        (e["recipient"], e["type"])
+        for e in sandbox.events()
+        if e["webhook"] and e["webhook"]["acknowledged"]
+    }
+    conn = sqlite3.connect(db)
+    stored = set(conn.execute("SELECT recipient, type FROM events"))
+    conn.close()
+    assert seen_acked <= stored  # nothing the sandbox saw acknowledged was lost
+
+    proc = _serve(db, port)  # back on the same port: the sandbox's retries find it
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            posted = [e for e in sandbox.events() if e["webhook"] is not None]
+            if all(e["webhook"]["acknowledged"] for e in posted):
+                break
+            assert time.monotonic() < deadline, sum(
+                not e["webhook"]["acknowledged"] for e in posted
+            )
+            time.sleep(0.1)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    expected = {(e["recipient"], e["type"], e["message_id"]) for e in posted}
+    conn = sqlite3.connect(db)
+    rows = conn.execute("SELECT recipient, type, message_key FROM events").fetchall()
+    conn.close()
+    assert len(rows) == len(set(rows)) == len(expected)  # no duplicate
+    assert set(rows) == expected  # no loss
