@@ -184,24 +184,15 @@ async def pull_v1_events(
     return PullResult(pages, events, new, duplicates, start, until)
 
 
-def _tosend_entry(item: Any) -> Suppression | None:
+def _entry(item: Any, provider: str, kind_field: str, complaint: str) -> Suppression | None:
+    """One provider list entry as ours (None for one without an address)."""
     email = item.get("email") if isinstance(item, dict) else None
     if not isinstance(email, str) or "@" not in email:
         return None
-    reason = "complaint" if item.get("status") == "complained" else "hard bounce"
+    reason = "complaint" if item.get(kind_field) == complaint else "hard bounce"
     stamp = str(item.get("created_at") or "")
     note = item.get("reason") if isinstance(item.get("reason"), str) else None
-    return Suppression(dedup_key(email), email, reason, "sync:tosend", stamp, note=note)
-
-
-def _v1_entry(item: Any) -> Suppression | None:
-    email = item.get("email") if isinstance(item, dict) else None
-    if not isinstance(email, str) or "@" not in email:
-        return None
-    reason = "complaint" if item.get("type") == "complaint" else "hard bounce"
-    stamp = str(item.get("created_at") or "")
-    note = item.get("reason") if isinstance(item.get("reason"), str) else None
-    return Suppression(dedup_key(email), email, reason, "sync:v1", stamp, note=note)
+    return Suppression(dedup_key(email), email, reason, f"sync:{provider}", stamp, note=note)
 
 
 async def sync_suppressions(
@@ -230,7 +221,7 @@ async def sync_suppressions(
                 items = body.get("data") if isinstance(body, dict) else None
                 total = int(body.get("total") or 0) if isinstance(body, dict) else 0
                 more = page * PAGE_LIMIT < total
-                parse = _tosend_entry
+                kind_field, complaint = "status", "complained"
             else:
                 query = urlencode({"page": page, "limit": PAGE_LIMIT})
                 body = await _get(
@@ -244,11 +235,11 @@ async def sync_suppressions(
                 paging = body.get("pagination") if isinstance(body, dict) else None
                 pages = int(paging.get("pages") or 1) if isinstance(paging, dict) else 1
                 more = page < pages
-                parse = _v1_entry
+                kind_field, complaint = "type", "complaint"
             if not isinstance(items, list):
                 raise FatalSendError(f"{provider}'s suppression list answered no list")
             for item in items:
-                entry = parse(item)
+                entry = _entry(item, provider, kind_field, complaint)
                 if entry is not None:
                     entries.setdefault(entry.address, entry)
             if not more or not items:

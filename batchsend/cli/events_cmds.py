@@ -17,7 +17,7 @@ from batchsend.addresses import AddressBook, InvalidAddress
 from batchsend.apikeys import load_admin_key, load_secret
 from batchsend.campaign import Campaign, load_campaign
 from batchsend.cli.campaign_cmds import ALLOW_OUTSIDE
-from batchsend.cli.options import db_option
+from batchsend.cli.options import campaign_option, db_option
 from batchsend.errors import CampaignError, SuppressionFileError
 from batchsend.events.model import EVENT_TYPES
 from batchsend.pull import pull_v1_events, sync_suppressions
@@ -127,13 +127,7 @@ def serve(
 
 
 @events.command()
-@click.option(
-    "--campaign",
-    "campaign_path",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="A v1 campaign: its base_url and API key settings are used.",
-)
+@campaign_option("A v1 campaign: its base_url and API key settings are used.")
 @click.option("--provider", type=click.Choice(["v1"]), default="v1", show_default=True)
 @click.option(
     "--since",
@@ -392,13 +386,7 @@ def suppressions_export(db_path: str, out: str | None) -> None:
 
 
 @suppressions_group.command(name="sync")
-@click.option(
-    "--campaign",
-    "campaign_path",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="A campaign of the account: its provider, base_url and key settings are used.",
-)
+@campaign_option("A campaign of the account: its provider, base_url and key settings are used.")
 @click.option("--base-url", default=None, help="Confirm a base URL that is not loopback.")
 @click.option(
     "--admin-key-file",

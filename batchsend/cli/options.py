@@ -20,3 +20,15 @@ def db_option(help: str = "The SQLite file that records runs.") -> Callable[[Any
         type=click.Path(dir_okay=False),
         help=help,
     )
+
+
+def campaign_option(help: str) -> Callable[[Any], Any]:
+    """``--campaign FILE`` (required), passed as ``campaign_path``: whose provider,
+    base_url and key settings a command that is not a send uses."""
+    return click.option(
+        "--campaign",
+        "campaign_path",
+        required=True,
+        type=click.Path(dir_okay=False),
+        help=help,
+    )
