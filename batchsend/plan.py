@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 from batchsend.message import Message, content_digest, message_key
 
@@ -227,11 +227,25 @@ def pack_units(
         yield SendUnit(unit_key([p.key for p in chunk], batch=True), tuple(chunk), True)
 
 
+class Shape(Protocol):
+    """What planning needs of a provider (every :class:`~batchsend.providers.base.Provider`
+    has it): whether it takes batches, how many, and its per-field recipient limits."""
+
+    @property
+    def is_batch(self) -> bool: ...
+
+    @property
+    def batch_size(self) -> int: ...
+
+    @property
+    def limits(self) -> Any: ...  # RecipientLimits: to, cc, bcc
+
+
 def plan_units(
     items: Iterable[Any],
     *,
     run_id: str,
-    provider: Any = None,
+    provider: Shape | None = None,
     batch: bool | None = None,
     batch_size: int | None = None,
     merge: bool = False,

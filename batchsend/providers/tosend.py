@@ -50,7 +50,7 @@ from batchsend.providers.base import (
     rendered,
 )
 from batchsend.retry import RetryPolicy
-from batchsend.transport import make_transport
+from batchsend.transport import Transport, make_transport
 
 SEND_PATH = "/v2/emails"
 BATCH_PATH = "/v2/emails/batch"
@@ -284,7 +284,9 @@ class ToSendProvider(Provider):
             plan_type=_opt(account.get("plan_type")),
         )
 
-    async def account_info(self, transport: Any = None, retry: Any = None) -> AccountInfo:
+    async def account_info(
+        self, transport: Transport | None = None, retry: RetryPolicy | None = None
+    ) -> AccountInfo:
         """Ask ``GET /v2/info``. ``transport`` is shared when given, else a short-lived one.
 
         A 429, a 5xx, a timeout or a refused connection is tried again under ``retry``
