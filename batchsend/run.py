@@ -111,7 +111,9 @@ def run_campaign(
             "--again and --skip-sent contradict each other",
             fix="--again sends to everyone again; --skip-sent only to addresses not sent yet",
         )
-    real = not (test_address or dry_run)
+    # A real run can email people on the list: not a proof copy, a dry run or a run
+    # to the embedded sandbox; only a real one is refused for earlier sends.
+    real = not (test_address or dry_run or sandbox)
     with (
         Store(db_path, accept_lost_record=accept_lost_record) as store,
         Session(

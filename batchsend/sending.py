@@ -420,7 +420,7 @@ def send_and_finish(
                     f"could not write {ledger.ledger_path(store.path)}: a later loss of this "
                     "database would not be detected"
                 )
-            if not ledger.register_send(
+            if not session.sandboxed and not ledger.register_send(
                 store.path,
                 run_id=run_id,
                 campaign=run.campaign_path,
@@ -488,13 +488,14 @@ def send_and_finish(
             ledger.record(
                 store.path, "ended", run_id=run_id, campaign=run.campaign_path, counts=counts
             )
-            ledger.register_send(
-                store.path,
-                run_id=run_id,
-                campaign=run.campaign_path,
-                fingerprints=(run.input_fingerprint or "", run.templates_fingerprint or ""),
-                counts=counts,
-            )
+            if not session.sandboxed:  # the embedded sandbox reached no one
+                ledger.register_send(
+                    store.path,
+                    run_id=run_id,
+                    campaign=run.campaign_path,
+                    fingerprints=(run.input_fingerprint or "", run.templates_fingerprint or ""),
+                    counts=counts,
+                )
     written = _write_report(store, run_id, report_path)
     return RunResult(
         run_id=run_id,

@@ -285,3 +285,26 @@ def test_a_campaign_sent_from_another_database_or_path_is_refused(
     assert len(sandbox.messages()) == 4  # nobody emailed twice
     again = run_campaign(again_path, db_path=db, api_key=KEY, progress=False, again=True)
     assert again.counts["sent"] == 4 and len(sandbox.messages()) == 8  # asked for, so sent
+
+
+def test_runs_to_the_embedded_sandbox_are_no_earlier_sends(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """A --sandbox run reaches no one: running the quick start again, from another copy of
+    the campaign or with another database, is not refused; nor is the first real run of
+    a campaign rehearsed against the sandbox. Real runs are still refused (above)."""
+    first = write_campaign(tmp_path / "a", rows=3, base_url=sandbox.base_url)
+    copy = write_campaign(tmp_path / "b", rows=3, base_url=sandbox.base_url)  # same content
+    for campaign, db in ((first, "a.db"), (copy, "b.db"), (first, "a.db")):
+        out = run_campaign(campaign, db_path=tmp_path / db, sandbox=True, progress=False)
+        assert out.exit_code == 0, out.describe()
+    assert sandbox.messages() == []  # the embedded sandboxes took them
+    real = run_campaign(first, db_path=tmp_path / "a.db", api_key=KEY, progress=False)
+    assert real.exit_code == 0, real.describe()
+    assert sorted(recipients_in(sandbox.messages())) == [
+        "user1@example.org", "user2@example.org", "user3@example.org",
+    ]  # fmt: skip
+    with pytest.raises(CampaignSentError):
+        run_campaign(first, db_path=tmp_path / "a.db", api_key=KEY, progress=False)
+    with pytest.raises(CampaignSentError):  # the register still knows the real send
+        run_campaign(copy, db_path=tmp_path / "b.db", api_key=KEY, progress=False)

@@ -77,6 +77,10 @@ def _file_identity(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
+# A run to the embedded sandbox (``--sandbox``) reached no one: it is no earlier send.
+_NOT_SANDBOXED = "COALESCE(json_extract(settings, '$.sandbox'), 0) = 0"
+
+
 class Store:
     """The batchsend database file. One instance per process, used from one thread.
 
@@ -448,9 +452,10 @@ class Store:
     def latest_run(self, campaign_path: str, *, real_only: bool = False) -> RunInfo | None:
         """The newest run of the campaign file at ``campaign_path`` (as recorded), if any.
 
-        ``real_only`` leaves out test runs (``--test-to``) and dry runs.
+        ``real_only`` leaves out test runs (``--test-to``), dry runs and runs to the
+        embedded sandbox (``--sandbox``): none of them emailed anyone on the list.
         """
-        extra = " AND is_test = 0 AND dry_run = 0" if real_only else ""
+        extra = f" AND is_test = 0 AND dry_run = 0 AND {_NOT_SANDBOXED}" if real_only else ""
         found = self._select_runs(
             f"WHERE campaign_path = ?{extra} ORDER BY started_at DESC, id DESC LIMIT 1",
             (campaign_path,),
@@ -726,7 +731,8 @@ class Store:
         yield from self.conn.execute(
             "SELECT r.email, r.state, r.run_id FROM recipients AS r JOIN runs AS u"
             " ON u.id = r.run_id WHERE u.campaign_path = ? AND u.is_test = 0"
-            " AND u.dry_run = 0 AND r.state IN ('sent', 'sending', 'unknown')"
+            f" AND u.dry_run = 0 AND {_NOT_SANDBOXED.replace('settings', 'u.settings')}"
+            " AND r.state IN ('sent', 'sending', 'unknown')"
             " ORDER BY u.started_at, u.id",
             (campaign_path,),
         )
