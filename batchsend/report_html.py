@@ -13,8 +13,9 @@ import math
 from collections.abc import Sequence
 from html import escape
 
-from batchsend.next_steps import NextStep
+from batchsend.next_steps import PROOF_SENT, NextStep, proof_note
 from batchsend.states import RecipientState
+from batchsend.store import RunInfo
 from batchsend.summary import (
     BOUNCE_LIMIT,
     COMPLAINT_LIMIT,
@@ -178,7 +179,15 @@ def timeline_svg(buckets: Sequence[TimeBucket], *, width: int = 900, height: int
     return "".join(parts)
 
 
-def _state_bar(counts: dict[str, int]) -> str:
+def _state_names(run: RunInfo) -> dict[str, str]:
+    """Each state's name on the page: in a test run, rows sent are proof copies."""
+    names = {state: state for state in STATE_COLOURS}
+    if run.is_test:
+        names[RecipientState.SENT.value] = f"{PROOF_SENT} (to {run.test_to or 'the test address'})"
+    return names
+
+
+def _state_bar(counts: dict[str, int], names: dict[str, str]) -> str:
     total = sum(counts.values())
     if not total:
         return '<div class="bar"></div>'
@@ -188,12 +197,12 @@ def _state_bar(counts: dict[str, int]) -> str:
         if n:
             spans.append(
                 f'<span style="width:{100 * n / total:.3f}%;background:{colour}" '
-                f'title="{escape(state)}: {n:,}"></span>'
+                f'title="{escape(names[state])}: {n:,}"></span>'
             )
     return f'<div class="bar">{"".join(spans)}</div>'
 
 
-def _counts_table(counts: dict[str, int]) -> str:
+def _counts_table(counts: dict[str, int], names: dict[str, str]) -> str:
     total = sum(counts.values())
     rows = []
     for state, colour in STATE_COLOURS.items():
@@ -201,7 +210,7 @@ def _counts_table(counts: dict[str, int]) -> str:
         share = f"{100 * n / total:.1f}%" if total else "-"
         rows.append(
             f'<tr><td><span class="swatch" style="background:{colour}"></span>'
-            f'{escape(state)}</td><td class="n">{n:,}</td><td class="n">{share}</td></tr>'
+            f'{escape(names[state])}</td><td class="n">{n:,}</td><td class="n">{share}</td></tr>'
         )
     rows.append(f'<tr><th>total</th><th class="n">{total:,}</th><th></th></tr>')
     return (
@@ -306,7 +315,8 @@ def render_html(summary: RunSummary) -> str:
     """The one-page, self-contained HTML summary of a run."""
     run = summary.listing.run
     state = summary.listing.label
-    title = f"batchsend run {run.id}"
+    title = f"batchsend run {run.id}" + (" (test run)" if run.is_test else "")
+    title += " (dry run)" if run.dry_run else ""
     kind = []
     if run.is_test:
         kind.append("test run")
@@ -316,6 +326,14 @@ def render_html(summary: RunSummary) -> str:
     retries = sum(b.retries for b in timeline)
     peak = max((b.rate for b in timeline), default=0.0)
     notes = []
+    if run.is_test:
+        notes.append(f'<p class="warn" id="run-kind">{escape(proof_note(run.test_to))}.</p>')
+    if run.dry_run:
+        would = summary.would_send
+        notes.append(
+            f'<p class="warn" id="run-kind">Dry run: {would:,} row{"" if would == 1 else "s"} '
+            "would be sent; nothing was sent.</p>"
+        )
     if run.fatal_error:
         notes.append(f'<p class="fatal">Stopped on a fatal error: {escape(run.fatal_error)}</p>')
     if summary.listing.resume:
@@ -324,6 +342,7 @@ def render_html(summary: RunSummary) -> str:
             f"<code>{escape(summary.listing.resume)}</code></p>"
         )
     notes.append(_next_steps(summary.listing.next_steps))
+    names = _state_names(run)
     colour = _RUN_STATE_COLOURS.get(state, "#616161")
     if state != summary.listing.state.value:
         colour = FINISHED_WITH_ROWS_LEFT_COLOUR
@@ -340,8 +359,8 @@ def render_html(summary: RunSummary) -> str:
 · ended {escape(run.ended_at or "-")} · {run.total_rows or 0:,} rows</p>
 {"".join(notes)}
 <h2>Recipients by state</h2>
-{_state_bar(summary.counts)}
-{_counts_table(summary.counts)}
+{_state_bar(summary.counts, names)}
+{_counts_table(summary.counts, names)}
 <h2>After the provider accepted</h2>
 {_funnel(summary.engagement)}
 <h2>Top failure reasons</h2>
