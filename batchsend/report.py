@@ -5,8 +5,10 @@ Two things live here:
 * :func:`iter_report` -- the report's rows, streamed from SQLite as polars DataFrames
   of at most ``chunk_rows`` rows, in input order. Memory stays flat whatever the size
   of the run.
-* :func:`write_report` -- those rows written as CSV, Parquet, JSON lines, or the
-  one-page HTML summary of :mod:`batchsend.report_html`.
+* :func:`write_report` -- those rows written as an Excel workbook, CSV, Parquet, JSON,
+  JSON lines, or the one-page HTML summary of :mod:`batchsend.report_html`. The file's
+  extension picks the format (:func:`format_for`); one that names no format is refused,
+  never written as CSV under another name.
 
 The report's columns, in order::
 
@@ -26,17 +28,28 @@ sends retryable failures; see :mod:`batchsend.next_steps`). Input column names a
 a report column whose name is taken by an input column is renamed ``batchsend_<name>``
 (a recipient file with a ``state`` column gets ``batchsend_state``).
 
-Spreadsheet safety (CSV, the one text format a spreadsheet opens). Every text cell that
-begins with ``=``, ``+``, ``-``, ``@``, a tab, a carriage return or a line feed is written
-with a single quote in front, as OWASP recommends against formula injection -- every
-column, addresses included: ``-x@example.com`` is a valid address but also a formula to
-a spreadsheet. Header names get the same treatment (a recipient file may name a column
-``=HYPERLINK(...)``), and so do values that are text in all but type: Parquet
-Categorical and Enum cells, and nested values (lists, structs), which CSV cannot hold
-and are written as their JSON text. Numbers, dates and booleans are left as they are. A program
-reading the CSV back gets such a cell with its quote; :func:`unneutralise` undoes the
-prefix, and the Parquet and JSON exports, which no spreadsheet evaluates, carry every
-value untouched (use ``--format parquet`` for byte-exact values).
+A test run's rows whose proof copy the provider accepted are ``sent`` in the store (a
+message went) but read ``proof_sent`` here, reason ``test_run``: the copy went to the test
+address, and a report never lists a recipient as sent who was not emailed.
+
+Spreadsheet safety. The ``.xlsx`` workbook needs none: its cells are typed, and text is
+written as text that Excel never evaluates (nor turns into a link). CSV, the one text
+format a spreadsheet parses, does: every text cell that begins with ``=``, ``+``, ``-``,
+``@``, a tab, a carriage return or a line feed is written with a single quote in front,
+as OWASP recommends against formula injection -- every column, addresses included:
+``-x@example.com`` is a valid address but also a formula to a spreadsheet. One narrow
+exception, so that phone numbers do not show a stray quote: a sign followed only by
+digits, spaces and ``( ) . - /`` (``+44 20 7946 0958``, ``-12``, ``-``) is left as it
+is. With no letter, quote, ``|``, ``!``, ``:``, ``$`` or ``[`` it can name no function,
+cell, sheet or program: evaluated, it is arithmetic on constants at most (``+1+cmd|...``
+has letters and keeps its quote). Header names get the same treatment (a recipient file
+may name a column ``=HYPERLINK(...)``), and so do values that are text in all but type:
+Parquet Categorical and Enum cells, and nested values (lists, structs), which CSV cannot
+hold and are written as their JSON text. Numbers, dates and booleans are left as they
+are. A program reading the CSV back gets such a cell with its quote;
+:func:`unneutralise` undoes the prefix, and the Parquet and JSON exports, which no
+spreadsheet evaluates, carry every value untouched (use ``--format parquet`` for
+byte-exact values).
 
 The store owns the schema and every query: this module asks it for the run and for
 the recipient rows in chunks (:mod:`batchsend.store.reports`), and turns them into the
