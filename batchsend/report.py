@@ -629,7 +629,9 @@ def _write_xlsx(frames: Iterator[pl.DataFrame], out: Path, *, sheet: str) -> Non
     Every cell is typed: numbers are numbers, and text is text that Excel never
     evaluates or turns into a link, so no cell needs the CSV's leading quote and a
     phone number reads as written. A sheet holds about a million rows: beyond that the
-    report is refused, before anything is written, rather than cut short.
+    report is refused, before the workbook is written, rather than cut short. (A cell
+    holds 32,767 characters at most: a longer value is cut there, by Excel's own limit;
+    CSV and Parquet carry it whole.)
     """
     xlsxwriter = _xlsxwriter()
     parts: list[pl.DataFrame] = []

@@ -327,11 +327,11 @@ def render_html(summary: RunSummary) -> str:
     peak = max((b.rate for b in timeline), default=0.0)
     notes = []
     if run.is_test:
-        notes.append(f'<p class="warn" id="run-kind">{escape(proof_note(run.test_to))}.</p>')
+        notes.append(f'<p class="warn" id="test-run">{escape(proof_note(run.test_to))}.</p>')
     if run.dry_run:
         would = summary.would_send
         notes.append(
-            f'<p class="warn" id="run-kind">Dry run: {would:,} row{"" if would == 1 else "s"} '
+            f'<p class="warn" id="dry-run">Dry run: {would:,} row{"" if would == 1 else "s"} '
             "would be sent; nothing was sent.</p>"
         )
     if run.fatal_error:
