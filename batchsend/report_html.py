@@ -156,6 +156,12 @@ def timeline_svg(buckets: Sequence[TimeBucket], *, width: int = 900, height: int
         f'<polyline points="{points}" fill="none" stroke="{RATE_COLOUR}" stroke-width="2.2" '
         'stroke-linejoin="round"/>'
     )
+    if n <= 12:  # a short run has a few slices only: a dot each, or one alone shows nothing
+        parts += [
+            f'<circle cx="{x(i + 0.5):.1f}" cy="{y_rate(b.rate):.1f}" r="3.5" '
+            f'fill="{RATE_COLOUR}"><title>{_duration(b.start)}: {_fmt(b.rate)}/s</title></circle>'
+            for i, b in enumerate(buckets)
+        ]
     parts.append(
         f'<line x1="{left}" x2="{left + plot_w}" y1="{top + plot_h}" y2="{top + plot_h}" '
         'stroke="#757575"/>'

@@ -24,6 +24,7 @@ from support.clock import SteppingClock
 from support.runs import TRICKY, Person, build_run
 from support.sandboxes import TEST_KEY
 
+from batchsend import report as report_module
 from batchsend.cli import main
 from batchsend.errors import InputError, StoreError
 from batchsend.report import (
@@ -465,6 +466,20 @@ def test_run_writes_its_report_as_xlsx_when_asked(
     assert result.exit_code == 0, result.output
     sheets = xlsx_sheets(tmp_path / "out" / "run.xlsx")
     assert list(sheets) == ["test run (proof copies)"]  # the sheet says what it is
+    header, *rows = sheets["test run (proof copies)"]
+    state = [value for _, value in header].index("state")
+    assert [r[state] for r in rows] == [("s", "proof_sent"), ("s", "skipped"), ("s", "skipped")]
+
+
+@needs_xlsxwriter
+def test_xlsx_refuses_more_rows_than_a_sheet_holds(
+    phone_run: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(report_module, "EXCEL_MAX_ROWS", 3)  # a sheet's limit, made small
+    result = cli("report", phone_run, "--db", "b.db", "--out", "r.xlsx")
+    assert result.exit_code == 2 and "more than 3 rows" in result.output
+    assert "--format csv" in result.output and "Traceback" not in result.output
+    assert not list(tmp_path.glob("r.xlsx*"))  # no half workbook left behind
 
 
 def test_xlsx_without_xlsxwriter_is_refused_before_sending(
