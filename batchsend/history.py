@@ -82,6 +82,7 @@ class RunListing:
             "failed_permanent": r.counts.get(RecipientState.FAILED.value, 0)
             - self.failed_retryable,
             "is_test": r.is_test,
+            "test_to": r.test_to,
             "dry_run": r.dry_run,
             "fatal_error": r.fatal_error,
             "report_path": r.report_path,

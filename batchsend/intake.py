@@ -106,7 +106,8 @@ class Intake:
                 continue
             self.sendable += 1
             state = RecipientState.PENDING
-            reason = None
+            reason: str | None = None
+            words: str | None = None  # the report's words for a row not sent
             key = None  # the message's key, when preflight planned it
             if self.limit is None or self.to_send < self.limit:
                 self.to_send += 1
@@ -131,12 +132,17 @@ class Intake:
             elif self.test:
                 # A proof run sends its first rows only; the others are settled at once.
                 state, reason = RecipientState.SKIPPED, "limit"
+                words = (
+                    f"test run: only the first {self.limit:,} row(s) went, each as a proof "
+                    "copy to the test address"
+                )
             yield NewRecipient(
                 row=r.row,
                 email=r.email,
                 name=r.name,
                 state=state,
                 reason=reason,
+                error_message=words,
                 tag=r.tag,
                 metadata=r.metadata,
                 message_key=key,

@@ -124,6 +124,38 @@ def state_label(state: RunState, counts: Mapping[str, int]) -> str:
     return state.value
 
 
+#: The report's state for a test run's row whose proof copy the provider accepted. The
+#: store keeps ``sent`` (a message went), but it went to the test address, never to the
+#: row's own: a report, a summary or a listing never shows such a row as ``sent``.
+PROOF_SENT = "proof_sent"
+
+
+def proof_note(test_to: str | None) -> str:
+    """What a test run did, in one sentence, for every place that shows one."""
+    return (
+        f"test run: proof copies went to {test_to or 'the test address'} only; "
+        "no one on the recipient list was emailed"
+    )
+
+
+def describe_counts(
+    counts: Mapping[str, int], *, is_test: bool = False, test_to: str | None = None
+) -> str:
+    """``1,200 sent, 3 failed``, or ``no rows``; in a test run the rows sent read
+    ``1 proof copy sent to me@example.com``, never ``sent`` (they went there, not to
+    their own address)."""
+    parts = []
+    for state, n in counts.items():
+        if not n:
+            continue
+        if is_test and state == RecipientState.SENT.value:
+            copies = "copy" if n == 1 else "copies"
+            parts.append(f"{n:,} proof {copies} sent to {test_to or 'the test address'}")
+        else:
+            parts.append(f"{n:,} {state}")
+    return ", ".join(parts) or "no rows"
+
+
 def settle_unknown_step(run_id: str, db_path: str | Path, rows: int) -> NextStep:
     """How to settle ``rows`` unknown rows: the one place that says so.
 

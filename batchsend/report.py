@@ -5,8 +5,10 @@ Two things live here:
 * :func:`iter_report` -- the report's rows, streamed from SQLite as polars DataFrames
   of at most ``chunk_rows`` rows, in input order. Memory stays flat whatever the size
   of the run.
-* :func:`write_report` -- those rows written as CSV, Parquet, JSON lines, or the
-  one-page HTML summary of :mod:`batchsend.report_html`.
+* :func:`write_report` -- those rows written as an Excel workbook, CSV, Parquet, JSON,
+  JSON lines, or the one-page HTML summary of :mod:`batchsend.report_html`. The file's
+  extension picks the format (:func:`format_for`); one that names no format is refused,
+  never written as CSV under another name.
 
 The report's columns, in order::
 
@@ -26,17 +28,28 @@ sends retryable failures; see :mod:`batchsend.next_steps`). Input column names a
 a report column whose name is taken by an input column is renamed ``batchsend_<name>``
 (a recipient file with a ``state`` column gets ``batchsend_state``).
 
-Spreadsheet safety (CSV, the one text format a spreadsheet opens). Every text cell that
-begins with ``=``, ``+``, ``-``, ``@``, a tab, a carriage return or a line feed is written
-with a single quote in front, as OWASP recommends against formula injection -- every
-column, addresses included: ``-x@example.com`` is a valid address but also a formula to
-a spreadsheet. Header names get the same treatment (a recipient file may name a column
-``=HYPERLINK(...)``), and so do values that are text in all but type: Parquet
-Categorical and Enum cells, and nested values (lists, structs), which CSV cannot hold
-and are written as their JSON text. Numbers, dates and booleans are left as they are. A program
-reading the CSV back gets such a cell with its quote; :func:`unneutralise` undoes the
-prefix, and the Parquet and JSON exports, which no spreadsheet evaluates, carry every
-value untouched (use ``--format parquet`` for byte-exact values).
+A test run's rows whose proof copy the provider accepted are ``sent`` in the store (a
+message went) but read ``proof_sent`` here, reason ``test_run``: the copy went to the test
+address, and a report never lists a recipient as sent who was not emailed.
+
+Spreadsheet safety. The ``.xlsx`` workbook needs none: its cells are typed, and text is
+written as text that Excel never evaluates (nor turns into a link). CSV, the one text
+format a spreadsheet parses, does: every text cell that begins with ``=``, ``+``, ``-``,
+``@``, a tab, a carriage return or a line feed is written with a single quote in front,
+as OWASP recommends against formula injection -- every column, addresses included:
+``-x@example.com`` is a valid address but also a formula to a spreadsheet. One narrow
+exception, so that phone numbers do not show a stray quote: a sign followed only by
+digits, spaces and ``( ) . - /`` (``+44 20 7946 0958``, ``-12``, ``-``) is left as it
+is. With no letter, quote, ``|``, ``!``, ``:``, ``$`` or ``[`` it can name no function,
+cell, sheet or program: evaluated, it is arithmetic on constants at most (``+1+cmd|...``
+has letters and keeps its quote). Header names get the same treatment (a recipient file
+may name a column ``=HYPERLINK(...)``), and so do values that are text in all but type:
+Parquet Categorical and Enum cells, and nested values (lists, structs), which CSV cannot
+hold and are written as their JSON text. Numbers, dates and booleans are left as they
+are. A program reading the CSV back gets such a cell with its quote;
+:func:`unneutralise` undoes the prefix, and the Parquet and JSON exports, which no
+spreadsheet evaluates, carry every value untouched (use ``--format parquet`` for
+byte-exact values).
 
 The store owns the schema and every query: this module asks it for the run and for
 the recipient rows in chunks (:mod:`batchsend.store.reports`), and turns them into the
@@ -50,6 +63,7 @@ import gc
 import io
 import json
 import queue
+import re
 import sqlite3
 import threading
 from collections.abc import Generator, Iterable, Iterator, Sequence
@@ -60,9 +74,10 @@ from typing import Any, Literal, cast
 import polars as pl
 
 from batchsend.campaign import load_campaign
-from batchsend.errors import BatchsendError, StoreError
+from batchsend.errors import BatchsendError, InputError, StoreError
 from batchsend.fingerprints import fingerprints
 from batchsend.history import find_run, open_db
+from batchsend.next_steps import PROOF_SENT
 from batchsend.report_html import render_html
 from batchsend.source import iter_batches, read_columns
 from batchsend.states import RecipientState
@@ -71,30 +86,68 @@ from batchsend.store.events import OUTCOME_COLUMNS, run_has_events, run_outcomes
 from batchsend.summary import read_summary
 
 __all__ = [
+    "EXTENSIONS",
     "FORMATS",
     "FORMULA_PREFIXES",
     "ReportColumns",
+    "check_report_path",
+    "format_for",
     "iter_report",
     "neutralise",
     "report_columns",
+    "require_format",
     "unneutralise",
     "write_report",
 ]
 
-Format = Literal["csv", "parquet", "json", "jsonl", "html"]
-FORMATS: tuple[str, ...] = ("csv", "parquet", "json", "jsonl", "html")
+Format = Literal["csv", "xlsx", "parquet", "json", "jsonl", "html"]
+FORMATS: tuple[str, ...] = ("csv", "xlsx", "parquet", "json", "jsonl", "html")
 _SUFFIX_FORMATS = {"ndjson": "jsonl", "htm": "html", "pq": "parquet"}
+#: Every extension :func:`format_for` knows, as a user types them.
+EXTENSIONS: tuple[str, ...] = tuple(
+    f".{s}" for s in sorted({*FORMATS, *_SUFFIX_FORMATS}, key=lambda s: (s not in FORMATS, s))
+)
 
 
-def format_for(path: str | Path | None, default: Format = "csv") -> Format:
-    """The report format a file name asks for by its extension (``.jsonl`` -> jsonl)."""
-    suffix = Path(path).suffix.lower().lstrip(".") if path else ""
+def format_for(path: str | Path | None, format: str | None = None) -> Format:
+    """The report format for ``path``: ``format`` when given, else its extension's.
+
+    No path and no format is CSV. An extension that names no format is bad input, never
+    a CSV under another name (a ``report.txt`` or ``report.xls`` that Excel would refuse
+    or misread): the message lists the extensions there are, and ``--format`` decides
+    for any name.
+
+    >>> format_for("r.ndjson"), format_for("r.txt", "csv"), format_for(None)
+    ('jsonl', 'csv', 'csv')
+    """
+    if format is not None:
+        if format not in FORMATS:
+            raise InputError(
+                f"unknown report format {format!r}", fix=f"one of: {', '.join(FORMATS)}"
+            )
+        return cast(Format, format)
+    if path is None:
+        return "csv"
+    suffix = Path(path).suffix.lower().lstrip(".")
     fmt = _SUFFIX_FORMATS.get(suffix, suffix)
-    return cast(Format, fmt) if fmt in FORMATS else default
+    if fmt not in FORMATS:
+        what = f"extension .{suffix}" if suffix else "no extension"
+        raise InputError(
+            f"a report file name has {what}, which names no report format",
+            file=str(path),
+            fix=f"end it with one of {', '.join(EXTENSIONS)} (or give --format)",
+        )
+    return cast(Format, fmt)
 
 
 #: A CSV cell starting with one of these is a formula (or may become one) in a spreadsheet.
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "\n")
+# ...except a sign followed by digits, spaces and ( ) . - / only: a phone number
+# (+44 20 7946 0958), a negative amount, a lone "-". Such a cell can at most be
+# arithmetic on constants: with no letter, no quote, no | ! : $ [ it names no function,
+# no cell, no sheet, no program.
+_NUMBER_LIKE = r"[+\-][0-9 ().\-/]*"
+_NUMBER_LIKE_RE = re.compile(_NUMBER_LIKE)
 
 CHUNK_ROWS = 50_000
 
@@ -124,7 +177,8 @@ _BOOL_COLUMNS = {"retryable"}
 
 
 def _is_formula(value: str) -> bool:
-    return value.lstrip("'").startswith(FORMULA_PREFIXES)
+    bare = value.lstrip("'")
+    return bare.startswith(FORMULA_PREFIXES) and not _NUMBER_LIKE_RE.fullmatch(bare)
 
 
 def neutralise(value: str) -> str:
@@ -133,8 +187,8 @@ def neutralise(value: str) -> str:
     Quotes already in front of a formula start are counted in, so the change can always
     be undone exactly (:func:`unneutralise`): ``'=x`` becomes ``''=x``.
 
-    >>> neutralise("=1+2"), neutralise("plain")
-    ("'=1+2", 'plain')
+    >>> neutralise("=1+2"), neutralise("+1+cmd|x"), neutralise("+44 20 7946 0958")
+    ("'=1+2", "'+1+cmd|x", '+44 20 7946 0958')
     """
     return "'" + value if _is_formula(value) else value
 
@@ -146,7 +200,7 @@ def unneutralise(value: str) -> str:
 
 def _neutralise_expr(name: str) -> pl.Expr:
     col = pl.col(name)
-    risky = col.str.contains(r"^'*[=+\-@\t\r\n]")
+    risky = col.str.contains(r"^'*[=+\-@\t\r\n]") & ~col.str.contains(f"^'*{_NUMBER_LIKE}$")
     return pl.when(risky).then(pl.lit("'") + col).otherwise(col).alias(name)
 
 
@@ -440,6 +494,7 @@ def iter_report(
         )
     joiner = _InputJoiner(source, cols.input_extra, chunk_rows) if source else None
     row_name = cols.renamed.get("row", "row")
+    proof = _proof_labels(cols, run.test_to) if run.is_test else None
     # A read-only connection of its own: the report may be read while a run writes
     # (WAL), and polars' Parquet sink pulls the chunks from one of its own threads.
     conn = reports.connect_read_only(db_path)
@@ -448,6 +503,8 @@ def iter_report(
         chunks = reports.row_chunks(conn, sql, params, chunk_rows)
         for frame in _prefetched(_frame(rows, schema) for rows in chunks):
             frame = _expand_metadata(frame, cols.metadata)
+            if proof is not None:
+                frame = frame.with_columns(proof)
             if outcomes:
                 frame = _join_outcomes(conn, run_id, frame, row_name)
             if joiner is not None:
@@ -455,6 +512,20 @@ def iter_report(
             yield frame
     finally:
         conn.close()
+
+
+def _proof_labels(cols: ReportColumns, test_to: str | None) -> list[pl.Expr]:
+    """A test run's rows as the report shows them: a row whose proof copy went out reads
+    ``proof_sent`` (reason ``test_run``), never ``sent``, for its own address got nothing."""
+    state, reason, message = (cols.renamed.get(c, c) for c in ("state", "reason", "error_message"))
+    sent = pl.col(state) == RecipientState.SENT.value
+    to = test_to or "the test address"
+    why = f"a proof copy of this row's message went to {to}; this address was not emailed"
+    return [
+        pl.when(sent).then(pl.lit(PROOF_SENT)).otherwise(pl.col(state)).alias(state),
+        pl.when(sent).then(pl.lit("test_run")).otherwise(pl.col(reason)).alias(reason),
+        pl.when(sent).then(pl.lit(why)).otherwise(pl.col(message)).alias(message),
+    ]
 
 
 _OUTCOME_SCHEMA = {"__row": pl.Int64(), **{c: pl.String() for c in OUTCOME_COLUMNS}}
@@ -511,12 +582,86 @@ def _csv_safe(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.rename(risky) if risky else frame
 
 
-def _write_csv(frames: Iterator[pl.DataFrame], out: Path) -> None:
+def _write_csv(frames: Iterator[pl.DataFrame], out: Path, *, bom: bool = False) -> None:
     with out.open("wb") as fh:
+        if bom:  # how Excel knows the file is UTF-8 (without it, "Zoë" opens as "ZoÃ«")
+            fh.write("\ufeff".encode())
         first = True
         for frame in frames:
             _csv_safe(frame).write_csv(fh, include_header=first)
             first = False
+
+
+#: Rows one Excel sheet holds under its header row.
+EXCEL_MAX_ROWS = 1_048_575
+
+
+def require_format(format: str) -> None:
+    """Raise :class:`InputError` (exit 2) unless reports in ``format`` can be written
+    here: called before a run sends anything, so its report cannot fail at the end."""
+    if format == "xlsx":
+        _xlsxwriter()
+
+
+def check_report_path(path: str | Path | None) -> None:
+    """Raise :class:`InputError` (exit 2) unless a report can be written as ``path``
+    asks (its extension names a format, and that format can be written here)."""
+    require_format(format_for(path))
+
+
+def _xlsxwriter() -> Any:
+    try:
+        # Only .xlsx reports need xlsxwriter: imported when one is written, so an
+        # install without it still runs every other command.
+        import xlsxwriter
+    except ImportError:
+        raise InputError(
+            "an .xlsx report needs the xlsxwriter package, which is not installed",
+            fix="install it (pip install xlsxwriter; it is one of batchsend's "
+            "dependencies), or write the report as CSV: --format csv",
+        ) from None
+    return xlsxwriter
+
+
+def _write_xlsx(frames: Iterator[pl.DataFrame], out: Path, *, sheet: str) -> None:
+    """One worksheet, one Excel table with a filter on every column, header row frozen.
+
+    Every cell is typed: numbers are numbers, and text is text that Excel never
+    evaluates or turns into a link, so no cell needs the CSV's leading quote and a
+    phone number reads as written. A sheet holds about a million rows: beyond that the
+    report is refused, before the workbook is written, rather than cut short. (A cell
+    holds 32,767 characters at most: a longer value is cut there, by Excel's own limit;
+    CSV and Parquet carry it whole.)
+    """
+    xlsxwriter = _xlsxwriter()
+    parts: list[pl.DataFrame] = []
+    rows = 0
+    for frame in frames:
+        rows += frame.height
+        if rows > EXCEL_MAX_ROWS:
+            raise InputError(
+                f"the report has more than {EXCEL_MAX_ROWS:,} rows, more than an Excel sheet holds",
+                fix="write it as CSV or Parquet (--format csv), or keep fewer rows (--state)",
+            )
+        parts.append(frame)
+    table = pl.concat(parts, how="vertical_relaxed") if len(parts) > 1 else parts[0]
+    options = {"strings_to_formulas": False, "strings_to_urls": False, "nan_inf_to_errors": True}
+    with xlsxwriter.Workbook(str(out), options) as workbook:
+        table.write_excel(
+            workbook,
+            sheet,
+            dtype_formats={pl.Int64: "0"},  # row numbers and HTTP statuses, not amounts
+            autofit=True,
+            freeze_panes=(1, 0),
+        )
+
+
+def _sheet_name(db_path: str | Path, run_id: str) -> str:
+    with open_db(db_path) as store:
+        run = find_run(store, run_id)
+    if run.dry_run:
+        return "dry run (nothing sent)"
+    return "test run (proof copies)" if run.is_test else "report"
 
 
 def _write_jsonl(frames: Iterator[pl.DataFrame], out: Path) -> None:
@@ -603,12 +748,14 @@ def write_report(
     states: Iterable[str] | None = None,
     with_input: bool = True,
     chunk_rows: int = CHUNK_ROWS,
+    bom: bool = False,
 ) -> Path:
     """Write run ``run_id``'s report to ``out`` and return its path.
 
-    ``format`` is ``csv`` (spreadsheet-safe, see the module docstring), ``parquet``,
-    ``json`` (one array of row objects), ``jsonl`` (JSON lines: one object per line) or
-    ``html`` (the one-page summary).
+    ``format`` is ``csv`` (spreadsheet-safe, see the module docstring; ``bom`` starts it
+    with a UTF-8 byte-order mark, which Excel needs to read accents right), ``xlsx`` (an
+    Excel workbook of typed cells), ``parquet``, ``json`` (one array of row objects),
+    ``jsonl`` (JSON lines: one object per line) or ``html`` (the one-page summary).
     ``states`` keeps only rows in those states: ``states=["failed"]`` lists the failed
     rows with their reasons (to read: :mod:`batchsend.next_steps` says how to send
     them again, never as a new campaign).
@@ -623,6 +770,8 @@ def write_report(
     if format == "html":
         out.write_text(render_html(read_summary(db_path, run_id)), encoding="utf-8")
         return out
+    require_format(format)
+    sheet = _sheet_name(db_path, run_id) if format == "xlsx" else ""
     frames = iter_report(
         db_path, run_id, states=states, with_input=with_input, chunk_rows=chunk_rows
     )
@@ -630,7 +779,9 @@ def write_report(
     with _gc_paused():
         try:
             if format == "csv":
-                _write_csv(frames, tmp)
+                _write_csv(frames, tmp, bom=bom)
+            elif format == "xlsx":
+                _write_xlsx(frames, tmp, sheet=sheet)
             elif format == "json":
                 _write_json(frames, tmp)
             elif format == "jsonl":

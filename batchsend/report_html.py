@@ -13,8 +13,9 @@ import math
 from collections.abc import Sequence
 from html import escape
 
-from batchsend.next_steps import NextStep
+from batchsend.next_steps import PROOF_SENT, NextStep, proof_note
 from batchsend.states import RecipientState
+from batchsend.store import RunInfo
 from batchsend.summary import (
     BOUNCE_LIMIT,
     COMPLAINT_LIMIT,
@@ -155,6 +156,12 @@ def timeline_svg(buckets: Sequence[TimeBucket], *, width: int = 900, height: int
         f'<polyline points="{points}" fill="none" stroke="{RATE_COLOUR}" stroke-width="2.2" '
         'stroke-linejoin="round"/>'
     )
+    if n <= 12:  # a short run has a few slices only: a dot each, or one alone shows nothing
+        parts += [
+            f'<circle cx="{x(i + 0.5):.1f}" cy="{y_rate(b.rate):.1f}" r="3.5" '
+            f'fill="{RATE_COLOUR}"><title>{_duration(b.start)}: {_fmt(b.rate)}/s</title></circle>'
+            for i, b in enumerate(buckets)
+        ]
     parts.append(
         f'<line x1="{left}" x2="{left + plot_w}" y1="{top + plot_h}" y2="{top + plot_h}" '
         'stroke="#757575"/>'
@@ -178,7 +185,15 @@ def timeline_svg(buckets: Sequence[TimeBucket], *, width: int = 900, height: int
     return "".join(parts)
 
 
-def _state_bar(counts: dict[str, int]) -> str:
+def _state_names(run: RunInfo) -> dict[str, str]:
+    """Each state's name on the page: in a test run, rows sent are proof copies."""
+    names = {state: state for state in STATE_COLOURS}
+    if run.is_test:
+        names[RecipientState.SENT.value] = f"{PROOF_SENT} (to {run.test_to or 'the test address'})"
+    return names
+
+
+def _state_bar(counts: dict[str, int], names: dict[str, str]) -> str:
     total = sum(counts.values())
     if not total:
         return '<div class="bar"></div>'
@@ -188,12 +203,12 @@ def _state_bar(counts: dict[str, int]) -> str:
         if n:
             spans.append(
                 f'<span style="width:{100 * n / total:.3f}%;background:{colour}" '
-                f'title="{escape(state)}: {n:,}"></span>'
+                f'title="{escape(names[state])}: {n:,}"></span>'
             )
     return f'<div class="bar">{"".join(spans)}</div>'
 
 
-def _counts_table(counts: dict[str, int]) -> str:
+def _counts_table(counts: dict[str, int], names: dict[str, str]) -> str:
     total = sum(counts.values())
     rows = []
     for state, colour in STATE_COLOURS.items():
@@ -201,7 +216,7 @@ def _counts_table(counts: dict[str, int]) -> str:
         share = f"{100 * n / total:.1f}%" if total else "-"
         rows.append(
             f'<tr><td><span class="swatch" style="background:{colour}"></span>'
-            f'{escape(state)}</td><td class="n">{n:,}</td><td class="n">{share}</td></tr>'
+            f'{escape(names[state])}</td><td class="n">{n:,}</td><td class="n">{share}</td></tr>'
         )
     rows.append(f'<tr><th>total</th><th class="n">{total:,}</th><th></th></tr>')
     return (
@@ -313,7 +328,8 @@ def render_html(summary: RunSummary) -> str:
     """The one-page, self-contained HTML summary of a run."""
     run = summary.listing.run
     state = summary.listing.label
-    title = f"batchsend run {run.id}"
+    title = f"batchsend run {run.id}" + (" (test run)" if run.is_test else "")
+    title += " (dry run)" if run.dry_run else ""
     kind = []
     if run.is_test:
         kind.append("test run")
@@ -323,6 +339,14 @@ def render_html(summary: RunSummary) -> str:
     retries = sum(b.retries for b in timeline)
     peak = max((b.rate for b in timeline), default=0.0)
     notes = []
+    if run.is_test:
+        notes.append(f'<p class="warn" id="test-run">{escape(proof_note(run.test_to))}.</p>')
+    if run.dry_run:
+        would = summary.would_send
+        notes.append(
+            f'<p class="warn" id="dry-run">Dry run: {would:,} row{"" if would == 1 else "s"} '
+            "would be sent; nothing was sent.</p>"
+        )
     if run.fatal_error:
         notes.append(f'<p class="fatal">Stopped on a fatal error: {escape(run.fatal_error)}</p>')
     if summary.listing.resume:
@@ -331,6 +355,7 @@ def render_html(summary: RunSummary) -> str:
             f"<code>{escape(summary.listing.resume)}</code></p>"
         )
     notes.append(_next_steps(summary.listing.next_steps))
+    names = _state_names(run)
     colour = _RUN_STATE_COLOURS.get(state, "#616161")
     if state != summary.listing.state.value:
         colour = FINISHED_WITH_ROWS_LEFT_COLOUR
@@ -347,8 +372,8 @@ def render_html(summary: RunSummary) -> str:
 · ended {escape(run.ended_at or "-")} · {run.total_rows or 0:,} rows</p>
 {"".join(notes)}
 <h2>Recipients by state</h2>
-{_state_bar(summary.counts)}
-{_counts_table(summary.counts)}
+{_state_bar(summary.counts, names)}
+{_counts_table(summary.counts, names)}
 <h2>After the provider accepted</h2>
 {_funnel(summary.engagement)}
 <h2>Top failure reasons</h2>

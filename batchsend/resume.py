@@ -38,6 +38,7 @@ from batchsend.overrides import override, parse_test_to
 from batchsend.plan import SendUnit, rebuild_unit
 from batchsend.preflight import iter_rows
 from batchsend.reconcile import DEFAULT_GRACE, reconcile_run
+from batchsend.report import check_report_path
 from batchsend.sending import (
     RunResult,
     rows_to_messages,
@@ -97,6 +98,7 @@ def resume_run(
     """
     started = time.monotonic()
     require_transport(http_client)  # a missing optional library: before anything is recorded
+    check_report_path(report_path)  # a report it could not write at the end: refused now
     if not Path(db_path).is_file():
         raise ResumeRefusedError(f"{db_path}: no batchsend database here (pass --db)")
     reconciled = None

@@ -35,6 +35,7 @@ from batchsend.errors import (
 from batchsend.fingerprints import fingerprints
 from batchsend.intake import Intake, spool_encoder
 from batchsend.overrides import override, parse_test_to, run_settings
+from batchsend.report import check_report_path
 from batchsend.sending import (
     RunResult,
     send_and_finish,
@@ -96,6 +97,7 @@ def run_campaign(
     """
     started = time.monotonic()
     require_transport(http_client)  # a missing optional library: before anything is recorded
+    check_report_path(report_path)  # a report it could not write at the end: refused now
     campaign = override(
         load_campaign(campaign_path, allow_outside=allow_outside),
         provider=provider,

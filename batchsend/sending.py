@@ -38,7 +38,9 @@ from batchsend.message import Address, Message
 from batchsend.next_steps import (
     EXIT_ROWS_NOT_SENT,
     NextStep,
+    describe_counts,
     next_steps,
+    proof_note,
     resume_command,
     state_label,
 )
@@ -83,6 +85,8 @@ class RunResult:
     failed_retryable: int = 0  # of counts["failed"]: the rows --retry-failed would send
     resent_unknown: int = 0  # unknown rows this invocation sent again (--resend-unknown)
     reconciled: dict[str, Any] | None = None  # resume --reconcile: what the lookups settled
+    test_to: str | None = None  # a test run's one address
+    would_send: int = 0  # a dry run: the rows whose requests were built
 
     @property
     def exit_code(self) -> int:
@@ -134,7 +138,9 @@ class RunResult:
             "db_path": self.db_path,
             "report_path": self.report_path,
             "is_test": self.is_test,
+            "test_to": self.test_to,
             "dry_run": self.dry_run,
+            "would_send": self.would_send,
             "fatal_error": self.fatal_error,
             "interrupted": self.interrupted,
             "requests": self.requests,
@@ -149,11 +155,19 @@ class RunResult:
     def describe(self) -> str:
         """A few human lines: what happened, where the report is, what to do next."""
         kind = " (dry run)" if self.dry_run else " (test run)" if self.is_test else ""
-        counts = ", ".join(f"{n:,} {state}" for state, n in self.counts.items() if n)
+        counts = describe_counts(self.counts, is_test=self.is_test, test_to=self.test_to)
         lines = [
             f"run {self.run_id}{kind}: {self.state_label} in {self.duration_s:.1f}s",
-            f"  {counts or 'no rows'}",
+            f"  {counts}",
         ]
+        if self.dry_run:
+            requests = f"{self.requests:,} request{'' if self.requests == 1 else 's'}"
+            lines.append(
+                f"  dry run: {self.would_send:,} row(s) would be sent, in {requests}; "
+                "nothing was sent"
+            )
+        elif self.is_test:
+            lines.append(f"  {proof_note(self.test_to)}")
         lines += [f"  {note}" for note in self.notes]
         if self.fatal_error:
             lines.append(f"  stopped: {self.fatal_error}")
@@ -394,8 +408,9 @@ def send_and_finish(
     requests = 0
     sent_now = 0
     notes_list = list(notes)
+    would_send = 0
     if run.dry_run:
-        requests = _dry_run(store, run_id, provider, units(provider))
+        requests, would_send = _dry_run(store, run_id, provider, units(provider))
     else:
         planned = units(provider)
         to_send = store.counts(run_id)[RecipientState.PENDING.value]
@@ -513,11 +528,18 @@ def send_and_finish(
         notes=tuple(notes_list),
         failed_retryable=store.failed_retryable(run_id),
         resent_unknown=resent,
+        test_to=run.test_to,
+        would_send=would_send,
     )
 
 
-def _dry_run(store: Store, run_id: str, provider: Provider, units: Iterable[SendUnit]) -> int:
-    """Build every request (proving each serialises), send none; rows end ``skipped``."""
+def _dry_run(
+    store: Store, run_id: str, provider: Provider, units: Iterable[SendUnit]
+) -> tuple[int, int]:
+    """Build every request (proving each serialises), send none; rows end ``skipped``.
+
+    Returns ``(requests built, rows they carry)``: what a real run would send.
+    """
     rows: list[int] = []
     requests = 0
     for unit in units:
@@ -527,7 +549,7 @@ def _dry_run(store: Store, run_id: str, provider: Provider, units: Iterable[Send
     store.skip_rows(run_id, rows, "dry_run", "dry run: the request was built, not sent")
     rest = store.rows_in_state(run_id, [RecipientState.PENDING])  # beyond --limit
     store.skip_rows(run_id, rest, "limit", "dry run: beyond --limit")
-    return requests
+    return requests, len(rows)
 
 
 def _write_report(store: Store, run_id: str, report_path: str | Path | None) -> str | None:

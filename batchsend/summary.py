@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +44,11 @@ class TimeBucket:
         """Recipients accepted per second over the slice."""
         return self.accepted / self.width if self.width else 0.0
 
+
+#: The narrowest slice of time the timeline has. A rate per second is measured over a
+#: second at least: three rows answered within a few milliseconds are 3 per second, not
+#: the thousands their milliseconds would make of them.
+MIN_BUCKET_SECONDS = 1.0
 
 #: Complaint rate Gmail and Yahoo require bulk senders to stay under (their 2024 rules).
 COMPLAINT_LIMIT = 0.003
@@ -93,6 +99,7 @@ class RunSummary:
     total_attempts: int
     db_path: str
     engagement: Engagement | None = None  # None when no event of the run is stored
+    would_send: int = 0  # a dry run: the rows whose requests were built, not sent
 
 
 def _timeline(
@@ -101,7 +108,8 @@ def _timeline(
     first, last, total, span = reports.attempts_span(store, run_id)
     if first is None:
         return (), None, None, 0
-    width = max(span, 0.001) / buckets
+    width = max(span / buckets, MIN_BUCKET_SECONDS)
+    buckets = min(buckets, max(1, math.ceil(span / width)))
     by_bucket = reports.attempt_buckets(store, run_id, first, width, buckets)
     timeline = []
     for b in range(buckets):
@@ -125,7 +133,8 @@ def _timeline(
 def read_summary(
     db_path: str | Path, run_id: str, *, buckets: int = 60, top_reasons: int = 10
 ) -> RunSummary:
-    """Gather the one-page summary of run ``run_id``: counts, reasons, attempts over time.
+    """Gather the one-page summary of run ``run_id``: counts, reasons, attempts over time
+    (in at most ``buckets`` slices of :data:`MIN_BUCKET_SECONDS` or more).
 
     Example::
 
@@ -147,6 +156,11 @@ def read_summary(
             total_attempts=total,
             db_path=str(db_path),
             engagement=_engagement(store, run_id, listing.run.counts.get("sent", 0)),
+            would_send=(
+                reports.rows_with_reason(store, run_id, "skipped", "dry_run")
+                if listing.run.dry_run
+                else 0
+            ),
         )
 
 

@@ -569,9 +569,11 @@ def _is_number(cell: str) -> bool:
 
 
 def _unsafe(cells: list[str]) -> list[str]:
-    """Cells a spreadsheet would evaluate: a formula start, unless the cell is a number."""
+    """Cells a spreadsheet would evaluate: a formula start, unless the cell is a number or
+    number-like (+44 20 7946 0958: arithmetic on constants at most, no name, no link)."""
     risky = ("=", "+", "-", "@", "\t", "\r", "\n")
-    return [c for c in cells if c[:1] in risky and not _is_number(c)]
+    inert = set("+-0123456789 ()./")
+    return [c for c in cells if c[:1] in risky and not (_is_number(c) or set(c) <= inert)]
 
 
 def test_formula_column_names_and_odd_headers_reach_the_report_inert(send, tmp_path) -> None:
@@ -586,7 +588,8 @@ def test_formula_column_names_and_odd_headers_reach_the_report_inert(send, tmp_p
     header, row = _report(tmp_path)
     assert not _unsafe(header) and not _unsafe(row), (header, row)
     assert '\'=HYPERLINK("http://evil.example","y")' in header and 'x"y' in header
-    assert row[header.index('x"y')] == "3" and row[header.index("'+1")] == "'=1+1"
+    # a number-like header ("+1") is left as written; the formula under it is not
+    assert row[header.index('x"y')] == "3" and row[header.index("+1")] == "'=1+1"
 
 
 def test_parquet_categorical_enum_and_nested_cells_reach_the_report(send, tmp_path) -> None:

@@ -5,19 +5,27 @@ inert in a spreadsheet. Runs are recorded through the store's own API
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import json
+import sys
+import xml.etree.ElementTree as ET
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pytest
+from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from support.campaigns import write_campaign
 from support.clock import SteppingClock
 from support.runs import TRICKY, Person, build_run
+from support.sandboxes import TEST_KEY
 
+from batchsend import report as report_module
+from batchsend.cli import main
 from batchsend.errors import InputError, StoreError
 from batchsend.report import (
     FORMULA_PREFIXES,
@@ -134,12 +142,23 @@ def test_json_of_no_rows_is_an_empty_array(db: Path, tricky_run: str, tmp_path: 
         ("r.ndjson", "jsonl"),
         ("r.parquet", "parquet"),
         ("r.htm", "html"),
-        ("r.txt", "csv"),
+        ("r.XLSX", "xlsx"),
         (None, "csv"),
     ],
 )
 def test_format_follows_the_file_extension(name: str | None, fmt: str) -> None:
     assert format_for(name) == fmt
+
+
+@pytest.mark.parametrize("name", ["r.txt", "r.xls", "report", "r.csv.bak"])
+def test_an_extension_that_names_no_format_is_refused(name: str) -> None:
+    with pytest.raises(InputError) as info:
+        format_for(name)
+    assert info.value.exit_code == 2 and info.value.location.file == name
+    assert (
+        ".csv" in str(info.value) and ".xlsx" in str(info.value) and "--format" in str(info.value)
+    )
+    assert format_for(name, "csv") == "csv"  # --format decides for any name
 
 
 def test_reasons_say_why(db: Path, tricky_run: str) -> None:
@@ -227,7 +246,22 @@ risky_text = st.one_of(
         st.sampled_from([*FORMULA_PREFIXES, "'", "''", "'=", " ="]),
         st.text(),
     ),
+    # phone numbers and amounts, and the same with something dangerous after them
+    st.from_regex(r"'{0,2}[+\-][0-9 ().\-/]{0,12}", fullmatch=True),
+    st.builds(
+        lambda number, rest: number + rest,
+        st.from_regex(r"[+\-][0-9 ]{0,6}", fullmatch=True),
+        st.sampled_from(["+cmd|' /C calc'!A0", "\n=1", "A1", ":1", "!", '"x"', "e5", "$"]),
+    ),
 )
+
+# What a spreadsheet can evaluate in a cell that starts with a sign but holds only
+# these: arithmetic on constants. No function, cell, sheet, string or program.
+INERT = set("+-0123456789 ()./")
+
+
+def is_inert(cell: str) -> bool:
+    return not cell.startswith(FORMULA_PREFIXES) or set(cell) <= INERT
 
 
 @settings(max_examples=300, deadline=None)
@@ -241,23 +275,47 @@ def test_no_csv_cell_can_start_a_formula(values: list[str]) -> None:
     read_back = [c for row in cells[1:] for c in row]
     originals = [v for pair in zip(values, reversed(values), strict=True) for v in pair]
     for cell, original in zip(read_back, originals, strict=True):
-        assert not cell.startswith(FORMULA_PREFIXES), cell
+        assert is_inert(cell), cell
         assert cell == neutralise(original)
         assert unneutralise(cell) == original  # nothing is lost
 
 
-@given(st.text())
+@given(risky_text)
 def test_neutralise_is_exactly_undone(value: str) -> None:
     assert unneutralise(neutralise(value)) == value
-    assert not neutralise(value).startswith(FORMULA_PREFIXES)
+    assert is_inert(neutralise(value))
+
+
+@pytest.mark.parametrize(
+    ("value", "written"),
+    [
+        ("+44 20 7946 0958", "+44 20 7946 0958"),  # a phone number shows as written
+        ("+447946000000", "+447946000000"),
+        ("+1 (555) 010-9999", "+1 (555) 010-9999"),
+        ("-12", "-12"),
+        ("-", "-"),
+        ("+1+cmd|' /C calc'!A0", "'+1+cmd|' /C calc'!A0"),  # DDE behind a number: quoted
+        ("-2+3+cmd|' /C calc'!A0", "'-2+3+cmd|' /C calc'!A0"),
+        ("+44 20\n=HYPERLINK(1)", "'+44 20\n=HYPERLINK(1)"),
+        ("-A1", "'-A1"),
+        ("+1:1", "'+1:1"),
+        ("=1+2", "'=1+2"),
+        ("@SUM(1)", "'@SUM(1)"),
+    ],
+)
+def test_only_cells_a_spreadsheet_would_run_get_the_quote(value: str, written: str) -> None:
+    assert neutralise(value) == written
+    frame = _csv_safe(pl.DataFrame({"phone": [value]}))
+    assert frame["phone"].to_list() == [written]  # the column path agrees with neutralise
 
 
 def test_every_column_of_a_report_is_neutralised(db: Path, tricky_run: str, tmp_path) -> None:
     text = write_report(db, tricky_run, tmp_path / "r.csv").read_text("utf-8")
     cells = [c for row in csv.reader(io.StringIO(text, newline="")) for c in row]
-    assert not [c for c in cells if c.startswith(FORMULA_PREFIXES)]
-    for risky in ("'=SUM(A1:A2)", "'+33 1 23", "'@cmd", "'@mallory", "'\tTabby", "'-12"):
+    assert all(is_inert(c) for c in cells)
+    for risky in ("'=SUM(A1:A2)", "'@cmd", "'@mallory", "'\tTabby"):
         assert risky in cells
+    assert "+33 1 23" in cells and "-12" in cells  # number-like: left as written
     assert "'-frank@example.com" in cells  # addresses too; see report.py's docstring
 
 
@@ -308,3 +366,167 @@ def test_failures_file_of_a_real_run_lists_the_failed_rows_with_their_input(
     source.write_text(source.read_text("utf-8") + "late@example.org,Late,13\n", "utf-8")
     again = pl.read_csv(write_report("b.db", summary.run_id, tmp_path / "again.csv"))
     assert "first" not in again.columns and again.height == 12
+
+
+# -- through the CLI: formats a marketing team opens --------------------------------------
+
+needs_xlsxwriter = pytest.mark.skipif(
+    importlib.util.find_spec("xlsxwriter") is None,
+    reason="the xlsxwriter module is not installed: it is one of batchsend's dependencies "
+    "(pyproject.toml); install it to run the .xlsx tests",
+)
+
+
+def cli(*args: str) -> Any:
+    return CliRunner().invoke(main, list(args), env={"BATCHSEND_API_KEY": TEST_KEY})
+
+
+@pytest.fixture
+def phone_run(tmp_path: Path, sandbox, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A run of 4 rows over real HTTP whose recipient file has phone numbers and a
+    formula in a template column; its id."""
+    monkeypatch.chdir(tmp_path)
+    campaign = write_campaign(tmp_path / "c", rows=4)
+    source = tmp_path / "c" / "recipients.csv"
+    with source.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    with source.open("w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows(
+            [*row, cell] for row, cell in zip(rows, ["phone", *PHONES], strict=True)
+        )
+    result = cli("run", str(campaign), "--db", "b.db", "--base-url", sandbox.base_url, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)["run_id"]
+
+
+PHONES = ["+44 20 7946 0958", "+447946000000", '=HYPERLINK("http://x","y")', "Zoë"]
+
+
+def xlsx_sheets(path: Path) -> dict[str, list[list[tuple[str, str]]]]:
+    """Each sheet of an .xlsx file by name: its rows of ``(cell type, value)``, read
+    from the file's XML (``s`` shared text, ``n`` number, ``b`` boolean, ``f`` formula)."""
+    ns = {"m": "http://schemas.openxmlformats.org/spreadsheetml/2006/main"}
+    rel = "{http://schemas.openxmlformats.org/officeDocument/2006/relationships}id"
+    with zipfile.ZipFile(path) as z:
+        shared = [
+            "".join(t.text or "" for t in si.iter(f"{{{ns['m']}}}t"))
+            for si in ET.fromstring(z.read("xl/sharedStrings.xml")).findall("m:si", ns)
+        ] if "xl/sharedStrings.xml" in z.namelist() else []  # fmt: skip
+        rels = ET.fromstring(z.read("xl/_rels/workbook.xml.rels"))
+        targets = {r.get("Id"): r.get("Target") for r in rels}
+        sheets = {}
+        for sheet in ET.fromstring(z.read("xl/workbook.xml")).iter(f"{{{ns['m']}}}sheet"):
+            xml = ET.fromstring(z.read("xl/" + targets[sheet.get(rel)].lstrip("/")))
+            rows = []
+            for row in xml.iter(f"{{{ns['m']}}}row"):
+                cells = []
+                for c in row.findall("m:c", ns):
+                    if c.find("m:f", ns) is not None:
+                        cells.append(("f", c.find("m:f", ns).text or ""))
+                        continue
+                    v = c.find("m:v", ns)
+                    kind = c.get("t", "n")
+                    text = "" if v is None else v.text or ""
+                    cells.append((kind, shared[int(text)] if kind == "s" else text))
+                rows.append(cells)
+            sheets[sheet.get("name")] = rows
+    return sheets
+
+
+@needs_xlsxwriter
+def test_xlsx_report_has_typed_cells_and_shows_phone_numbers_as_written(
+    phone_run: str, tmp_path: Path
+) -> None:
+    result = cli("report", phone_run, "--db", "b.db", "--out", "r.xlsx")
+    assert result.exit_code == 0, result.output
+    sheets = xlsx_sheets(tmp_path / "r.xlsx")
+    assert list(sheets) == ["report"]
+    header, *rows = sheets["report"]
+    names = [value for _, value in header]
+    assert names[:4] == ["row", "email", "name", "state"] and "phone" in names
+    assert len(rows) == 4
+    at = names.index
+    assert [r[at("row")] for r in rows] == [("n", str(n)) for n in range(1, 5)]  # numbers
+    assert [r[at("state")] for r in rows] == [("s", "sent")] * 4
+    # text is text, exactly as written: no quote, no formula, no number
+    assert [r[at("phone")] for r in rows] == [("s", p) for p in PHONES]
+    assert not [c for row in sheets["report"] for c in row if c[0] == "f"]
+
+
+@needs_xlsxwriter
+def test_run_writes_its_report_as_xlsx_when_asked(
+    tmp_path: Path, sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    campaign = write_campaign(tmp_path / "c", rows=3)
+    result = cli(
+        "run", str(campaign), "--db", "b.db", "--base-url", sandbox.base_url,
+        "--report", "out/run.xlsx", "--test-to", "me@example.com",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    sheets = xlsx_sheets(tmp_path / "out" / "run.xlsx")
+    assert list(sheets) == ["test run (proof copies)"]  # the sheet says what it is
+    header, *rows = sheets["test run (proof copies)"]
+    state = [value for _, value in header].index("state")
+    assert [r[state] for r in rows] == [("s", "proof_sent"), ("s", "skipped"), ("s", "skipped")]
+
+
+@needs_xlsxwriter
+def test_xlsx_refuses_more_rows_than_a_sheet_holds(
+    phone_run: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(report_module, "EXCEL_MAX_ROWS", 3)  # a sheet's limit, made small
+    result = cli("report", phone_run, "--db", "b.db", "--out", "r.xlsx")
+    assert result.exit_code == 2 and "more than 3 rows" in result.output
+    assert "--format csv" in result.output and "Traceback" not in result.output
+    assert not list(tmp_path.glob("r.xlsx*"))  # no half workbook left behind
+
+
+def test_xlsx_without_xlsxwriter_is_refused_before_sending(
+    tmp_path: Path, sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "xlsxwriter", None)  # an install that lacks it
+    campaign = write_campaign(tmp_path / "c", rows=3)
+    result = cli(
+        "run", str(campaign), "--db", "b.db", "--base-url", sandbox.base_url,
+        "--report", "r.xlsx",
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "xlsxwriter" in result.output and "--format csv" in result.output
+    assert "Traceback" not in result.output
+    assert sandbox.stats()["requests"] == 0  # nothing was sent
+
+
+def test_an_unknown_extension_is_refused_and_format_overrides(
+    phone_run: str, tmp_path: Path, sandbox
+) -> None:
+    refused = cli("report", phone_run, "--db", "b.db", "--out", "report.txt")
+    assert refused.exit_code == 2
+    assert "report.txt" in refused.output and ".csv" in refused.output
+    assert ".xlsx" in refused.output and "--format" in refused.output
+    assert "Traceback" not in refused.output and not (tmp_path / "report.txt").exists()
+    forced = cli("report", phone_run, "--db", "b.db", "--out", "report.txt", "--format", "csv")
+    assert forced.exit_code == 0, forced.output
+    assert (tmp_path / "report.txt").read_text("utf-8").startswith("row,email,")
+    # a run asked for such a report is refused before it sends anything
+    before = sandbox.stats()["requests"]
+    campaign = write_campaign(tmp_path / "d", rows=2)
+    run = cli(
+        "run", str(campaign), "--db", "b.db", "--base-url", sandbox.base_url,
+        "--report", "run.xls",
+    )  # fmt: skip
+    assert run.exit_code == 2 and "run.xls" in run.output
+    assert sandbox.stats()["requests"] == before
+
+
+def test_csv_byte_order_mark_only_when_asked(phone_run: str, tmp_path: Path) -> None:
+    assert cli("report", phone_run, "--db", "b.db", "--out", "plain.csv").exit_code == 0
+    assert cli("report", phone_run, "--db", "b.db", "--out", "excel.csv", "--bom").exit_code == 0
+    plain, excel = (tmp_path / "plain.csv").read_bytes(), (tmp_path / "excel.csv").read_bytes()
+    assert not plain.startswith(b"\xef\xbb\xbf")
+    assert excel == b"\xef\xbb\xbf" + plain
+    frame = pl.read_csv(tmp_path / "excel.csv", infer_schema=False)
+    assert frame.columns[0] == "row"  # readers that know UTF-8 skip the mark
+    # phone numbers read as written; the formula is quoted
+    assert frame["phone"].to_list() == [*PHONES[:2], "'" + PHONES[2], PHONES[3]]

@@ -3,6 +3,7 @@ browser (headless Chromium) renders it."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import struct
@@ -11,14 +12,18 @@ import zlib
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
+from support.campaigns import write_campaign
 from support.clock import SteppingClock
 from support.runs import Person, build_run
+from support.sandboxes import TEST_KEY
 
+from batchsend.cli import main
 from batchsend.report import write_report
 from batchsend.report_html import RATE_COLOUR, STATE_COLOURS, render_html
 from batchsend.states import RunState
 from batchsend.store import Store
-from batchsend.summary import read_summary
+from batchsend.summary import MIN_BUCKET_SECONDS, read_summary
 
 SCREENSHOT_COPY = Path("/work/notes/report_screenshot.png")
 
@@ -62,7 +67,10 @@ def test_summary_counts_reasons_and_timeline(summary_run) -> None:
     assert (summary.reasons[1].reason, summary.reasons[1].count) == ("internal_error", 8)
     assert "not verified" in (top.example or "")
     assert {(r.reason, r.count) for r in summary.reasons} >= {("duplicate", 5), ("invalid", 3)}
-    assert len(summary.timeline) == 60
+    # at most 60 slices of one width, a second or more, covering the attempts
+    assert 1 <= len(summary.timeline) <= 60
+    assert len({b.width for b in summary.timeline}) == 1
+    assert summary.timeline[0].width >= MIN_BUCKET_SECONDS
     assert sum(b.accepted for b in summary.timeline) == summary.counts["sent"]
     assert (
         sum(b.retries for b in summary.timeline) == 16 * 2 + 8 * 2
@@ -95,6 +103,27 @@ def test_unfinished_and_fatal_runs_say_so(tmp_path: Path) -> None:
     assert "Stopped on a fatal error: 403 invalid_api_key" in page
     assert f"batchsend resume {run_id} --db {db}" in page
     assert "No HTTP attempt was recorded" in page
+
+
+def _cli(*args: str):
+    return CliRunner().invoke(main, list(args), env={"BATCHSEND_API_KEY": TEST_KEY})
+
+
+def test_a_tiny_run_reads_its_real_rate(tmp_path: Path, sandbox, monkeypatch) -> None:
+    """Three rows answered within milliseconds are three per second, not hundreds of
+    thousands: the chart's slices are a second wide at least."""
+    monkeypatch.chdir(tmp_path)
+    campaign = write_campaign(tmp_path / "c", rows=3, send={"batch_size": 1})
+    sent = _cli("run", str(campaign), "--db", "b.db", "--base-url", sandbox.base_url, "--json")
+    assert sent.exit_code == 0, sent.output
+    run_id = json.loads(sent.stdout)["run_id"]
+    assert _cli("report", run_id, "--db", "b.db", "--out", "s.html").exit_code == 0
+    page = (tmp_path / "s.html").read_text("utf-8")
+    peak = float(re.search(r"peak ([\d,.]+) recipients/s", page).group(1).replace(",", ""))
+    assert 0 < peak <= 3
+    svg = page[page.index("<svg") : page.index("</svg>")]
+    axis = [float(v.replace(",", "")) for v in re.findall(r'text-anchor="end">([\d,.]+)<', svg)]
+    assert max(axis) <= 5  # the rate axis ends at a round number above 3, not 1,000,000
 
 
 # -- rendering in a real browser ------------------------------------------------------

@@ -9,6 +9,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import polars as pl
 import pytest
 from click.testing import CliRunner
 from support.campaigns import recipients_in, write_campaign
@@ -116,6 +117,63 @@ def test_test_to_sends_proof_copies_to_one_address(tmp_path: Path, sandbox: Sand
     # a test run does not stand in the way of the real one
     real = run(campaign, sandbox)
     assert real.counts["sent"] == 10 and not real.is_test
+
+
+def _cli(*args: str):
+    return CliRunner().invoke(main, list(args), env={"BATCHSEND_API_KEY": KEY})
+
+
+def test_a_test_run_says_so_everywhere_and_lists_no_recipient_as_sent(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    campaign = write_campaign(tmp_path / "c", rows=5)
+    base = ("--db", "b.db", "--base-url", sandbox.base_url)
+    ran = _cli("run", str(campaign), *base, "--test-to", "me@example.com", "--limit", "2")
+    assert ran.exit_code == 0, ran.output
+    assert recipients_in(sandbox.messages()) == ["me@example.com"] * 2
+    # the run's summary
+    assert "(test run)" in ran.output
+    assert "2 proof copies sent to me@example.com, 3 skipped" in ran.output
+    assert "no one on the recipient list was emailed" in ran.output
+    assert " sent," not in ran.output.replace("copies sent", "")
+    with Store("b.db") as store:
+        (run_info,) = store.list_runs()
+    run_id = run_info.id
+    # the report the run wrote, and any report of it: proof_sent, never sent
+    report = pl.read_csv(run_info.report_path, infer_schema=False)
+    assert report["state"].to_list() == ["proof_sent"] * 2 + ["skipped"] * 3
+    assert report["email"].to_list()[:2] == ["user1@example.org", "user2@example.org"]
+    assert set(report["reason"].to_list()) == {"test_run", "limit"}
+    assert all("me@example.com" in m for m in report["error_message"].to_list()[:2])
+    assert all("test run" in m for m in report["error_message"].to_list()[2:])
+    assert _cli("report", run_id, "--db", "b.db", "--out", "r.json").exit_code == 0
+    states = {r["state"] for r in json.loads(Path("r.json").read_text("utf-8"))}
+    assert states == {"proof_sent", "skipped"}
+    # batchsend runs
+    runs = _cli("runs", "--db", "b.db")
+    assert "[test run: proof copies to me@example.com]" in runs.output
+    assert "2 proof copies sent to me@example.com" in runs.output
+    listed = json.loads(_cli("runs", "--db", "b.db", "--json").stdout)[0]
+    assert listed["is_test"] and listed["test_to"] == "me@example.com"
+    # the HTML page
+    assert _cli("report", run_id, "--db", "b.db", "--out", "s.html").exit_code == 0
+    page = Path("s.html").read_text("utf-8")
+    assert "(test run)</title>" in page and "no one on the recipient list was emailed" in page
+    assert "proof_sent (to me@example.com)" in page and "</span>sent</td>" not in page
+
+
+def test_a_dry_run_says_how_many_rows_would_be_sent(tmp_path: Path, sandbox: Sandbox) -> None:
+    campaign = write_campaign(tmp_path / "c", rows=12, bad_rows=(4,))
+    base = ("--db", "b.db", "--base-url", sandbox.base_url)
+    ran = _cli("run", str(campaign), *base, "--dry-run", "--skip-invalid", "--limit", "8")
+    assert ran.exit_code == 0, ran.output
+    assert "dry run: 8 row(s) would be sent, in 1 request; nothing was sent" in ran.output
+    assert sandbox.stats()["requests"] == 0
+    as_json = _cli("run", str(campaign), *base, "--dry-run", "--skip-invalid", "--json")
+    assert json.loads(as_json.stdout)["would_send"] == 11  # every row but the bad one
+    run_id = json.loads(_cli("runs", "--db", "b.db", "--json").stdout)[-1]["id"]
+    assert _cli("report", run_id, "--db", "b.db", "--out", "s.html").exit_code == 0
+    assert "Dry run: 8 rows would be sent; nothing was sent." in Path("s.html").read_text()
 
 
 def test_dry_run_makes_no_request(tmp_path: Path, sandbox: Sandbox) -> None:

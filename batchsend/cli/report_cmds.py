@@ -9,7 +9,8 @@ import click
 
 from batchsend.cli.options import db_option
 from batchsend.history import RunListing, dumps_listings, list_runs
-from batchsend.report import FORMATS, format_for, write_report
+from batchsend.next_steps import describe_counts
+from batchsend.report import EXTENSIONS, FORMATS, format_for, write_report
 from batchsend.states import RecipientState
 
 _db_option = db_option()
@@ -17,9 +18,14 @@ _db_option = db_option()
 
 def _describe(item: RunListing) -> str:
     run = item.run
-    counts = ", ".join(f"{n:,} {state}" for state, n in run.counts.items() if n) or "no rows"
+    counts = describe_counts(run.counts, is_test=run.is_test, test_to=run.test_to)
     flags = "".join(
-        f" [{word}]" for word, on in (("test", run.is_test), ("dry run", run.dry_run)) if on
+        f" [{word}]"
+        for word, on in (
+            (f"test run: proof copies to {run.test_to}", run.is_test),
+            ("dry run", run.dry_run),
+        )
+        if on
     )
     lines = [
         f"{run.id}  {item.label}{flags}  {run.campaign_name or run.campaign_path}",
@@ -74,15 +80,23 @@ def runs(db_path: str, as_json: bool) -> None:
     "--out",
     type=click.Path(dir_okay=False),
     default=None,
-    help="The file to write (default: reports/<run id>.<format>).",
+    help="The file to write (default: reports/<run id>.<format>). Its extension sets "
+    f"the format: {', '.join(EXTENSIONS)}; any other is refused unless --format says.",
 )
 @click.option(
     "--format",
     "fmt",
     type=click.Choice(FORMATS),
     default=None,
-    help="csv, parquet, json (one array), jsonl (JSON lines) or html (one-page summary); "
-    "default: from --out's extension, else csv.",
+    help="csv, xlsx (Excel workbook), parquet, json (one array), jsonl (JSON lines) or "
+    "html (one-page summary); default: from --out's extension, else csv.",
+)
+@click.option(
+    "--bom",
+    is_flag=True,
+    help="CSV only: start the file with a UTF-8 byte-order mark, so Excel shows accents "
+    "and non-Latin names right when the file is double-clicked (default: no mark, as "
+    "programs expect). For Excel, --out report.xlsx is better still.",
 )
 @click.option(
     "--state",
@@ -103,15 +117,22 @@ def report(
     fmt: str | None,
     states: tuple[str, ...],
     no_input_columns: bool,
+    bom: bool,
 ) -> None:
     """Write what happened to every row of a run: one line per input row, in input order.
 
     Each line has the row number, address, name, state, reason (error type, HTTP
     status and provider message for failed, skipped and unknown rows), attempts,
     provider ids, timestamps, idempotency key, tag and the campaign's metadata columns,
-    followed by the recipient file's other columns when that file is unchanged. CSV
-    cells that a spreadsheet would run as a formula get a leading quote. Prints the
-    path written.
+    followed by the recipient file's other columns when that file is unchanged. Prints
+    the path written.
+
+    For people, write .xlsx: an Excel workbook whose cells are typed, so a phone number
+    or an address reads exactly as written. CSV cells that a spreadsheet would run as a
+    formula (=..., @..., +1+cmd|...) get a leading quote; a number-like cell such as
+    +44 20 7946 0958 or -12 is left as it is. CSV is written without a byte-order mark
+    unless --bom. In a test run (--test-to) the rows whose proof copy went out read
+    proof_sent, not sent: the copy went to the test address, not to them.
 
     Do not feed a report of failed or unknown rows back in as a new campaign: those
     rows would go out again under new keys, and one whose answer was lost would be
@@ -123,20 +144,21 @@ def report(
 
     \b
     Example:
-      batchsend report 20261121T103455-ab12cd --out report.csv
+      batchsend report 20261121T103455-ab12cd --out report.xlsx
+      batchsend report 20261121T103455-ab12cd --out report.csv --bom
       batchsend report 20261121T103455-ab12cd --state failed --out failed.csv
       batchsend report 20261121T103455-ab12cd --format html --out summary.html
     """
-    if fmt is None:
-        fmt = format_for(out)
+    fmt = format_for(out, fmt)
     target = Path(out) if out else Path("reports") / f"{run_id}.{fmt}"
     target.parent.mkdir(parents=True, exist_ok=True)
     written = write_report(
         db_path,
         run_id,
         target,
-        format=fmt,  # type: ignore[arg-type]
+        format=fmt,
         states=states or None,
         with_input=not no_input_columns,
+        bom=bom,
     )
     click.echo(str(written))

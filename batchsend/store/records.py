@@ -107,6 +107,12 @@ class RunInfo:
     def finished(self) -> bool:
         return self.state is RunState.FINISHED
 
+    @property
+    def test_to(self) -> str | None:
+        """The one address a test run sent its proof copies to (None for other runs)."""
+        value = self.settings.get("test_to") if self.is_test else None
+        return str(value) if value else None
+
 
 @dataclass(frozen=True, slots=True)
 class UnitRecord:

@@ -87,6 +87,15 @@ def failure_reasons(store: Store, run_id: str, limit: int) -> list[tuple[Any, ..
     ).fetchall()
 
 
+def rows_with_reason(store: Store, run_id: str, state: str, reason: str) -> int:
+    """How many of the run's rows are in ``state`` for ``reason``."""
+    (n,) = store.conn.execute(
+        "SELECT COUNT(*) FROM recipients WHERE run_id = ? AND state = ? AND reason = ?",
+        (run_id, state, reason),
+    ).fetchone()
+    return int(n)
+
+
 def attempts_span(store: Store, run_id: str) -> tuple[str | None, str | None, int, float]:
     """``(first, last, count, seconds between them)`` of the run's attempts log."""
     first, last, total = store.conn.execute(
