@@ -20,13 +20,13 @@ from urllib.parse import urlencode
 
 import orjson
 
-from batchsend import USER_AGENT
 from batchsend.errors import FatalSendError, RetryableSendError, UncertainSendError
 from batchsend.events import v1 as v1_events
 from batchsend.retry import RetryPolicy
 from batchsend.store import Store
 from batchsend.store.events import cursor, record_events, save_cursor
 from batchsend.transport import HttpRequest, make_transport
+from batchsend.version import USER_AGENT
 
 PAGE_LIMIT = 100
 
