@@ -471,7 +471,7 @@ def _normalise(settings: Mapping[str, Any] | None, extra: Mapping[str, Any]) -> 
     message_keys = set(keys("message"))
     for key, value in extra.items():
         if key in ("sender", "reply_to") and isinstance(value, str):
-            name, email = parseaddr(value)
+            name, email = parseaddr(value) if "<" in value else ("", value)
             data[key] = {"email": email or value, **({"name": name} if name else {})}
         elif key in message_keys and key not in tables()[""].model_fields:
             data.setdefault("message", {})[key] = value

@@ -78,6 +78,7 @@ class _Worker(Generic[T]):
         self.lock = threading.Lock()
         self.target: tuple[asyncio.AbstractEventLoop, Callable[[], None]] | None = None
         self.missed = 0  # interrupts that came before a handler was attached
+        self.done = threading.Event()
         self.thread = threading.Thread(target=self._run, name="batchsend-worker", daemon=True)
 
     def _run(self) -> None:
@@ -86,6 +87,8 @@ class _Worker(Generic[T]):
             self.result = self.call()
         except BaseException as exc:  # raised again in the waiting caller
             self.error = exc
+        finally:
+            self.done.set()
 
     def attach(self, loop: asyncio.AbstractEventLoop, handler: Callable[[], None]) -> None:
         with self.lock:
@@ -109,11 +112,14 @@ class _Worker(Generic[T]):
 
     def wait(self) -> T:
         self.thread.start()
-        while self.thread.is_alive():
+        # An Event, not Thread.join: a join interrupted by KeyboardInterrupt can leave
+        # the thread looking finished while it runs on.
+        while not self.done.is_set():
             try:
-                self.thread.join()
+                self.done.wait()
             except KeyboardInterrupt:
                 self.interrupt()
+        self.thread.join()
         if self.error is not None:
             raise self.error
         return self.result  # type: ignore[return-value]  # set: the call returned
