@@ -44,6 +44,7 @@ import hashlib
 import re
 import shutil
 import tempfile
+import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import parseaddr
@@ -151,10 +152,33 @@ class Campaign:
             self._written_data(), folder=self.folder, shown=SHOWN
         )
         self._key_file = self._checked.api_key_file
+        self._path: Path | None = None  # set by from_file: the campaign file itself
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Campaign:
+        """A campaign file (``campaign.toml``, or its folder) as it is, for check, preview
+        and run from Python: the same campaign as ``batchsend run PATH``, nothing copied.
+
+        Example::
+
+            run = Campaign.from_file("samples/newsletter").run(sandbox=True)
+        """
+        checked = load_campaign(path)
+        self = cls.__new__(cls)
+        self.folder = checked.folder
+        self._data = tomllib.loads(checked.path.read_text(encoding="utf-8-sig"))
+        self._frame = None
+        self._file = checked.source
+        self._checked = checked
+        self._key_file = checked.api_key_file
+        self._path = checked.path
+        return self
 
     @property
     def name(self) -> str:
         """The campaign's name, and the name of the folder it is written to."""
+        if self._path is not None:
+            return self._checked.name
         name = self._data.get("name")
         if name:
             return str(name)
@@ -269,12 +293,17 @@ class Campaign:
         """Write the campaign folder beside ``db`` (see the module docstring); its file.
 
         Files are replaced only when their content changed, so an unchanged campaign
-        keeps the fingerprints its runs recorded.
+        keeps the fingerprints its runs recorded. A campaign :meth:`from_file` is not
+        copied: its own file is returned.
         """
+        if self._path is not None:
+            return self._path  # a campaign file: run as it is
         folder = Path(db).resolve().parent / CAMPAIGNS_FOLDER / _slug(self.name)
         return self._write_into(folder)
 
     def _settings_in(self, folder: Path) -> CampaignSettings:
+        if self._path is not None:
+            return load_campaign(self._path)
         return load_campaign(self._write_into(folder))
 
     def _written_data(self) -> dict[str, Any]:

@@ -12,10 +12,11 @@ from typing import Any
 
 import polars as pl
 import pytest
-from support.campaigns import deliveries
+from support.campaigns import deliveries, write_campaign
 from support.sandboxes import TEST_KEY
 
 import batchsend as bs
+from batchsend.api import CAMPAIGNS_FOLDER
 from batchsend.loops import interrupts_to, sync_anywhere
 from batchsend.sandbox import Sandbox
 
@@ -231,3 +232,23 @@ def test_ctrl_c_in_a_worker_reaches_the_send_s_handler() -> None:
         loop.close()
         signal.signal(signal.SIGINT, previous)
     assert seen == ["batchsend-worker"]
+
+
+def test_a_pandas_dataframe_is_read_like_a_polars_one(sandbox: Sandbox) -> None:
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame({"email": list(PEOPLE["email"]), "first_name": list(PEOPLE["first_name"])})
+    run = news(frame).run(base_url=sandbox.base_url, progress=False)
+    assert run.counts["sent"] == 3
+    assert deliveries(sandbox.messages()) == {e: 1 for e in PEOPLE["email"]}
+
+
+def test_a_campaign_file_runs_as_it_is(tmp_path: Path, sandbox: Sandbox) -> None:
+    toml = write_campaign(tmp_path / "c", rows=3, base_url=sandbox.base_url)
+    campaign = bs.Campaign.from_file(toml.parent)
+    assert campaign.check().sendable == 3
+    assert campaign.recipients.height == 3
+    run = campaign.run(progress=False)
+    assert run.counts["sent"] == 3
+    assert not Path(CAMPAIGNS_FOLDER).exists()  # nothing copied
+    with pytest.raises(bs.CampaignSentError):
+        bs.Campaign.from_file(toml).run(progress=False)
