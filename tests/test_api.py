@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -252,3 +253,36 @@ def test_a_campaign_file_runs_as_it_is(tmp_path: Path, sandbox: Sandbox) -> None
     assert not Path(CAMPAIGNS_FOLDER).exists()  # nothing copied
     with pytest.raises(bs.CampaignSentError):
         bs.Campaign.from_file(toml).run(progress=False)
+
+
+def test_interrupting_a_notebook_run_stops_it_resumably(make_sandbox) -> None:
+    """Ctrl-C in a notebook: the run, in its worker thread, stops after the requests in
+    flight, as the command line's first Ctrl-C does, and the resume sends the rest once."""
+    sandbox = make_sandbox(latency_ms=20)
+    rows = [{"email": f"user{n}@example.org", "first_name": f"U{n}"} for n in range(40)]
+    campaign = news(rows, send={"batch_size": 1, "concurrency": 1})
+
+    def press_ctrl_c_once_sending() -> None:
+        deadline = time.monotonic() + 10
+        while len(sandbox.messages()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    async def cell() -> bs.Run:
+        threading.Thread(target=press_ctrl_c_once_sending, daemon=True).start()
+        return campaign.run(base_url=sandbox.base_url, progress=False)
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    loop = asyncio.new_event_loop()  # a kernel's loop: no SIGINT handler of its own
+    try:
+        run = loop.run_until_complete(cell())
+    finally:
+        loop.close()
+        signal.signal(signal.SIGINT, previous)
+    assert run.result is not None and run.result.interrupted
+    assert run.state is bs.RunState.INTERRUPTED
+    assert 0 < run.counts["sent"] < 40
+    assert run.counts["sending"] == 0  # the request in flight finished and was recorded
+    run.resume(base_url=sandbox.base_url, progress=False)
+    assert run.counts["sent"] == 40
+    assert deliveries(sandbox.messages()) == {r["email"]: 1 for r in rows}
