@@ -21,7 +21,7 @@ Everything here is re-exported from the modules that define it (:mod:`batchsend.
 
 from __future__ import annotations
 
-from batchsend.api import Campaign, Check, Run, open_run
+from batchsend.api import Campaign, Check, Run, open_run, runs
 from batchsend.errors import (
     BatchsendError,
     CampaignError,
@@ -64,4 +64,5 @@ __all__ = [
     "UnfinishedRunError",
     "__version__",
     "open_run",
+    "runs",
 ]

@@ -28,7 +28,8 @@ and ``batchsend resume RUN_ID`` works on it from the command line too. Without a
 Synchronous calls work in a plain script and inside a running event loop (a Jupyter
 notebook): the send then runs on its own loop in a worker thread (see
 :mod:`batchsend.loops`). :meth:`Campaign.arun` and :meth:`Run.aresume` are the
-``async`` forms, for code that must not block its loop.
+``async`` forms, for code that must not block its loop; cancelling one is a Ctrl-C.
+:func:`runs` lists a database's runs as a DataFrame.
 
 API keys are never an argument: they come from the environment variable the campaign
 names (``api_key_env``, default ``BATCHSEND_API_KEY``) or a key file (``api_key_file``),
@@ -37,7 +38,6 @@ as for the command line; ``sandbox=True`` needs none.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import dataclasses
 import hashlib
@@ -58,7 +58,8 @@ from batchsend.campaign import build_campaign, dump_campaign, keys, load_campaig
 from batchsend.check_report import format_report
 from batchsend.errors import CampaignError, SourceError
 from batchsend.fingerprints import campaign_files
-from batchsend.history import find_run, open_db
+from batchsend.history import effective_state, find_run, list_runs, open_db
+from batchsend.loops import in_worker
 from batchsend.preflight import PreflightReport, preflight
 from batchsend.preview import Preview
 from batchsend.preview import preview as render_preview
@@ -67,7 +68,7 @@ from batchsend.resume import resume_run
 from batchsend.run import run_campaign
 from batchsend.sending import RunResult
 from batchsend.source import iter_batches
-from batchsend.states import RunState
+from batchsend.states import RecipientState, RunState
 from batchsend.store import DEFAULT_DB
 from batchsend.store.events import read_suppression_details
 from batchsend.summary import RunSummary, read_summary
@@ -282,10 +283,11 @@ class Campaign:
     async def arun(self, **options: Any) -> Run:
         """:meth:`run` for ``async`` code: the send runs in a worker thread, the loop goes on.
 
-        Cancelling the awaiting task does not stop the send: it ends as a run ends
-        (a stopped run is continued with :meth:`Run.resume`).
+        Cancelling the awaiting task is a Ctrl-C: the requests in flight finish and are
+        recorded, the run is left ``interrupted`` (continue it with :meth:`Run.resume`
+        on :func:`runs`' id), then :class:`asyncio.CancelledError` is raised.
         """
-        return await asyncio.to_thread(lambda: self.run(**options))
+        return await in_worker(lambda: self.run(**options))
 
     # -- the campaign folder -------------------------------------------------------------
 
@@ -416,9 +418,9 @@ class Run:
 
     @property
     def state(self) -> RunState:
-        """The run's state as recorded now."""
+        """The run's state now (a ``running`` run whose process is gone: ``interrupted``)."""
         with open_db(self.db) as store:
-            return find_run(store, self.run_id).state
+            return effective_state(find_run(store, self.run_id))
 
     @property
     def counts(self) -> dict[str, int]:
@@ -478,7 +480,7 @@ class Run:
 
     async def aresume(self, **options: Any) -> Run:
         """:meth:`resume` for ``async`` code (in a worker thread, as :meth:`Campaign.arun`)."""
-        return await asyncio.to_thread(lambda: self.resume(**options))
+        return await in_worker(lambda: self.resume(**options))
 
 
 def open_run(run_id: str, *, db: str | Path = DEFAULT_DB) -> Run:
@@ -489,6 +491,47 @@ def open_run(run_id: str, *, db: str | Path = DEFAULT_DB) -> Run:
         bs.open_run("20261203T101500-ab12cd").report(states=["failed"])
     """
     return Run.open(run_id, db=db)
+
+
+def runs(*, db: str | Path = DEFAULT_DB) -> pl.DataFrame:
+    """Every run in ``db``, newest first, one row each (``batchsend runs``): ``run_id``,
+    ``campaign``, ``state``, ``started_at``, ``ended_at``, a column per recipient state,
+    and ``resume``, the command that continues it (null when there is nothing to do).
+
+    Example::
+
+        bs.runs().filter(pl.col("state") == "interrupted")
+    """
+    rows = []
+    for listing in list_runs(db):
+        run = listing.run
+        rows.append(
+            {
+                "run_id": run.id,
+                "campaign": run.campaign_name,
+                "campaign_path": run.campaign_path,
+                "state": listing.state.value,
+                "started_at": run.started_at,
+                "ended_at": run.ended_at,
+                **{state.value: run.counts.get(state.value, 0) for state in RecipientState},
+                "is_test": run.is_test,
+                "dry_run": run.dry_run,
+                "resume": listing.resume,
+            }
+        )
+    schema = {
+        "run_id": pl.String,
+        "campaign": pl.String,
+        "campaign_path": pl.String,
+        "state": pl.String,
+        "started_at": pl.String,
+        "ended_at": pl.String,
+        **{state.value: pl.Int64 for state in RecipientState},
+        "is_test": pl.Boolean,
+        "dry_run": pl.Boolean,
+        "resume": pl.String,
+    }
+    return pl.DataFrame(rows, schema=schema)
 
 
 # -- building the campaign file's keys ----------------------------------------------------
@@ -526,7 +569,7 @@ def _frame_of(recipients: Any) -> pl.DataFrame:
     if isinstance(recipients, pl.DataFrame):
         frame = recipients
     elif type(recipients).__module__.partition(".")[0] == "pandas":
-        frame = pl.from_pandas(recipients)
+        frame = _from_pandas(recipients)
     elif isinstance(recipients, Sequence) and all(isinstance(r, Mapping) for r in recipients):
         if not recipients:
             raise SourceError("the list of recipients is empty", file="recipients")
@@ -540,6 +583,16 @@ def _frame_of(recipients: Any) -> pl.DataFrame:
     if frame.height == 0:
         raise SourceError("the recipients table has no rows", file="recipients")
     return frame
+
+
+def _from_pandas(frame: Any) -> pl.DataFrame:
+    try:
+        return pl.from_pandas(frame)
+    except ImportError:
+        # polars needs pyarrow for pandas' text (object) columns; without it, the values
+        # go across as Python objects, pandas' missing values (NaN, None, NaT) as null.
+        clean = frame.astype(object).where(frame.notna(), None)
+        return pl.DataFrame({str(c): clean[c].tolist() for c in clean.columns}, strict=False)
 
 
 def _slug(name: str) -> str:

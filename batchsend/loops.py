@@ -13,6 +13,9 @@ to the worker: code inside the worker names what an interrupt means with
 :func:`interrupts_to` (the send: the first finishes the requests in flight, the second
 cancels them), and an interrupt that arrives before (while the rows are read) is handed
 over as soon as the send begins, so the run stops before its first request.
+
+For ``async`` code, :func:`in_worker` awaits a call in a worker thread while the loop
+goes on; cancelling the awaiting task is the Ctrl-C.
 """
 
 from __future__ import annotations
@@ -52,6 +55,40 @@ def sync_anywhere(call: Callable[P, T]) -> Callable[P, T]:
     return anywhere
 
 
+async def in_worker(call: Callable[[], T]) -> T:
+    """``call``'s result, run in a worker thread while the caller's loop goes on.
+
+    Cancelling the awaiting task is a Ctrl-C for the call (the first finishes the
+    requests in flight, a second cancels them): the task waits for the call to stop,
+    so its record is complete, and then raises :class:`asyncio.CancelledError`.
+    """
+    loop = asyncio.get_running_loop()
+    finished: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not finished.done():
+            finished.set_result(None)
+
+    worker: _Worker[T] = _Worker(call)
+
+    def woken() -> None:
+        loop.call_soon_threadsafe(wake)
+
+    worker.on_done = woken
+    worker.thread.start()
+    cancelled = False
+    while True:
+        try:
+            await asyncio.shield(finished)
+            break
+        except asyncio.CancelledError:
+            cancelled = True
+            worker.interrupt()
+    if cancelled:
+        raise asyncio.CancelledError
+    return worker.outcome()
+
+
 @contextlib.contextmanager
 def interrupts_to(handler: Callable[[], None]) -> Iterator[None]:
     """While inside, a Ctrl-C that reaches the caller of this worker calls ``handler``
@@ -79,6 +116,7 @@ class _Worker(Generic[T]):
         self.target: tuple[asyncio.AbstractEventLoop, Callable[[], None]] | None = None
         self.missed = 0  # interrupts that came before a handler was attached
         self.done = threading.Event()
+        self.on_done: Callable[[], None] | None = None
         self.thread = threading.Thread(target=self._run, name="batchsend-worker", daemon=True)
 
     def _run(self) -> None:
@@ -89,6 +127,9 @@ class _Worker(Generic[T]):
             self.error = exc
         finally:
             self.done.set()
+            if self.on_done is not None:
+                with contextlib.suppress(RuntimeError):  # the awaiting loop is closed
+                    self.on_done()
 
     def attach(self, loop: asyncio.AbstractEventLoop, handler: Callable[[], None]) -> None:
         with self.lock:
@@ -120,6 +161,10 @@ class _Worker(Generic[T]):
             except KeyboardInterrupt:
                 self.interrupt()
         self.thread.join()
+        return self.outcome()
+
+    def outcome(self) -> T:
+        """The call's result, or its exception raised here."""
         if self.error is not None:
             raise self.error
         return self.result  # type: ignore[return-value]  # set: the call returned

@@ -286,3 +286,30 @@ def test_interrupting_a_notebook_run_stops_it_resumably(make_sandbox) -> None:
     run.resume(base_url=sandbox.base_url, progress=False)
     assert run.counts["sent"] == 40
     assert deliveries(sandbox.messages()) == {r["email"]: 1 for r in rows}
+
+
+def test_cancelling_arun_stops_the_send_like_ctrl_c(make_sandbox) -> None:
+    sandbox = make_sandbox(latency_ms=20)
+    rows = [{"email": f"user{n}@example.org", "first_name": f"U{n}"} for n in range(40)]
+    campaign = news(rows, send={"batch_size": 1, "concurrency": 1})
+
+    async def main() -> None:
+        task = asyncio.create_task(campaign.arun(base_url=sandbox.base_url, progress=False))
+        while len(sandbox.messages()) < 3:
+            await asyncio.sleep(0.005)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    listed = bs.runs()
+    assert listed.height == 1
+    assert listed["state"].to_list() == ["interrupted"]
+    assert listed["sending"].to_list() == [0]  # what was in flight finished and was recorded
+    sent = listed["sent"][0]
+    assert 0 < sent < 40
+    assert len(sandbox.messages()) == sent
+    run = bs.open_run(listed["run_id"][0])
+    run.resume(base_url=sandbox.base_url, progress=False)
+    assert deliveries(sandbox.messages()) == {r["email"]: 1 for r in rows}
+    assert bs.runs()["state"].to_list() == ["finished"]
