@@ -176,6 +176,8 @@ def test_templates_are_strings_or_files(tmp_path: Path) -> None:
             "message.html_file: template file 'missing.html' not found",
         ),
         ({"api_key": "sk-live-123"}, "api_key: API keys never go in the campaign file"),
+        ({"api_key_env": "AWS_SECRET_ACCESS_KEY"}, "api_key_env: names a variable outside"),
+        ({"html_file": "../elsewhere.html"}, "'../elsewhere.html' is outside the campaign folder"),
     ],
 )
 def test_bad_keys_get_the_campaign_files_messages(extra: dict[str, Any], needle: str) -> None:
@@ -203,6 +205,10 @@ def test_no_recipients_is_a_clear_error() -> None:
         news(None)
     with pytest.raises(bs.SourceError, match="empty"):
         news([])
+    with pytest.raises(bs.CampaignError, match="recipients: expected a DataFrame"):
+        news(42)
+    with pytest.raises(bs.SourceError, match="does not exist"):
+        news("nobody.csv")
 
 
 def test_ctrl_c_in_a_worker_reaches_the_send_s_handler() -> None:
