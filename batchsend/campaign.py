@@ -13,6 +13,7 @@ to the folder holding the campaign file.
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import re
 import tomllib
@@ -453,6 +454,73 @@ def load_campaign(path: str | Path, *, allow_outside: Iterable[str | Path] = ())
             f"not valid TOML: {exc}", file=shown, fix="correct the TOML syntax at that line"
         ) from None
     return _Builder(path.resolve(), shown, data, allow_outside).build()
+
+
+def build_campaign(
+    data: dict[str, Any],
+    *,
+    folder: str | Path,
+    shown: str,
+    path: str | Path | None = None,
+    allow_outside: Iterable[str | Path] = (),
+) -> Campaign:
+    """Validate ``data`` (the campaign file's keys as Python values) into a :class:`Campaign`.
+
+    The same checks as :func:`load_campaign`, with the same messages: an error names the
+    key as ``shown: message.subject: ...``. Paths are relative to ``folder``; ``path``
+    is the campaign file the campaign will be known by (default ``folder/campaign.toml``).
+
+    Example::
+
+        campaign = build_campaign(
+            {"provider": "tosend", "sender": {"email": "news@example.com"},
+             "message": {"subject": "Hi", "text": "Hello"},
+             "source": {"path": "recipients.csv"}},
+            folder=".", shown="my campaign",
+        )
+    """
+    remember_env(DEFAULT_ENV_VAR)
+    file = Path(path) if path is not None else Path(folder) / "campaign.toml"
+    return _Builder(file.resolve(), shown, data, allow_outside).build()
+
+
+def dump_campaign(data: dict[str, Any]) -> str:
+    """``data`` (campaign keys as :func:`build_campaign` takes them) as campaign-file TOML.
+
+    Strings are written as TOML basic strings (JSON's escapes are valid TOML), so any
+    text survives the round trip through :func:`load_campaign`.
+    """
+    top = {k: v for k, v in data.items() if not isinstance(v, dict | list) or k not in tables()}
+    lines = [f"{k} = {_toml_value(v)}" for k, v in top.items() if v is not None]
+    for name in tables():
+        value = data.get(name)
+        if not name or value is None:
+            continue
+        if isinstance(value, list):
+            for item in value:
+                lines += ["", f"[[{name}]]"]
+                lines += [f"{k} = {_toml_value(v)}" for k, v in item.items() if v is not None]
+            continue
+        inner = {k: v for k, v in value.items() if not isinstance(v, dict)}
+        lines += ["", f"[{name}]"]
+        lines += [f"{k} = {_toml_value(v)}" for k, v in inner.items() if v is not None]
+        for k, v in value.items():
+            if isinstance(v, dict):
+                lines += ["", f"[{name}.{k}]"]
+                lines += [f"{_toml_value(kk)} = {_toml_value(vv)}" for kk, vv in v.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):  # TOML allows no raw DEL; JSON leaves it raw
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"a campaign file cannot hold {type(value).__name__} {value!r}")
 
 
 def _nearest(key: str, valid: list[str]) -> str | None:

@@ -28,10 +28,12 @@ def fingerprints(campaign: Campaign) -> tuple[str, str]:
     include, static attachments and suppression lists: a resume refuses to continue
     when either changed.
     """
-    return _sha256_files([campaign.source]), _sha256_files(_campaign_files(campaign))
+    return _sha256_files([campaign.source]), _sha256_files(campaign_files(campaign))
 
 
-def _campaign_files(campaign: Campaign) -> list[Path]:
+def campaign_files(campaign: Campaign) -> list[Path]:
+    """The campaign file, then every file it reads but the recipients, as real paths:
+    template files and the templates they include, attachments, suppression lists."""
     files = [campaign.path]
     # Parsing needs no sandbox, loader or compiled templates: a plain environment will do.
     env = jinja2.Environment()

@@ -32,6 +32,24 @@ class Preview:
     headline: dict[str, str]
     files: tuple[Path, ...] = ()
 
+    @property
+    def message(self) -> Message:
+        """The rendered message (a preview is only ever made of a sendable row)."""
+        assert self.result.message is not None
+        return self.result.message
+
+    @property
+    def subject(self) -> str:
+        return self.message.subject
+
+    @property
+    def html(self) -> str | None:
+        return self.message.html
+
+    @property
+    def text(self) -> str | None:
+        return self.message.text
+
 
 def find_row(campaign: Campaign, row: int) -> RowResult:
     """Row ``row`` (1-based) rendered; :class:`InputError` when it is absent or not sendable."""

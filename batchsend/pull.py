@@ -32,7 +32,6 @@ from urllib.parse import urlencode
 
 import orjson
 
-from batchsend import USER_AGENT
 from batchsend.addresses import dedup_key
 from batchsend.errors import FatalSendError, InputError, RetryableSendError, UncertainSendError
 from batchsend.events import v1 as v1_events
@@ -47,6 +46,7 @@ from batchsend.store.events import (
     suppressed_addresses,
 )
 from batchsend.transport import HttpRequest, Transport, make_transport
+from batchsend.version import USER_AGENT
 
 PAGE_LIMIT = 100
 READ_POLICY = RetryPolicy(max_attempts=6, max_time=120)

@@ -33,6 +33,7 @@ from batchsend.errors import (
     ResumeRefusedError,
     SecretError,
 )
+from batchsend.loops import sync_anywhere
 from batchsend.message import Address, Message
 from batchsend.overrides import override, parse_test_to
 from batchsend.plan import SendUnit, rebuild_unit
@@ -52,6 +53,7 @@ from batchsend.store.events import suppression_details
 from batchsend.transport import require_transport
 
 
+@sync_anywhere  # in a notebook too: see batchsend.loops
 def resume_run(
     run_id: str,
     *,

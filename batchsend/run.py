@@ -34,6 +34,7 @@ from batchsend.errors import (
 )
 from batchsend.fingerprints import fingerprints
 from batchsend.intake import Intake, spool_encoder
+from batchsend.loops import sync_anywhere
 from batchsend.overrides import override, parse_test_to, run_settings
 from batchsend.report import check_report_path
 from batchsend.sending import (
@@ -48,6 +49,7 @@ from batchsend.store.events import suppression_details
 from batchsend.transport import require_transport
 
 
+@sync_anywhere  # in a notebook too: see batchsend.loops
 def run_campaign(
     campaign_path: str | Path,
     *,

@@ -34,6 +34,7 @@ from batchsend.errors import (
     FatalSendError,
     is_disk_full,
 )
+from batchsend.loops import interrupts_to
 from batchsend.message import Address, Message
 from batchsend.next_steps import (
     EXIT_ROWS_NOT_SENT,
@@ -332,26 +333,29 @@ async def _drive(
             installed.append(signum)
     send = campaign.send
     try:
-        async with make_transport(
-            http_client, concurrency=send.concurrency, timeout=send.timeout
-        ) as transport:
-            return await send_units(
-                units,
-                provider=provider,
-                transport=transport,
-                recorder=recorder,
-                concurrency=send.concurrency,
-                limiter=RateLimiter(
-                    requests_per_second=rate, recipients_per_second=recipients_rate
-                ),
-                retry=RetryPolicy(max_attempts=send.max_attempts, max_time=send.max_retry_time),
-                on_progress=display.update,
-                stop_event=stop,
-                uncertainty=Uncertainty(
-                    idempotent_provider=send.idempotent_provider,
-                    retry_server_errors=send.on_server_error == "retry",
-                ),
-            )
+        # In a worker thread (called from a notebook) no signal handler can be
+        # installed: the waiting caller hands its Ctrl-C to the same handler instead.
+        with interrupts_to(handler):
+            async with make_transport(
+                http_client, concurrency=send.concurrency, timeout=send.timeout
+            ) as transport:
+                return await send_units(
+                    units,
+                    provider=provider,
+                    transport=transport,
+                    recorder=recorder,
+                    concurrency=send.concurrency,
+                    limiter=RateLimiter(
+                        requests_per_second=rate, recipients_per_second=recipients_rate
+                    ),
+                    retry=RetryPolicy(max_attempts=send.max_attempts, max_time=send.max_retry_time),
+                    on_progress=display.update,
+                    stop_event=stop,
+                    uncertainty=Uncertainty(
+                        idempotent_provider=send.idempotent_provider,
+                        retry_server_errors=send.on_server_error == "retry",
+                    ),
+                )
     finally:
         for signum in installed:
             loop.remove_signal_handler(signum)

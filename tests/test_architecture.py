@@ -24,11 +24,12 @@ PACKAGE = Path(batchsend.__file__).parent
 LAYERS: tuple[tuple[str, ...], ...] = (
     # what everything stands on; the sandbox plays the provider and leans on nothing
     (
-        "batchsend",
+        "version",
         "errors",
         "states",
         "crashpoints",
         "confinement",
+        "loops",
         "process",
         "message",
         "addresses",
@@ -59,7 +60,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("refusals", "intake", "overrides", "report_html"),
     ("report", "sending", "reconcile"),
     ("run", "resume"),
-    ("cli", "__main__"),
+    ("api",),  # the Python API: campaigns built in Python, over run, resume and report
+    # the package re-exports the public API, so it stands on top with the command line
+    ("batchsend", "cli", "__main__"),
 )
 
 

@@ -5,7 +5,6 @@ inert in a spreadsheet. Runs are recorded through the store's own API
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import json
 import sys
@@ -370,12 +369,6 @@ def test_failures_file_of_a_real_run_lists_the_failed_rows_with_their_input(
 
 # -- through the CLI: formats a marketing team opens --------------------------------------
 
-needs_xlsxwriter = pytest.mark.skipif(
-    importlib.util.find_spec("xlsxwriter") is None,
-    reason="the xlsxwriter module is not installed: it is one of batchsend's dependencies "
-    "(pyproject.toml); install it to run the .xlsx tests",
-)
-
 
 def cli(*args: str) -> Any:
     return CliRunner().invoke(main, list(args), env={"BATCHSEND_API_KEY": TEST_KEY})
@@ -433,7 +426,6 @@ def xlsx_sheets(path: Path) -> dict[str, list[list[tuple[str, str]]]]:
     return sheets
 
 
-@needs_xlsxwriter
 def test_xlsx_report_has_typed_cells_and_shows_phone_numbers_as_written(
     phone_run: str, tmp_path: Path
 ) -> None:
@@ -453,7 +445,6 @@ def test_xlsx_report_has_typed_cells_and_shows_phone_numbers_as_written(
     assert not [c for row in sheets["report"] for c in row if c[0] == "f"]
 
 
-@needs_xlsxwriter
 def test_run_writes_its_report_as_xlsx_when_asked(
     tmp_path: Path, sandbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -471,7 +462,6 @@ def test_run_writes_its_report_as_xlsx_when_asked(
     assert [r[state] for r in rows] == [("s", "proof_sent"), ("s", "skipped"), ("s", "skipped")]
 
 
-@needs_xlsxwriter
 def test_xlsx_refuses_more_rows_than_a_sheet_holds(
     phone_run: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

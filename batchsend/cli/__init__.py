@@ -12,9 +12,9 @@ from typing import Any
 
 import click
 
-from batchsend import __version__
 from batchsend.apikeys import redact
 from batchsend.errors import BatchsendError
+from batchsend.version import __version__
 
 # command name -> "module:attribute", in the order --help lists them
 COMMANDS: dict[str, str] = {

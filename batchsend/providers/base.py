@@ -28,7 +28,6 @@ from typing import Any
 
 import orjson
 
-from batchsend import USER_AGENT
 from batchsend.apikeys import redact
 from batchsend.errors import FatalSendError, PermanentSendError, SendError, UncertainSendError
 from batchsend.message import Message
@@ -36,6 +35,7 @@ from batchsend.outcome import MessageOutcome, OutcomeKind
 from batchsend.plan import PlannedMessage, SendUnit
 from batchsend.ratelimit import parse_retry_after
 from batchsend.transport import HttpRequest
+from batchsend.version import USER_AGENT
 
 # docs/providers.md, "Was it processed?": a 429 refused the request before processing it
 # (as does a 408: the server gave up waiting for it); a 5xx may come after the provider
