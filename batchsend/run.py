@@ -188,4 +188,5 @@ def run_campaign(
             report_path=report_path,
             progress=progress,
             notes=lost_notes + tally.notes(),
+            limit=limit,  # the rows to send (the progress total): the rest stays pending
         )

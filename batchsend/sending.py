@@ -330,6 +330,7 @@ async def _drive(
                 ),
                 retry=RetryPolicy(max_attempts=send.max_attempts, max_time=send.max_retry_time),
                 on_progress=display.update,
+                on_warning=display.warn,
                 stop_event=stop,
                 uncertainty=Uncertainty(
                     idempotent_provider=send.idempotent_provider,

@@ -79,6 +79,13 @@ def _send_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--json", "as_json", is_flag=True, help="Print a JSON summary object on stdout."
         ),
+        click.option(
+            "--quiet",
+            "-q",
+            is_flag=True,
+            help="Show no progress on stderr (the live line on a terminal, else a line every"
+            " 10 s); warnings, errors and the final summary still show.",
+        ),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -86,6 +93,8 @@ def _send_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _call(fn: Callable[..., RunResult], *args: Any, **kwargs: Any) -> RunResult:
+    # None: the live line on a terminal, a log line every few seconds elsewhere.
+    kwargs["progress"] = False if kwargs.pop("quiet") else None
     try:
         return fn(*args, **kwargs)
     except KeyboardInterrupt:
