@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from batchsend import refusals
+from batchsend import dblocation, ledger, refusals
 from batchsend.addresses import dedup_key
 from batchsend.campaign import Campaign, load_campaign
 from batchsend.errors import (
@@ -41,7 +41,7 @@ from batchsend.sending import (
 )
 from batchsend.session import Session
 from batchsend.states import RecipientState
-from batchsend.store import DEFAULT_DB, NewRecipient, Store, UnitRecord
+from batchsend.store import NewRecipient, Store, UnitRecord
 from batchsend.store.events import suppression_details
 from batchsend.transport import require_transport
 
@@ -49,7 +49,7 @@ from batchsend.transport import require_transport
 def resume_run(
     run_id: str,
     *,
-    db_path: str | Path = DEFAULT_DB,
+    db_path: str | Path | None = None,
     force: bool = False,
     retry_failed: bool = False,
     resend_unknown: bool = False,
@@ -69,6 +69,9 @@ def resume_run(
 ) -> RunResult:
     """Continue run ``run_id``: unknown for what was in flight, then send what is pending.
 
+    The run is looked for in ``db_path``, else where :func:`batchsend.dblocation.for_run`
+    finds it (``$BATCHSEND_DB``, ``./batchsend.db``, the user's index of runs).
+
     Raises :class:`ResumeRefusedError` (exit 2) when the recipient file or templates
     changed since the run began (unless ``force``), when the run is a dry run, or when
     another live process is sending it or its campaign (:class:`ConcurrentCommandError`);
@@ -83,10 +86,15 @@ def resume_run(
     """
     started = time.monotonic()
     require_transport(http_client)  # a missing optional library: before anything is recorded
+    where = dblocation.for_run(run_id, db_path)
+    db_path = where.path
     if not Path(db_path).is_file():
         raise ResumeRefusedError(f"{db_path}: no batchsend database here (pass --db)")
     with Store(db_path, accept_lost_record=accept_lost_record) as store:
         run = store.get_run(run_id)
+        if ledger.indexed_db(run_id) != Path(db_path).resolve():
+            # A run from before the index, or a database moved: found from anywhere now.
+            ledger.index_run(run_id, db_path, campaign=run.campaign_path)
         refusals.refuse_unsafe_resume(store, run, force=force)
         notes = list(
             refusals.lost_record_notes(
@@ -173,6 +181,7 @@ def resume_run(
                 extra_rows=sum(len(rows) for item in rebuilt for rows in item.composition),
                 limit=limit,
                 resending=resending,
+                located=where,
             )
 
 

@@ -27,6 +27,7 @@ from typing import Any
 from batchsend import ledger
 from batchsend.apikeys import redact
 from batchsend.campaign import Campaign
+from batchsend.dblocation import Located, hint_db
 from batchsend.engine import EngineResult, Uncertainty, send_units
 from batchsend.errors import (
     BatchsendError,
@@ -82,6 +83,14 @@ class RunResult:
     notes: tuple[str, ...] = field(default=())
     failed_retryable: int = 0  # of counts["failed"]: the rows --retry-failed would send
     resent_unknown: int = 0  # unknown rows this invocation sent again (--resend-unknown)
+    # The commands printed carry --db: False when `batchsend resume RUN_ID` finds the
+    # database without it (batchsend.dblocation.hint_db).
+    db_named: bool = True
+
+    @property
+    def hint_db(self) -> str | None:
+        """The ``--db`` of the commands printed for this run (None: not needed)."""
+        return self.db_path if self.db_named else None
 
     @property
     def exit_code(self) -> int:
@@ -106,7 +115,7 @@ class RunResult:
         if self.dry_run:
             return ()
         return next_steps(
-            self.run_id, self.db_path, self.counts, failed_retryable=self.failed_retryable
+            self.run_id, self.hint_db, self.counts, failed_retryable=self.failed_retryable
         )
 
     @property
@@ -114,7 +123,7 @@ class RunResult:
         """The command that continues this run, when there is something left to do."""
         if self.state is RunState.FINISHED or self.dry_run:
             return None
-        return resume_command(self.run_id, self.db_path)
+        return resume_command(self.run_id, self.hint_db)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready object: run id, counts by state, duration, database, report,
@@ -382,6 +391,7 @@ def send_and_finish(
     extra_rows: int = 0,
     limit: int | None = None,
     resending: set[int] | None = None,
+    located: Located | None = None,
 ) -> RunResult:
     run = store.get_run(run_id)
     campaign = session.campaign
@@ -511,6 +521,7 @@ def send_and_finish(
         notes=tuple(notes_list),
         failed_retryable=store.failed_retryable(run_id),
         resent_unknown=resent,
+        db_named=located is None or hint_db(run_id, located) is not None,
     )
 
 

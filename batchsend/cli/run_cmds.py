@@ -108,7 +108,8 @@ def _call(fn: Callable[..., RunResult], *args: Any, **kwargs: Any) -> RunResult:
             raise
         raise DiskFullError(
             f"the disk is full ({exc}): nothing was sent, and the database"
-            f" {kwargs.get('db_path') or 'batchsend.db'} is as it was before this command"
+            f"{' ' + str(kwargs['db_path']) if kwargs.get('db_path') else ''} is as it was"
+            " before this command"
             "\n  fix: free some space, then run the same command again"
         ) from None
 

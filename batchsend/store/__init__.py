@@ -47,7 +47,7 @@ No API key is ever written here: the run's settings are filtered through
 :func:`safe_settings`, and error texts through :func:`batchsend.apikeys.redact`.
 """
 
-from batchsend.store.database import BUSY_TIMEOUT, DEFAULT_DB, Store
+from batchsend.store.database import BUSY_TIMEOUT, DEFAULT_DB, Store, holds
 from batchsend.store.recorder import FLUSH_ROWS, FLUSH_SECONDS, RunRecorder
 from batchsend.store.records import (
     IN_FLIGHT_REASON,
@@ -72,6 +72,7 @@ __all__ = [
     "RunRecorder",
     "Store",
     "UnitRecord",
+    "holds",
     "new_run_id",
     "safe_settings",
 ]
