@@ -24,7 +24,6 @@ def elsewhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder = tmp_path / "elsewhere"
     folder.mkdir()
     monkeypatch.chdir(folder)
-    monkeypatch.delenv(dblocation.ENV_VAR, raising=False)
     return folder
 
 
