@@ -3,6 +3,7 @@ and leaves every row pending for a resume: nothing reached it, so nothing is fai
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shlex
 import threading
@@ -15,7 +16,10 @@ from support.campaigns import recipients_in, write_campaign
 from support.processes import query, run_batchsend
 from support.sandboxes import TEST_KEY, closed_port
 
+from batchsend.errors import FatalSendError
+from batchsend.providers import get_provider
 from batchsend.resume import resume_run
+from batchsend.retry import RetryPolicy
 from batchsend.run import run_campaign
 from batchsend.states import RunState
 
@@ -101,3 +105,13 @@ def test_a_sandbox_stopped_mid_run_leaves_the_rest_pending_and_resumable(
     delivered = Counter(recipients_in(sandbox.messages()))
     assert set(delivered.values()) == {1}  # nobody twice
     assert len(delivered) >= second.counts["sent"]
+
+
+def test_tosends_account_check_says_the_provider_is_unreachable() -> None:
+    # The first request of a ToSend run: nothing is recorded if it fails.
+    url = f"http://127.0.0.1:{closed_port()}"
+    provider = get_provider("tosend", base_url=url, api_key=TEST_KEY)
+    with pytest.raises(FatalSendError) as info:
+        asyncio.run(provider.account_info(retry=RetryPolicy(max_attempts=1)))
+    assert info.value.error_type == "unreachable"
+    assert f"cannot connect to {url}" in str(info.value) and "check base_url" in str(info.value)
