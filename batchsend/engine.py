@@ -36,6 +36,16 @@ message, so a resume sends it; the state it had for a request a resume rebuilt
 (``SendUnit.prior``: failed stays failed, unknown stays unknown); ``unknown`` when an
 earlier attempt may have been processed. A set ``stop_event`` has the same effect as a
 fatal answer without an error: finish what is in flight, take nothing new.
+
+An unreachable provider is a fatal error of its own (``unreachable``): when
+:data:`UNREACHABLE_AFTER` requests in a row have used up their retries without a
+connection being made, and no request reached the provider in between, the run stops
+and their rows go back to ``pending`` with everything else never sent: nothing reached
+the provider, and every other row would fail the same way, one back-off after another.
+Until then such a request waits, unrecorded (its rows stay ``sending``); any request
+that reaches the provider (an answer, or a failure after connecting) ends the streak,
+and the waiting ones fail as usual (``failed``, retryable). The first connection failure
+of a run is also told at once (``on_warning``), with the URL and what to check.
 """
 
 from __future__ import annotations
@@ -54,7 +64,7 @@ from batchsend.progress import Progress
 from batchsend.providers.base import Provider, is_server_error
 from batchsend.ratelimit import RateLimiter, sleep_unless
 from batchsend.retry import RetryPolicy
-from batchsend.transport import HttpRequest, Transport
+from batchsend.transport import CONNECT_FAILURES, HttpRequest, Transport, connect_hint, origin
 
 ACCEPTED = OutcomeKind.ACCEPTED
 RETRYABLE = OutcomeKind.RETRYABLE
@@ -62,6 +72,12 @@ UNKNOWN = OutcomeKind.UNKNOWN
 PERMANENT = OutcomeKind.PERMANENT
 FATAL = OutcomeKind.FATAL
 UNSENT = OutcomeKind.UNSENT
+
+#: Requests in a row that used up their retries without connecting, with no request
+#: reaching the provider in between, after which the run stops as ``unreachable``. A
+#: few, not one: one request's bad luck (a connection limit, a restart) must not stop a
+#: run; with its retries each of them has been trying for several seconds.
+UNREACHABLE_AFTER = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +141,7 @@ class _Halted(Exception):
 class _Delivery:
     """One unit's way through its attempts: the request in flight and what is known."""
 
-    __slots__ = ("attempts", "kept", "last", "maybe", "request", "stopped", "unit")
+    __slots__ = ("attempts", "kept", "last", "maybe", "request", "stopped", "unconnected", "unit")
 
     def __init__(self, unit: SendUnit, request: HttpRequest) -> None:
         self.unit = unit
@@ -137,6 +153,7 @@ class _Delivery:
         # an earlier attempt may have been processed (a maybe-processed failure retried)
         self.maybe = False
         self.stopped = False
+        self.unconnected = False  # the latest attempt made no connection
 
 
 def recipients_of(unit: SendUnit) -> int:
@@ -158,12 +175,15 @@ async def send_units(
     stop_event: asyncio.Event | None = None,
     clock: Callable[[], float] = time.monotonic,
     uncertainty: Uncertainty | None = None,
+    on_warning: Callable[[str], object] | None = None,
 ) -> EngineResult:
     """Send every unit, at most ``concurrency`` requests in flight; record everything.
 
     Returns when the units are exhausted, or early on a fatal answer (``result.fatal``)
     or when ``stop_event`` is set (``result.stopped``); in both early cases the units
-    in flight finish first and units never taken stay pending in the store.
+    in flight finish first and units never taken stay pending in the store. An
+    unreachable provider is a fatal error too (``error_type`` ``unreachable``, see the
+    module notes). ``on_warning`` is told, once, of the first failure to connect.
 
     Example::
 
@@ -186,6 +206,7 @@ async def send_units(
         stop_event=stop_event or asyncio.Event(),
         clock=clock,
         uncertainty=uncertainty or Uncertainty(),
+        on_warning=on_warning,
     )
     return await engine.run(units, concurrency)
 
@@ -269,6 +290,7 @@ class _Engine:
         stop_event: asyncio.Event,
         clock: Callable[[], float],
         uncertainty: Uncertainty,
+        on_warning: Callable[[str], object] | None = None,
     ) -> None:
         self.provider = provider
         self.transport = transport
@@ -289,6 +311,12 @@ class _Engine:
         self.start = clock()
         self._next_progress = self.start
         self.marks = _SendingMarks(recorder)
+        self.on_warning = on_warning
+        self.warned = False
+        self.reached = False  # some request reached the provider
+        # deliveries whose retries ran out without connecting, since the last request
+        # that reached the provider, with their outcomes: not recorded yet
+        self.unreached: list[tuple[_Delivery, list[MessageOutcome]]] = []
 
     def halted(self) -> bool:
         return self.fatal is not None or self.stop_event.is_set()
@@ -318,6 +346,9 @@ class _Engine:
         # A TaskGroup: if planning or recording raises, the other workers are cancelled
         # (their rows stay `sending`, i.e. `unknown` to a resume) and the error surfaces.
         watcher = asyncio.ensure_future(self._watch_stop())
+        # Progress also while nothing settles (every unit waiting for a retry, a slow
+        # pace): a log line must not fall silent when the run is stuck.
+        ticker = asyncio.ensure_future(self._tick()) if self.on_progress is not None else None
         try:
             async with asyncio.TaskGroup() as group:
                 for _ in range(concurrency):
@@ -331,6 +362,12 @@ class _Engine:
             raise
         finally:
             watcher.cancel()
+            if ticker is not None:
+                ticker.cancel()
+        if self.unreached and not self.reached and not self.halted():
+            # The whole run made no connection (fewer requests than UNREACHABLE_AFTER).
+            self.stop_unreachable()
+        self.release_unreached()
         self.recorder.flush()
         self.progress(force=True)
         return EngineResult(
@@ -349,6 +386,11 @@ class _Engine:
     async def _watch_stop(self) -> None:
         await self.stop_event.wait()
         self._halt.set()
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(max(self.progress_interval, 0.05))
+            self.progress()
 
     def _napper(
         self, sleep: Callable[[float], Awaitable[None]]
@@ -390,14 +432,50 @@ class _Engine:
         except _RetryUnit as exc:  # attempts or time exhausted
             self.retrying -= 1
             outcomes = exc.outcomes
+            if delivery.unconnected and not self.halted():
+                self.unreached.append((delivery, outcomes))  # recorded when the streak ends
+                if len(self.unreached) >= UNREACHABLE_AFTER:
+                    self.stop_unreachable()
+                    self.release_unreached()
+                return
         except _Halted as exc:
             delivery.stopped = True
             outcomes = exc.outcomes
+        self.finish(delivery, outcomes)
+
+    def finish(self, delivery: _Delivery, outcomes: list[MessageOutcome]) -> None:
+        """Record the delivery's final outcomes, and count them."""
         if delivery.kept:
             outcomes = [delivery.kept.get(o.key, o) for o in outcomes]
         final = self.settle(delivery, outcomes)
         self.recorder.record_final(delivery.unit, final, delivery.attempts)
         self.tally(delivery.unit, final)
+
+    def release_unreached(self) -> None:
+        """Record the deliveries that could not connect: failed when the run goes on
+        (some request reached the provider since), pending when it stopped."""
+        waiting, self.unreached = self.unreached, []
+        for delivery, outcomes in waiting:
+            self.finish(delivery, outcomes)
+
+    def stop_unreachable(self) -> None:
+        """Stop the run: the provider cannot be reached (see the module notes)."""
+        delivery, outcomes = self.unreached[-1]
+        url = delivery.request.url
+        count = len(self.unreached)
+        requests = f"{count} requests" if count > 1 else "request"
+        if self.reached:
+            what = f"stopped answering ({_why(outcomes)}): the last {requests}"
+            left = "their rows and the rows not sent yet stay pending"
+        else:
+            what = f"is unreachable ({_why(outcomes)}): the first {requests}"
+            left = "nothing was sent, every row stays pending"
+        self._halt.set()
+        self.fatal = FatalSendError(
+            f"the provider at {origin(url)} {what} could not connect, after their retries;"
+            f" {left}; {connect_hint(url)}",
+            error_type="unreachable",
+        )
 
     async def attempt(self, delivery: _Delivery, number: int) -> list[MessageOutcome]:
         """One HTTP attempt of the delivery's current request; raises to retry."""
@@ -418,10 +496,18 @@ class _Engine:
             response = await self.transport.send(delivery.request)
         except SendError as exc:
             outcomes = self.provider.outcomes_for_error(unit, exc)
+            delivery.unconnected = exc.error_type in CONNECT_FAILURES
         else:
             crashpoint("response")  # test-only: kill -9 with the answer unrecorded
             status = response.status
             outcomes = self.provider.parse_response(unit, status, response.headers, response.body)
+            delivery.unconnected = False
+        if delivery.unconnected:
+            self.warn_unconnected(delivery.request.url, outcomes)
+        else:  # it reached the provider: the deliveries that could not connect fail now
+            self.reached = True
+            if self.unreached:
+                self.release_unreached()
         self.recorder.record_attempt(unit, number, outcomes, (self.clock() - started) * 1000.0)
         delivery.last = outcomes
         throttled = [o for o in outcomes if o.http_status == 429] if status != 429 else outcomes
@@ -533,6 +619,16 @@ class _Engine:
             elif kind is not UNSENT:
                 self.failed += len(pm.rows)
 
+    def warn_unconnected(self, url: str, outcomes: list[MessageOutcome]) -> None:
+        if self.warned or self.on_warning is None:
+            return
+        self.warned = True
+        reason = next((o.error_message for o in outcomes if o.error_message), "no connection")
+        self.on_warning(
+            f"{reason}; {connect_hint(url)} (retrying; the run stops after"
+            f" {UNREACHABLE_AFTER} requests in a row cannot connect)"
+        )
+
     def stop_on(self, outcome: MessageOutcome) -> None:
         self._halt.set()  # wake the workers waiting for a retry or a rate slot
         if self.fatal is None:
@@ -563,6 +659,16 @@ class _Engine:
                 rate=self.sent / elapsed if elapsed > 0 else 0.0,
             )
         )
+
+
+def _why(outcomes: list[MessageOutcome]) -> str:
+    """Why a request could not connect, in a few words (``Connection refused``)."""
+    for o in outcomes:
+        if o.error_type == "connect_timeout":
+            return "connecting timed out"
+        if o.error_message:
+            return o.error_message.rpartition(": ")[2] or o.error_message
+    return "no connection"
 
 
 _STATE_OF = {ACCEPTED: "sent", UNKNOWN: "unknown", UNSENT: "pending", FATAL: "pending"}

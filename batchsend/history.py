@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from batchsend.dblocation import Located, hint_db
 from batchsend.errors import InputError, StoreError
 from batchsend.next_steps import NextStep, next_steps, resume_command, state_label
 from batchsend.states import RecipientState, RunState
@@ -39,7 +40,9 @@ class RunListing:
     ``run`` is the stored run with live ``counts``; ``state`` is its real state (a
     ``running`` run whose process is gone reads ``interrupted``); ``resume`` is the
     command that finishes it, or ``None`` when there is nothing to resume;
-    ``failed_retryable`` how many of its failed rows ``--retry-failed`` would send.
+    ``failed_retryable`` how many of its failed rows ``--retry-failed`` would send;
+    ``db_path`` the database it is in, ``db_hint`` the ``--db`` its commands carry (None:
+    ``batchsend resume RUN_ID`` finds it without).
     """
 
     run: RunInfo
@@ -47,6 +50,7 @@ class RunListing:
     resume: str | None
     failed_retryable: int = 0
     db_path: str = ""
+    db_hint: str | None = None
 
     @property
     def label(self) -> str:
@@ -59,7 +63,7 @@ class RunListing:
         if self.run.dry_run:
             return ()
         return next_steps(
-            self.run.id, self.db_path, self.run.counts, failed_retryable=self.failed_retryable
+            self.run.id, self.db_hint, self.run.counts, failed_retryable=self.failed_retryable
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -86,6 +90,7 @@ class RunListing:
             "dry_run": r.dry_run,
             "fatal_error": r.fatal_error,
             "report_path": r.report_path,
+            "db_path": self.db_path,
             "resume": self.resume,
             "next_steps": [step.to_dict() for step in self.next_steps],
         }
@@ -130,23 +135,30 @@ def open_db(db_path: str | Path) -> Store:
         raise InputError(
             "no batchsend database here (no such file)",
             file=str(path),
-            fix="pass --db with the database file a run wrote (default: batchsend.db)",
+            fix="pass --db with the database file a run wrote (batchsend runs, without"
+            " --db, lists the runs of every database batchsend knows)",
         )
     return Store(path)
 
 
-def listing_of(store: Store, run: RunInfo, db_path: str | Path) -> RunListing:
+def listing_of(
+    store: Store, run: RunInfo, db_path: str | Path, *, chosen: bool = True
+) -> RunListing:
+    """The run as ``runs`` shows it; ``chosen``: the user named the database (``--db``),
+    so the commands shown name it too."""
     run = replace(run, counts=store.counts(run.id))
     state = effective_state(run)
+    hint = hint_db(run.id, Located(Path(db_path), chosen))
     resume = None
     if state in (RunState.INTERRUPTED, RunState.FATAL) and not run.dry_run:
-        resume = resume_command(run.id, db_path)
+        resume = resume_command(run.id, hint)
     return RunListing(
         run=run,
         state=state,
         resume=resume,
         failed_retryable=store.failed_retryable(run.id),
         db_path=str(db_path),
+        db_hint=hint,
     )
 
 
@@ -165,7 +177,7 @@ def find_run(store: Store, run_id: str) -> RunInfo:
         ) from None
 
 
-def list_runs(db_path: str | Path) -> list[RunListing]:
+def list_runs(db_path: str | Path, *, chosen: bool = True) -> list[RunListing]:
     """Every run in the database, newest first, with live counts and real states.
 
     Raises :class:`StoreError` when there is no database at ``db_path``.
@@ -176,7 +188,7 @@ def list_runs(db_path: str | Path) -> list[RunListing]:
             print(listing.run.id, listing.state, listing.run.counts, listing.resume)
     """
     with open_db(db_path) as store:
-        return [listing_of(store, run, db_path) for run in store.list_runs()]
+        return [listing_of(store, run, db_path, chosen=chosen) for run in store.list_runs()]
 
 
 def dumps_listings(listings: Sequence[RunListing]) -> str:

@@ -24,6 +24,10 @@ from typing import Any
 __all__ = [
     "LEDGER_NAME",
     "entries",
+    "index_path",
+    "index_run",
+    "indexed_db",
+    "indexed_dbs",
     "ledger_path",
     "record",
     "register_path",
@@ -94,10 +98,41 @@ def entries(db_path: str | Path, campaign: str) -> dict[str, list[dict[str, Any]
 REGISTER_NAME = "sends.jsonl"
 
 
+def state_dir() -> Path:
+    """``$XDG_STATE_HOME/batchsend`` (default ``~/.local/state/batchsend``): the user's
+    register of sends and index of runs."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "batchsend"
+
+
 def register_path() -> Path:
     """``$XDG_STATE_HOME/batchsend/sends.jsonl`` (default ``~/.local/state/batchsend/``)."""
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "batchsend" / REGISTER_NAME
+    return state_dir() / REGISTER_NAME
+
+
+def _append(path: Path, line: dict[str, Any]) -> bool:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(line, sort_keys=True) + "\n")
+    except OSError:
+        return False
+    return True
+
+
+def _lines(path: Path) -> list[dict[str, Any]]:
+    """The file's JSON objects, in order; lines that do not parse are left out."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    found = []
+    for line in text.splitlines():
+        with contextlib.suppress(ValueError):
+            e = json.loads(line)
+            if isinstance(e, dict):
+                found.append(e)
+    return found
 
 
 def register_send(
@@ -120,14 +155,7 @@ def register_send(
     }
     if counts is not None:
         line["counts"] = {k: counts.get(k, 0) for k in ("sent", "unknown", "sending")}
-    path = register_path()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(line, sort_keys=True) + "\n")
-    except OSError:
-        return False
-    return True
+    return _append(register_path(), line)
 
 
 def registered_sends(fingerprints: tuple[str, str]) -> list[dict[str, Any]]:
@@ -158,3 +186,47 @@ def registered_sends(fingerprints: tuple[str, str]) -> list[dict[str, Any]]:
             and not any(latest[run_id]["counts"].values())
         )
     ]
+
+
+# --- the user's index of runs: which database each run is in -----------------------------
+#
+# So that ``batchsend resume RUN_ID`` (and ``report``, ``runs``) find a run from any
+# folder without ``--db``: every run, test and dry runs included, appends one line when it
+# is created. A database moved since is not found through it (``--db`` then says where).
+
+INDEX_NAME = "runs.jsonl"
+
+
+def index_path() -> Path:
+    """``$XDG_STATE_HOME/batchsend/runs.jsonl`` (default ``~/.local/state/batchsend/``)."""
+    return state_dir() / INDEX_NAME
+
+
+def index_run(run_id: str, db_path: str | Path, *, campaign: str) -> bool:
+    """Note in the user's index that run ``run_id`` is in the database at ``db_path``;
+    False if it cannot (the run goes on: hints then name the database)."""
+    line = {
+        "run_id": run_id,
+        "db": str(Path(db_path).resolve()),
+        "campaign": campaign,
+        "at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    return _append(index_path(), line)
+
+
+def indexed_db(run_id: str) -> Path | None:
+    """The database the index last recorded run ``run_id`` in, if any."""
+    found = None
+    for e in _lines(index_path()):
+        if e.get("run_id") == run_id and isinstance(e.get("db"), str):
+            found = Path(e["db"])
+    return found
+
+
+def indexed_dbs() -> list[Path]:
+    """Every database the index names, the one with the latest run first."""
+    order: dict[str, None] = {}
+    for e in reversed(_lines(index_path())):
+        if isinstance(e.get("db"), str):
+            order.setdefault(e["db"], None)
+    return [Path(db) for db in order]

@@ -51,23 +51,25 @@ FAILED_RETRYABLE = "failed_retryable"
 FAILED_PERMANENT = "failed_permanent"
 
 
-def resume_command(run_id: str, db_path: str | Path) -> str:
-    """The shell command that resumes ``run_id`` from the database at ``db_path``."""
-    return f"batchsend resume {shlex.quote(run_id)} --db {shlex.quote(str(db_path))}"
+def _db(db_path: str | Path | None) -> str:
+    return "" if db_path is None else f" --db {shlex.quote(str(db_path))}"
 
 
-def reconcile_command(run_id: str, db_path: str | Path) -> str:
+def resume_command(run_id: str, db_path: str | Path | None) -> str:
+    """The shell command that resumes ``run_id`` from the database at ``db_path`` (None:
+    the one batchsend finds for the run without ``--db``, see :mod:`batchsend.dblocation`)."""
+    return f"batchsend resume {shlex.quote(run_id)}{_db(db_path)}"
+
+
+def reconcile_command(run_id: str, db_path: str | Path | None) -> str:
     """The shell command that asks the provider about the unknown rows of ``run_id``."""
-    return f"batchsend reconcile {shlex.quote(run_id)} --db {shlex.quote(str(db_path))}"
+    return f"batchsend reconcile {shlex.quote(run_id)}{_db(db_path)}"
 
 
-def report_command(run_id: str, db_path: str | Path, state: str) -> str:
+def report_command(run_id: str, db_path: str | Path | None, state: str) -> str:
     """The shell command that writes the rows of ``run_id`` in ``state`` to a CSV file."""
     out = shlex.quote(f"{run_id}-{state}.csv")
-    return (
-        f"batchsend report {shlex.quote(run_id)} --db {shlex.quote(str(db_path))} "
-        f"--state {state} --out {out}"
-    )
+    return f"batchsend report {shlex.quote(run_id)}{_db(db_path)} --state {state} --out {out}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +158,7 @@ def describe_counts(
     return ", ".join(parts) or "no rows"
 
 
-def settle_unknown_step(run_id: str, db_path: str | Path, rows: int) -> NextStep:
+def settle_unknown_step(run_id: str, db_path: str | Path | None, rows: int) -> NextStep:
     """How to settle ``rows`` unknown rows: the one place that says so.
 
     First ask the provider (``batchsend reconcile``): what it accepted becomes ``sent``,
@@ -177,7 +179,7 @@ def settle_unknown_step(run_id: str, db_path: str | Path, rows: int) -> NextStep
 
 def next_steps(
     run_id: str,
-    db_path: str | Path,
+    db_path: str | Path | None,
     counts: Mapping[str, int],
     *,
     failed_retryable: int,
@@ -185,7 +187,8 @@ def next_steps(
     """One step per kind of row a run left failed or unknown (none when there is none).
 
     ``counts`` are the run's rows by state; ``failed_retryable`` how many of its
-    ``failed`` rows failed with a retryable error (the rest are permanent).
+    ``failed`` rows failed with a retryable error (the rest are permanent); ``db_path``
+    the ``--db`` the commands carry (None: none, the run is found without it).
 
     Example::
 

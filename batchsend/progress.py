@@ -1,7 +1,14 @@
-"""Live progress of a run on standard error: sent, failed, retries, rate, ETA.
+"""Progress of a run on standard error: sent, failed, retries, rate, ETA.
 
-Shown with ``rich`` only when standard error is a terminal; otherwise (a pipe, a log
-file, a test) nothing is printed, so scripts get clean output. The figures come from
+On a terminal, a live line drawn with ``rich``. Elsewhere (CI, cron, ``nohup``, a pipe)
+a plain log line every :data:`LOG_INTERVAL` seconds, so a long run shows that it moves
+and when it should end without filling the log::
+
+    batchsend: sent 1,200 / 5,000 (24%), 0 failed, 0 unknown, 410/s, ETA 9 s
+
+A run shorter than that prints none; ``$BATCHSEND_PROGRESS_INTERVAL`` sets another
+interval. ``enabled=False`` (``--quiet``) shows neither;
+warnings (:meth:`ProgressDisplay.warn`) are shown in every mode. The figures come from
 the engine's :class:`Progress` snapshots, counted in memory as it records each answer:
 the display never queries SQLite.
 
@@ -11,6 +18,8 @@ an injected clock, so it is tested without a terminal and without sleeping.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 import time
 from collections import deque
@@ -18,7 +27,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any
 
-__all__ = ["Progress", "ProgressDisplay", "RateMeter", "describe"]
+__all__ = ["LOG_INTERVAL", "Progress", "ProgressDisplay", "RateMeter", "describe", "log_line"]
+
+#: Seconds between two progress lines when standard error is not a terminal
+#: (``$BATCHSEND_PROGRESS_INTERVAL`` sets another).
+LOG_INTERVAL = 10.0
+INTERVAL_VARIABLE = "BATCHSEND_PROGRESS_INTERVAL"
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,11 +111,38 @@ def describe(progress: Progress, total: int, rate: float | None, eta: float | No
     )
 
 
-class ProgressDisplay:
-    """A live line on standard error while a run sends (a no-op when it is not a terminal).
+def _eta_words(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole} s"
+    minutes, secs = divmod(whole, 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
 
-    The send pass passes :meth:`update` as :func:`batchsend.engine.send_units`'
-    ``on_progress`` callback, which the engine calls a few times a second.
+
+def log_line(progress: Progress, total: int, rate: float | None, eta: float | None) -> str:
+    """One progress line for a log: ``sent 1,200 / 5,000 (24%), 0 failed, 0 unknown,
+    410/s, ETA 9 s``."""
+    percent = f" ({progress.sent * 100 // total}%)" if total > 0 else ""
+    rate_text = f"{rate:,.0f}/s" if rate is not None else "-/s"
+    return (
+        f"sent {progress.sent:,} / {total:,}{percent}, {progress.failed:,} failed, "
+        f"{progress.unknown:,} unknown, {rate_text}, ETA {_eta_words(eta)}"
+    )
+
+
+class ProgressDisplay:
+    """Progress on standard error while a run sends: a live line on a terminal, a log
+    line every ``log_interval`` seconds elsewhere, nothing with ``enabled=False``.
+
+    ``enabled``: None chooses by the stream (the live line on a terminal, log lines
+    otherwise); True forces the live line; False shows no progress. The send pass passes
+    :meth:`update` as :func:`batchsend.engine.send_units`' ``on_progress`` callback,
+    which the engine calls a few times a second, and :meth:`warn` as its ``on_warning``.
 
     ``line`` writes the line from the progress, the total, the rate and the ETA
     (:func:`describe` by default; reconcile shows its lookups with its own).
@@ -121,11 +162,20 @@ class ProgressDisplay:
         enabled: bool | None = None,
         clock: Callable[[], float] = time.monotonic,
         line: Callable[[Progress, int, float | None, float | None], str] = describe,
+        log_interval: float | None = None,
     ) -> None:
         self.total = total
         self._describe = line
         stream = stream if stream is not None else sys.stderr
+        self.stream = stream
         self.enabled = _isatty(stream) if enabled is None else enabled
+        # Log lines: asked for nothing in particular, and no terminal to draw on.
+        self.logging = enabled is None and not self.enabled
+        if log_interval is None:
+            log_interval = _interval_from_environment()
+        self.log_interval = log_interval
+        self._clock = clock
+        self._next_log = clock() + log_interval
         self.meter = RateMeter(clock=clock)
         self.line = line(Progress(), total, None, None)
         self._progress: Any = None
@@ -151,18 +201,43 @@ class ProgressDisplay:
         """
         done = progress.done
         self.meter.add(done)
-        self.line = self._describe(
-            progress, self.total, self.meter.rate(), self.meter.eta(self.total - done)
-        )
+        rate, eta = self.meter.rate(), self.meter.eta(self.total - done)
+        self.line = self._describe(progress, self.total, rate, eta)
         if self._progress is not None:
             self._progress.update(self._task, completed=done, description=self.line)
+        elif self.logging:
+            now = self._clock()
+            if now >= self._next_log:
+                self._next_log = now + self.log_interval
+                self._print(f"batchsend: {log_line(progress, self.total, rate, eta)}")
         return self.line
+
+    def warn(self, text: str) -> None:
+        """Show ``text`` (a warning the user should see now), whatever the mode."""
+        self._print(f"batchsend: {text}")
+
+    def _print(self, text: str) -> None:
+        if self._progress is not None:
+            self._progress.console.print(text, markup=False, highlight=False)
+            return
+        # A closed or broken stderr must not stop a send.
+        with contextlib.suppress(OSError, ValueError):
+            print(text, file=self.stream, flush=True)
 
     def close(self) -> None:
         """Release the terminal (the last line stays on screen)."""
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+
+def _interval_from_environment() -> float:
+    """``$BATCHSEND_PROGRESS_INTERVAL`` seconds if it is a positive number, else the default."""
+    with contextlib.suppress(ValueError):
+        seconds = float(os.environ.get(INTERVAL_VARIABLE) or LOG_INTERVAL)
+        if 0 < seconds < float("inf"):
+            return seconds
+    return LOG_INTERVAL
 
 
 def _isatty(stream: IO[str]) -> bool:

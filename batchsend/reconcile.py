@@ -44,6 +44,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from batchsend import dblocation
 from batchsend.apikeys import (
     ADMIN_KEY_ENV,
     check_admin_key,
@@ -76,7 +77,7 @@ from batchsend.ratelimit import RateLimiter
 from batchsend.report import format_for, write_report
 from batchsend.retry import RetryPolicy
 from batchsend.states import RecipientState, RunState
-from batchsend.store import DEFAULT_DB, RunInfo, Settlement, Store, UnsettledMessage
+from batchsend.store import RunInfo, Settlement, Store, UnsettledMessage
 from batchsend.transport import make_transport
 
 __all__ = [
@@ -139,6 +140,7 @@ class ReconcileResult:
     run_id: str
     provider: str
     db_path: str
+    db_hint: str | None = None  # the --db of the commands printed (None: not needed)
     messages: int = 0  # messages looked up
     requests: int = 0  # HTTP lookups made (pages and retries included)
     sent: int = 0
@@ -170,9 +172,9 @@ class ReconcileResult:
         """``resume`` when rows went back to pending, ``reconcile`` when some are unknown."""
         out = {}
         if self.counts.get(RecipientState.PENDING.value, 0):
-            out["resume"] = resume_command(self.run_id, self.db_path)
+            out["resume"] = resume_command(self.run_id, self.db_hint)
         if self.still_unknown:
-            out["reconcile"] = reconcile_command(self.run_id, self.db_path)
+            out["reconcile"] = reconcile_command(self.run_id, self.db_hint)
         return out
 
     def note(self) -> str:
@@ -227,8 +229,8 @@ class ReconcileResult:
         ]
         lines += [f"  {note}" for note in self.notes]
         lines.append(f"  {self.sent:,} row(s) now sent: the provider's log has their message")
-        resume = resume_command(self.run_id, self.db_path)
-        again = reconcile_command(self.run_id, self.db_path)
+        resume = resume_command(self.run_id, self.db_hint)
+        again = reconcile_command(self.run_id, self.db_hint)
         if self.pending:
             lines.append(
                 f"  {self.pending:,} row(s) back to pending: the provider never accepted "
@@ -274,7 +276,7 @@ class _Asked:
 def reconcile_run(
     run_id: str,
     *,
-    db_path: str | Path = DEFAULT_DB,
+    db_path: str | Path | None = None,
     grace: float = DEFAULT_GRACE,
     admin_key: str | None = None,
     admin_key_file: str | Path | None = None,
@@ -307,6 +309,8 @@ def reconcile_run(
     """
     started = time.monotonic()
     remember_env(ADMIN_KEY_ENV)
+    located = dblocation.for_run(run_id, db_path)
+    db_path = located.path
     if not Path(db_path).is_file():
         raise ReconcileError(f"{db_path}: no batchsend database here (pass --db)")
     with Store(db_path) as store:
@@ -374,6 +378,7 @@ def reconcile_run(
             run_id=run_id,
             provider=run.provider,
             db_path=str(store.path),
+            db_hint=dblocation.hint_db(run_id, located),
             messages=state.answered,
             requests=state.requests,
             sent=state.sent,

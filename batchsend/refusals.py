@@ -16,6 +16,7 @@ from pathlib import Path
 from batchsend import ledger
 from batchsend.addresses import dedup_key
 from batchsend.campaign import Campaign
+from batchsend.dblocation import Located, hint_db
 from batchsend.errors import (
     BatchsendError,
     CampaignSentError,
@@ -37,7 +38,7 @@ from batchsend.store import RunInfo, Store
 def refuse_earlier_runs(
     store: Store,
     campaign: Campaign,
-    db_path: str | Path,
+    where: Located,
     *,
     new_run: bool,
     again: bool,
@@ -75,7 +76,7 @@ def refuse_earlier_runs(
         raise UnfinishedRunError(
             f"the last run of this campaign, {last.id}, is unfinished ({last.state.value}"
             f"{': ' + left if left else ''}); resume it with:\n"
-            f"  {resume_command(last.id, db_path)}\n"
+            f"  {resume_command(last.id, hint_db(last.id, where))}\n"
             "or start a new run (its rows are sent again, under new keys) with --new-run, "
             "or one that leaves out the addresses already sent with --skip-sent"
         )
@@ -85,7 +86,7 @@ def refuse_earlier_runs(
     raise CampaignSentError(
         f"this campaign was sent already: run {last.id} finished "
         f"{(last.ended_at or last.started_at)[:19].replace('T', ' ')} UTC ({shown}), "
-        f"recorded in {db_path}; running it again would email those people a second "
+        f"recorded in {where.path}; running it again would email those people a second "
         "time, so nothing was sent.\n"
         "  fix: to send it to everyone again (a new run), add --again; to send only to the "
         "addresses no earlier run sent to (a list that grew), add --skip-sent; for a proof "

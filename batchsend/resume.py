@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from batchsend import refusals
+from batchsend import dblocation, ledger, refusals
 from batchsend.addresses import dedup_key
 from batchsend.apikeys import load_api_key
 from batchsend.campaign import Campaign, load_campaign
@@ -48,7 +48,7 @@ from batchsend.sending import (
 )
 from batchsend.session import Session
 from batchsend.states import RecipientState
-from batchsend.store import DEFAULT_DB, NewRecipient, Store, UnitRecord
+from batchsend.store import NewRecipient, Store, UnitRecord
 from batchsend.store.events import suppression_details
 from batchsend.transport import require_transport
 
@@ -57,7 +57,7 @@ from batchsend.transport import require_transport
 def resume_run(
     run_id: str,
     *,
-    db_path: str | Path = DEFAULT_DB,
+    db_path: str | Path | None = None,
     force: bool = False,
     retry_failed: bool = False,
     resend_unknown: bool = False,
@@ -85,6 +85,8 @@ def resume_run(
     ``reconcile`` asks the provider about the unknown rows first (``grace`` and the
     ``admin_key*`` options as for :func:`batchsend.reconcile.reconcile_run`): what it
     never accepted is then pending, and sent by this resume.
+    The run is looked for in ``db_path``, else where :func:`batchsend.dblocation.for_run`
+    finds it (``$BATCHSEND_DB``, ``./batchsend.db``, the user's index of runs).
 
     Raises :class:`ResumeRefusedError` (exit 2) when the recipient file or templates
     changed since the run began (unless ``force``), when the run is a dry run, or when
@@ -101,6 +103,8 @@ def resume_run(
     started = time.monotonic()
     require_transport(http_client)  # a missing optional library: before anything is recorded
     check_report_path(report_path)  # a report it could not write at the end: refused now
+    where = dblocation.for_run(run_id, db_path)
+    db_path = where.path
     if not Path(db_path).is_file():
         raise ResumeRefusedError(f"{db_path}: no batchsend database here (pass --db)")
     reconciled = None
@@ -147,6 +151,7 @@ def resume_run(
         progress=progress,
         allow_outside=allow_outside,
         notes=[reconciled.note()] if reconciled is not None else [],
+        located=where,
     )
     if reconciled is None:
         return result
@@ -156,6 +161,7 @@ def resume_run(
 def _resume(
     run_id: str,
     *,
+    located: dblocation.Located,
     started: float,
     db_path: str | Path,
     force: bool,
@@ -178,6 +184,9 @@ def _resume(
 ) -> RunResult:
     with Store(db_path, accept_lost_record=accept_lost_record) as store:
         run = store.get_run(run_id)
+        if ledger.indexed_db(run_id) != Path(db_path).resolve():
+            # A run from before the index, or a database moved: found from anywhere now.
+            ledger.index_run(run_id, db_path, campaign=run.campaign_path)
         refusals.refuse_unsafe_resume(store, run, force=force)
         notes += refusals.lost_record_notes(
             store, run.campaign_path, check=not run.is_test, accept=accept_lost_record
@@ -262,6 +271,7 @@ def _resume(
                 extra_rows=sum(len(rows) for item in rebuilt for rows in item.composition),
                 limit=limit,
                 resending=resending,
+                located=located,
             )
 
 

@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from batchsend import refusals
+from batchsend import dblocation, ledger, refusals
 from batchsend.campaign import load_campaign
 from batchsend.errors import (
     CampaignError,
@@ -44,7 +44,7 @@ from batchsend.sending import (
 )
 from batchsend.session import Session
 from batchsend.spool import MessageSpool
-from batchsend.store import DEFAULT_DB, Store
+from batchsend.store import Store
 from batchsend.store.events import suppression_details
 from batchsend.transport import require_transport
 
@@ -53,7 +53,7 @@ from batchsend.transport import require_transport
 def run_campaign(
     campaign_path: str | Path,
     *,
-    db_path: str | Path = DEFAULT_DB,
+    db_path: str | Path | None = None,
     provider: str | None = None,
     base_url: str | None = None,
     concurrency: int | None = None,
@@ -75,7 +75,9 @@ def run_campaign(
     progress: bool | None = None,
     allow_outside: Iterable[str | Path] = (),
 ) -> RunResult:
-    """Preflight and send a campaign, recording every row in the store at ``db_path``.
+    """Preflight and send a campaign, recording every row in the store at ``db_path``
+    (None: ``$BATCHSEND_DB``, else ``batchsend.db`` in the campaign's folder, see
+    :mod:`batchsend.dblocation`).
 
     Raises :class:`PreflightError` (nothing sent, nothing recorded) when a row is bad
     and ``skip_invalid`` is off, :class:`UnfinishedRunError` when the campaign's last
@@ -118,6 +120,8 @@ def run_campaign(
     # A real run can email people on the list: not a proof copy, a dry run or a run
     # to the embedded sandbox; only a real one is refused for earlier sends.
     real = not (test_address or dry_run or sandbox)
+    where = dblocation.for_campaign(campaign.path, db_path)
+    db_path = where.path
     with (
         Store(db_path, accept_lost_record=accept_lost_record) as store,
         Session(
@@ -140,7 +144,7 @@ def run_campaign(
             # new run is written on, so two runs started together cannot both proceed.
             if real:
                 refusals.refuse_earlier_runs(
-                    store, campaign, db_path, new_run=new_run, again=again, skip_sent=skip_sent
+                    store, campaign, where, new_run=new_run, again=again, skip_sent=skip_sent
                 )
                 if skip_sent:
                     earlier.clear()
@@ -182,6 +186,8 @@ def run_campaign(
             tally.raise_if_bad()
             if not dry_run:
                 session.check_account(tally.recipients_to_send)
+        # So that `batchsend resume RUN_ID` finds this database from any folder.
+        ledger.index_run(run_id, db_path, campaign=campaign_path)
         return send_and_finish(
             store,
             session,
@@ -194,4 +200,6 @@ def run_campaign(
             report_path=report_path,
             progress=progress,
             notes=lost_notes + tally.notes(),
+            limit=limit,  # the rows to send (the progress total): the rest stays pending
+            located=where,
         )

@@ -27,6 +27,7 @@ from typing import Any
 from batchsend import ledger
 from batchsend.apikeys import redact
 from batchsend.campaign import Campaign
+from batchsend.dblocation import Located, hint_db
 from batchsend.engine import EngineResult, Uncertainty, send_units
 from batchsend.errors import (
     BatchsendError,
@@ -88,6 +89,14 @@ class RunResult:
     reconciled: dict[str, Any] | None = None  # resume --reconcile: what the lookups settled
     test_to: str | None = None  # a test run's one address
     would_send: int = 0  # a dry run: the rows whose requests were built
+    # The commands printed carry --db: False when `batchsend resume RUN_ID` finds the
+    # database without it (batchsend.dblocation.hint_db).
+    db_named: bool = True
+
+    @property
+    def hint_db(self) -> str | None:
+        """The ``--db`` of the commands printed for this run (None: not needed)."""
+        return self.db_path if self.db_named else None
 
     @property
     def exit_code(self) -> int:
@@ -112,7 +121,7 @@ class RunResult:
         if self.dry_run:
             return ()
         return next_steps(
-            self.run_id, self.db_path, self.counts, failed_retryable=self.failed_retryable
+            self.run_id, self.hint_db, self.counts, failed_retryable=self.failed_retryable
         )
 
     @property
@@ -120,7 +129,7 @@ class RunResult:
         """The command that continues this run, when there is something left to do."""
         if self.state is RunState.FINISHED or self.dry_run:
             return None
-        return resume_command(self.run_id, self.db_path)
+        return resume_command(self.run_id, self.hint_db)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready object: run id, counts by state, duration, database, report,
@@ -350,6 +359,7 @@ async def _drive(
                     ),
                     retry=RetryPolicy(max_attempts=send.max_attempts, max_time=send.max_retry_time),
                     on_progress=display.update,
+                    on_warning=display.warn,
                     stop_event=stop,
                     uncertainty=Uncertainty(
                         idempotent_provider=send.idempotent_provider,
@@ -401,6 +411,7 @@ def send_and_finish(
     extra_rows: int = 0,
     limit: int | None = None,
     resending: set[int] | None = None,
+    located: Located | None = None,
 ) -> RunResult:
     run = store.get_run(run_id)
     campaign = session.campaign
@@ -534,6 +545,7 @@ def send_and_finish(
         resent_unknown=resent,
         test_to=run.test_to,
         would_send=would_send,
+        db_named=located is None or hint_db(run_id, located) is not None,
     )
 
 

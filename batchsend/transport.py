@@ -38,10 +38,13 @@ from types import TracebackType
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from batchsend.apikeys import is_loopback_url
 from batchsend.errors import FatalSendError, InputError, RetryableSendError, UncertainSendError
 
 TRANSPORTS = ("aiohttp", "httpx")
 DEFAULT_TIMEOUT = 30.0
+#: The ``error_type`` of a request that never reached the provider: no connection was made.
+CONNECT_FAILURES = frozenset({"connection_refused", "connect_timeout"})
 #: Connecting takes at most this long (or the whole timeout, when shorter): a request
 #: whose connection is not made in time has not left, so it may be tried again.
 CONNECT_TIMEOUT = 10.0
@@ -217,9 +220,9 @@ class AiohttpTransport:
                 body = await response.read()
                 return HttpResponse(response.status, response.headers, body)
         except aiohttp.ConnectionTimeoutError:
-            raise not_sent("connect_timeout", "connecting to the provider timed out") from None
+            raise not_sent("connect_timeout", _timed_out(request.url)) from None
         except aiohttp.ClientConnectorError as exc:
-            raise not_sent("connection_refused", f"cannot connect: {_reason(exc)}") from None
+            raise not_sent("connection_refused", _refused(request.url, _reason(exc))) from None
         except TimeoutError:
             raise maybe_sent("timeout", f"no answer within {self.timeout:g} s") from None
         except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError) as exc:
@@ -289,11 +292,11 @@ class HttpxTransport:
                 request.method, url, content=request.body, headers=request.headers
             )
         except (httpx.ConnectTimeout, httpx.PoolTimeout):
-            raise not_sent("connect_timeout", "connecting to the provider timed out") from None
+            raise not_sent("connect_timeout", _timed_out(request.url)) from None
         except httpx.TimeoutException:  # read or write: the request may be at the provider
             raise maybe_sent("timeout", f"no answer within {self.timeout:g} s") from None
         except httpx.ConnectError as exc:
-            raise not_sent("connection_refused", f"cannot connect: {exc}") from None
+            raise not_sent("connection_refused", _refused(request.url, str(exc))) from None
         except httpx.InvalidURL as exc:
             # Only the URL is fatal: any other ValueError inside the request is a bug to
             # see, not a provider to give up on (as with aiohttp).
@@ -311,6 +314,31 @@ class HttpxTransport:
 def not_sent(error_type: str, message: str) -> RetryableSendError:
     """The request never reached the provider: safe to send again."""
     return RetryableSendError(message, error_type=error_type)
+
+
+def origin(url: str) -> str:
+    """``scheme://host:port`` of ``url``: where a request goes, without its path or query."""
+    try:
+        parts = urlsplit(url)
+        return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}" if parts.netloc else url
+    except ValueError:
+        return url
+
+
+def connect_hint(url: str) -> str:
+    """What to check when nothing answers at ``url``: a local provider is most often a
+    sandbox that is not running; a remote one, the URL or the network."""
+    if is_loopback_url(url):
+        return "is `batchsend sandbox` (or your local provider) running? check base_url"
+    return "check base_url, and that this machine can reach it"
+
+
+def _refused(url: str, reason: str) -> str:
+    return f"cannot connect to {origin(url)}: {reason}"
+
+
+def _timed_out(url: str) -> str:
+    return f"connecting to {origin(url)} timed out"
 
 
 def maybe_sent(error_type: str, message: str) -> UncertainSendError:

@@ -34,13 +34,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(autouse=True)
 def _own_register_of_sends(tmp_path_factory: pytest.TempPathFactory, monkeypatch) -> None:
-    """Each test its own user register of sends (``$XDG_STATE_HOME/batchsend``).
+    """Each test its own user register of sends and index of runs
+    (``$XDG_STATE_HOME/batchsend``).
 
     The register refuses a campaign already sent from another database; tests generate
     the same campaigns in many folders, and must not see each other's sends (nor the
     developer's own). Subprocesses inherit it through the environment.
     """
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
+    # Nor the developer's choice of database or progress interval: tests choose their own.
+    monkeypatch.delenv("BATCHSEND_DB", raising=False)
+    monkeypatch.delenv("BATCHSEND_PROGRESS_INTERVAL", raising=False)
 
 
 @pytest.fixture

@@ -52,6 +52,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ),
     ("transport",),  # HTTP on the wire
     ("providers", "campaign", "store"),  # the two APIs, the campaign file, the database
+    ("dblocation",),  # which database a command uses
     # rendering, sending, and what the row pass reads besides the recipients
     ("render", "engine", "attachments", "suppressions"),
     ("fingerprints",),  # hashes of everything a campaign reads, for resume and report

@@ -12,8 +12,9 @@ import orjson
 import pytest
 from aiohttp import web
 from support.clock import FakeClock
+from support.sandboxes import closed_port
 
-from batchsend.engine import MemoryRecorder, Uncertainty, send_units
+from batchsend.engine import UNREACHABLE_AFTER, MemoryRecorder, Uncertainty, send_units
 from batchsend.message import Address, Message
 from batchsend.plan import SendUnit, plan_units
 from batchsend.progress import Progress
@@ -60,6 +61,7 @@ def run(
     batch_size=100,
     asynchronous=False,
     uncertainty=None,
+    on_warning=None,
 ):
     recorder = recorder or MemoryRecorder()
     p = get_provider(provider, base_url=base_url, api_key=api_key, batch_size=batch_size)
@@ -85,6 +87,7 @@ def run(
                 retry=retry,
                 stop_event=stop_event,
                 on_progress=on_progress,
+                on_warning=on_warning,
                 progress_interval=0.0,
                 uncertainty=uncertainty,
             )
@@ -229,18 +232,94 @@ def test_dropped_answers_end_unknown_and_each_message_is_delivered_once(make_san
     assert recipients(sb) == everyone(200)  # the dropped ones were delivered, once
 
 
-def test_exhausted_retries_fail_the_rows_as_retryable():
-    # Nothing listens on port 9: every attempt is refused, certainly not processed.
+def test_a_provider_unreachable_from_the_start_stops_the_run_with_every_row_pending():
+    url = f"http://127.0.0.1:{closed_port()}"
+    warnings: list[str] = []
     result, rec = run(
-        "http://127.0.0.1:9",
-        [msg(i) for i in range(1, 21)],
+        url,
+        [msg(i) for i in range(1, 41)],
         provider="v1",
         retry=RetryPolicy(max_attempts=3, sleep=no_wait),
+        on_warning=warnings.append,
     )
-    assert (result.sent, result.failed, result.requests) == (0, 20, 60)
-    assert {rec.finals[i].kind.value for i in range(1, 21)} == {"retryable"}
-    assert {rec.finals[i].error_type for i in range(1, 21)} == {"connection_refused"}
-    assert result.complete  # every unit got its final answer
+    assert result.fatal is not None and result.fatal.error_type == "unreachable"
+    assert url in str(result.fatal) and "batchsend sandbox" in str(result.fatal)
+    # Nothing reached the provider: no row is failed, every one goes to a resume.
+    assert (result.sent, result.failed, result.unknown) == (0, 0, 0)
+    assert set(rec.states.values()) == {"pending"}
+    # It stopped after a few requests' retries, not after trying all 40 rows: the 8
+    # workers took one request each, and one more after each of the first that gave up.
+    assert result.units <= 8 + UNREACHABLE_AFTER - 1 < 40
+    assert len(warnings) == 1 and url in warnings[0] and "check base_url" in warnings[0]
+
+
+def test_a_short_run_that_never_connects_is_unreachable_too():
+    result, rec = run(
+        f"http://127.0.0.1:{closed_port()}",
+        [msg(1)],
+        provider="v1",
+        retry=RetryPolicy(max_attempts=2, sleep=no_wait),
+    )
+    assert UNREACHABLE_AFTER > 1 and result.fatal is not None
+    assert result.fatal.error_type == "unreachable" and rec.states == {1: "pending"}
+
+
+def test_a_connection_failure_between_answers_fails_its_rows_as_before(make_sandbox):
+    # One request at a time: row 1 is answered, then the provider is down while row 2
+    # uses up its retries and row 3 tries once; it is back for row 3's second attempt.
+    sb = make_sandbox()
+    naps = 0
+
+    async def nap(seconds: float) -> None:
+        nonlocal naps
+        naps += 1
+        if naps == 2:
+            sb.start()
+        await asyncio.sleep(0)
+
+    def progress(p: Progress) -> None:
+        if p.sent == 1 and sb.running:
+            sb.stop()
+
+    result, rec = run(
+        sb.base_url,
+        [msg(i) for i in range(1, 6)],
+        provider="v1",
+        concurrency=1,
+        retry=RetryPolicy(max_attempts=2, sleep=nap),
+        on_progress=progress,
+    )
+    assert result.fatal is None and result.complete
+    assert rec.states == {1: "sent", 2: "failed", 3: "sent", 4: "sent", 5: "sent"}
+    assert (rec.finals[2].kind.value, rec.finals[2].error_type) == (
+        "retryable",
+        "connection_refused",
+    )
+    assert recipients(sb) == sorted(f"user{i}@dest.test" for i in (1, 3, 4, 5))
+
+
+def test_a_provider_that_goes_away_mid_run_stops_it_with_the_rest_pending(make_sandbox):
+    sb = make_sandbox()
+
+    def progress(p: Progress) -> None:
+        if p.sent >= 10 and sb.running:
+            sb.stop()
+
+    result, rec = run(
+        sb.base_url,
+        [msg(i) for i in range(1, 61)],
+        provider="v1",
+        concurrency=2,
+        retry=RetryPolicy(max_attempts=2, sleep=no_wait),
+        on_progress=progress,
+    )
+    assert result.fatal is not None and result.fatal.error_type == "unreachable"
+    assert "stopped answering" in str(result.fatal)
+    delivered = recipients(sb)
+    assert result.sent == len(delivered) >= 10
+    assert result.failed == 0  # nothing after the stop failed: it is all for a resume
+    states = [rec.states.get(i, "pending") for i in range(1, 61)]
+    assert states.count("pending") == 60 - result.sent - result.unknown > 0
 
 
 def test_async_iterables_are_consumed_too(sandbox):

@@ -119,24 +119,28 @@ def test_in_flight_rows_become_unknown_and_resend_repeats_the_same_request(
 def test_retry_failed_repeats_the_whole_request_under_its_key(
     tmp_path: Path, sandbox: Sandbox
 ) -> None:
-    """A request that never reached the provider failed retryable; --retry-failed sends it."""
-    # v1: no account check first; nothing listens on port 9, every connection is refused
-    campaign = write_campaign(tmp_path / "c", rows=20, provider="v1", send={"max_attempts": 2})
+    """A request the provider certainly did not take failed retryable; --retry-failed
+    sends it. (A provider never reached at all leaves the rows pending instead:
+    tests/test_run_unreachable.py.)"""
+    # v1: no account check first; every request of the run is refused as rate limited
+    # (all four in flight at once: one pause of the rate limiter, not one per request)
+    sandbox.configure(refuse_next=4, retry_after=False)
+    campaign = write_campaign(tmp_path / "c", rows=4, provider="v1", send={"max_attempts": 1})
     first = run_campaign(
-        campaign, db_path="b.db", api_key=KEY, base_url="http://127.0.0.1:9", progress=False
+        campaign, db_path="b.db", api_key=KEY, base_url=sandbox.base_url, progress=False
     )
-    assert first.counts["failed"] == 20
+    assert first.counts["failed"] == 4
     with Store("b.db") as store:
         assert (
             len(store.rows_in_state(first.run_id, [RecipientState.FAILED], retryable_only=True))
-            == 20
+            == 4
         )
         keys = {r["unit_key"] for r in store.recipients(first.run_id)}
     plain = resume(first.run_id, sandbox)  # without the flag, failures stay failed
-    assert plain.counts["failed"] == 20 and sandbox.messages() == []
+    assert plain.counts["failed"] == 4 and sandbox.messages() == []
     retried = resume(first.run_id, sandbox, retry_failed=True)
-    assert retried.counts["sent"] == 20 and retried.counts["failed"] == 0
-    assert_each_once(sandbox, 20)
+    assert retried.counts["sent"] == 4 and retried.counts["failed"] == 0
+    assert_each_once(sandbox, 4)
     assert {m["idempotency_key"] for m in sandbox.messages()} == keys
 
 
@@ -206,11 +210,12 @@ def test_a_fatal_answer_to_a_resent_request_keeps_its_rows_failed_or_unknown(
     refused on their first attempt, and their rows keep the state they had (a plain resume
     then must not send them: an unknown row may have been delivered)."""
     campaign = write_campaign(tmp_path / "c", rows=6, provider="v1", send={"max_attempts": 1})
+    sandbox.configure(refuse_next=3, retry_after=False)
     first = run_campaign(
-        campaign, db_path="b.db", api_key=KEY, base_url="http://127.0.0.1:9", progress=False,
+        campaign, db_path="b.db", api_key=KEY, base_url=sandbox.base_url, progress=False,
         limit=3,
     )  # fmt: skip
-    assert first.counts["failed"] == 3  # rows 1-3: refused connections, retryable
+    assert first.counts["failed"] == 3  # rows 1-3: refused as rate limited, retryable
     sandbox.configure(fail_rate=1.0)
     second = resume(first.run_id, sandbox)  # rows 4-6 meet a 5xx: unknown
     assert second.counts["unknown"] == 3 and sandbox.messages() == []

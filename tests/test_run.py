@@ -248,15 +248,18 @@ def test_cli_run_json_and_resume(tmp_path: Path, sandbox: Sandbox) -> None:
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["counts"]["sent"] == 3 and data["state"] == "interrupted"
-    assert data["db_path"] == "batchsend.db" and Path(data["report_path"]).is_file()
-    assert data["resume"] == f"batchsend resume {data['run_id']} --db batchsend.db"
+    # The database is the campaign's (README, "Where the database lives"), and the run
+    # is in the user's index: the hint needs no --db.
+    db = campaign.parent / "batchsend.db"
+    assert data["db_path"] == str(db) and Path(data["report_path"]).is_file()
+    assert data["resume"] == f"batchsend resume {data['run_id']}"
     again = runner.invoke(main, ["run", str(campaign)], env=env)
-    assert again.exit_code == 2 and "batchsend resume" in again.output
+    assert again.exit_code == 2 and f"batchsend resume {data['run_id']}\n" in again.output
     resumed = runner.invoke(main, ["resume", data["run_id"], "--json"], env=env)
     assert resumed.exit_code == 0, resumed.output
     final = json.loads(resumed.stdout)
     assert final["counts"]["sent"] == 8 and final["state"] == "finished"
-    with Store("batchsend.db") as store:
+    with Store(db) as store:
         assert store.rows_in_state(data["run_id"], [RecipientState.SENT]) == list(range(1, 9))
 
 

@@ -3,8 +3,10 @@ M unknown" everywhere its state is shown, and the exact next command for each ki
 row (retryable failures, permanent failures, unknown rows).
 
 Failed rows come from refusals that do not depend on how the client classifies 5xx:
-disposable addresses (ToSend refuses them permanently) and a refused connection with
-``max_attempts = 1`` (retryable, retries exhausted). Unknown rows come from a
+disposable addresses (ToSend refuses them permanently) and a storm of 429 answers with
+``max_attempts = 1`` (retryable, retries exhausted). A provider that refuses every
+connection is not that: nothing reached it, so its rows stay pending
+(tests/test_run_unreachable.py). Unknown rows come from a
 ``kill -9`` right after a unit's ``sending`` commit, before its request left.
 """
 
@@ -12,11 +14,9 @@ from __future__ import annotations
 
 import json
 import shlex
-import socket
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -62,17 +62,6 @@ def with_disposable(campaign: Path, rows: tuple[int, ...]) -> None:
     for n in rows:
         lines[n] = lines[n].replace("@example.org", "@mailinator.com")
     source.write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
-@pytest.fixture
-def refusing_port() -> Iterator[int]:
-    """A loopback port that refuses connections (bound, never listening) while in use."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        sock.close()
 
 
 # -- the exit code, as a table ----------------------------------------------------------
@@ -172,13 +161,14 @@ def test_permanent_failures_exit_3_and_point_to_the_report(tmp_path: Path, sandb
 
 
 def test_retryable_failures_name_the_retry_command_which_then_sends_them(
-    tmp_path: Path, sandbox, refusing_port: int
+    tmp_path: Path, sandbox
 ) -> None:
+    sandbox.configure(refuse_next=6)  # every request of the run: 429, certainly not taken
     campaign = write_campaign(
         tmp_path / "c",
         rows=6,
         provider="v1",
-        base_url=f"http://127.0.0.1:{refusing_port}",
+        base_url=sandbox.base_url,
         send={"max_attempts": 1},
     )
     db = tmp_path / "b.db"
@@ -200,7 +190,7 @@ def test_retryable_failures_name_the_retry_command_which_then_sends_them(
     assert [s["command"] for s in listing["next_steps"]] == [step["command"]]
 
     # the hint, as printed, once the provider is reachable: everyone gets one message
-    again = run_hint(step["command"], "--base-url", sandbox.base_url, "--json")
+    again = run_hint(step["command"], "--json")
     assert again.returncode == 0, again.stderr
     after = json.loads(again.stdout)
     assert after["counts"]["sent"] == 6 and after["state_label"] == "finished"

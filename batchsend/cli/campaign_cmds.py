@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from batchsend import dblocation
 from batchsend.apikeys import redact
 from batchsend.campaign import load_campaign
 from batchsend.cli.options import db_option
@@ -57,7 +58,10 @@ def init(folder: Path, force: bool) -> None:
 @ALLOW_OUTSIDE
 @db_option("The database whose suppression list is consulted (read only; none if absent).")
 def check(
-    campaign_file: Path, errors_file: Path | None, allow_outside: tuple[Path, ...], db_path: str
+    campaign_file: Path,
+    errors_file: Path | None,
+    allow_outside: tuple[Path, ...],
+    db_path: str | None,
 ) -> None:
     """Read and render every row of CAMPAIGN, send nothing, and report every problem.
 
@@ -74,7 +78,7 @@ def check(
     from batchsend.preflight import preflight
 
     campaign = load_campaign(campaign_file, allow_outside=allow_outside)
-    listed = read_suppression_details(db_path)
+    listed = read_suppression_details(dblocation.for_campaign(campaign.path, db_path).path)
     if errors_file is None:
         report = preflight(campaign, suppressed=listed)
     else:

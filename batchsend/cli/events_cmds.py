@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from batchsend import dblocation
 from batchsend.addresses import AddressBook, InvalidAddress
 from batchsend.apikeys import load_admin_key, load_secret
 from batchsend.campaign import Campaign, load_campaign
@@ -37,7 +38,9 @@ from batchsend.store.events import (
 TOSEND_SECRET_ENV = "BATCHSEND_TOSEND_WEBHOOK_SECRET"
 V1_TOKEN_ENV = "BATCHSEND_V1_WEBHOOK_TOKEN"
 
-_db_option = db_option("The SQLite file that records runs, events and the suppression list.")
+_db_option = db_option(
+    "The SQLite file that records runs, events and the suppression list.", of_store=True
+)
 
 
 @click.group()
@@ -138,7 +141,7 @@ def serve(
 @click.option("--api-key-file", type=click.Path(dir_okay=False), default=None)
 @click.option("--api-key-stdin", is_flag=True, help="Read the API key from standard input.")
 @ALLOW_OUTSIDE
-@_db_option
+@db_option("The SQLite file that records runs, events and the suppression list.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 def pull(
     campaign_path: str,
@@ -148,7 +151,7 @@ def pull(
     api_key_file: str | None,
     api_key_stdin: bool,
     allow_outside: tuple[str, ...],
-    db_path: str,
+    db_path: str | None,
     as_json: bool,
 ) -> None:
     """Fetch events from MailerLogic's Events API (for accounts that cannot take webhooks).
@@ -170,7 +173,7 @@ def pull(
     )
     session.open(api_key=None, api_key_file=api_key_file, api_key_stdin=api_key_stdin)
     assert session.base_url is not None
-    with Store(db_path) as store:
+    with Store(dblocation.for_campaign(campaign.path, db_path).path) as store:
         result = asyncio.run(
             pull_v1_events(
                 store,

@@ -7,18 +7,36 @@ from typing import Any
 
 import click
 
-from batchsend.store import DEFAULT_DB
+from batchsend import dblocation
+
+#: What ``--help`` says of the default, every command alike (README, "Where the
+#: database lives"; batchsend.dblocation).
+DB_DEFAULT = (
+    "Default: $BATCHSEND_DB, else batchsend.db in the campaign's folder for a command on a"
+    " campaign; a command on a run finds the database the run was recorded in."
+)
 
 
-def db_option(help: str = "The SQLite file that records runs.") -> Callable[[Any], Any]:
-    """``--db FILE`` (default ``batchsend.db``), passed to the command as ``db_path``."""
+STORE_DEFAULT = "Default: $BATCHSEND_DB, else batchsend.db in the current folder."
+
+
+def db_option(
+    help: str = "The SQLite file that records runs.", *, of_store: bool = False
+) -> Callable[[Any], Any]:
+    """``--db FILE``, passed to the command as ``db_path``: None when not given, for the
+    command to find its database by the rule of :mod:`batchsend.dblocation`; with
+    ``of_store`` (a command on neither a campaign nor a run) the path that rule gives."""
+
+    def resolve(ctx: click.Context, param: click.Parameter, value: str | None) -> str:
+        return str(dblocation.for_store(value).path)
+
     return click.option(
         "--db",
         "db_path",
-        default=DEFAULT_DB,
-        show_default=True,
+        default=None,
         type=click.Path(dir_okay=False),
-        help=help,
+        callback=resolve if of_store else None,
+        help=f"{help} {STORE_DEFAULT if of_store else DB_DEFAULT}",
     )
 
 

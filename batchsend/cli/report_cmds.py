@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from batchsend import dblocation
 from batchsend.cli.options import db_option
 from batchsend.history import RunListing, dumps_listings, list_runs
 from batchsend.next_steps import describe_counts
@@ -34,6 +35,8 @@ def _describe(item: RunListing) -> str:
     ]
     if run.fatal_error:
         lines.append(f"  fatal error: {run.fatal_error}")
+    if item.db_hint is None:  # found without --db: say where it is
+        lines.append(f"  database: {item.db_path}")
     if run.report_path:
         lines.append(f"  report: {run.report_path}")
     if item.resume:
@@ -48,8 +51,11 @@ def _describe(item: RunListing) -> str:
 @click.command()
 @_db_option
 @click.option("--json", "as_json", is_flag=True, help="Print the runs as a JSON array.")
-def runs(db_path: str, as_json: bool) -> None:
+def runs(db_path: str | None, as_json: bool) -> None:
     """List every run in the database, newest first.
+
+    Without --db (or $BATCHSEND_DB): the runs of ./batchsend.db if there is one, else
+    those of every database batchsend recorded a run in, each with its database.
 
     Shows each run's campaign, start and end times, state (running, interrupted,
     finished, "finished with N failed / M unknown", or fatal: stopped on an error that
@@ -64,11 +70,16 @@ def runs(db_path: str, as_json: bool) -> None:
       batchsend runs
       batchsend runs --db campaigns.db --json
     """
-    listings = list_runs(db_path)
+    found = dblocation.for_listing(db_path)
+    listings = [
+        listing for where in found for listing in list_runs(where.path, chosen=where.chosen)
+    ]
+    listings.sort(key=lambda item: (item.run.started_at, item.run.id), reverse=True)
     if as_json:
         click.echo(dumps_listings(listings))
     elif not listings:
-        click.echo(f"no runs in {db_path}", err=True)
+        where = ", ".join(str(w.path) for w in found) or "no database batchsend knows of"
+        click.echo(f"no runs in {where}", err=True)
     else:
         click.echo("\n\n".join(_describe(item) for item in listings))
 
@@ -112,7 +123,7 @@ def runs(db_path: str, as_json: bool) -> None:
 )
 def report(
     run_id: str,
-    db_path: str,
+    db_path: str | None,
     out: str | None,
     fmt: str | None,
     states: tuple[str, ...],
@@ -153,7 +164,7 @@ def report(
     target = Path(out) if out else Path("reports") / f"{run_id}.{fmt}"
     target.parent.mkdir(parents=True, exist_ok=True)
     written = write_report(
-        db_path,
+        dblocation.for_run(run_id, db_path).path,
         run_id,
         target,
         format=fmt,

@@ -82,6 +82,13 @@ def _send_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--json", "as_json", is_flag=True, help="Print a JSON summary object on stdout."
         ),
+        click.option(
+            "--quiet",
+            "-q",
+            is_flag=True,
+            help="Show no progress on stderr (the live line on a terminal, else a line every"
+            " 10 s); warnings, errors and the final summary still show.",
+        ),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -132,6 +139,8 @@ def _reconcile_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _call(fn: Callable[..., RunResult], *args: Any, **kwargs: Any) -> RunResult:
+    # None: the live line on a terminal, a log line every few seconds elsewhere.
+    kwargs["progress"] = False if kwargs.pop("quiet") else None
     try:
         return fn(*args, **kwargs)
     except KeyboardInterrupt:
@@ -145,7 +154,8 @@ def _call(fn: Callable[..., RunResult], *args: Any, **kwargs: Any) -> RunResult:
             raise
         raise DiskFullError(
             f"the disk is full ({exc}): nothing was sent, and the database"
-            f" {kwargs.get('db_path') or 'batchsend.db'} is as it was before this command"
+            f"{' ' + str(kwargs['db_path']) if kwargs.get('db_path') else ''} is as it was"
+            " before this command"
             "\n  fix: free some space, then run the same command again"
         ) from None
 

@@ -50,7 +50,7 @@ from batchsend.providers.base import (
     rendered,
 )
 from batchsend.retry import RetryPolicy
-from batchsend.transport import Transport, make_transport
+from batchsend.transport import CONNECT_FAILURES, Transport, connect_hint, make_transport
 
 SEND_PATH = "/v2/emails"
 BATCH_PATH = "/v2/emails/batch"
@@ -305,10 +305,12 @@ class ToSendProvider(Provider):
             try:
                 return await policy.call(once)
             except RetryableSendError as exc:
+                unreachable = exc.error_type in CONNECT_FAILURES
+                hint = f"; {connect_hint(request.url)}" if unreachable else ""
                 raise FatalSendError(
-                    f"{exc}; gave up after {policy.max_attempts} attempts, nothing was sent",
+                    f"{exc}; gave up after {policy.max_attempts} attempts, nothing was sent" + hint,
                     status=exc.status,
-                    error_type=exc.error_type,
+                    error_type="unreachable" if unreachable else exc.error_type,
                 ) from None
 
         if transport is not None:

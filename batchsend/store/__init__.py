@@ -47,7 +47,7 @@ No API key is ever written here: the run's settings are filtered through
 :func:`safe_settings`, and error texts through :func:`batchsend.apikeys.redact`.
 """
 
-from batchsend.store.database import BUSY_TIMEOUT, DEFAULT_DB, Store
+from batchsend.store.database import BUSY_TIMEOUT, DEFAULT_DB, Store, holds
 from batchsend.store.recorder import FLUSH_ROWS, FLUSH_SECONDS, RunRecorder
 from batchsend.store.records import (
     IN_FLIGHT_REASON,
@@ -76,6 +76,7 @@ __all__ = [
     "Store",
     "UnitRecord",
     "UnsettledMessage",
+    "holds",
     "new_run_id",
     "safe_settings",
 ]

@@ -81,6 +81,28 @@ def _file_identity(path: Path) -> tuple[int, int] | None:
 _NOT_SANDBOXED = "COALESCE(json_extract(settings, '$.sandbox'), 0) = 0"
 
 
+def holds(path: str | Path, *, run_id: str | None = None, campaign: str | None = None) -> bool:
+    """Does the file at ``path`` hold the run ``run_id`` (or a run of the campaign file
+    ``campaign``)? Read only, never creating nor changing anything: False for a missing
+    file or one that is not a batchsend database.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return False
+    column, value = ("id", run_id) if run_id is not None else ("campaign_path", campaign)
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
+    except sqlite3.Error:
+        return False
+    try:
+        found = conn.execute(f"SELECT 1 FROM runs WHERE {column} = ? LIMIT 1", (value,))
+        return found.fetchone() is not None
+    except sqlite3.Error:
+        return False
+    finally:
+        conn.close()
+
+
 class Store:
     """The batchsend database file. One instance per process, used from one thread.
 

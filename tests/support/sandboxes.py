@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -13,6 +14,13 @@ from aiohttp import web
 # The account of the conftest ``sandbox`` fixture.
 TEST_KEY = "sk-test"
 TEST_DOMAIN = "example.com"
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released: connecting is refused)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 class ScriptedToSend:
