@@ -45,6 +45,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "outcome",
         "next_steps",
         "source",
+        "variables",
         "spool",
         "scaffold",
         "events",
