@@ -691,7 +691,8 @@ def _names_used(ast: jinja2.nodes.Template) -> set[str]:
             continue
         guarded[name] += 1
         for child in inside:  # what the ``if`` shows only when the value is there
-            guarded[name] += sum(_variable(n) == name for n in child.find_all(reads))
+            found = [child, *child.find_all(reads)]
+            guarded[name] += sum(_variable(n) == name for n in found)
     return {name for name, count in total.items() if count > guarded[name]}
 
 

@@ -432,13 +432,16 @@ def _read_csv_pieces(spec: SourceSpec, path: Path, batch_size: int) -> Iterator[
     named = width - sum(n.startswith(_UNNAMED) for n in names)
     first = True
     before = 0  # data rows in the pieces before this one
+    # Each later piece is read below a stand-in header, so polars takes the header's
+    # width, not that of the piece's first record (which may be short or blank).
+    stand_in = (spec.delimiter.join("h" * width) + "\n").encode()
     for piece in _csv_chunks(path, spec.quote_char.encode(), CHUNK_BYTES):
         if first and piece.startswith(b"\xef\xbb\xbf"):
             piece = piece[3:]
         try:
             frame = pl.read_csv(
-                piece,
-                has_header=first,
+                piece if first else stand_in + piece,
+                has_header=True,
                 new_columns=names,
                 separator=spec.delimiter,
                 quote_char=spec.quote_char,
@@ -446,10 +449,11 @@ def _read_csv_pieces(spec: SourceSpec, path: Path, batch_size: int) -> Iterator[
                 empty_string_is_null=False,
                 raise_if_empty=False,
             )
-        except pl.exceptions.ComputeError as exc:
-            if "more fields" not in str(exc):
+        except pl.exceptions.PolarsError:
+            error = _wrong_width(spec, piece, first, before, width, named)
+            if error is None:
                 raise
-            raise _wrong_width(spec, piece, first, before, width, named) or exc from None
+            raise error from None
         if not _widths_match(spec, piece, frame.height + first, width):
             error = _wrong_width(spec, piece, first, before, width, named)
             if error is not None:
