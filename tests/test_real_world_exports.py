@@ -204,6 +204,17 @@ def test_blank_lines_empty_rows_and_unnamed_columns_are_counted_not_refused(
     )
 
 
+def test_preview_of_an_empty_row_says_it_is_ignored(tmp_path: Path) -> None:
+    campaign = make(tmp_path, "Email,Name\na@example.org,A\n,\nb@example.org,B\n")
+    result = CliRunner().invoke(main, ["preview", str(campaign), "--row", "2"])
+    assert result.exit_code == 2
+    assert (
+        "row 2: this row is empty (a blank line or only empty fields): it is ignored"
+        in result.output
+    )
+    assert "fix: choose another row, e.g. 3" in result.output
+
+
 def test_a_file_of_only_empty_rows_has_no_recipients(tmp_path: Path) -> None:
     code, out = check(make(tmp_path, "Email,Name\n,\n\n"))
     assert code == 2 and "the file has a header but no recipient rows" in out
