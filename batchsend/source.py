@@ -573,6 +573,10 @@ def _read_xlsx(spec: SourceSpec, rows: int | None = None) -> pl.DataFrame:
             file=shown,
             fix="pip install fastexcel (or save the sheet as CSV)",
         ) from None
+    except pl.exceptions.NoDataError:
+        raise SourceError(
+            "the sheet is empty", file=shown, fix="add a header row and recipients"
+        ) from None
     except Exception as exc:
         if spec.sheet is not None and "sheet" in str(exc).lower():
             raise SourceError(

@@ -300,6 +300,17 @@ def test_an_unknown_sheet_names_the_setting(tmp_path: Path) -> None:
     assert code == 2 and "the workbook has no sheet 'Leads'" in out
 
 
+@needs_fastexcel
+@pytest.mark.parametrize(
+    ("sheet", "said"),
+    [([], "the sheet is empty"), ([["Email"]], "the file has a header but no recipient rows")],
+)
+def test_an_empty_sheet_is_refused(tmp_path: Path, sheet: list, said: str) -> None:
+    write_xlsx(tmp_path / "people.xlsx", sheet)
+    code, out = check(make(tmp_path, b"", path="people.xlsx"))
+    assert code == 2 and said in out
+
+
 def test_without_fastexcel_an_xlsx_file_says_what_to_install(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
