@@ -527,6 +527,23 @@ def _wrong_width(
     reader = csv.reader(
         io.StringIO(text, newline=""), delimiter=spec.delimiter, quotechar=spec.quote_char
     )
+    # The csv module refuses fields over 128 KB unless told otherwise; records up to
+    # MAX_RECORD_BYTES are valid here. The limit is the module's, so it is put back.
+    limit = csv.field_size_limit(MAX_RECORD_BYTES)
+    try:
+        return _first_wrong_width(spec, reader, first, before, width, named)
+    finally:
+        csv.field_size_limit(limit)
+
+
+def _first_wrong_width(
+    spec: SourceSpec,
+    reader: Iterator[list[str]],
+    first: bool,
+    before: int,
+    width: int,
+    named: int,
+) -> SourceError | None:
     for index, fields in enumerate(reader):
         if first and index == 0:
             continue

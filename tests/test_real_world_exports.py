@@ -252,6 +252,14 @@ def test_a_row_with_the_wrong_number_of_fields_is_named(
     assert (code, again) == (2, out.replace(str(tmp_path), str(tmp_path / "pieces")))
 
 
+def test_a_quoted_field_over_the_csv_modules_limit_is_read(tmp_path: Path) -> None:
+    bio = "x" * 300_000  # the csv module's own limit is 128 KB a field
+    rows = f'"Email","Bio"\n"a@example.org","{bio}"\n"b@example.org","y"\n'
+    results = list(iter_rows(load_campaign(make(tmp_path, rows, "{{ bio | length }}"))))
+    assert [r.message and r.message.subject for r in results] == ["300000", "1"]
+    assert csv.field_size_limit() == 131072  # left as it was
+
+
 def test_a_header_of_semicolons_with_a_bom_reads_as_columns(tmp_path: Path) -> None:
     rows = '\ufeff"Email";"First Name"\r\n"ann@example.org";"Ann"\r\n'.encode()
     campaign = make(tmp_path, rows, "{{ first_name }}", source_toml='delimiter = ";"')
