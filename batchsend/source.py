@@ -18,7 +18,8 @@ they are read: every later step sees only the new names.
 Limits, so that a hostile or broken file cannot hang a run or exhaust memory: the
 recipient file must be a regular file (a FIFO, a device such as ``/dev/zero``, a socket
 or a directory is refused before it is read); the header row may take at most
-:data:`MAX_HEADER_BYTES` (1 MB) and one record at most :data:`MAX_RECORD_BYTES` (64 MB).
+:data:`MAX_HEADER_BYTES` (1 MB) and one record at most :data:`MAX_RECORD_BYTES` (64 MB);
+an ``.xlsx`` workbook may unpack to at most :data:`MAX_XLSX_UNPACKED` (1 GB).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import json
 import os
 import stat
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -64,6 +66,7 @@ def _shown(path: Path) -> str:
 
 
 MAX_HEADER_BYTES = 1 << 20
+MAX_XLSX_UNPACKED = 1 << 30  # an .xlsx is read whole: what its zip may unpack to
 
 _KINDS = (
     (stat.S_ISFIFO, "a FIFO (named pipe)"),
@@ -173,6 +176,7 @@ def _raw_header(spec: SourceSpec) -> list[str]:
                 file=shown,
                 fix='rename it to .csv or set [source] format = "csv"',
             )
+        _check_unpacked(spec)
         return _xlsx_header(_read_xlsx(spec, rows=1))
     if head.startswith(PARQUET_MAGIC):
         raise SourceError(
@@ -568,6 +572,27 @@ def _first_wrong_width(
             " [source] delimiter and the row's quoting",
         )
     return None
+
+
+def _check_unpacked(spec: SourceSpec) -> None:
+    """Refuse a workbook that unpacks to more than :data:`MAX_XLSX_UNPACKED` bytes.
+
+    A sheet is read whole, and a small zip can unpack to gigabytes; the sizes its
+    directory declares are checked before anything is unpacked.
+    """
+    shown = _shown(spec.path)
+    try:
+        with zipfile.ZipFile(spec.path) as archive:
+            unpacked = sum(entry.file_size for entry in archive.infolist())
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise SourceError(f"unreadable Excel file: {exc}", file=shown) from None
+    if unpacked > MAX_XLSX_UNPACKED:
+        raise SourceError(
+            f"the workbook unpacks to {_size(unpacked)}, over the {_size(MAX_XLSX_UNPACKED)}"
+            " an .xlsx source may (a sheet is read whole)",
+            file=shown,
+            fix="save the sheet as CSV: a CSV file is streamed, whatever its size",
+        )
 
 
 def _read_xlsx(spec: SourceSpec, rows: int | None = None) -> pl.DataFrame:

@@ -340,6 +340,25 @@ def test_an_xlsx_file_read_as_csv_says_how_to_read_it(tmp_path: Path) -> None:
     assert 'set [source] format = "xlsx"' in out
 
 
+def test_a_workbook_that_unpacks_too_big_is_refused_before_reading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(source, "MAX_XLSX_UNPACKED", 1000)
+    write_xlsx(tmp_path / "people.xlsx", [["Email"], *([f"u{i}@example.org"] for i in range(50))])
+    code, out = check(make(tmp_path, b"", path="people.xlsx"))
+    assert code == 2
+    assert "the workbook unpacks to" in out and "over the 1,000 bytes an .xlsx source may" in out
+    assert "fix: save the sheet as CSV" in out
+
+
+def test_a_truncated_workbook_is_unreadable(tmp_path: Path) -> None:
+    write_xlsx(tmp_path / "people.xlsx", SHEET)
+    data = (tmp_path / "people.xlsx").read_bytes()
+    (tmp_path / "people.xlsx").write_bytes(data[: len(data) // 2])
+    code, out = check(make(tmp_path, b"", path="people.xlsx"))
+    assert code == 2 and "unreadable Excel file" in out
+
+
 def test_a_csv_file_named_xlsx_is_refused(tmp_path: Path) -> None:
     campaign = make(tmp_path, b"", path="people.xlsx")
     (tmp_path / "people.xlsx").write_text("Email\na@example.org\n")
