@@ -32,7 +32,7 @@ from batchsend.message import Address, Attachment, Message, content_digest
 from batchsend.render import Renderer, RowRenderError
 from batchsend.source import ignored_columns, iter_batches, read_columns
 from batchsend.suppressions import load_suppression
-from batchsend.variables import Variables, writable
+from batchsend.variables import Variables, alias, writable
 
 BATCH_ROWS = 10_000  # small batches keep the per-batch Python objects small
 MERGE_EVERY = 200_000  # dedup hashes kept in a set before joining the sorted array
@@ -421,9 +421,15 @@ def _check_columns(campaign: Campaign, names: list[str]) -> None:
     wanted += [("merge.group_column", campaign.merge.group_column)]
     for key, column in wanted:
         if column and column not in names:
-            near = difflib.get_close_matches(column, names, n=1)
+            # "email" for Mailchimp's "Email Address": close in spelling, or in its alias
+            near = (
+                difflib.get_close_matches(column, names, n=1)
+                or [n for n in names if alias(column) in alias(n).split("_")][:1]
+            )
             hint = f" (did you mean {near[0]!r}?)" if near else ""
             fix = f"rename the column in the file, or set {key} in the campaign"
+            if near:
+                fix = f"set {key} = {json.dumps(near[0])} in the campaign"
             other = _other_delimiter(names, campaign.source_settings.delimiter)
             if other is not None:
                 shown = json.dumps(other)  # TOML basic string syntax: "\t", ";"

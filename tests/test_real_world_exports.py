@@ -149,6 +149,14 @@ def test_a_rename_of_a_column_the_file_lacks_suggests_the_nearest(tmp_path: Path
     assert "names a column 'FirstName' the file does not have (did you mean 'First Name'?)" in out
 
 
+def test_a_mailchimp_address_column_is_suggested_for_the_default_email(tmp_path: Path) -> None:
+    rows = '"Email Address","First Name"\n"ann@example.org","Ann"\n'
+    code, out = check(make(tmp_path, rows, email="email"))
+    assert code == 2
+    assert "no column 'email' (did you mean 'Email Address'?)" in out
+    assert 'fix: set columns.email = "Email Address" in the campaign' in out
+
+
 def test_two_renames_to_one_name_are_refused(tmp_path: Path) -> None:
     columns = '[columns.rename]\n"First Name" = "first"\n"Vorname" = "first"'
     code, out = check(make(tmp_path, "Email\na@example.org\n", columns=columns))
