@@ -10,9 +10,9 @@ under its name in the file (``{{ row["First Name"] }}``), unless a column is its
 The alias is the name with accents removed, lower-cased, every run of other characters
 than ``a-z`` and ``0-9`` made one ``_``, and ``_`` trimmed from both ends; ``col_`` goes
 before one that would start with a digit, ``_`` after one that is a Jinja keyword (``if``
-becomes ``if_``). Two columns with the same alias (``First Name`` and ``first-name``) are a
-clash: neither gets it, and :meth:`Variables.notes` names both. An alias that is another
-column's own name stays that column's.
+becomes ``if_``, ``self`` ``self_``). Two columns with the same alias (``First Name`` and
+``first-name``) are a clash: neither gets it, and :meth:`Variables.notes` names both. An
+alias that is another column's own name stays that column's.
 """
 
 from __future__ import annotations
@@ -28,8 +28,10 @@ from typing import Any
 ROW = "row"
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _OTHER = re.compile(r"[^a-z0-9]+")
+# Words a template cannot use as a variable: Jinja's operators and literals, and ``self``
+# (always the template itself).
 _JINJA_WORDS = frozenset(
-    {"and", "or", "not", "in", "is", "if", "else", "elif", "for", "true", "false", "none"}
+    {"and", "or", "not", "in", "is", "if", "else", "elif", "for", "true", "false", "none", "self"}
 )
 
 

@@ -11,8 +11,12 @@ import sys
 import time
 from pathlib import Path
 
+import jinja2
+import jinja2.sandbox
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from support.campaigns import campaign_folder, recipients_in
 from support.processes import run_batchsend
 from support.xlsx import write_xlsx
@@ -23,7 +27,7 @@ from batchsend.cli import main
 from batchsend.errors import SourceError
 from batchsend.preflight import iter_rows, preflight
 from batchsend.sandbox import Sandbox
-from batchsend.variables import Variables, alias
+from batchsend.variables import Variables, alias, writable
 
 HAS_FASTEXCEL = importlib.util.find_spec("fastexcel") is not None
 needs_fastexcel = pytest.mark.skipif(
@@ -89,11 +93,28 @@ def check(campaign: Path) -> tuple[int, str]:
         ("2024 Spend (€)", "col_2024_spend"),
         ("Prénom", "prenom"),
         ("if", "if_"),
+        ("Self", "self_"),
         ("#", "col_3"),
     ],
 )
 def test_the_alias_of_a_column_name(name: str, expected: str) -> None:
     assert alias(name, 3) == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(min_size=1, max_size=12), min_size=1, max_size=6, unique=True))
+def test_every_column_can_be_written_in_a_template(names: list[str]) -> None:
+    variables = Variables.of(names)
+    values = {name: f"value {i}" for i, name in enumerate(names)}
+    scope = variables.scope(values)
+    env = jinja2.sandbox.SandboxedEnvironment(undefined=jinja2.StrictUndefined)
+    for name in names:
+        written = [f"row[{name!r}]"] if "row" not in names else []
+        written += [a for a, column in variables.aliases.items() if column == name]
+        written += [name] if writable(name) else []
+        assert written, name
+        for variable in written:
+            assert env.from_string(f"{{{{ {variable} }}}}").render(scope) == values[name]
 
 
 def test_every_column_is_reachable_by_its_alias_and_by_row(tmp_path: Path) -> None:
