@@ -4,7 +4,7 @@
 is checked against the schema below: an unknown key is an error that names it and the
 nearest valid key, a value of the wrong type names the key and the expected type. Each
 key, its type, default and help is declared once, as a field of the pydantic models below
-(:class:`CampaignFile` and its tables); ``python -m batchsend.campaign --reference``
+(:class:`CampaignFile` and its tables); ``python scripts/campaign_reference.py README.md``
 writes the README's "Campaign file reference" tables from them. Paths
 (recipient file, template files, attachments, suppression lists, key file) are relative
 to the folder holding the campaign file.
@@ -38,6 +38,7 @@ PROVIDERS = ("v1", "tosend")
 STREAM_TYPES = ("transactional", "broadcast", "shared")
 
 _ENV_VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_FORMATS_BY_SUFFIX = {".parquet": "parquet", ".pq": "parquet", ".xlsx": "xlsx"}
 
 
 def _key(default: Any, help: str, *, shown: str | None = None, only: str | None = None) -> Any:
@@ -65,11 +66,13 @@ def _none_if_empty(value: str | None) -> str | None:
 class SourceTable(_Table):
     """``[source]``: the recipient file."""
 
-    path: str | None = _key(None, "CSV or Parquet file", shown="required")
+    path: str | None = _key(None, "CSV, Parquet or Excel (`.xlsx`) file", shown="required")
     format: str = _key(
         "auto",
-        '`"csv"`, `"parquet"`, or `"auto"` (by extension: `.parquet`/`.pq` is Parquet)',
+        '`"csv"`, `"parquet"`, `"xlsx"`, or `"auto"` (by extension: `.parquet`/`.pq` is'
+        " Parquet, `.xlsx` is Excel, anything else CSV)",
     )
+    sheet: str | None = _key(None, "the sheet to read (`.xlsx` only)", shown="the first sheet")
     delimiter: str = _key(",", "CSV field separator")
     quote_char: str = _key(
         '"', "CSV quote character (fields may hold delimiters and line breaks)", shown="`'\"'`"
@@ -93,6 +96,17 @@ class Columns(_Table):
         (),
         "columns copied to the message's metadata (v1 stores and echoes them in webhooks)"
         " and to reports",
+        shown="`[]`",
+    )
+
+    rename: dict[str, str] = _key(
+        {},
+        '`[columns.rename]`: column name in the file = the name to use instead (`"First Name"'
+        ' = "first"`); every other setting and the templates then use the new name',
+    )
+    required: Annotated[tuple[str, ...], Field(strict=False)] = _key(
+        (),
+        "columns (or their aliases) that must not be empty: a row with an empty one is invalid",
         shown="`[]`",
     )
 
@@ -646,7 +660,7 @@ class _Builder:
             api_key_env=f.api_key_env,
             api_key_file=self.key_file(f.api_key_file),
             admin_key_file=self.key_file(f.admin_key_file, "admin_key_file"),
-            source_settings=self.build_source(f.source),
+            source_settings=self.build_source(f.source, f.columns),
             columns=f.columns,
             message=message,
             attachments=tuple(self.build_attachment(i, a) for i, a in enumerate(f.attachments)),
@@ -714,7 +728,7 @@ class _Builder:
                         fix=other,
                     )
 
-    def build_source(self, t: SourceTable) -> SourceSpec:
+    def build_source(self, t: SourceTable, columns: Columns) -> SourceSpec:
         if not t.path:
             raise self.fail(
                 "source.path", "missing", fix='set [source] path = "recipients.csv" (or .parquet)'
@@ -722,9 +736,26 @@ class _Builder:
         path = self.confined("source.path", t.path)
         fmt = t.format
         if fmt == "auto":
-            fmt = "parquet" if path.suffix.lower() in (".parquet", ".pq") else "csv"
-        if fmt not in ("csv", "parquet"):
-            raise self.fail("source.format", f"unknown format {fmt!r}", 'use "csv" or "parquet"')
+            fmt = _FORMATS_BY_SUFFIX.get(path.suffix.lower(), "csv")
+        if fmt not in ("csv", "parquet", "xlsx"):
+            raise self.fail(
+                "source.format", f"unknown format {fmt!r}", 'use "csv", "parquet" or "xlsx"'
+            )
+        if t.sheet is not None and fmt != "xlsx":
+            raise self.fail("source.sheet", "only an .xlsx file has sheets", fix="remove it")
+        renames = tuple(columns.rename.items())
+        targets = [new for _, new in renames]
+        for old, new in renames:
+            if not new.strip() or any(c in new for c in "\r\n\0"):
+                raise self.fail(f"columns.rename.{old}", f"{new!r} is not a usable column name")
+            if targets.count(new) > 1:
+                raise self.fail(
+                    f"columns.rename.{old}",
+                    f"{new!r} is the new name of more than one column",
+                    fix="give each column a different name",
+                )
+        if fmt == "xlsx":
+            return SourceSpec(path, "xlsx", sheet=t.sheet, rename=renames)
         for key, char in (("delimiter", t.delimiter), ("quote_char", t.quote_char)):
             if len(char) != 1:
                 raise self.fail(f"source.{key}", f"must be one character, got {char!r}")
@@ -744,7 +775,7 @@ class _Builder:
                 'name the file\'s character encoding, e.g. "utf-8", "latin-1", "cp1252"',
             )
         read_as: Literal["csv", "parquet"] = "parquet" if fmt == "parquet" else "csv"
-        return SourceSpec(path, read_as, t.delimiter, t.quote_char, t.encoding)
+        return SourceSpec(path, read_as, t.delimiter, t.quote_char, t.encoding, rename=renames)
 
     def check_columns(self, t: Columns) -> None:
         if not t.email:
@@ -917,7 +948,7 @@ README_TABLES = {
 _MARKER = re.compile(
     r"(<!-- campaign-reference: (\w+) -->\n)(.*?)(<!-- /campaign-reference -->)", re.S
 )
-REFERENCE_COMMAND = "python -m batchsend.campaign --reference README.md"
+REFERENCE_COMMAND = "python scripts/campaign_reference.py README.md"
 
 
 def _shown_default(field: FieldInfo) -> str:
@@ -966,19 +997,3 @@ def render_reference(readme: str) -> str:
         return m.group(1) + reference_table(README_TABLES[m.group(2)]) + m.group(4)
 
     return _MARKER.sub(table, readme)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m batchsend.campaign --reference README.md``: rewrite the reference."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m batchsend.campaign")
-    parser.add_argument("--reference", metavar="README", type=Path, required=True)
-    args = parser.parse_args(argv)
-    text = args.reference.read_text(encoding="utf-8")
-    args.reference.write_text(render_reference(text), encoding="utf-8")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -38,6 +38,7 @@ def format_report(report: PreflightReport, *, max_rows_listed: int = 20) -> str:
             f"... {report.problem_count - len(report.problems)} more problems not listed"
             " (use --errors FILE for all)"
         )
+    lines.extend(report.warnings)
     skipped = ", ".join(f"{k} {v}" for k, v in report.skipped_by_reason.items()) or "none"
     lines.append(
         f"rows {report.rows}, sendable {report.sendable}, skipped: {skipped},"

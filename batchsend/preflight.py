@@ -18,7 +18,7 @@ import json
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -30,12 +30,14 @@ from batchsend.campaign import Campaign
 from batchsend.errors import AttachmentError, SourceError, TemplateError
 from batchsend.message import Address, Attachment, Message, content_digest
 from batchsend.render import Renderer, RowRenderError
-from batchsend.source import iter_batches, read_columns
+from batchsend.source import ignored_columns, iter_batches, read_columns
 from batchsend.suppressions import load_suppression
+from batchsend.variables import Variables, alias, writable
 
 BATCH_ROWS = 10_000  # small batches keep the per-batch Python objects small
 MERGE_EVERY = 200_000  # dedup hashes kept in a set before joining the sorted array
 MAX_KEPT_PROBLEMS = 10_000
+ROWS_SHOWN = 5  # sample row numbers in a note or warning
 _HEADER_BREAK = re.compile(r"[\r\n\0]")
 
 
@@ -90,11 +92,55 @@ class PreflightReport:
     problems: list[Problem]
     estimated_requests: int
     problem_count: int = 0
-    notes: tuple[str, ...] = ()  # how the campaign will travel, where that is not obvious
+    notes: tuple[str, ...] = ()  # how the campaign will travel, what was left out of the file
+    warnings: tuple[str, ...] = ()  # what may read badly: empty values the templates use
 
     @property
     def ok(self) -> bool:
         return self.problem_count == 0
+
+
+@dataclass
+class PassNotes:
+    """What a row pass noticed about the file as a whole, filled in as it goes.
+
+    ``empty_rows`` counts the rows skipped because every value is empty (blank lines,
+    ``,,,``), ``empty_sample`` holds the first row numbers; ``uses`` is which column the
+    templates use where (:meth:`batchsend.render.Renderer.uses`).
+    """
+
+    empty_rows: int = 0
+    empty_sample: list[int] = field(default_factory=list)
+    ignored_columns: int = 0
+    variables: Variables = field(default_factory=lambda: Variables(()))
+    uses: dict[str, list[str]] = field(default_factory=dict)
+
+    def skipped_empty(self, rows: Iterable[int]) -> None:
+        """Count the empty rows ``rows`` (numbers) the pass skipped."""
+        for row in rows:
+            self.empty_rows += 1
+            if len(self.empty_sample) < ROWS_SHOWN:
+                self.empty_sample.append(row)
+
+    def lines(self) -> list[str]:
+        """The notes ``check`` prints."""
+        out = []
+        if self.ignored_columns:
+            out.append(
+                f"note: {self.ignored_columns} unnamed column(s) at the end of the header"
+                " ignored (empty in every row)"
+            )
+        if self.empty_rows:
+            out.append(
+                f"note: {self.empty_rows} empty row(s) ignored (blank lines or only empty"
+                f" fields): rows {_rows_shown(self.empty_sample, self.empty_rows)}"
+            )
+        return out + self.variables.notes()
+
+
+def _rows_shown(sample: list[int], count: int) -> str:
+    more = ", ..." if count > len(sample) else ""
+    return ", ".join(str(r) for r in sample) + more
 
 
 class _Seen:
@@ -135,13 +181,21 @@ class _RowChecker:
     """Turns one row's values into a :class:`RowResult` (rendering included)."""
 
     def __init__(
-        self, campaign: Campaign, *, derive_text: bool, listed: Mapping[str, str] | None = None
+        self,
+        campaign: Campaign,
+        *,
+        derive_text: bool,
+        listed: Mapping[str, str] | None = None,
+        variables: Variables | None = None,
     ) -> None:
         self.campaign = campaign
         self.listed = listed or {}
         self.derive_text = derive_text
         self.book = AddressBook()
-        self.renderer = Renderer(campaign)
+        self.renderer = Renderer(campaign, variables)
+        self.required = tuple(
+            (variables.column(r) if variables else None) or r for r in campaign.columns.required
+        )
         self.suppressed = load_suppression(campaign, self.book)
         self.attachments = AttachmentLoader(campaign)
         self.static = tuple(
@@ -229,6 +283,17 @@ class _RowChecker:
                     "remove CR, LF and NUL from the name",
                 )
             )
+        for column in self.required:
+            value = values.get(column)
+            if value is None or (isinstance(value, str) and not value.strip()):
+                problems.append(
+                    Problem(
+                        row,
+                        column,
+                        f"{column!r} is empty, and [columns] required lists it",
+                        "fill it in, or remove the column from columns.required",
+                    )
+                )
         cc = self._address_list(row, self.col_cc, values, problems)
         bcc = self._address_list(row, self.col_bcc, values, problems)
         attachments = self._row_attachments(row, values, problems)
@@ -338,15 +403,33 @@ def _check_columns(campaign: Campaign, names: list[str]) -> None:
     import difflib
 
     c = campaign.columns
+    variables = Variables.of(names)
+    for required in c.required:
+        if variables.column(required) is None:
+            hint = variables.suggest(required)
+            raise SourceError(
+                f"columns.required names {required!r}, which is no column"
+                + (f"; {hint}" if hint else f"; the file has: {', '.join(names)}"),
+                file=str(campaign.source),
+                row=0,
+                column=required,
+                fix="name a column of the file (or its alias) in columns.required",
+            )
     wanted: list[tuple[str, str | None]] = [("columns.email", c.email)]
     wanted += [(f"columns.{k}", getattr(c, k)) for k in ("name", "cc", "bcc", "attachments")]
     wanted += [("columns.metadata", m) for m in c.metadata]
     wanted += [("merge.group_column", campaign.merge.group_column)]
     for key, column in wanted:
         if column and column not in names:
-            near = difflib.get_close_matches(column, names, n=1)
+            # "email" for Mailchimp's "Email Address": close in spelling, or in its alias
+            near = (
+                difflib.get_close_matches(column, names, n=1)
+                or [n for n in names if alias(column) in alias(n).split("_")][:1]
+            )
             hint = f" (did you mean {near[0]!r}?)" if near else ""
             fix = f"rename the column in the file, or set {key} in the campaign"
+            if near:
+                fix = f"set {key} = {json.dumps(near[0])} in the campaign"
             other = _other_delimiter(names, campaign.source_settings.delimiter)
             if other is not None:
                 shown = json.dumps(other)  # TOML basic string syntax: "\t", ";"
@@ -376,8 +459,12 @@ def iter_rows(
     derive_text: bool = True,
     only: Callable[[int], bool] | None = None,
     suppressed: Mapping[str, str] | None = None,
+    notes: PassNotes | None = None,
 ) -> Iterator[RowResult]:
     """Yield one :class:`RowResult` per input row, in order, rendering every good row.
+
+    A row whose values are all empty (a blank line, ``,,,``) yields nothing: it keeps its
+    number (the next row's is one more) and is counted in ``notes``, when given.
 
     File-level problems raise at the first ``next()``. ``derive_text=False`` leaves out
     the text part generated from HTML (when the campaign has no text template); preflight
@@ -398,14 +485,28 @@ def iter_rows(
             print(r.row, r.email, r.skip_reason)
     """
     spec = campaign.source_settings
-    _check_columns(campaign, read_columns(spec))
-    checker = _RowChecker(campaign, derive_text=derive_text, listed=suppressed)
+    names = read_columns(spec)
+    _check_columns(campaign, names)
+    variables = Variables.of(names)
+    checker = _RowChecker(campaign, derive_text=derive_text, listed=suppressed, variables=variables)
+    notes = notes if notes is not None else PassNotes()
+    notes.variables = variables
+    notes.ignored_columns = ignored_columns(spec)
+    notes.uses = checker.renderer.uses()
     book = checker.book
     col_email = campaign.columns.email
     seen = _Seen()
-    row = 0
+    row = yielded = 0
     for batch in iter_batches(spec, BATCH_ROWS):
+        empty = _empty_rows(batch)
+        numbers: Sequence[int] = range(row + 1, row + 1 + batch.height)
+        row += batch.height
         records = batch.to_dicts()
+        if empty:
+            notes.skipped_empty(numbers[i] for i in empty)
+            kept = set(range(batch.height)).difference(empty)
+            numbers = [numbers[i] for i in sorted(kept)]
+            records = [records[i] for i in sorted(kept)]
         normalised: list[Any] = []
         hashes: list[int | None] = []
         for values in records:
@@ -418,20 +519,34 @@ def iter_rows(
                 normalised.append(exc)
                 hashes.append(None)
         earlier = seen.seen_before_batch(hashes)
-        for values, n, h, before in zip(records, normalised, hashes, earlier, strict=True):
-            row += 1
+        rows = zip(numbers, records, normalised, hashes, earlier, strict=True)
+        for number, values, n, h, before in rows:
+            yielded += 1
             duplicate = before or (h is not None and h in seen.batch)
-            result, key = checker.check(row, values, n, duplicate, render=only is None or only(row))
+            render = only is None or only(number)
+            result, key = checker.check(number, values, n, duplicate, render=render)
             if key is not None and h is not None:
                 seen.batch.add(h)
             yield result
         seen.end_batch()
-    if row == 0:
+    if yielded == 0:
         raise SourceError(
             "the file has a header but no recipient rows",
             file=str(campaign.source),
             fix="add recipients below the header row",
         )
+
+
+def _empty_rows(batch: pl.DataFrame) -> list[int]:
+    """Indexes of the batch's rows whose every value is null or blank text."""
+    blank = [
+        pl.col(c).is_null() | (pl.col(c).str.strip_chars() == "")
+        if dtype == pl.String
+        else pl.col(c).is_null()
+        for c, dtype in batch.schema.items()
+    ]
+    found = batch.select(pl.arg_where(pl.all_horizontal(blank))).to_series()
+    return found.to_list() if found.len() else []
 
 
 def estimate_requests(campaign: Campaign, sendable: int, merged: int | None = None) -> int:
@@ -452,7 +567,9 @@ def preflight(
     """Read and render every row, send nothing, and report.
 
     ``errors``, when given, receives a CSV of every invalid row: row, column, problem,
-    fix, then the row's own values.
+    fix, then the row's own values. The report's ``warnings`` name each column a template
+    uses that is empty in sendable rows (how many, which, where it is used); its
+    ``notes`` what was left out of the file (empty rows, unnamed columns) and alias clashes.
 
     Example::
 
@@ -465,10 +582,13 @@ def preflight(
     writer = None
     merging = campaign.merge.enabled
     merged: Counter[tuple[str | None, str]] = Counter()
-    for r in iter_rows(campaign, derive_text=derive_text, suppressed=suppressed):
+    notes = PassNotes()
+    blanks = _Blanks(notes)
+    for r in iter_rows(campaign, derive_text=derive_text, suppressed=suppressed, notes=notes):
         rows += 1
         if r.skip_reason is None:
             sendable += 1
+            blanks.add(r)
             if merging and r.message is not None:
                 merged[(r.group, content_digest(r.message))] += 1
             continue
@@ -495,8 +615,49 @@ def preflight(
         problems=problems,
         estimated_requests=estimate_requests(campaign, sendable, merged_count),
         problem_count=problem_count,
-        notes=delivery_notes(campaign),
+        notes=(*delivery_notes(campaign), *notes.lines()),
+        warnings=tuple(blanks.lines()),
     )
+
+
+class _Blanks:
+    """Counts, per column a template uses, the sendable rows where it is empty."""
+
+    def __init__(self, notes: PassNotes) -> None:
+        self.notes = notes
+        self.columns: dict[str, tuple[str, list[str]]] = {}  # column -> (name used, parts)
+        self.count: Counter[str] = Counter()
+        self.sample: dict[str, list[int]] = {}
+
+    def add(self, r: RowResult) -> None:
+        if not self.columns and self.notes.uses:
+            aliases = {c: a for a, c in self.notes.variables.aliases.items()}
+            for column, parts in self.notes.uses.items():
+                name = aliases.get(column, column)
+                if not writable(name):
+                    name = f"row[{column!r}]"
+                self.columns[column] = (name, parts)
+        values = r.values
+        for column in self.columns:
+            value = values.get(column)
+            if value is None or (type(value) is str and not value.strip()):
+                self.count[column] += 1
+                shown = self.sample.setdefault(column, [])
+                if len(shown) < ROWS_SHOWN:
+                    shown.append(r.row)
+
+    def lines(self) -> list[str]:
+        out = []
+        for column, count in self.count.items():
+            name, parts = self.columns[column]
+            where = ", ".join(parts)
+            rows = _rows_shown(self.sample[column], count)
+            plural = "row" if count == 1 else "rows"
+            out.append(
+                f"warning: {name} is empty in {count} sendable {plural} ({rows}), used in"
+                f' {where} (for a fallback: {{{{ {name} or "..." }}}})'
+            )
+        return out
 
 
 def delivery_notes(campaign: Campaign) -> tuple[str, ...]:

@@ -58,6 +58,14 @@ def find_row(campaign: Campaign, row: int) -> RowResult:
     last = 0
     for r in iter_rows(campaign):
         last = r.row
+        if r.row > row:  # passed over: the row pass skips empty rows
+            raise InputError(
+                "this row is empty (a blank line or only empty fields): it is ignored, and"
+                " nothing would be sent",
+                file=str(campaign.source),
+                row=row,
+                fix=f"choose another row, e.g. {r.row}",
+            )
         if r.row != row:
             continue
         if r.skip_reason == "invalid":

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -26,6 +27,7 @@ from typing import Any, TypeVar
 
 import jinja2
 import jinja2.compiler
+import jinja2.meta
 import jinja2.nodes
 import jinja2.sandbox
 from inscriptis import get_text
@@ -35,11 +37,13 @@ from markupsafe import Markup
 
 from batchsend.campaign import Campaign, TemplateRef
 from batchsend.errors import TemplateError, TemplateSecurityError
+from batchsend.variables import ROW, Variables
 
 T = TypeVar("T")
 _HTML_SUFFIXES = (".html", ".htm", ".xhtml", ".html.j2", ".htm.j2", ".html.jinja", ".html.jinja2")
 _HEADER_BREAK = re.compile(r"[\r\n\0]")
 _UNDEFINED = re.compile(r"'([^']+)' is undefined")
+_NO_KEY = re.compile(r"^'dict object' has no attribute '(.+)'$")
 UNSUBSCRIBE_POST = "List-Unsubscribe=One-Click"
 #: RFC 5322's line limit, and ToSend's documented subject limit.
 MAX_SUBJECT = 998
@@ -436,10 +440,16 @@ class _Part:
 
 
 class Renderer:
-    """Compiles a campaign's templates once and renders rows with them."""
+    """Compiles a campaign's templates once and renders rows with them.
 
-    def __init__(self, campaign: Campaign) -> None:
+    ``variables``: the recipient file's columns as template variables (aliases and
+    ``row``, :mod:`batchsend.variables`); without it a row's values are the variables.
+    """
+
+    def __init__(self, campaign: Campaign, variables: Variables | None = None) -> None:
         self.campaign = campaign
+        self.variables = variables
+        self._sources: list[tuple[str, str]] = []  # (part, template source)
         self.max_bytes = campaign.max_render_bytes
         inline = {r.name: r.inline for r in campaign.templates() if r.inline is not None}
         html_names = {campaign.message.html.name} if campaign.message.html else set()
@@ -459,19 +469,40 @@ class Renderer:
         self.env.filters["ical_datetime"] = ical_datetime
         self.env.filters["ical_text"] = ical_text
         m = campaign.message
-        self.subject = self._compile(m.subject)
-        self.html = self._compile(m.html)
-        self.text = self._compile(m.text)
-        self.ical = self._compile(m.ical)
-        self.tag = self._compile(m.tag)
-        self.unsubscribe = self._compile(m.unsubscribe_url)
-        self.headers = [(name, self._compile(ref)) for name, ref in m.headers]
-        self.tags = [(name, self._compile(ref)) for name, ref in m.tags]
+        self.subject = self._compile(m.subject, "the subject")
+        self.html = self._compile(m.html, "the HTML")
+        self.text = self._compile(m.text, "the text")
+        self.ical = self._compile(m.ical, "the invite")
+        self.tag = self._compile(m.tag, "the tag")
+        self.unsubscribe = self._compile(m.unsubscribe_url, "the unsubscribe URL")
+        self.headers = [(name, self._compile(ref, f"header {name}")) for name, ref in m.headers]
+        self.tags = [(name, self._compile(ref, f"tag {name}")) for name, ref in m.tags]
 
-    def _compile(self, ref: TemplateRef | None) -> _Part | None:
+    def uses(self) -> dict[str, list[str]]:
+        """Which column each part uses: column -> parts (``the subject``, ``the HTML``).
+
+        Read from the templates' own text (variables, ``row["..."]`` and ``row.x``), not
+        from what they include; needs ``variables``.
+        """
+        out: dict[str, list[str]] = {}
+        if self.variables is None:
+            return out
+        for part, source in self._sources:
+            try:
+                names = _names_used(self.env.parse(source))
+            except jinja2.TemplateSyntaxError:
+                continue
+            for name in names:
+                column = self.variables.column(name)
+                if column is not None and part not in out.setdefault(column, []):
+                    out[column].append(part)
+        return out
+
+    def _compile(self, ref: TemplateRef | None, part: str) -> _Part | None:
         if ref is None:
             return None
         source = ref.inline if ref.inline is not None else read_template(ref)
+        self._sources.append((part, source))
         where = "campaign.toml" if ref.inline is not None else ref.name
         try:
             return _Part(self.env, ref, source)
@@ -517,16 +548,7 @@ class Renderer:
                 chunks.append(chunk)
             return "".join(chunks)
         except jinja2.UndefinedError as exc:
-            message = exc.message or str(exc)
-            found = _UNDEFINED.search(message)
-            column = found.group(1) if found else None
-            raise RowRenderError(
-                column,
-                f"{part.name}: missing template variable ({message})",
-                fix=f"add a {column!r} column or value, or change the template"
-                if column
-                else "check the template's variables against the file's columns",
-            ) from None
+            raise self._undefined(part, exc) from None
         except jinja2.sandbox.SecurityError as exc:
             raise TemplateSecurityError(
                 f"the template tried to reach Python internals: {exc}",
@@ -559,12 +581,36 @@ class Renderer:
         except (jinja2.TemplateError, ArithmeticError, LookupError, TypeError, ValueError) as exc:
             raise RowRenderError(None, f"{part.name}: {type(exc).__name__}: {exc}") from None
 
+    def _undefined(self, part: _Part, exc: jinja2.UndefinedError) -> RowRenderError:
+        message = exc.message or str(exc)
+        found = _UNDEFINED.search(message)
+        column = found.group(1) if found else None
+        hint = None
+        if self.variables is not None:
+            if column is not None:
+                hint = self.variables.suggest(column)
+            elif (key := _NO_KEY.match(message)) is not None:
+                column = key.group(1)
+                hint = self.variables.suggest_column(column)
+                message = f"no column {column!r} in row[...]"
+        if hint is not None:
+            message = f"{message}; {hint}"
+        return RowRenderError(
+            column,
+            f"{part.name}: missing template variable ({message})",
+            fix=f"add a {column!r} column or value, or change the template"
+            if column
+            else "check the template's variables against the file's columns",
+        )
+
     def render(self, values: Mapping[str, Any], *, derive_text: bool = True) -> Rendered:
         """Render every part for one row's ``values``.
 
         ``derive_text=False`` skips generating text from HTML (preflight: that step
         cannot fail, and it is by far the slowest).
         """
+        if self.variables is not None:
+            values = self.variables.scope(values)
         budget = self.max_bytes
         self.env.start_row()
         subject = self._run(self.subject, values, budget) or ""
@@ -616,6 +662,62 @@ class Renderer:
             _header_safe(f"tags.{name}", value)
             tags[name] = value
         return Rendered(subject, html, text, ical, headers, tag or None, tags)
+
+
+def _names_used(ast: jinja2.nodes.Template) -> set[str]:
+    """The variables a template reads from the row where an empty value would show.
+
+    A variable is a free name, ``row["x"]`` or ``row.x``. Uses with a fallback do not
+    count: ``x or "there"``, ``x | default("there", true)``, the test of ``{% if x %}``
+    or ``a if x else b`` and what that ``if`` holds.
+    """
+    reads = (jinja2.nodes.Name, jinja2.nodes.Getitem, jinja2.nodes.Getattr)
+    total = Counter(name for node in ast.find_all(reads) if (name := _variable(node)))
+    guarded: Counter[str] = Counter()
+    for node in ast.find_all(
+        (jinja2.nodes.Or, jinja2.nodes.Filter, jinja2.nodes.If, jinja2.nodes.CondExpr)
+    ):
+        inside: list[jinja2.nodes.Node] = []
+        name = None
+        if isinstance(node, jinja2.nodes.Or):
+            name = _variable(node.left)
+        elif isinstance(node, jinja2.nodes.Filter):
+            name = _variable(node.node) if _is_empty_default(node) else None
+        elif isinstance(node, jinja2.nodes.If):
+            name, inside = _variable(node.test), list(node.body)
+        elif isinstance(node, jinja2.nodes.CondExpr):
+            name, inside = _variable(node.test), [node.expr1]
+        if name is None:
+            continue
+        guarded[name] += 1
+        for child in inside:  # what the ``if`` shows only when the value is there
+            found = [child, *child.find_all(reads)]
+            guarded[name] += sum(_variable(n) == name for n in found)
+    return {name for name, count in total.items() if count > guarded[name]}
+
+
+def _variable(node: jinja2.nodes.Node | None) -> str | None:
+    """The row's variable ``node`` reads (``x``, ``row["x"]``, ``row.x``), if it is one."""
+    if isinstance(node, jinja2.nodes.Name):
+        return node.name if node.ctx == "load" and node.name != ROW else None
+    if isinstance(node, jinja2.nodes.Getitem | jinja2.nodes.Getattr):
+        target = node.node
+        if not (isinstance(target, jinja2.nodes.Name) and target.name == ROW):
+            return None
+        if isinstance(node, jinja2.nodes.Getattr):
+            return node.attr
+        key = node.arg
+        if isinstance(key, jinja2.nodes.Const) and isinstance(key.value, str):
+            return key.value
+    return None
+
+
+def _is_empty_default(node: jinja2.nodes.Filter) -> bool:
+    """``default(value, true)``: a fallback for an empty value too (not only a missing one)."""
+    if node.name not in ("default", "d"):
+        return False
+    flags = node.args[1:2] + [k.value for k in node.kwargs if k.key == "boolean"]
+    return any(isinstance(f, jinja2.nodes.Const) and f.value is True for f in flags)
 
 
 def _header_safe(column: str, value: str) -> None:

@@ -46,6 +46,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "outcome",
         "next_steps",
         "source",
+        "variables",
         "spool",
         "scaffold",
         "events",
