@@ -160,3 +160,17 @@ def split_list(cell: str | None, separators: str) -> list[str]:
     for sep in separators[1:]:
         cell = cell.replace(sep, separators[0])
     return [part.strip() for part in cell.split(separators[0]) if part.strip()]
+
+
+_BOOK = AddressBook()
+
+
+def suppression_key(raw: str) -> str:
+    """The comparison key of an address from outside the recipient file (a provider's
+    event or list, the user's command line), built as preflight builds a row's: an
+    address preflight would refuse still gets a key (``dedup_key`` of it, stripped), so
+    it can be listed and removed."""
+    try:
+        return _BOOK.normalise(raw).key
+    except InvalidAddress:
+        return dedup_key(raw.strip())

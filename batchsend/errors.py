@@ -20,8 +20,9 @@ One root, so callers can catch everything batchsend means with one clause::
     │   │                               connection lost before a full answer, 500-504
     │   ├── PermanentSendError          other 4xx: this message will never be accepted
     │   └── FatalSendError              the whole run must stop (bad key, no credits, domain)
-    ├── ReconcileError                  exit 2: the provider cannot be asked (admin key, scope,
-    │                                   no Events API); nothing was changed
+    ├── CannotAskError                  exit 2: the provider cannot be asked (admin key, scope,
+    │   │                               no Events API); nothing was changed
+    │   └── ReconcileError              ... by reconcile (or the run was never sent)
     └── StoreError                      the SQLite store
         ├── DatabaseFileError           exit 2: --db names a file that is not a usable database
         │   └── LostRecordError         the database lost a record of sends (-wal gone, older copy)
@@ -177,7 +178,14 @@ class FatalSendError(SendError):
     """Nothing more can be sent in this run (bad key, no credits, sender domain)."""
 
 
-class ReconcileError(BatchsendError):
+class CannotAskError(BatchsendError):
+    """The provider cannot be asked at all (events pull, suppressions sync, reconcile): a
+    key refused or lacking its scope, an account without the Events API. Nothing changed."""
+
+    exit_code = 2
+
+
+class ReconcileError(CannotAskError):
     """``batchsend reconcile`` cannot ask the provider at all: a sending key where an admin
     key belongs, a key refused or lacking its scope, an account without the Events API, a
     run that was never sent. Raised before any row changes."""

@@ -32,8 +32,14 @@ from urllib.parse import urlencode
 
 import orjson
 
-from batchsend.addresses import dedup_key
-from batchsend.errors import FatalSendError, InputError, RetryableSendError, UncertainSendError
+from batchsend.addresses import suppression_key
+from batchsend.errors import (
+    CannotAskError,
+    FatalSendError,
+    InputError,
+    RetryableSendError,
+    UncertainSendError,
+)
 from batchsend.events import v1 as v1_events
 from batchsend.retry import RetryPolicy
 from batchsend.store import Store
@@ -97,6 +103,8 @@ async def _get(
                 error_type=f"http_{response.status}",
                 status=response.status,
             )
+        if response.status in (401, 403):
+            raise CannotAskError(_refusal(what, response.status, response.body))
         raise FatalSendError(
             _refusal(what, response.status, response.body),
             error_type="refused",
@@ -130,6 +138,20 @@ def _refusal(what: str, status: int, body: bytes) -> str:
     return f"{what} answered {status} {code} {text}".strip()
 
 
+def _checked_time(text: str) -> str:
+    """``--since`` as ISO 8601 UTC, or InputError (exit 2) before anything is asked."""
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise InputError(
+            f"--since {text!r} is not an ISO 8601 time",
+            fix="give a date or a time, e.g. --since 2026-12-01 or --since 2026-12-01T08:00:00Z",
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return _iso(moment)
+
+
 def _headers(**extra: str) -> dict[str, str]:
     return {"Accept": "application/json", "User-Agent": USER_AGENT, **extra}
 
@@ -145,6 +167,8 @@ async def pull_v1_events(
 ) -> PullResult:
     """Fetch every event from ``since`` (or the saved position) to now into the store."""
     name = cursor_name(base_url)
+    if since is not None:
+        since = _checked_time(since)
     start = since or cursor(store, name)
     if start is None:
         raise InputError(
@@ -192,7 +216,7 @@ def _entry(item: Any, provider: str, kind_field: str, complaint: str) -> Suppres
     reason = "complaint" if item.get(kind_field) == complaint else "hard bounce"
     stamp = str(item.get("created_at") or "")
     note = item.get("reason") if isinstance(item.get("reason"), str) else None
-    return Suppression(dedup_key(email), email, reason, f"sync:{provider}", stamp, note=note)
+    return Suppression(suppression_key(email), email, reason, f"sync:{provider}", stamp, note=note)
 
 
 async def sync_suppressions(
@@ -220,7 +244,9 @@ async def sync_suppressions(
                 )
                 items = body.get("data") if isinstance(body, dict) else None
                 total = int(body.get("total") or 0) if isinstance(body, dict) else 0
-                more = page * PAGE_LIMIT < total
+                # The page size the server used (it may cap ours): pages of that size.
+                size = int(body.get("per_page") or PAGE_LIMIT) if isinstance(body, dict) else 0
+                more = size > 0 and page * size < total
                 kind_field, complaint = "status", "complained"
             else:
                 query = urlencode({"page": page, "limit": PAGE_LIMIT})

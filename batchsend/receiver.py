@@ -2,7 +2,8 @@
 
 Routes::
 
-    POST /webhooks/tosend          ToSend; X-ToSend-Signature checked when a secret is set
+    POST /webhooks/tosend          ToSend; X-ToSend-Signature checked (off without a secret,
+                                   unless unsigned events are accepted on purpose)
     POST /webhooks/v1/<token>      MailerLogic; the token in the path is the authentication
     GET  /healthz                  200 while the receiver can store
 
@@ -35,11 +36,11 @@ from pathlib import Path
 
 from aiohttp import web
 
-from batchsend.errors import EventPayloadError
+from batchsend.errors import ConcurrentCommandError, EventPayloadError
 from batchsend.events import tosend as tosend_events
 from batchsend.events import v1 as v1_events
 from batchsend.events.model import Event
-from batchsend.store import Store
+from batchsend.store import WAL_AUTOCHECKPOINT_PAGES, Store
 from batchsend.store.events import Stored, record_events
 
 #: Largest webhook body accepted. A provider event is well under a kilobyte; a bound keeps
@@ -47,12 +48,24 @@ from batchsend.store.events import Stored, record_events
 MAX_BODY = 256 * 1024
 #: Most requests' events committed in one transaction.
 GROUP_COMMIT = 512
+#: How long the writer waits for the database's write lock (a run holds it while it
+#: records its rows) before the group is answered 503 and left to the provider's retry.
+LOCK_WAIT = 3.0
+#: The longest a request waits for its commit before it is answered 503: well inside
+#: ToSend's 30 s, so the provider retries rather than timing out. A commit that lands
+#: after the 503 is harmless: the retry is stored once.
+ANSWER_WITHIN = 20.0
+#: Requests waiting for the writer beyond this are answered 503 at once.
+MAX_WAITING = 10_000
 
 
 @dataclass(frozen=True, slots=True)
 class ReceiverConfig:
     db_path: Path
     tosend_secret: str | None = None
+    #: Without a secret the ToSend route is off, unless unsigned events are accepted on
+    #: purpose (anyone who can reach the port could then put addresses on the list).
+    tosend_unsigned: bool = False
     v1_token: str | None = None
     max_body: int = MAX_BODY
 
@@ -85,6 +98,7 @@ class EventWriter:
         self._thread = threading.Thread(target=self._run, name="batchsend-events", daemon=True)
         self.stored = 0
         self.duplicates = 0
+        self.waiting = 0  # requests handed over and not answered yet
 
     def start(self) -> None:
         self._thread.start()
@@ -97,12 +111,18 @@ class EventWriter:
         self._thread.join(timeout=30)
 
     async def store(self, events: Sequence[Event]) -> Stored:
+        if self.waiting >= MAX_WAITING:
+            raise OverflowError(f"{self.waiting:,} requests already wait for the database")
         loop = asyncio.get_running_loop()
         pending = _Pending(events, loop)
         if not self._arrived:
             loop.call_soon(self._hand_over)
         self._arrived.append(pending)
-        return await pending.future
+        self.waiting += 1
+        try:
+            return await asyncio.wait_for(asyncio.shield(pending.future), ANSWER_WITHIN)
+        finally:
+            self.waiting -= 1
 
     def _hand_over(self) -> None:
         arrived, self._arrived = self._arrived, []
@@ -110,7 +130,11 @@ class EventWriter:
 
     def _run(self) -> None:
         try:
-            store = Store(self.db_path)
+            # FULL: an acknowledged event survives a power loss too, not only a crash of
+            # this process (the provider never sends it again); the group commit pays
+            # the one sync for every request waiting.
+            store = Store(self.db_path, synchronous="FULL")
+            store.conn.execute(f"PRAGMA busy_timeout={int(LOCK_WAIT * 1000)}")
         except BaseException as exc:  # reported by start()
             self._error = exc
             self._ready.set()
@@ -137,6 +161,12 @@ class EventWriter:
         try:
             results = []
             now = store.now()
+            # While a run is sending, its checkpoints are its own: they are how a lost
+            # write-ahead log is detected (docs/engine.md). This connection makes none.
+            sending = store.conn.execute("SELECT 1 FROM sending_marks LIMIT 1").fetchone()
+            store.conn.execute(
+                f"PRAGMA wal_autocheckpoint={0 if sending else WAL_AUTOCHECKPOINT_PAGES}"
+            )
             with store.transaction() as conn:
                 for pending in group:
                     results.append(record_events(conn, pending.events, now))
@@ -179,15 +209,25 @@ def _answer(status: int, **body: object) -> web.Response:
 async def _store(request: web.Request, events: list[Event]) -> web.Response:
     try:
         result = await request.app[WRITER].store(events)
+    except TimeoutError:
+        return _answer(503, error="the database is busy; deliver the event again later")
     except Exception as exc:  # the writer's failure, any kind: answered 503, sent again
-        print(f"batchsend events: could not store an event: {exc}", file=sys.stderr)
+        reason = (
+            "another batchsend command holds the database's write lock"
+            if isinstance(exc, ConcurrentCommandError)
+            else str(exc).splitlines()[0]
+        )
+        print(f"batchsend events: an event was not stored (503): {reason}", file=sys.stderr)
         return _answer(503, error="the event could not be stored; deliver it again later")
     return _answer(200, stored=result.new, duplicates=result.duplicates)
 
 
 async def tosend_webhook(request: web.Request) -> web.Response:
+    config = request.app[CONFIG]
+    secret = config.tosend_secret
+    if secret is None and not config.tosend_unsigned:
+        raise web.HTTPNotFound()
     body = await request.read()
-    secret = request.app[CONFIG].tosend_secret
     if secret is not None and not tosend_events.signature_ok(
         body, request.headers.get(tosend_events.SIGNATURE_HEADER), secret
     ):

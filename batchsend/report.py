@@ -278,7 +278,7 @@ def report_columns(
         extra = tuple(c for c in source.columns if c not in taken)
         taken.update(extra)
     renamed: dict[str, str] = {}
-    own = ["row", *(r for _, r in _FIXED)] + ([] if name else ["name"])
+    own = ["row", *(r for _, r in _FIXED), *OUTCOME_COLUMNS] + ([] if name else ["name"])
     for column in own:
         if column in taken:
             new = "batchsend_" + column
@@ -506,7 +506,7 @@ def iter_report(
             if proof is not None:
                 frame = frame.with_columns(proof)
             if outcomes:
-                frame = _join_outcomes(conn, run_id, frame, row_name)
+                frame = _join_outcomes(conn, run_id, frame, row_name, cols.renamed)
             if joiner is not None:
                 frame = joiner.join(frame, row_name)
             yield frame
@@ -532,16 +532,24 @@ _OUTCOME_SCHEMA = {"__row": pl.Int64(), **{c: pl.String() for c in OUTCOME_COLUM
 
 
 def _join_outcomes(
-    conn: sqlite3.Connection, run_id: str, frame: pl.DataFrame, row_column: str
+    conn: sqlite3.Connection,
+    run_id: str,
+    frame: pl.DataFrame,
+    row_column: str,
+    renamed: dict[str, str],
 ) -> pl.DataFrame:
     """The chunk with what the provider reported after accepting each row's message
-    (delivered or bounced, bounce type and reason, complaint, first open and click)."""
+    (delivered or bounced, bounce type and reason, complaint, first open and click),
+    under the names :func:`report_columns` gave them (``batchsend_delivery`` when the
+    recipient file has a ``delivery`` column)."""
     if frame.height:
         rows = frame.get_column(row_column)
         found = run_outcomes(conn, run_id, int(rows.min()), int(rows.max()))  # type: ignore[arg-type]
     else:
         found = []
-    events = pl.DataFrame(found, schema=_OUTCOME_SCHEMA, orient="row")
+    events = pl.DataFrame(found, schema=_OUTCOME_SCHEMA, orient="row").rename(
+        {c: renamed[c] for c in OUTCOME_COLUMNS if c in renamed}
+    )
     return frame.join(
         events, left_on=row_column, right_on="__row", how="left", maintain_order="left"
     )

@@ -286,7 +286,7 @@ def _funnel(e: Engagement | None) -> str:
         f'<table id="funnel"><tr><th>step</th><th class="n">recipients</th>'
         f'<th class="n">of accepted</th><th></th></tr>{bars}</table>'
         + rate(
-            f"Bounce rate ({e.hard_bounces:,} hard, {e.soft_bounces:,} soft):",
+            f"Bounce rate ({e.hard_bounces:,} hard; {e.soft_bounces:,} soft, not counted):",
             e.bounce_rate,
             BOUNCE_LIMIT,
             "at which AWS SES reviews an account",

@@ -229,6 +229,12 @@ def _resume(
                     f"{len(unknown):,} row(s) were in flight when the run stopped: now unknown"
                     + ("" if resend_unknown else " (not sent again)")
                 )
+            barred = _skip_suppressed(store, run_id)
+            if barred:
+                notes.append(
+                    f"{barred:,} pending row(s) skipped: their address went on the suppression "
+                    "list since the run began"
+                )
             rebuilt = _rebuild_units(
                 store,
                 campaign,
@@ -273,6 +279,26 @@ def _resume(
                 resending=resending,
                 located=located,
             )
+
+
+def _skip_suppressed(store: Store, run_id: str) -> int:
+    """Mark ``skipped`` the pending rows whose address is now on the database's
+    suppression list (a bounce or complaint from another campaign since this run began);
+    how many. Stored addresses are already normalised, so their ``dedup_key`` is the key
+    preflight gave them."""
+    listed = suppression_details(store.conn)
+    if not listed:
+        return 0
+    by_reason: dict[str, list[int]] = {}
+    for row, email in store.pending_addresses(run_id):
+        why = listed.get(dedup_key(email or ""))
+        if why is not None:
+            by_reason.setdefault(why, []).append(row)
+    for why, rows in by_reason.items():
+        store.skip_rows(
+            run_id, rows, f"suppressed: {why}", "on the suppression list since the run began"
+        )
+    return sum(len(rows) for rows in by_reason.values())
 
 
 def _match_rows_by_address(

@@ -52,7 +52,8 @@ MIN_BUCKET_SECONDS = 1.0
 
 #: Complaint rate Gmail and Yahoo require bulk senders to stay under (their 2024 rules).
 COMPLAINT_LIMIT = 0.003
-#: Bounce rate above which AWS SES (under ToSend) reviews an account.
+#: Bounce rate above which AWS SES (under ToSend) reviews an account; SES counts hard
+#: (permanent) bounces only.
 BOUNCE_LIMIT = 0.05
 
 
@@ -79,7 +80,8 @@ class Engagement:
 
     @property
     def bounce_rate(self) -> float:
-        return self.rate(self.hard_bounces + self.soft_bounces)
+        """Hard bounces of accepted, as SES counts its bounce rate (soft ones may pass later)."""
+        return self.rate(self.hard_bounces)
 
     @property
     def complaint_rate(self) -> float:

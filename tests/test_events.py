@@ -4,7 +4,9 @@ pull from v1's Events API, and the suppression list every later campaign consult
 from __future__ import annotations
 
 import csv
+import http.client
 import json
+import sqlite3
 import subprocess
 import time
 import urllib.error
@@ -14,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.campaigns import write_campaign
+from support.campaigns import recipients_in, write_campaign
 from support.processes import query, run_batchsend
 
 from batchsend.events import tosend as tosend_events
@@ -273,8 +275,8 @@ def test_bounces_and_complaints_reach_the_report_and_the_next_campaign_skips_the
     page = tmp_path / "report.html"
     assert cli("report", first_run, "--db", str(db), "--out", str(page)).returncode == 0
     html = page.read_text()
-    # 12 accepted: 2 bounces (1 hard, 1 soft) = 16.67%, 1 complaint = 8.33%
-    assert "Bounce rate (1 hard, 1 soft): 16.67% (over the 5%" in html
+    # 12 accepted: 1 hard bounce = 8.33% (the soft one is not counted), 1 complaint = 8.33%
+    assert "Bounce rate (1 hard; 1 soft, not counted): 8.33% (over the 5%" in html
     assert "Complaint rate (1): 8.33% (over the 0.3%" in html
     assert "550 5.1.1 user unknown" in html and "mailbox full" in html
 
@@ -443,3 +445,161 @@ def test_suppressions_sync_refuses_a_sending_key_as_the_admin_key(
     assert "Traceback" not in result.stderr
     missing = run_batchsend("suppressions", "sync", "--campaign", str(campaign), "--db", str(db))
     assert missing.returncode == 2 and "BATCHSEND_ADMIN_KEY" in missing.stderr
+
+
+# -- what an independent review found ---------------------------------------------------
+
+
+def test_resume_skips_pending_rows_suppressed_since_the_run_began(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    db = tmp_path / "b.db"
+    campaign = write_campaign(tmp_path / "c", rows=5, base_url=sandbox.base_url)
+    first = run_batchsend("run", str(campaign), "--db", str(db), "--limit", "2", "--json")
+    assert first.returncode == 0, first.stderr
+    run_id = json.loads(first.stdout)["run_id"]
+    assert (
+        run_batchsend("suppressions", "add", "User4@Example.org", "--db", str(db)).returncode == 0
+    )
+    resumed = run_batchsend("resume", run_id, "--db", str(db))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "1 pending row(s) skipped" in resumed.stderr + resumed.stdout
+    mailed = sorted(recipients_in(sandbox.messages()))
+    assert mailed == [f"user{n}@example.org" for n in (1, 2, 3, 5)]
+    ((state, reason),) = rows(
+        db, "SELECT state, reason FROM recipients WHERE run_id = ? AND row = 4", run_id
+    )
+    assert state == "skipped" and reason.startswith("suppressed: manual on ")
+
+
+def test_report_columns_named_like_event_columns_keep_their_names(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    db = tmp_path / "b.db"
+    campaign = write_campaign(tmp_path / "c", rows=2, base_url=sandbox.base_url)
+    (tmp_path / "c" / "recipients.csv").write_text(
+        "email,first,n,delivery\nuser1@example.org,A,1,by hand\nuser2@example.org,B,2,post\n"
+    )
+    first = run_batchsend("run", str(campaign), "--db", str(db), "--json")
+    run_id = json.loads(first.stdout)["run_id"]
+    message_id = sandbox.messages()[0]["message_id"]
+    with Receiver(ReceiverConfig(db, tosend_secret=SECRET)) as r:
+        body = bounce("user1@example.org", message_id)
+        assert post(r.url + "/webhooks/tosend", body, signed(body))[0] == 200
+    out = tmp_path / "r.csv"
+    assert run_batchsend("report", run_id, "--db", str(db), "--out", str(out)).returncode == 0
+    with out.open(encoding="utf-8-sig") as fh:
+        report = list(csv.DictReader(fh))
+    assert [r["delivery"] for r in report] == ["by hand", "post"]  # the file's own column
+    assert [r["batchsend_delivery"] for r in report] == ["bounced", ""]
+
+
+def test_a_soft_then_hard_bounce_is_hard_and_counted_once(sandbox: Sandbox, tmp_path: Path) -> None:
+    db = tmp_path / "b.db"
+    campaign = write_campaign(tmp_path / "c", rows=1, base_url=sandbox.base_url)
+    run_id = json.loads(run_batchsend("run", str(campaign), "--db", str(db), "--json").stdout)[
+        "run_id"
+    ]
+    message_id = sandbox.messages()[0]["message_id"]
+    with Receiver(ReceiverConfig(db, tosend_secret=SECRET)) as r:
+        for hard in (False, True):
+            body = bounce("user1@example.org", message_id, hard=hard)
+            assert post(r.url + "/webhooks/tosend", body, signed(body))[0] == 200
+    out = tmp_path / "r.csv"
+    assert run_batchsend("report", run_id, "--db", str(db), "--out", str(out)).returncode == 0
+    with out.open(encoding="utf-8-sig") as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert (row["bounce_type"], row["bounce_reason"]) == ("hard", "550 5.1.1 user unknown")
+    page = tmp_path / "r.html"
+    assert run_batchsend("report", run_id, "--db", str(db), "--out", str(page)).returncode == 0
+    assert "Bounce rate (1 hard; 0 soft, not counted): 100.00%" in page.read_text()
+
+
+def test_an_internationalised_address_is_suppressed_as_preflight_compares_it(
+    receiver: Receiver, tmp_path: Path
+) -> None:
+    body = bounce("Ann@Straße.de", "m-1")
+    assert post(receiver.url + "/webhooks/tosend", body, signed(body))[0] == 200
+    from batchsend.addresses import AddressBook
+
+    key = AddressBook().normalise("ann@straße.de").key
+    assert rows(tmp_path / "batchsend.db", "SELECT address FROM suppressions") == [(key,)]
+
+
+def test_without_a_secret_the_tosend_route_is_off_unless_unsigned_is_accepted(
+    tmp_path: Path,
+) -> None:
+    body = bounce("ann@example.org", "m-1")
+    with Receiver(ReceiverConfig(tmp_path / "a.db", v1_token=TOKEN)) as r:
+        assert post(r.url + "/webhooks/tosend", body)[0] == 404
+    with Receiver(ReceiverConfig(tmp_path / "b.db", tosend_unsigned=True)) as r:
+        assert post(r.url + "/webhooks/tosend", body)[0] == 200
+    nothing = run_batchsend("events", "serve", "--db", str(tmp_path / "c.db"), "--port", "0")
+    assert nothing.returncode == 2 and "nothing to receive" in nothing.stderr
+
+
+def test_a_v1_token_that_cannot_travel_in_a_url_path_is_refused(tmp_path: Path) -> None:
+    result = run_batchsend(
+        "events", "serve", "--db", str(tmp_path / "a.db"), "--port", "0",
+        env={"BATCHSEND_V1_WEBHOOK_TOKEN": "ab/cd+ef==0123456789"},
+    )  # fmt: skip
+    assert result.returncode == 2 and "URL path" in result.stderr
+    assert "ab/cd" not in result.stderr
+
+
+def test_a_signature_header_that_is_not_ascii_is_401(receiver: Receiver) -> None:
+    body = bounce("ann@example.org", "m-1")
+    host, port = receiver.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.putrequest("POST", "/webhooks/tosend")
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Content-Length", str(len(body)))
+    conn.putheader("X-ToSend-Signature", "sha256=\u00e9".encode())  # UTF-8 bytes on the wire
+    conn.endheaders(body)
+    assert conn.getresponse().status == 401
+    conn.close()
+
+
+def test_an_event_typed_only_by_its_header_is_not_taken_for_another(
+    receiver: Receiver, tmp_path: Path
+) -> None:
+    fields = {"email": "ann@example.org", "message_id": "m-1"}
+    body = json.dumps(fields).encode()
+    for kind in ("bounced", "complaint"):
+        headers = {**signed(body), "X-ToSend-Event": kind}
+        assert post(receiver.url + "/webhooks/tosend", body, headers)[0] == 200
+    stored = rows(tmp_path / "batchsend.db", "SELECT type FROM events ORDER BY rowid")
+    assert stored == [("bounced",), ("complained",)]
+
+
+def test_read_only_commands_never_create_a_database(tmp_path: Path) -> None:
+    missing = tmp_path / "none.db"
+    for args in (("events", "list"), ("suppressions", "list"), ("suppressions", "export")):
+        result = run_batchsend(*args, "--db", str(missing))
+        assert result.returncode == 2 and "no batchsend database" in result.stderr, args
+    assert not missing.exists()
+
+
+def test_an_import_file_csv_cannot_read_is_exit_2(tmp_path: Path) -> None:
+    bad = tmp_path / "huge.csv"
+    bad.write_text("email\n" + '"' + "x" * 200_000 + '"\n')
+    result = run_batchsend("suppressions", "import", str(bad), "--db", str(tmp_path / "b.db"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert str(bad) in result.stderr
+
+
+def test_a_locked_database_is_answered_503_in_time_and_the_retry_is_stored(
+    receiver: Receiver, tmp_path: Path
+) -> None:
+    db = tmp_path / "batchsend.db"
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # as a run's intake holds it
+    body = bounce("ann@example.org", "m-1")
+    started = time.monotonic()
+    status, _ = post(receiver.url + "/webhooks/tosend", body, signed(body))
+    waited = time.monotonic() - started
+    holder.execute("ROLLBACK")
+    holder.close()
+    assert status == 503 and waited < 10
+    assert post(receiver.url + "/webhooks/tosend", body, signed(body))[0] == 200
+    assert rows(db, "SELECT COUNT(*) FROM events") == [(1,)]

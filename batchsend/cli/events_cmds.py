@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import csv
 import json
+import re
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -14,15 +15,16 @@ from pathlib import Path
 import click
 
 from batchsend import dblocation
-from batchsend.addresses import AddressBook, InvalidAddress
+from batchsend.addresses import AddressBook, InvalidAddress, suppression_key
 from batchsend.apikeys import load_admin_key, load_secret
 from batchsend.campaign import Campaign, load_campaign
 from batchsend.cli.campaign_cmds import ALLOW_OUTSIDE
 from batchsend.cli.options import campaign_option, db_option
-from batchsend.errors import CampaignError, SuppressionFileError
+from batchsend.errors import CampaignError, DatabaseFileError, SecretError, SuppressionFileError
 from batchsend.events.model import EVENT_TYPES
 from batchsend.pull import pull_v1_events, sync_suppressions
 from batchsend.receiver import MAX_BODY, ReceiverConfig, serve_forever
+from batchsend.report import neutralise
 from batchsend.session import Session
 from batchsend.store import Store
 from batchsend.store.events import (
@@ -36,6 +38,8 @@ from batchsend.store.events import (
 )
 
 TOSEND_SECRET_ENV = "BATCHSEND_TOSEND_WEBHOOK_SECRET"
+#: What a v1 webhook token may be: it is one segment of the URL path.
+_URL_TOKEN = re.compile(r"[A-Za-z0-9_-]{16,}")
 V1_TOKEN_ENV = "BATCHSEND_V1_WEBHOOK_TOKEN"
 
 _db_option = db_option(
@@ -73,6 +77,12 @@ def events() -> None:
     help=f"File holding the secret token of v1's webhook URL (else ${V1_TOKEN_ENV}).",
 )
 @click.option(
+    "--accept-unsigned",
+    is_flag=True,
+    help="Take ToSend events without a signature when no secret is set (anyone who can "
+    "reach the port could then add addresses to the suppression list).",
+)
+@click.option(
     "--max-body",
     type=click.IntRange(min=1024),
     default=MAX_BODY,
@@ -85,6 +95,7 @@ def serve(
     port: int,
     tosend_secret_file: str | None,
     v1_token_file: str | None,
+    accept_unsigned: bool,
     max_body: int,
 ) -> None:
     """Take provider webhooks and store their events, each once, before answering 200.
@@ -103,17 +114,36 @@ def serve(
         "webhook secret", env_var=TOSEND_SECRET_ENV, secret_file=tosend_secret_file
     )
     token = load_secret("webhook token", env_var=V1_TOKEN_ENV, secret_file=v1_token_file)
-    config = ReceiverConfig(Path(db_path), tosend_secret=secret, v1_token=token, max_body=max_body)
+    if token is not None and not _URL_TOKEN.fullmatch(token):
+        raise SecretError(
+            "the v1 webhook token must be at least 16 characters of A-Z, a-z, 0-9, '-' and '_' "
+            "(it travels in the URL path; the token is not shown)",
+            fix="make one with: python3 -c 'import secrets; print(secrets.token_urlsafe(24))'",
+        )
+    if secret is None and token is None and not accept_unsigned:
+        raise SecretError(
+            "nothing to receive: no ToSend signing secret and no v1 webhook token",
+            fix=f"set {TOSEND_SECRET_ENV} (the secret ToSend gave when the webhook was made) or "
+            f"{V1_TOKEN_ENV}, or pass --accept-unsigned to take unsigned ToSend events",
+        )
+    config = ReceiverConfig(
+        Path(db_path),
+        tosend_secret=secret,
+        tosend_unsigned=accept_unsigned,
+        v1_token=token,
+        max_body=max_body,
+    )
     where = f"http://{host}:{port}"
     click.echo(f"batchsend events: storing into {db_path}", err=True)
     if secret:
         click.echo(f"  ToSend: {where}/webhooks/tosend (signature checked)", err=True)
-    else:
+    elif accept_unsigned:
         click.echo(
-            f"  ToSend: {where}/webhooks/tosend -- NO signing secret set: unsigned events are "
-            f"accepted (set {TOSEND_SECRET_ENV} or --tosend-secret-file)",
+            f"  ToSend: {where}/webhooks/tosend -- UNSIGNED events accepted (--accept-unsigned)",
             err=True,
         )
+    else:
+        click.echo(f"  ToSend: off (set {TOSEND_SECRET_ENV} or --tosend-secret-file)", err=True)
     if token:
         click.echo(f"  v1:     {where}/webhooks/v1/<token>", err=True)
     else:
@@ -217,7 +247,7 @@ def _page_progress(page: int, pages: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the events as JSON lines.")
 def list_cmd(db_path: str, types: tuple[str, ...], limit: int | None, as_json: bool) -> None:
     """Stored events, oldest first, with the run and row each belongs to."""
-    with Store(db_path) as store:
+    with _existing(db_path) as store:
         rows = list_events(store, types=types, limit=limit)
         counts = event_counts(store)
         unmatched = unmatched_count(store)
@@ -252,6 +282,16 @@ def suppressions_group() -> None:
     """
 
 
+def _existing(db_path: str) -> Store:
+    """The database a command only reads: refused when there is none (never created)."""
+    if not Path(db_path).is_file():
+        raise DatabaseFileError(
+            f"{db_path}: no batchsend database here\n  fix: pass --db with the database "
+            "your runs and events are in (or set BATCHSEND_DB)"
+        )
+    return Store(db_path)
+
+
 def _keys(addresses: tuple[str, ...]) -> list[tuple[str, str]]:
     book = AddressBook()
     out = []
@@ -270,7 +310,7 @@ def _keys(addresses: tuple[str, ...]) -> list[tuple[str, str]]:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
 def suppressions_list(db_path: str, as_json: bool) -> None:
     """Every suppressed address, with why and since when."""
-    with Store(db_path) as store:
+    with _existing(db_path) as store:
         entries = list(suppressions(store))
     for s in entries:
         if as_json:
@@ -312,7 +352,8 @@ def suppressions_add(addresses: tuple[str, ...], reason: str, db_path: str) -> N
 def suppressions_remove(addresses: tuple[str, ...], db_path: str) -> None:
     """Take addresses off the list: later campaigns send to them again."""
     with Store(db_path) as store:
-        removed = remove_suppressions(store, [k for k, _ in _keys(addresses)])
+        # Any text: an entry a provider listed need not be an address preflight accepts.
+        removed = remove_suppressions(store, [suppression_key(a) for a in addresses])
     click.echo(f"{removed:,} removed, {len(addresses) - removed:,} were not on the list", err=True)
 
 
@@ -353,6 +394,12 @@ def suppressions_import(path: str, column: str, reason: str, db_path: str) -> No
                 entries.append(Suppression(key, value, reason, "import", "", note=path))
     except OSError as exc:
         raise SuppressionFileError(f"cannot read it: {exc.strerror}", file=path) from None
+    except csv.Error as exc:
+        raise SuppressionFileError(
+            f"not a CSV file batchsend can read ({exc})",
+            file=path,
+            fix="save it as CSV with one address per line or an address column",
+        ) from None
     except UnicodeDecodeError:
         raise SuppressionFileError(
             "not UTF-8 text", file=path, fix="save the file as CSV UTF-8"
@@ -374,7 +421,7 @@ def _stamped(entry: Suppression, now: str) -> Suppression:
 )
 def suppressions_export(db_path: str, out: str | None) -> None:
     """Write the list as CSV: email, reason, source, first_seen, note."""
-    with Store(db_path) as store:
+    with _existing(db_path) as store:
         entries = list(suppressions(store))
     with contextlib.ExitStack() as stack:
         fh = (
@@ -382,8 +429,9 @@ def suppressions_export(db_path: str, out: str | None) -> None:
         )
         writer = csv.writer(fh)
         writer.writerow(["email", "reason", "source", "first_seen", "note"])
-        for s in entries:
-            writer.writerow([s.email, s.reason, s.source, s.first_seen, s.note or ""])
+        for s in entries:  # provider text (a bounce reason) never runs as a formula
+            cells = [s.email, s.reason, s.source, s.first_seen, s.note or ""]
+            writer.writerow([neutralise(c) for c in cells])
     if out:
         click.echo(f"{len(entries):,} addresses written to {out}", err=True)
 

@@ -47,7 +47,9 @@ def signature_ok(body: bytes, header: str | None, secret: str) -> bool:
     """Whether ``header`` is the right signature of ``body`` (constant-time compare)."""
     if not header:
         return False
-    return hmac.compare_digest(header.strip().lower(), signature(body, secret))
+    # As bytes: a header with non-ASCII characters is simply wrong, not an error.
+    given = header.strip().lower().encode("utf-8", "replace")
+    return hmac.compare_digest(given, signature(body, secret).encode())
 
 
 def _bounce_type(fields: Mapping[str, Any]) -> str:
@@ -71,8 +73,13 @@ def parse_one(payload: Any, header_type: str | None = None) -> Event:
     message_id = text(fields.get("message_id"))
     bounced = kind == "bounced"
     reason = fields.get("reason") or fields.get("bounce_sub_type") or fields.get("bounce_subtype")
+    # The type may come in the X-ToSend-Event header only: it is part of what the event
+    # is, so two bodies alike but for it are two events.
+    identity = payload if (payload.get("type") or payload.get("event")) else {
+        "header_type": header_type, "payload": payload,
+    }  # fmt: skip
     return Event(
-        key=content_key(PROVIDER, payload),
+        key=content_key(PROVIDER, identity),
         provider=PROVIDER,
         type=kind,
         recipient=text(fields.get("email")),

@@ -47,7 +47,13 @@ No API key is ever written here: the run's settings are filtered through
 :func:`safe_settings`, and error texts through :func:`batchsend.apikeys.redact`.
 """
 
-from batchsend.store.database import BUSY_TIMEOUT, DEFAULT_DB, Store, holds
+from batchsend.store.database import (
+    BUSY_TIMEOUT,
+    DEFAULT_DB,
+    WAL_AUTOCHECKPOINT_PAGES,
+    Store,
+    holds,
+)
 from batchsend.store.recorder import FLUSH_ROWS, FLUSH_SECONDS, RunRecorder
 from batchsend.store.records import (
     IN_FLIGHT_REASON,
@@ -69,6 +75,7 @@ __all__ = [
     "FLUSH_SECONDS",
     "IN_FLIGHT_REASON",
     "SCHEMA_VERSION",
+    "WAL_AUTOCHECKPOINT_PAGES",
     "NewRecipient",
     "RunInfo",
     "RunRecorder",

@@ -53,7 +53,7 @@ from batchsend.store.statements import VALUES_CHUNK, insert_recipients_sql
 #: Where ``run``, ``resume``, ``runs`` and ``report`` look when ``--db`` is not given.
 DEFAULT_DB = "batchsend.db"
 BUSY_TIMEOUT = 30.0
-_WAL_AUTOCHECKPOINT_PAGES = 8192  # 32 MB of 4 KB pages
+WAL_AUTOCHECKPOINT_PAGES = 8192  # 32 MB of 4 KB pages
 # While a run sends, its connection checkpoints itself: it looks at the log's size every
 # _WAL_CHECK_COMMITS commits and checkpoints past _WAL_CHECKPOINT_BYTES (as SQLite would).
 _WAL_CHECK_COMMITS = 256
@@ -196,7 +196,7 @@ class Store:
         # Checkpoint every 32 MB of WAL instead of 4: a checkpoint copies pages back
         # and syncs the file; fewer, larger ones coalesce the many rewrites of the
         # same pages that a run's small commits make.
-        conn.execute(f"PRAGMA wal_autocheckpoint={_WAL_AUTOCHECKPOINT_PAGES}")
+        conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
         conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
         create_schema(self.db)
         if kind != "current":  # a new file, or one written before files were marked
@@ -745,7 +745,7 @@ class Store:
         self._clear_marks([run_id], timeout=BUSY_TIMEOUT)
         self._marks.discard(run_id)
         if not self._marks:
-            self.conn.execute(f"PRAGMA wal_autocheckpoint={_WAL_AUTOCHECKPOINT_PAGES}")
+            self.conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
 
     def earlier_sends(self, campaign_path: str) -> Iterator[tuple[str, str, str]]:
         """``(email, state, run_id)`` of every row that a real run of the campaign sent,
@@ -757,6 +757,13 @@ class Store:
             " AND r.state IN ('sent', 'sending', 'unknown')"
             " ORDER BY u.started_at, u.id",
             (campaign_path,),
+        )
+
+    def pending_addresses(self, run_id: str) -> Iterator[tuple[int, str]]:
+        """``(row, email)`` of the run's ``pending`` rows, streamed in row order."""
+        yield from self.conn.execute(
+            "SELECT row, email FROM recipients WHERE run_id = ? AND state = ? ORDER BY row",
+            (run_id, RecipientState.PENDING.value),
         )
 
     def run_rows(self, run_id: str) -> list[tuple[int, str, str, str | None]]:

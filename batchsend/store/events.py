@@ -9,9 +9,10 @@ message, which ToSend returns as ``message_id`` and MailerLogic echoes in its me
 join walks a run's rows in key order and looks each one up in ``events``. An event
 matching no row of any run is kept all the same, as unmatched.
 
-``suppressions`` is keyed by the address's comparison key (:func:`dedup_key`). A hard
-bounce, a complaint or an unsubscribe enters it in the same transaction that stores the
-event, so an acknowledged event has already taken effect. ``event_cursors`` remembers
+``suppressions`` is keyed by the address's comparison key
+(:func:`~batchsend.addresses.suppression_key`, built as preflight builds a row's). A
+hard bounce, a complaint or an unsubscribe enters it in the same transaction that stores
+the event, so an acknowledged event has already taken effect. ``event_cursors`` remembers
 where a pull from an Events API stopped.
 """
 
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from batchsend.addresses import dedup_key
+from batchsend.addresses import suppression_key
 from batchsend.events.model import Event
 from batchsend.store.database import Store
 
@@ -99,7 +100,7 @@ def record_events(conn: sqlite3.Connection, events: Iterable[Event], received_at
             cur = conn.execute(
                 _SUPPRESS,
                 (
-                    dedup_key(e.recipient),
+                    suppression_key(e.recipient),
                     e.recipient,
                     reason,
                     "event",
@@ -203,18 +204,22 @@ def event_counts(store: Store) -> dict[str, int]:
 def list_events(
     store: Store, *, types: Sequence[str] = (), limit: int | None = None
 ) -> list[dict[str, Any]]:
-    """Stored events, oldest received first, each with the run and row it belongs to
-    (``run_id`` and ``row`` are None for an event no run knows)."""
+    """Stored events, oldest received first, once each, with the run and row it belongs
+    to: the row of its message whose address is the event's, else the message's first row
+    (a cc or bcc recipient's event); ``run_id`` and ``row`` are None for an event no run
+    knows (what :func:`unmatched_count` counts)."""
     sql = (
-        "SELECT e.*, r.run_id AS run_id, r.row AS row FROM events e "
-        "LEFT JOIN recipients r ON r.message_key = e.message_key "
-        "AND (e.recipient IS NULL OR lower(r.email) = lower(e.recipient))"
+        "SELECT e.*, COALESCE(MIN(mine.run_id), MIN(any.run_id)) AS run_id,"
+        " COALESCE(MIN(mine.row), MIN(any.row)) AS row FROM events e"
+        " LEFT JOIN recipients mine ON mine.message_key = e.message_key"
+        " AND lower(mine.email) = lower(e.recipient)"
+        " LEFT JOIN recipients any ON any.message_key = e.message_key"
     )
     params: list[Any] = []
     if types:
         sql += f" WHERE e.type IN ({','.join('?' * len(types))})"
         params.extend(types)
-    sql += " ORDER BY e.rowid"
+    sql += " GROUP BY e.key ORDER BY e.rowid"
     if limit is not None:
         sql += " LIMIT ?"
         params.append(limit)
@@ -265,8 +270,12 @@ def run_outcomes(
         SELECT r.row,
                CASE WHEN MAX(e.type = 'bounced') THEN 'bounced'
                     WHEN MAX(e.type = 'delivered') THEN 'delivered' END,
-               MAX(CASE WHEN e.type = 'bounced' THEN e.bounce_type END),
-               MAX(CASE WHEN e.type = 'bounced' THEN e.reason END),
+               CASE WHEN MAX(e.type = 'bounced' AND e.bounce_type = 'hard') THEN 'hard'
+                    WHEN MAX(e.type = 'bounced') THEN 'soft' END,
+               COALESCE(
+                   MAX(CASE WHEN e.type = 'bounced' AND e.bounce_type = 'hard' THEN e.reason END),
+                   MAX(CASE WHEN e.type = 'bounced' THEN e.reason END)
+               ),
                MIN(CASE WHEN e.type = 'complained' THEN COALESCE(e.occurred_at, e.received_at) END),
                MIN(CASE WHEN e.type = 'opened' THEN COALESCE(e.occurred_at, e.received_at) END),
                MIN(CASE WHEN e.type = 'clicked' THEN COALESCE(e.occurred_at, e.received_at) END),
@@ -292,7 +301,8 @@ def run_engagement(conn: sqlite3.Connection, run_id: str, top: int = 5) -> tuple
         SELECT r.row AS row,
                MAX(e.type = 'delivered') AS delivered,
                MAX(e.type = 'bounced' AND e.bounce_type = 'hard') AS hard,
-               MAX(e.type = 'bounced' AND e.bounce_type IS NOT 'hard') AS soft,
+               MAX(e.type = 'bounced') AND NOT MAX(e.type = 'bounced' AND e.bounce_type = 'hard')
+                   AS soft,
                MAX(e.type = 'complained') AS complained,
                MAX(e.type = 'opened') AS opened,
                MAX(e.type = 'clicked') AS clicked,
