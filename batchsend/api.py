@@ -70,8 +70,8 @@ from batchsend.sending import RunResult
 from batchsend.source import iter_batches
 from batchsend.states import RecipientState, RunState
 from batchsend.store import DEFAULT_DB
-from batchsend.store.events import read_suppression_details
 from batchsend.summary import RunSummary, read_summary
+from batchsend.suppressions import database_suppressions
 
 #: Where the campaigns built in Python are written, beside the database.
 CAMPAIGNS_FOLDER = "batchsend-campaigns"
@@ -216,7 +216,7 @@ class Campaign:
             result = campaign.check()
             assert result.ok, result
         """
-        listed = read_suppression_details(db) if db is not None else None
+        listed = database_suppressions(db)
         with tempfile.TemporaryDirectory(prefix="batchsend-check-") as tmp:
             return Check(preflight(self._settings_in(Path(tmp)), suppressed=listed))
 

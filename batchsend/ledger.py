@@ -214,6 +214,17 @@ def index_run(run_id: str, db_path: str | Path, *, campaign: str) -> bool:
     return _append(index_path(), line)
 
 
+def index_db(db_path: str | Path, *, role: str) -> bool:
+    """Note in the user's index a database that holds no run of its own yet but a list
+    every campaign consults (``role``: ``events``, ``suppressions``); False if it cannot."""
+    line = {
+        "db": str(Path(db_path).resolve()),
+        "role": role,
+        "at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    return _append(index_path(), line)
+
+
 def indexed_db(run_id: str) -> Path | None:
     """The database the index last recorded run ``run_id`` in, if any."""
     found = None

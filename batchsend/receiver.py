@@ -36,6 +36,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from batchsend import ledger
 from batchsend.errors import ConcurrentCommandError, EventPayloadError
 from batchsend.events import tosend as tosend_events
 from batchsend.events import v1 as v1_events
@@ -134,6 +135,8 @@ class EventWriter:
             # this process (the provider never sends it again); the group commit pays
             # the one sync for every request waiting.
             store = Store(self.db_path, synchronous="FULL")
+            # Every campaign of this user consults the suppression list kept here.
+            ledger.index_db(self.db_path, role="events")
             store.conn.execute(f"PRAGMA busy_timeout={int(LOCK_WAIT * 1000)}")
         except BaseException as exc:  # reported by start()
             self._error = exc

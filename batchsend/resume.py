@@ -49,7 +49,7 @@ from batchsend.sending import (
 from batchsend.session import Session
 from batchsend.states import RecipientState
 from batchsend.store import NewRecipient, Store, UnitRecord
-from batchsend.store.events import suppression_details
+from batchsend.suppressions import database_suppressions
 from batchsend.transport import require_transport
 
 
@@ -286,7 +286,7 @@ def _skip_suppressed(store: Store, run_id: str) -> int:
     suppression list (a bounce or complaint from another campaign since this run began);
     how many. Stored addresses are already normalised, so their ``dedup_key`` is the key
     preflight gave them."""
-    listed = suppression_details(store.conn)
+    listed = database_suppressions(store)
     if not listed:
         return 0
     by_reason: dict[str, list[int]] = {}
@@ -339,7 +339,7 @@ def _match_rows_by_address(
     if new:
         wanted = set(new)
         after = max((row for row, _, _, _ in recorded), default=0)
-        listed = suppression_details(store.conn)
+        listed = database_suppressions(store)
         for r in iter_rows(campaign, only=wanted.__contains__, suppressed=listed):
             if r.row not in wanted:
                 continue

@@ -45,7 +45,7 @@ from batchsend.sending import (
 from batchsend.session import Session
 from batchsend.spool import MessageSpool
 from batchsend.store import Store
-from batchsend.store.events import suppression_details
+from batchsend.suppressions import database_suppressions
 from batchsend.transport import require_transport
 
 
@@ -180,7 +180,7 @@ def run_campaign(
                 spool=spool,
                 encode=spool_encoder(session, run_id, test_address),
                 already_sent=earlier if skip_sent and real else None,
-                suppressed=suppression_details(store.conn),
+                suppressed=database_suppressions(store),
             )
             store.add_recipients(run_id, tally.recipients())
             tally.raise_if_bad()

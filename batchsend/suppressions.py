@@ -1,18 +1,26 @@
 """Suppressions: the addresses a campaign never sends to.
 
-Today they come from the CSV files the campaign names under ``[suppression]``;
-:func:`load_suppression` reads them into dedup keys (see
-:meth:`~batchsend.addresses.AddressBook.normalise`), which the row pass compares each
-recipient against.
+Two sources, both compared with each recipient's key (see
+:meth:`~batchsend.addresses.AddressBook.normalise`) by the row pass:
+
+- the CSV files the campaign names under ``[suppression]`` (:func:`load_suppression`);
+- the suppression lists in batchsend's databases, fed by provider events, ``batchsend
+  suppressions`` and sync (:func:`database_suppressions`): the campaign's own database
+  and every other one this user's batchsend knows (the per-user index of runs and event
+  receivers), so a bounce received for one campaign bars the address from all of them.
 """
 
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
+from batchsend import ledger
 from batchsend.addresses import AddressBook, InvalidAddress
 from batchsend.campaign import Campaign
 from batchsend.errors import SourceError
+from batchsend.store import Store
+from batchsend.store.events import read_suppression_details, suppression_details
 
 
 def load_suppression(campaign: Campaign, book: AddressBook) -> set[str]:
@@ -47,3 +55,24 @@ def load_suppression(campaign: Campaign, book: AddressBook) -> set[str]:
         except UnicodeDecodeError:
             raise SourceError("the suppression list is not UTF-8", file=str(path)) from None
     return keys
+
+
+def database_suppressions(own: Store | str | Path | None) -> dict[str, str]:
+    """Every address on a database suppression list this user has, key -> why
+    (``hard bounce on 2026-12-03``): ``own`` first (the campaign's database, open or by
+    path), then every other database in the per-user index; an address keeps the first
+    reason found. Read only: a database that is gone or unreadable adds nothing."""
+    listed: dict[str, str] = {}
+    own_path: Path | None = None
+    if isinstance(own, Store):
+        listed.update(suppression_details(own.conn))
+        own_path = own.path.resolve()
+    elif own is not None:
+        own_path = Path(own).resolve()
+        listed.update(read_suppression_details(own_path))
+    for db in ledger.indexed_dbs():
+        if own_path is not None and db.resolve() == own_path:
+            continue
+        for key, why in read_suppression_details(db).items():
+            listed.setdefault(key, why)
+    return listed

@@ -603,3 +603,23 @@ def test_a_locked_database_is_answered_503_in_time_and_the_retry_is_stored(
     assert status == 503 and waited < 10
     assert post(receiver.url + "/webhooks/tosend", body, signed(body))[0] == 200
     assert rows(db, "SELECT COUNT(*) FROM events") == [(1,)]
+
+
+def test_a_bounce_received_into_one_database_bars_the_address_in_every_campaign(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """Campaigns keep their own databases (one per campaign folder): the suppression list
+    of every database this user's batchsend knows is consulted, the receiver's too."""
+    events_db = tmp_path / "events" / "events.db"
+    events_db.parent.mkdir()
+    with Receiver(ReceiverConfig(events_db, tosend_secret=SECRET)) as r:
+        body = bounce("user2@example.org", "m-elsewhere")
+        assert post(r.url + "/webhooks/tosend", body, signed(body))[0] == 200
+    assert run_batchsend("suppressions", "add", "user3@example.org", "--db",
+                         str(tmp_path / "manual.db")).returncode == 0  # fmt: skip
+    campaign = write_campaign(tmp_path / "other", rows=4, base_url=sandbox.base_url)
+    check = run_batchsend("check", str(campaign))  # its own database: other/batchsend.db
+    assert "skipped: suppressed 2" in check.stdout, check.stdout
+    result = run_batchsend("run", str(campaign))
+    assert result.returncode == 0, result.stderr
+    assert sorted(recipients_in(sandbox.messages())) == ["user1@example.org", "user4@example.org"]

@@ -12,7 +12,7 @@ from batchsend.apikeys import redact
 from batchsend.campaign import load_campaign
 from batchsend.cli.options import db_option
 from batchsend.errors import InputError
-from batchsend.store.events import read_suppression_details
+from batchsend.suppressions import database_suppressions
 
 #: ``--allow-outside PATH``: the user, never the campaign file, lets it read elsewhere.
 ALLOW_OUTSIDE = click.option(
@@ -78,7 +78,7 @@ def check(
     from batchsend.preflight import preflight
 
     campaign = load_campaign(campaign_file, allow_outside=allow_outside)
-    listed = read_suppression_details(dblocation.for_campaign(campaign.path, db_path).path)
+    listed = database_suppressions(dblocation.for_campaign(campaign.path, db_path).path)
     if errors_file is None:
         report = preflight(campaign, suppressed=listed)
     else:

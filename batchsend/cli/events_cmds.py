@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from batchsend import dblocation
+from batchsend import dblocation, ledger
 from batchsend.addresses import AddressBook, InvalidAddress, suppression_key
 from batchsend.apikeys import load_admin_key, load_secret
 from batchsend.campaign import Campaign, load_campaign
@@ -282,6 +282,14 @@ def suppressions_group() -> None:
     """
 
 
+def _list_store(db_path: str) -> Store:
+    """The database a suppression command writes to, noted in the user's index so that
+    every campaign consults its list (whatever database the campaign itself uses)."""
+    store = Store(db_path)
+    ledger.index_db(db_path, role="suppressions")
+    return store
+
+
 def _existing(db_path: str) -> Store:
     """The database a command only reads: refused when there is none (never created)."""
     if not Path(db_path).is_file():
@@ -338,7 +346,7 @@ def suppressions_list(db_path: str, as_json: bool) -> None:
 @_db_option
 def suppressions_add(addresses: tuple[str, ...], reason: str, db_path: str) -> None:
     """Put addresses on the list."""
-    with Store(db_path) as store:
+    with _list_store(db_path) as store:
         now = store.now()
         added = add_suppressions(
             store, [Suppression(k, e, reason, "manual", now) for k, e in _keys(addresses)]
@@ -404,7 +412,7 @@ def suppressions_import(path: str, column: str, reason: str, db_path: str) -> No
         raise SuppressionFileError(
             "not UTF-8 text", file=path, fix="save the file as CSV UTF-8"
         ) from None
-    with Store(db_path) as store:
+    with _list_store(db_path) as store:
         now = store.now()
         added = add_suppressions(store, [_stamped(e, now) for e in entries])
     click.echo(f"{added:,} added, {len(entries) - added:,} already on the list", err=True)
@@ -486,7 +494,7 @@ def suppressions_sync(
     else:
         session.open(api_key=None, api_key_file=api_key_file, api_key_stdin=api_key_stdin)
         url, key = session.provider_url(), session.api_key
-    with Store(db_path) as store:
+    with _list_store(db_path) as store:
         result = asyncio.run(
             sync_suppressions(store, provider=campaign.provider, base_url=url, key=key)
         )
