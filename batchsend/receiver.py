@@ -30,6 +30,7 @@ import hmac
 import queue
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,6 +226,30 @@ async def _store(request: web.Request, events: list[Event]) -> web.Response:
     return _answer(200, stored=result.new, duplicates=result.duplicates)
 
 
+#: Seconds between two lines about refused requests (a storm of them is one line, counted).
+REFUSAL_LOG_EVERY = 5.0
+_last_refusal: dict[int, tuple[float, int]] = {}
+
+
+def _refused(request: web.Request, status: int, what: str) -> None:
+    """Say on stderr that a request was refused, so a miswired webhook is seen at once."""
+    now = time.monotonic()
+    last, quiet = _last_refusal.get(status, (0.0, 0))
+    if now - last < REFUSAL_LOG_EVERY:
+        _last_refusal[status] = (last, quiet + 1)
+        return
+    more = f" (and {quiet:,} more since the last line)" if quiet else ""
+    # v1's path holds the secret token: never printed.
+    path = "/webhooks/v1/<token>" if request.path.startswith("/webhooks/v1/") else request.path
+    print(
+        f"batchsend events: refused ({status}) {request.method} {path}"
+        f" from {request.remote}: {what}{more}",
+        file=sys.stderr,
+        flush=True,
+    )
+    _last_refusal[status] = (now, 0)
+
+
 async def tosend_webhook(request: web.Request) -> web.Response:
     config = request.app[CONFIG]
     secret = config.tosend_secret
@@ -234,10 +259,17 @@ async def tosend_webhook(request: web.Request) -> web.Response:
     if secret is not None and not tosend_events.signature_ok(
         body, request.headers.get(tosend_events.SIGNATURE_HEADER), secret
     ):
+        _refused(
+            request,
+            401,
+            "ToSend event with a missing or wrong X-ToSend-Signature "
+            "(is the receiver's secret the webhook's?)",
+        )
         return _answer(401, error="missing or wrong X-ToSend-Signature")
     try:
         events = tosend_events.parse_webhook(body, request.headers)
     except EventPayloadError as exc:
+        _refused(request, 400, f"a body that is not an event ({exc})")
         return _answer(400, error=str(exc))
     return await _store(request, events)
 
@@ -248,11 +280,13 @@ async def v1_webhook(request: web.Request) -> web.Response:
     if token is None:
         raise web.HTTPNotFound()
     if not hmac.compare_digest(given.encode(), token.encode()):
+        _refused(request, 401, "v1 event with a wrong token in the URL")
         return _answer(401, error="wrong webhook token in the URL")
     body = await request.read()
     try:
         events = v1_events.parse_webhook(body)
     except EventPayloadError as exc:
+        _refused(request, 400, f"a body that is not an event ({exc})")
         return _answer(400, error=str(exc))
     return await _store(request, events)
 

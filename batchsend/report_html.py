@@ -243,7 +243,12 @@ def _reasons_table(reasons: Sequence[ReasonCount]) -> str:
     )
 
 
-def _funnel(e: Engagement | None) -> str:
+#: What each provider reports after accepting: ToSend's webhooks carry bounces and
+#: complaints only, so its funnel cannot show deliveries, opens or clicks.
+_REPORTED = {"tosend": {"accepted"}}
+
+
+def _funnel(e: Engagement | None, provider: str = "") -> str:
     if e is None:
         return (
             '<p class="note" id="funnel">No provider events stored for this run: receive them '
@@ -257,10 +262,14 @@ def _funnel(e: Engagement | None) -> str:
         ("clicked", e.clicked),
     ]
     top = max(e.accepted, 1)
+    shown = _REPORTED.get(provider)
     bars = "".join(
         f'<tr><td>{name}</td><td class="n">{n:,}</td><td class="n">{100 * n / top:.1f}%</td>'
         f'<td style="width:60%"><div class="bar" style="margin:0"><span style="width:'
         f'{min(100.0, 100 * n / top):.1f}%;background:{RATE_COLOUR}"></span></div></td></tr>'
+        if shown is None or name in shown
+        else f'<tr><td>{name}</td><td class="n" colspan="3">not reported by {escape(provider)}'
+        "</td></tr>"
         for name, n in steps
     )
 
@@ -335,6 +344,8 @@ def render_html(summary: RunSummary) -> str:
         kind.append("test run")
     if run.dry_run:
         kind.append("dry run")
+    if run.settings.get("sandbox"):
+        kind.append("sent to the embedded sandbox: no one was emailed")
     timeline = summary.timeline
     retries = sum(b.retries for b in timeline)
     peak = max((b.rate for b in timeline), default=0.0)
@@ -375,7 +386,7 @@ def render_html(summary: RunSummary) -> str:
 {_state_bar(summary.counts, names)}
 {_counts_table(summary.counts, names)}
 <h2>After the provider accepted</h2>
-{_funnel(summary.engagement)}
+{_funnel(summary.engagement, run.provider)}
 <h2>Top failure reasons</h2>
 {_reasons_table(summary.reasons)}
 <h2>Sending rate and retries over time</h2>

@@ -569,7 +569,10 @@ def _dry_run(
 
 
 def _write_report(store: Store, run_id: str, report_path: str | Path | None) -> str | None:
-    out = Path(report_path) if report_path else Path(DEFAULT_REPORT_DIR) / f"{run_id}.csv"
+    # By default beside the database (the campaign's folder), wherever the command ran:
+    # a resume from another folder updates the same report, not a second one.
+    default = store.path.resolve().parent / DEFAULT_REPORT_DIR / f"{run_id}.csv"
+    out = Path(report_path) if report_path else default
     # Absolute, so the path printed at the end can be opened from anywhere.
     out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)

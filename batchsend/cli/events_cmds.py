@@ -54,7 +54,7 @@ def events() -> None:
     \b
     Example:
       export BATCHSEND_TOSEND_WEBHOOK_SECRET=...   # the webhook's signing secret
-      batchsend events serve --port 8025           # POST /webhooks/tosend
+      batchsend events serve --port 8088           # POST /webhooks/tosend
       batchsend events pull --campaign c/campaign.toml --since 2026-12-01T00:00:00Z
       batchsend events list --type bounced
     """
@@ -63,7 +63,8 @@ def events() -> None:
 @events.command()
 @_db_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=click.IntRange(0, 65535), default=8025, show_default=True)
+#: Not the sandbox's 8025: the two run side by side when trying the loop out.
+@click.option("--port", type=click.IntRange(0, 65535), default=8088, show_default=True)
 @click.option(
     "--tosend-secret-file",
     type=click.Path(dir_okay=False),

@@ -25,6 +25,7 @@ def _describe(item: RunListing) -> str:
         for word, on in (
             (f"test run: proof copies to {run.test_to}", run.is_test),
             ("dry run", run.dry_run),
+            ("sandbox: no one was emailed", bool(run.settings.get("sandbox"))),
         )
         if on
     )

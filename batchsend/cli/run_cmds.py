@@ -75,8 +75,9 @@ def _send_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             "report_path",
             type=click.Path(dir_okay=False),
             default=None,
-            help="Where to write the report (default: reports/<run id>.csv); its extension "
-            "sets the format (.xlsx for Excel, .csv, .parquet, .json, .jsonl, .html), and "
+            help="Where to write the report (default: reports/<run id>.csv beside the "
+            "database); its extension sets the format (.xlsx for Excel, .csv, .parquet, "
+            ".json, .jsonl, .html), and "
             "any other is refused before sending.",
         ),
         click.option(
