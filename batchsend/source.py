@@ -551,10 +551,19 @@ def _first_wrong_width(
     for index, fields in enumerate(reader):
         if first and index == 0:
             continue
-        if named <= len(fields) <= width or not any(f.strip() for f in fields):
+        empty = not any(f.strip() for f in fields)
+        if named <= len(fields) <= width or (empty and len(fields) <= width):
             continue
         row = before + index + (0 if first else 1)
         shown = json.dumps(spec.delimiter)
+        if empty:  # nothing but separators, more than the header has: unreadable as a row
+            return SourceError(
+                f"this row is empty but has {len(fields)} fields, the header has {width}",
+                file=_shown(spec.path),
+                row=row,
+                fix="delete the row (an empty row with no more separators than the header"
+                " is ignored)",
+            )
         if len(fields) > width:
             return SourceError(
                 f"this row has {len(fields)} fields, the header has {width}",

@@ -256,6 +256,13 @@ def test_a_value_under_an_unnamed_column_is_refused_with_its_row(tmp_path: Path)
     assert "fix: give the column a name in the header row, or delete the value" in out
 
 
+def test_an_empty_row_with_more_separators_than_the_header_is_named(tmp_path: Path) -> None:
+    code, out = check(make(tmp_path, "Email,Name,\na@example.org,A,\n,,,,\nb@example.org,B,\n"))
+    assert code == 2 and "truncate_ragged_lines" not in out
+    assert "r.csv, row 2: this row is empty but has 5 fields, the header has 3" in out
+    assert "fix: delete the row" in out
+
+
 @pytest.mark.parametrize("quoted", [False, True])
 @pytest.mark.parametrize(
     ("bad", "said"),
