@@ -8,6 +8,7 @@ sent so the send pass does not render them again.
 from __future__ import annotations
 
 import dataclasses
+from array import array
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -18,12 +19,14 @@ from batchsend.errors import (
 )
 from batchsend.message import Address, Message, message_key
 from batchsend.plan import PlannedMessage
-from batchsend.preflight import iter_rows
+from batchsend.preflight import PassNotes, iter_rows
+from batchsend.providers import Provider, RecipientLimits, get_provider
 from batchsend.render import html_to_text
 from batchsend.session import Session
 from batchsend.spool import MessageSpool
 from batchsend.states import RecipientState
 from batchsend.store import NewRecipient
+from batchsend.store.checkpoint import Checkpoint
 
 _SHOWN_PROBLEMS = 20
 
@@ -43,7 +46,18 @@ class Intake:
         encode: Callable[[Message], PlannedMessage] | None = None,
         already_sent: dict[str, tuple[str, str]] | None = None,
         suppressed: Mapping[str, str] | None = None,
+        workers: int | None = None,
+        on_rows: Callable[[int], object] | None = None,
+        checkpoint: Checkpoint | None = None,
     ) -> None:
+        self.workers = workers
+        self.checkpoint = checkpoint
+        self.pass_notes = PassNotes()
+        # Rows to send that a checkpoint gave back checked but not rendered: the send
+        # pass renders them; the spool holds the others.
+        self.unspooled = array("q")
+        self.on_rows = on_rows  # called with the rows checked so far, every 1,000 rows
+        self.rows = 0
         self.suppressed = suppressed
         self.already_sent = already_sent
         self.spool = spool
@@ -64,8 +78,24 @@ class Intake:
         spool = self.spool
         encode = self.encode
         # derive_text=False: the HTML-to-text conversion cannot fail and is the slowest
-        # step; only the rows about to be sent need it, when they enter the spool.
-        for r in iter_rows(self.campaign, derive_text=False, suppressed=self.suppressed):
+        # step; only the rows about to be sent need it, when they enter the spool. The
+        # workers that render the rows encode them too, unless --limit leaves some out.
+        in_workers = encode if self.limit is None and spool is not None else None
+        rows = iter_rows(
+            self.campaign,
+            derive_text=False,
+            suppressed=self.suppressed,
+            workers=self.workers,
+            encoder=in_workers,
+            keep_values=False,
+            checkpoint=self.checkpoint,
+            notes=self.pass_notes,
+        )
+        on_rows = self.on_rows
+        for r in rows:
+            self.rows += 1
+            if on_rows is not None and self.rows % 1000 == 0:
+                on_rows(self.rows)
             if r.skip_reason is not None:
                 self.skipped[r.skip_reason] = self.skipped.get(r.skip_reason, 0) + 1
                 if r.problems:
@@ -111,6 +141,33 @@ class Intake:
             key = None  # the message's key, when preflight planned it
             if self.limit is None or self.to_send < self.limit:
                 self.to_send += 1
+                if r.planned is not None:  # rendered and encoded by a worker
+                    self.recipients_to_send += r.planned.recipient_count
+                    if spool is not None and spool.usable:
+                        spool.add_planned(r.planned)
+                        key = r.planned.key
+                    yield NewRecipient(
+                        row=r.row,
+                        email=r.email,
+                        name=r.name,
+                        state=state,
+                        tag=r.tag,
+                        metadata=r.metadata,
+                        message_key=key,
+                    )
+                    continue
+                if r.message is None:  # checked by an earlier pass: rendered when sent
+                    self.recipients_to_send += 1 if self.test else r.recipients
+                    self.unspooled.append(r.row)
+                    yield NewRecipient(
+                        row=r.row,
+                        email=r.email,
+                        name=r.name,
+                        state=state,
+                        tag=r.tag,
+                        metadata=r.metadata,
+                    )
+                    continue
                 m = r.message
                 assert m is not None
                 self.recipients_to_send += 1 if self.test else len(m.to) + len(m.cc) + len(m.bcc)
@@ -168,6 +225,12 @@ class Intake:
 
     def notes(self) -> tuple[str, ...]:
         notes = []
+        kept = self.pass_notes.kept_rows
+        if kept and self.checkpoint is not None:
+            notes.append(
+                f"preflight went on from an interrupted run's: {kept:,} row(s) it had checked"
+                f" were not checked again (kept in {self.checkpoint.path.name})"
+            )
         skipped = ", ".join(f"{n:,} {why}" for why, n in sorted(self.skipped.items()))
         if skipped:
             notes.append(f"skipped at preflight: {skipped}")
@@ -188,21 +251,55 @@ class Intake:
 
 def spool_encoder(
     session: Session, run_id: str, test_address: Address | None
-) -> Callable[[Message], PlannedMessage] | None:
+) -> WireEncoder | None:
     """Preflight's encoder of each row's message, when the send pass can use it as is.
 
-    Each message is planned (its key) and encoded by the provider once, in preflight;
-    the send pass then joins the spooled bytes into requests. Merging (which plans
-    across rows) and proof copies (which change the recipients) keep the rendered
-    messages instead; so does a dry run, whose rows never get a key.
+    Each message is planned (its key) and encoded by the provider once, in preflight
+    (in the worker that rendered it); the send pass then joins the spooled bytes into
+    requests. Merging (which plans across rows) and proof copies (which change the
+    recipients) keep the rendered messages instead; so does a dry run, whose rows never
+    get a key.
     """
     if session.campaign.merge.enabled or test_address is not None or session.dry_run:
         return None
-    provider = session.provider()
+    assert session.base_url is not None
+    c = session.campaign
+    return WireEncoder(
+        c.provider, session.base_url, c.send.batch_size, c.send.max_recipients_per_field, run_id
+    )
 
-    def encode(m: Message) -> PlannedMessage:
-        planned = PlannedMessage(message_key(run_id, m), (m.row,), m)
+
+@dataclasses.dataclass(frozen=True)
+class WireEncoder:
+    """A message's key and provider JSON (picklable: it travels to the row pass's workers).
+
+    It holds no API key: encoding a message needs none, and a worker never sends.
+    """
+
+    provider: str
+    base_url: str
+    batch_size: int
+    per_field: int
+    run_id: str
+
+    def __call__(self, m: Message) -> PlannedMessage:
+        provider = self._provider()
+        planned = PlannedMessage(message_key(self.run_id, m), (m.row,), m)
         wire = provider.encode_message(planned)
         return PlannedMessage(planned.key, planned.rows, None, wire, planned.recipient_count)
 
-    return encode
+    def _provider(self) -> Provider:
+        made = _PROVIDERS.get(self)
+        if made is None:
+            n = self.per_field
+            made = _PROVIDERS[self] = get_provider(
+                self.provider,
+                base_url=self.base_url,
+                api_key="",
+                batch_size=self.batch_size,
+                limits=RecipientLimits(n, n, n),
+            )
+        return made
+
+
+_PROVIDERS: dict[WireEncoder, Provider] = {}

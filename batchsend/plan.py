@@ -14,9 +14,10 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from batchsend.message import Message, content_digest, message_key
+from batchsend.message import Message, content_digest, message_key, pickled_by_fields
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class PlannedMessage:
     """One email as sent: ``message`` already carries every recipient of ``rows``.

@@ -13,10 +13,13 @@ recorded on the row and the pass goes on.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
+import marshal
 import math
 import re
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,19 +31,24 @@ from batchsend.addresses import AddressBook, InvalidAddress, split_list
 from batchsend.attachments import MB, AttachmentLoader
 from batchsend.campaign import Campaign
 from batchsend.errors import AttachmentError, SourceError, TemplateError
-from batchsend.message import Address, Attachment, Message, content_digest
-from batchsend.render import Renderer, RowRenderError
+from batchsend.message import Address, Attachment, Message, content_digest, pickled_by_fields
+from batchsend.plan import PlannedMessage
+from batchsend.render import Renderer, RowRenderError, html_to_text
 from batchsend.source import ignored_columns, iter_batches, read_columns
+from batchsend.store.checkpoint import Checkpoint, pass_key
 from batchsend.suppressions import load_suppression
 from batchsend.variables import Variables, alias, writable
+from batchsend.workers import Ready, default_workers, ordered_map
 
 BATCH_ROWS = 10_000  # small batches keep the per-batch Python objects small
+CHUNK_ROWS = 2_000  # the rows a worker checks at a time: small, so memory stays bounded
 MERGE_EVERY = 200_000  # dedup hashes kept in a set before joining the sorted array
 MAX_KEPT_PROBLEMS = 10_000
 ROWS_SHOWN = 5  # sample row numbers in a note or warning
 _HEADER_BREAK = re.compile(r"[\r\n\0]")
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class Problem:
     """One thing wrong with one row (``row`` None: the whole campaign)."""
@@ -51,6 +59,7 @@ class Problem:
     fix: str | None = None
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class RowResult:
     """What became of one input row in preflight.
@@ -59,7 +68,9 @@ class RowResult:
     ``"duplicate"`` or ``"suppressed"`` otherwise, with ``problems`` for invalid rows.
     ``skip_detail`` says why an address on the database's suppression list is there
     (``hard bounce on 2026-12-03``); the row is recorded with the reason
-    :attr:`stored_reason` (``suppressed: hard bounce on 2026-12-03``).
+    :attr:`stored_reason` (``suppressed: hard bounce on 2026-12-03``). A pass given an
+    encoder (a run's intake) returns a sendable row's message encoded, in ``planned``,
+    and no ``message``: the worker that rendered it encoded it too.
     """
 
     row: int
@@ -73,6 +84,8 @@ class RowResult:
     group: str | None = None
     values: Mapping[str, Any] = field(default_factory=dict)  # the row as read
     skip_detail: str | None = None
+    planned: PlannedMessage | None = None  # the message, encoded (then ``message`` is None)
+    recipients: int = 0  # a kept row's addresses (to, cc, bcc): see iter_rows' checkpoint
 
     @property
     def stored_reason(self) -> str | None:
@@ -111,6 +124,7 @@ class PassNotes:
 
     empty_rows: int = 0
     empty_sample: list[int] = field(default_factory=list)
+    kept_rows: int = 0  # rows a checkpoint had checked already (see iter_rows)
     ignored_columns: int = 0
     variables: Variables = field(default_factory=lambda: Variables(()))
     uses: dict[str, list[str]] = field(default_factory=dict)
@@ -229,11 +243,13 @@ class _RowChecker:
         duplicate: bool,
         *,
         render: bool = True,
+        keep_values: bool = True,
     ) -> tuple[RowResult, str | None]:
         """The row's result, and its dedup key if it is sendable.
 
         ``render=False``: stop after the address checks; a row that passes them counts as
-        sendable (for duplicates) and comes back without a message.
+        sendable (for duplicates) and comes back without a message. ``keep_values=False``:
+        the result's ``values`` is left empty (a run does not need them).
         """
         raw_email = values.get(self.col_email)
         email = "" if raw_email is None else str(raw_email).strip()
@@ -254,7 +270,7 @@ class _RowChecker:
                 tag,
                 metadata,
                 group,
-                values,
+                values if keep_values else {},
                 detail,
             )
 
@@ -263,10 +279,8 @@ class _RowChecker:
                 row, self.col_email, f"invalid address {email!r}: {normalised}", "correct it"
             )
             return result("invalid", [problem]), None
-        if normalised.key in self.suppressed:
-            return result("suppressed"), None
-        listed = self.listed.get(normalised.key)
-        if listed is not None:
+        if not self.reaches_dedup(normalised):  # the campaign's own lists, then the database's
+            listed = None if normalised.key in self.suppressed else self.listed[normalised.key]
             return result("suppressed", detail=listed), None
         if duplicate:
             return result("duplicate"), None
@@ -334,6 +348,10 @@ class _RowChecker:
             domain=self.message_settings.domain,
         )
         return result(None, message=message, tag=rendered.tag), normalised.key
+
+    def reaches_dedup(self, normalised: Any) -> bool:
+        """Whether a row with this (valid) address is judged for duplicates: not suppressed."""
+        return normalised.key not in self.suppressed and normalised.key not in self.listed
 
     def _address_list(
         self, row: int, column: str | None, values: dict[str, Any], problems: list[Problem]
@@ -460,6 +478,10 @@ def iter_rows(
     only: Callable[[int], bool] | None = None,
     suppressed: Mapping[str, str] | None = None,
     notes: PassNotes | None = None,
+    workers: int | None = 1,
+    encoder: Callable[[Message], PlannedMessage] | None = None,
+    keep_values: bool = True,
+    checkpoint: Checkpoint | None = None,
 ) -> Iterator[RowResult]:
     """Yield one :class:`RowResult` per input row, in order, rendering every good row.
 
@@ -479,6 +501,22 @@ def iter_rows(
     :func:`batchsend.store.events.suppression_details`); those rows are skipped as
     ``suppressed`` like the campaign's own lists' addresses.
 
+    ``workers``: the processes that check and render the rows (None: the machine's
+    cores, :func:`batchsend.workers.default_workers`); chunks of :data:`CHUNK_ROWS`
+    rows go to them and come back in file order, and the results are the same, byte for
+    byte, with any number (duplicates are judged here, in order, on what the workers
+    found). ``encoder`` (a run's intake): a picklable callable that turns a sendable
+    row's message, its text part derived from its HTML, into its
+    :class:`~batchsend.plan.PlannedMessage`, in the worker that rendered it; such rows
+    come back with ``planned`` and no ``message``. ``keep_values=False`` leaves every
+    result's ``values`` empty, so less crosses between processes.
+
+    ``checkpoint`` (a run's intake, with ``keep_values=False`` and no ``only``): each
+    chunk checked is kept there as it comes back, and a chunk found there (an earlier
+    pass over the same inputs was killed) is not checked again. Its sendable rows come
+    back without ``message`` or ``planned`` (``recipients`` says how many addresses);
+    ``notes.kept_rows`` counts them. Use :func:`checkpoint_key` for its key.
+
     Example::
 
         for r in iter_rows(load_campaign("samples/newsletter")):
@@ -493,40 +531,44 @@ def iter_rows(
     notes.variables = variables
     notes.ignored_columns = ignored_columns(spec)
     notes.uses = checker.renderer.uses()
-    book = checker.book
-    col_email = campaign.columns.email
+    if checkpoint is not None and (only is not None or keep_values):
+        raise ValueError("a checkpoint keeps a whole pass without values")
+    setup = (campaign, derive_text, dict(suppressed or {}), names, encoder, keep_values)
+
+    def items() -> Iterator[_Chunk | Ready]:
+        for chunk in _chunks(spec, only):
+            index, first, frame, _ = chunk
+            kept = checkpoint.get(index, first, frame.height) if checkpoint else None
+            yield chunk if kept is None else Ready((index, first, frame.height, [], kept))
+
+    checked = ordered_map(
+        _check_chunk,
+        items(),
+        workers=default_workers() if workers is None else workers,
+        setup=_PassState,
+        setup_args=setup,
+    )
     seen = _Seen()
-    row = yielded = 0
-    for batch in iter_batches(spec, BATCH_ROWS):
-        empty = _empty_rows(batch)
-        numbers: Sequence[int] = range(row + 1, row + 1 + batch.height)
-        row += batch.height
-        records = batch.to_dicts()
-        if empty:
-            notes.skipped_empty(numbers[i] for i in empty)
-            kept = set(range(batch.height)).difference(empty)
-            numbers = [numbers[i] for i in sorted(kept)]
-            records = [records[i] for i in sorted(kept)]
-        normalised: list[Any] = []
-        hashes: list[int | None] = []
-        for values in records:
-            raw = values.get(col_email)
-            try:
-                n = book.normalise("" if raw is None else str(raw))
-                normalised.append(n)
-                hashes.append(_hash(n.key))
-            except InvalidAddress as exc:
-                normalised.append(exc)
-                hashes.append(None)
-        earlier = seen.seen_before_batch(hashes)
-        rows = zip(numbers, records, normalised, hashes, earlier, strict=True)
-        for number, values, n, h, before in rows:
+    yielded = 0
+    for index, first, height, empty, rows in checked:
+        if isinstance(rows, bytes):  # checked by an earlier pass
+            empty, rows = _unpack_chunk(rows)
+            notes.kept_rows += len(rows)
+        elif checkpoint is not None and all(c.result is not None for c in rows):
+            checkpoint.put(index, first, height, _pack_chunk(empty, rows))
+        notes.skipped_empty(empty)
+        earlier = seen.seen_before_batch([c.hash for c in rows])
+        for c, before in zip(rows, earlier, strict=True):
             yielded += 1
-            duplicate = before or (h is not None and h in seen.batch)
-            render = only is None or only(number)
-            result, key = checker.check(number, values, n, duplicate, render=render)
-            if key is not None and h is not None:
-                seen.batch.add(h)
+            result, key = c.result, c.key
+            if c.judged and (before or c.hash in seen.batch):
+                result, key = c.duplicate(), None
+            elif result is None:  # the template failed on this row: say so as a serial pass
+                assert c.values is not None
+                checker.check(c.row, c.values, checker.book.normalise(c.raw_email), False)
+                raise AssertionError("the row's template error did not recur")  # pragma: no cover
+            if key is not None and c.hash is not None:
+                seen.batch.add(c.hash)
             yield result
         seen.end_batch()
     if yielded == 0:
@@ -535,6 +577,182 @@ def iter_rows(
             file=str(campaign.source),
             fix="add recipients below the header row",
         )
+
+
+@pickled_by_fields
+@dataclass(frozen=True, slots=True)
+class _Checked:
+    """One row as a worker checked it, before duplicates are judged (in file order).
+
+    ``judged``: the row's address is valid and not suppressed, so it is a duplicate if an
+    earlier sendable row has its ``hash``; ``result`` is then what the row is if it is
+    not. ``result`` None: rendering raised a template error (``values`` kept, so the main
+    process can raise it as a serial pass would, if the row is no duplicate).
+    """
+
+    row: int
+    result: RowResult | None
+    key: str | None
+    hash: int | None
+    judged: bool
+    raw_email: str
+    values: dict[str, Any] | None = None
+
+    def duplicate(self) -> RowResult:
+        r = self.result
+        assert r is not None
+        return RowResult(
+            r.row,
+            self.raw_email,
+            r.name,
+            None,
+            "duplicate",
+            (),
+            None,
+            r.metadata,
+            r.group,
+            r.values,
+        )
+
+
+class _PassState:
+    """What a worker (or this process) needs to check chunks: one :class:`_RowChecker`."""
+
+    def __init__(
+        self,
+        campaign: Campaign,
+        derive_text: bool,
+        listed: dict[str, str],
+        names: list[str],
+        encoder: Callable[[Message], PlannedMessage] | None,
+        keep_values: bool,
+    ) -> None:
+        self.checker = _RowChecker(
+            campaign, derive_text=derive_text, listed=listed, variables=Variables.of(names)
+        )
+        self.col_email = campaign.columns.email
+        self.encoder = encoder
+        self.keep_values = keep_values
+
+
+_Chunk = tuple[int, int, pl.DataFrame, frozenset[int] | None]
+_ChunkResult = tuple[int, int, int, list[int], list[_Checked]]
+
+
+def _chunks(spec: Any, only: Callable[[int], bool] | None) -> Iterator[_Chunk]:
+    """The file in chunks of :data:`CHUNK_ROWS` rows: (index, first row number, rows, the
+    rows to render, None for all). Read batches are cut, never joined, so a chunk's
+    bounds are the same in every pass over the same file."""
+    row = index = 0
+    for batch in iter_batches(spec, BATCH_ROWS):
+        for offset in range(0, batch.height, CHUNK_ROWS):
+            frame = batch.slice(offset, CHUNK_ROWS)
+            first = row + 1
+            row += frame.height
+            render = None
+            if only is not None:
+                render = frozenset(n for n in range(first, row + 1) if only(n))
+            yield index, first, frame, render
+            index += 1
+
+
+def checkpoint_key(
+    campaign: Campaign, fingerprints: tuple[str, str], suppressed: Mapping[str, str] | None
+) -> str | None:
+    """The key of a run's row pass in a :class:`~batchsend.store.checkpoint.Checkpoint`
+    (None: this campaign's pass is not kept, since its rows name attachment files, whose
+    content no fingerprint covers)."""
+    if campaign.columns.attachments is not None:
+        return None
+    listed = sorted(f"{k}\t{v}" for k, v in (suppressed or {}).items())
+    sizes = f"{BATCH_ROWS}/{CHUNK_ROWS}/{_PACK_VERSION}"
+    return pass_key(*fingerprints, repr(campaign), listed, sizes)
+
+
+_PACK_VERSION = 1
+
+
+def _pack_chunk(empty: list[int], rows: list[_Checked]) -> bytes:
+    """A checked chunk without its messages, for the checkpoint (marshal, then zlib)."""
+    packed = []
+    for c in rows:
+        r = c.result
+        assert r is not None
+        m, p = r.message, r.planned
+        recipients = p.recipient_count if p is not None else 0
+        if m is not None:
+            recipients = len(m.to) + len(m.cc) + len(m.bcc)
+        problems = tuple((q.row, q.column, q.message, q.fix) for q in r.problems)
+        packed.append(
+            (r.row, r.email, r.name, r.skip_reason, problems, r.tag, dict(r.metadata), r.group,
+             r.skip_detail, recipients, c.key, c.hash, c.judged, c.raw_email)
+        )  # fmt: skip
+    return zlib.compress(marshal.dumps((empty, packed)), 1)
+
+
+def _unpack_chunk(data: bytes) -> tuple[list[int], list[_Checked]]:
+    empty, packed = marshal.loads(zlib.decompress(data))
+    rows = []
+    for (row, email, name, skip, problems, tag, metadata, group, detail, recipients, key, h,
+         judged, raw) in packed:  # fmt: skip
+        result = RowResult(
+            row, email, name, None, skip, tuple(Problem(*q) for q in problems), tag, metadata,
+            group, {}, detail, None, recipients,
+        )  # fmt: skip
+        rows.append(_Checked(row, result, key, h, judged, raw))
+    return empty, rows
+
+
+def _check_chunk(state: _PassState, chunk: _Chunk) -> _ChunkResult:
+    """Check and render one chunk's rows (in a worker): its empty rows, and each other row."""
+    index, first, frame, render = chunk
+    checker, keep, encoder = state.checker, state.keep_values, state.encoder
+    numbers: Sequence[int] = range(first, first + frame.height)
+    records = frame.to_dicts()
+    empty = _empty_rows(frame)
+    if empty:
+        skipped = set(empty)
+        kept = [i for i in range(frame.height) if i not in skipped]
+        empty = [numbers[i] for i in empty]
+        numbers = [numbers[i] for i in kept]
+        records = [records[i] for i in kept]
+    out = []
+    sendable: set[int | None] = set()
+    book, col_email = checker.book, state.col_email
+    for number, values in zip(numbers, records, strict=True):
+        raw = values.get(col_email)
+        raw_email = "" if raw is None else str(raw).strip()
+        h = None
+        n: Any
+        try:
+            n = book.normalise("" if raw is None else str(raw))
+            h = _hash(n.key)
+        except InvalidAddress as exc:
+            n = exc
+        judged = h is not None and checker.reaches_dedup(n)
+        # A duplicate of a sendable row of this chunk is one whatever came before: not
+        # rendered. One of a row in an earlier chunk is rendered, then judged in order.
+        duplicate = judged and h in sendable
+        draw = render is None or number in render
+        try:
+            result, key = checker.check(number, values, n, duplicate, render=draw, keep_values=keep)
+        except TemplateError:
+            out.append(_Checked(number, None, None, h, judged, raw_email, values))
+            continue
+        if key is not None and h is not None:
+            sendable.add(h)
+        m = result.message
+        if encoder is not None and m is not None and result.skip_reason is None:
+            if m.text is None and m.html is not None:
+                m = dataclasses.replace(m, text=html_to_text(m.html))
+            try:
+                planned = encoder(m)
+            except (TypeError, ValueError):
+                pass  # the intake meets the error again, where it always did
+            else:
+                result = dataclasses.replace(result, message=None, planned=planned)
+        out.append(_Checked(number, result, key, h, judged, raw_email))
+    return index, first, frame.height, empty, out
 
 
 def _empty_rows(batch: pl.DataFrame) -> list[int]:

@@ -27,7 +27,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any
 
-__all__ = ["LOG_INTERVAL", "Progress", "ProgressDisplay", "RateMeter", "describe", "log_line"]
+from batchsend.workers import default_workers
+
+__all__ = [
+    "LOG_INTERVAL",
+    "Progress",
+    "ProgressDisplay",
+    "RateMeter",
+    "checked_line",
+    "describe",
+    "log_line",
+]
 
 #: Seconds between two progress lines when standard error is not a terminal
 #: (``$BATCHSEND_PROGRESS_INTERVAL`` sets another).
@@ -111,6 +121,18 @@ def describe(progress: Progress, total: int, rate: float | None, eta: float | No
     )
 
 
+def checked_line(progress: Progress, total: int, rate: float | None, eta: float | None) -> str:
+    """The row pass's line: rows checked so far (``progress.sent`` counts them), the rate."""
+    rate_text = f"{rate:,.0f} rows/s" if rate is not None else "- rows/s"
+    return f"checking the recipients: {progress.sent:,} rows checked, {rate_text}"
+
+
+def workers_suffix(workers: int | None) -> str:
+    """``  (2 workers)``: how many processes the row pass uses (None: every core)."""
+    n = workers if workers is not None else default_workers()
+    return f"  ({n} worker{'s' if n != 1 else ''})"
+
+
 def _eta_words(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -145,7 +167,10 @@ class ProgressDisplay:
     which the engine calls a few times a second, and :meth:`warn` as its ``on_warning``.
 
     ``line`` writes the line from the progress, the total, the rate and the ETA
-    (:func:`describe` by default; reconcile shows its lookups with its own).
+    (:func:`describe` by default; reconcile shows its lookups with its own), ``log_line``
+    the log line (:func:`log_line`); ``suffix`` ends both (``  2 workers``). A ``total``
+    of 0 is a count with no known end: the row pass's rows checked
+    (:func:`checked_line`).
 
     Example::
 
@@ -162,10 +187,14 @@ class ProgressDisplay:
         enabled: bool | None = None,
         clock: Callable[[], float] = time.monotonic,
         line: Callable[[Progress, int, float | None, float | None], str] = describe,
+        log_line: Callable[[Progress, int, float | None, float | None], str] = log_line,
         log_interval: float | None = None,
+        suffix: str = "",
     ) -> None:
         self.total = total
         self._describe = line
+        self._log_line = log_line
+        self.suffix = suffix
         stream = stream if stream is not None else sys.stderr
         self.stream = stream
         self.enabled = _isatty(stream) if enabled is None else enabled
@@ -177,7 +206,7 @@ class ProgressDisplay:
         self._clock = clock
         self._next_log = clock() + log_interval
         self.meter = RateMeter(clock=clock)
-        self.line = line(Progress(), total, None, None)
+        self.line = line(Progress(), total, None, None) + suffix
         self._progress: Any = None
         self._task: Any = None
         if self.enabled:
@@ -192,7 +221,8 @@ class ProgressDisplay:
                 console=Console(file=stream),
                 transient=False,
             )
-            self._task = self._progress.add_task(self.line, total=max(total, 1))
+            # total 0: a count with no known end (the row pass), an indeterminate bar
+            self._task = self._progress.add_task(self.line, total=total or None)
             self._progress.start()
 
     def update(self, progress: Progress) -> str:
@@ -202,14 +232,15 @@ class ProgressDisplay:
         done = progress.done
         self.meter.add(done)
         rate, eta = self.meter.rate(), self.meter.eta(self.total - done)
-        self.line = self._describe(progress, self.total, rate, eta)
+        self.line = self._describe(progress, self.total, rate, eta) + self.suffix
         if self._progress is not None:
             self._progress.update(self._task, completed=done, description=self.line)
         elif self.logging:
             now = self._clock()
             if now >= self._next_log:
                 self._next_log = now + self.log_interval
-                self._print(f"batchsend: {log_line(progress, self.total, rate, eta)}")
+                text = self._log_line(progress, self.total, rate, eta)
+                self._print(f"batchsend: {text}{self.suffix}")
         return self.line
 
     def warn(self, text: str) -> None:

@@ -79,8 +79,12 @@ def resume_run(
     admin_key: str | None = None,
     admin_key_file: str | Path | None = None,
     admin_key_stdin: bool = False,
+    workers: int | None = None,
 ) -> RunResult:
     """Continue run ``run_id``: unknown for what was in flight, then send what is pending.
+
+    ``workers``: the processes that render the rows to send (None: the machine's cores);
+    sending starts as soon as the first of them are rendered.
 
     ``reconcile`` asks the provider about the unknown rows first (``grace`` and the
     ``admin_key*`` options as for :func:`batchsend.reconcile.reconcile_run`): what it
@@ -152,6 +156,7 @@ def resume_run(
         allow_outside=allow_outside,
         notes=[reconciled.note()] if reconciled is not None else [],
         located=where,
+        workers=workers,
     )
     if reconciled is None:
         return result
@@ -181,6 +186,7 @@ def _resume(
     progress: bool | None,
     allow_outside: Iterable[str | Path],
     notes: list[str],
+    workers: int | None,
 ) -> RunResult:
     with Store(db_path, accept_lost_record=accept_lost_record) as store:
         run = store.get_run(run_id)
@@ -222,7 +228,7 @@ def _resume(
             unknown = store.sending_to_unknown(run_id)
             rows: dict[int, int] | None = None
             if force:
-                rows, matched = _match_rows_by_address(store, campaign, run_id)
+                rows, matched = _match_rows_by_address(store, campaign, run_id, workers)
                 notes.append(matched)
             if unknown:
                 notes.append(
@@ -244,6 +250,7 @@ def _resume(
                 unknown=resend_unknown,
                 failed=retry_failed,
                 rows=rows,
+                workers=workers,
             )
             resending = _resending_unknown(store, run_id, rebuilt) if resend_unknown else set()
             if resending:
@@ -265,7 +272,14 @@ def _resume(
                 units=lambda provider: itertools.chain(
                     list(_bind(rebuilt)),
                     units_for_pending(
-                        store, campaign, run_id, provider, test_address, limit, rows=rows
+                        store,
+                        campaign,
+                        run_id,
+                        provider,
+                        test_address,
+                        limit,
+                        rows=rows,
+                        workers=workers,
                     ),
                 ),
                 started=started,
@@ -278,6 +292,7 @@ def _resume(
                 limit=limit,
                 resending=resending,
                 located=located,
+                workers=workers,
             )
 
 
@@ -302,7 +317,7 @@ def _skip_suppressed(store: Store, run_id: str) -> int:
 
 
 def _match_rows_by_address(
-    store: Store, campaign: Campaign, run_id: str
+    store: Store, campaign: Campaign, run_id: str, workers: int | None = 1
 ) -> tuple[dict[int, int], str]:
     """Map the current recipient file's rows to the run's rows by address (``--force``).
 
@@ -325,7 +340,8 @@ def _match_rows_by_address(
     seen: set[str] = set()
     new: list[int] = []
     moved = 0
-    for r in iter_rows(campaign, only=lambda _row: False):  # addresses only, no rendering
+    # addresses only, no rendering
+    for r in iter_rows(campaign, only=lambda _row: False, workers=workers, keep_values=False):
         key = dedup_key(r.email)
         if key in seen:  # a duplicate in the file: its first row is the one matched
             continue
@@ -340,7 +356,14 @@ def _match_rows_by_address(
         wanted = set(new)
         after = max((row for row, _, _, _ in recorded), default=0)
         listed = database_suppressions(store)
-        for r in iter_rows(campaign, only=wanted.__contains__, suppressed=listed):
+        passed = iter_rows(
+            campaign,
+            only=wanted.__contains__,
+            suppressed=listed,
+            workers=workers,
+            keep_values=False,
+        )
+        for r in passed:
             if r.row not in wanted:
                 continue
             run_row = after + 1 + len(added)
@@ -409,6 +432,7 @@ def _rebuild_units(
     unknown: bool,
     failed: bool,
     rows: dict[int, int] | None = None,
+    workers: int | None = 1,
 ) -> list[_Rebuild]:
     # A recorded request goes again only with the messages whose rows are all still in
     # the state being settled AND still belong to it: after a 207 its other messages are
@@ -432,7 +456,7 @@ def _rebuild_units(
     needed = {row for _, composition, _, _ in plans for rows in composition for row in rows}
     messages = {
         r.row: r.message
-        for r in rows_to_messages(campaign, needed.__contains__, test_address, rows)
+        for r in rows_to_messages(campaign, needed.__contains__, test_address, rows, workers)
         if r.message is not None  # always: it yields rendered rows only
     }
     missing = needed - messages.keys()

@@ -22,6 +22,7 @@ A run, in order:
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import time
 from collections.abc import Iterable
@@ -36,6 +37,8 @@ from batchsend.fingerprints import fingerprints
 from batchsend.intake import Intake, spool_encoder
 from batchsend.loops import sync_anywhere
 from batchsend.overrides import override, parse_test_to, run_settings
+from batchsend.preflight import checkpoint_key
+from batchsend.progress import Progress, ProgressDisplay, checked_line, workers_suffix
 from batchsend.report import check_report_path
 from batchsend.sending import (
     RunResult,
@@ -45,6 +48,7 @@ from batchsend.sending import (
 from batchsend.session import Session
 from batchsend.spool import MessageSpool
 from batchsend.store import Store
+from batchsend.store.checkpoint import Checkpoint
 from batchsend.suppressions import database_suppressions
 from batchsend.transport import require_transport
 
@@ -74,6 +78,7 @@ def run_campaign(
     report_path: str | Path | None = None,
     progress: bool | None = None,
     allow_outside: Iterable[str | Path] = (),
+    workers: int | None = None,
 ) -> RunResult:
     """Preflight and send a campaign, recording every row in the store at ``db_path``
     (None: ``$BATCHSEND_DB``, else ``batchsend.db`` in the campaign's folder, see
@@ -91,9 +96,10 @@ def run_campaign(
     ``http_client`` is ``"httpx"`` and httpx (an optional extra) is not installed. Proof
     copies (``test_to``) and dry runs are not refused for earlier runs. ``progress``
     None: a live display when standard error is a terminal. ``allow_outside``: paths
-    outside the campaign folder its files may be read from. A ``base_url`` given here is the user's
-    choice; one from the campaign file alone must be loopback (:class:`CampaignError`
-    otherwise).
+    outside the campaign folder its files may be read from. ``workers``: the processes
+    that check and render the rows (None: the machine's cores). A ``base_url`` given
+    here is the user's choice; one from the campaign file alone must be loopback
+    (:class:`CampaignError` otherwise).
 
     Example::
 
@@ -128,6 +134,7 @@ def run_campaign(
             campaign, sandbox=sandbox, dry_run=dry_run, base_url_confirmed=base_url is not None
         ) as session,
         MessageSpool(Path(db_path).resolve().parent) as spool,
+        contextlib.ExitStack() as stack,
     ):
         campaign_path = str(campaign.path)
         lost_notes = refusals.lost_record_notes(
@@ -156,6 +163,13 @@ def run_campaign(
         if real and not again:
             refusals.refuse_sent_elsewhere(store, campaign_path, (input_fp, templates_fp))
         settings = run_settings(campaign, session, limit=limit, test_to=test_to, http=http_client)
+        listed = database_suppressions(store)
+        # Each chunk the row pass checks is kept beside the database as it goes: a kill
+        # in a long preflight loses none of them (see batchsend.store.checkpoint).
+        key = checkpoint_key(campaign, (input_fp, templates_fp), listed)
+        checkpoint = Checkpoint(db_path, campaign_path, key) if key is not None else None
+        if checkpoint is not None:
+            stack.callback(checkpoint.close)
         with store.creating_run(
             campaign_path=str(campaign.path),
             campaign_name=campaign.name,
@@ -171,6 +185,13 @@ def run_campaign(
             before_insert=refuse_earlier_runs,
         ) as run_id:
             store.claimed_run(claim, run_id)
+            checking = ProgressDisplay(
+                0,
+                enabled=progress,
+                line=checked_line,
+                log_line=checked_line,
+                suffix=workers_suffix(workers),
+            )
             tally = Intake(
                 campaign,
                 skip_invalid=skip_invalid,
@@ -180,12 +201,20 @@ def run_campaign(
                 spool=spool,
                 encode=spool_encoder(session, run_id, test_address),
                 already_sent=earlier if skip_sent and real else None,
-                suppressed=database_suppressions(store),
+                suppressed=listed,
+                workers=workers,
+                on_rows=lambda rows: checking.update(Progress(sent=rows)),
+                checkpoint=checkpoint,
             )
-            store.add_recipients(run_id, tally.recipients())
+            try:
+                store.add_recipients(run_id, tally.recipients())
+            finally:
+                checking.close()
             tally.raise_if_bad()
             if not dry_run:
                 session.check_account(tally.recipients_to_send)
+        if checkpoint is not None:
+            checkpoint.finish()  # the run's rows are recorded: the pass is not needed
         # So that `batchsend resume RUN_ID` finds this database from any folder.
         ledger.index_run(run_id, db_path, campaign=campaign_path)
         return send_and_finish(
@@ -193,7 +222,15 @@ def run_campaign(
             session,
             run_id,
             units=lambda provider: units_for_pending(
-                store, campaign, run_id, provider, test_address, limit=limit, spool=spool
+                store,
+                campaign,
+                run_id,
+                provider,
+                test_address,
+                limit=limit,
+                spool=spool,
+                workers=workers,
+                unspooled=tally.unspooled,
             ),
             started=started,
             http_client=http_client,
@@ -202,4 +239,5 @@ def run_campaign(
             notes=lost_notes + tally.notes(),
             limit=limit,  # the rows to send (the progress total): the rest stays pending
             located=where,
+            workers=workers,
         )

@@ -16,10 +16,11 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import itertools
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,7 @@ from batchsend.next_steps import (
 from batchsend.outcome import Recorder
 from batchsend.plan import PlannedMessage, SendUnit, plan_units
 from batchsend.preflight import RowResult, iter_rows
-from batchsend.progress import ProgressDisplay
+from batchsend.progress import ProgressDisplay, workers_suffix
 from batchsend.providers import Provider
 from batchsend.ratelimit import RateLimiter
 from batchsend.report import format_for, write_report
@@ -197,11 +198,14 @@ def rows_to_messages(
     wanted: Callable[[int], bool],
     test_address: Address | None,
     rows: dict[int, int] | None = None,
+    workers: int | None = 1,
 ) -> Iterator[RowResult]:
     """Preflight rows (rendered in full) for the rows ``wanted`` says, proof-copied if asked.
 
     ``rows`` (a forced resume): ``{file row: run row}``; ``wanted`` then names run rows,
     and each message carries its run row, found by its address, not its position.
+    ``workers``: the row pass's processes (None: the machine's cores); the first
+    messages come out as soon as their chunk is rendered.
     """
 
     accept = wanted
@@ -212,7 +216,7 @@ def rows_to_messages(
             run_row = by_file.get(file_row)
             return run_row is not None and wanted(run_row)
 
-    for r in iter_rows(campaign, only=accept):
+    for r in iter_rows(campaign, only=accept, workers=workers, keep_values=False):
         message = r.message
         if message is None or not accept(r.row):
             continue
@@ -259,12 +263,16 @@ def units_for_pending(
     limit: int | None,
     spool: MessageSpool | None = None,
     rows: dict[int, int] | None = None,
+    workers: int | None = 1,
+    unspooled: Collection[int] = (),
 ) -> Iterator[SendUnit]:
     """Plan the run's ``pending`` rows (the first ``limit`` of them) into units, streaming.
 
     With a ``spool`` holding exactly those rows (a run right after its preflight), the
     messages come from it; otherwise (a resume, a dropped spool) they are rendered again
     (``rows``: matched to the file by address, see :func:`_match_rows_by_address`).
+    ``unspooled``: the pending rows the spool does not hold (a run whose preflight went
+    on from a killed one's checkpoint): they are rendered again, the others read back.
     """
     pending = store.rows_in_state(run_id, [RecipientState.PENDING])
     if limit is not None:
@@ -274,13 +282,17 @@ def units_for_pending(
     wanted = set(pending)
     merge = campaign.merge.enabled and test_address is None
     messages: Iterable[PlannedMessage | tuple[str | None, Message] | RowResult]
-    if spool is not None and spool.usable and spool.count == len(wanted):
+    if spool is not None and spool.usable and spool.count + len(unspooled) == len(wanted):
         if spool.form == "planned":
             messages = _spooled_planned(spool, wanted)
         else:
             messages = _spooled(spool, wanted, test_address)
+        if unspooled:
+            again = set(unspooled)
+            rendered = rows_to_messages(campaign, again.__contains__, test_address, None, workers)
+            messages = itertools.chain(rendered, messages)
     else:
-        messages = rows_to_messages(campaign, wanted.__contains__, test_address, rows)
+        messages = rows_to_messages(campaign, wanted.__contains__, test_address, rows, workers)
     return plan_units(
         messages,
         run_id=run_id,
@@ -412,6 +424,7 @@ def send_and_finish(
     limit: int | None = None,
     resending: set[int] | None = None,
     located: Located | None = None,
+    workers: int | None = None,
 ) -> RunResult:
     run = store.get_run(run_id)
     campaign = session.campaign
@@ -464,7 +477,7 @@ def send_and_finish(
         # the recipients' rate unless the campaign sets its own.
         rate = campaign.send.rate
         recipients_rate = campaign.send.recipients_rate or session.account_rate
-        display = ProgressDisplay(to_send, enabled=progress)
+        display = ProgressDisplay(to_send, enabled=progress, suffix=workers_suffix(workers))
         interrupts: list[_Interrupts] = []
         result = None
         try:

@@ -31,6 +31,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "confinement",
         "loops",
         "process",
+        "workers",
         "message",
         "addresses",
         "ledger",

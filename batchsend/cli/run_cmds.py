@@ -17,6 +17,7 @@ from batchsend.reconcile import ADMIN_KEY_ENV, ReconcileResult, parse_grace, rec
 from batchsend.resume import resume_run
 from batchsend.run import run_campaign
 from batchsend.sending import EXIT_INTERRUPTED, RunResult
+from batchsend.workers import default_workers
 
 
 def _send_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -48,6 +49,14 @@ def _send_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             "sandbox",
             is_flag=True,
             help="Send to an embedded loopback sandbox (sender domain verified, key provided).",
+        ),
+        click.option(
+            "--workers",
+            type=click.IntRange(min=1),
+            default=None,
+            metavar="N",
+            help="Processes that check and render the rows (default: this machine's cores,"
+            f" {default_workers()}); the results are the same with any N.",
         ),
         click.option(
             "--http-client",
