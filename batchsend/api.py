@@ -206,10 +206,12 @@ class Campaign:
 
     # -- what the command line's check and preview do ---------------------------------------
 
-    def check(self, *, db: str | Path | None = None) -> Check:
+    def check(self, *, db: str | Path | None = None, workers: int | None = None) -> Check:
         """Read and render every row, send nothing, and say what is wrong.
 
-        ``db``: a database whose suppression list is consulted (read only).
+        ``db``: a database whose suppression list is consulted (read only). ``workers``:
+        the processes that check the rows (None: the machine's cores; the same result
+        with any number).
 
         Example::
 
@@ -218,7 +220,8 @@ class Campaign:
         """
         listed = database_suppressions(db)
         with tempfile.TemporaryDirectory(prefix="batchsend-check-") as tmp:
-            return Check(preflight(self._settings_in(Path(tmp)), suppressed=listed))
+            campaign = self._settings_in(Path(tmp))
+            return Check(preflight(campaign, suppressed=listed, workers=workers))
 
     def preview(self, row: int = 1, *, out_dir: str | Path | None = None) -> Preview:
         """Row ``row`` (1-based) rendered, with the request body its provider would get.
@@ -247,6 +250,7 @@ class Campaign:
         report_path: str | Path | None = None,
         progress: bool | None = None,
         http_client: str = "aiohttp",
+        workers: int | None = None,
     ) -> Run:
         """Preflight and send, recording every row in ``db``; the options of ``batchsend run``.
 
@@ -277,6 +281,7 @@ class Campaign:
             report_path=report_path,
             progress=progress,
             http_client=http_client,
+            workers=workers,
         )
         return Run(result.run_id, db=db, result=result, api_key_file=key_file)
 
@@ -457,6 +462,7 @@ class Run:
         report_path: str | Path | None = None,
         progress: bool | None = None,
         http_client: str = "aiohttp",
+        workers: int | None = None,
     ) -> Run:
         """Continue the run (``batchsend resume``): what was in flight becomes unknown,
         the pending rows are sent; ``retry_failed`` / ``resend_unknown`` as on the command
@@ -475,6 +481,7 @@ class Run:
             report_path=report_path,
             progress=progress,
             http_client=http_client,
+            workers=workers,
         )
         return self
 

@@ -8,7 +8,9 @@ cleanup, no flush: exactly ``kill -9``) the ``n``-th time it reaches ``<point>``
 
 * ``sending``: the engine has just committed a unit's rows as ``sending``; the request
   has not left;
-* ``response``: an HTTP response has just arrived; it is not parsed or recorded yet.
+* ``response``: an HTTP response has just arrived; it is not parsed or recorded yet;
+* ``checkpoint``: the row pass has just kept a checked chunk beside the database
+  (:mod:`batchsend.store.checkpoint`); the run's rows are not recorded yet.
 
 The variable is read once at import. Unset -- always, outside the gauntlet -- each
 :func:`crashpoint` call is one comparison against None.
@@ -20,7 +22,7 @@ import os
 import signal
 
 ENV_VAR = "BATCHSEND_TEST_ONLY_SIGKILL_AT"
-POINTS = ("sending", "response")
+POINTS = ("sending", "response", "checkpoint")
 
 
 def _parse(spec: str | None) -> tuple[str, int] | None:

@@ -18,6 +18,7 @@ import hashlib
 import json
 import marshal
 import math
+import os
 import re
 import zlib
 from collections import Counter
@@ -30,6 +31,7 @@ import polars as pl
 from batchsend.addresses import AddressBook, InvalidAddress, split_list
 from batchsend.attachments import MB, AttachmentLoader
 from batchsend.campaign import Campaign
+from batchsend.crashpoints import crashpoint
 from batchsend.errors import AttachmentError, SourceError, TemplateError
 from batchsend.message import Address, Attachment, Message, content_digest, pickled_by_fields
 from batchsend.plan import PlannedMessage
@@ -41,7 +43,9 @@ from batchsend.variables import Variables, alias, writable
 from batchsend.workers import Ready, default_workers, ordered_map
 
 BATCH_ROWS = 10_000  # small batches keep the per-batch Python objects small
-CHUNK_ROWS = 2_000  # the rows a worker checks at a time: small, so memory stays bounded
+# The rows a worker checks at a time: small, so memory stays bounded. The test-only
+# variable makes chunks small enough for a test to span several with a few rows.
+CHUNK_ROWS = int(os.environ.get("BATCHSEND_TEST_ONLY_CHUNK_ROWS") or 2_000)
 MERGE_EVERY = 200_000  # dedup hashes kept in a set before joining the sorted array
 MAX_KEPT_PROBLEMS = 10_000
 ROWS_SHOWN = 5  # sample row numbers in a note or warning
@@ -556,6 +560,7 @@ def iter_rows(
             notes.kept_rows += len(rows)
         elif checkpoint is not None and all(c.result is not None for c in rows):
             checkpoint.put(index, first, height, _pack_chunk(empty, rows))
+            crashpoint("checkpoint")  # test-only: kill -9 with this chunk kept
         notes.skipped_empty(empty)
         earlier = seen.seen_before_batch([c.hash for c in rows])
         for c, before in zip(rows, earlier, strict=True):
@@ -781,6 +786,7 @@ def preflight(
     errors: TextIO | None = None,
     derive_text: bool = False,
     suppressed: Mapping[str, str] | None = None,
+    workers: int | None = 1,
 ) -> PreflightReport:
     """Read and render every row, send nothing, and report.
 
@@ -788,6 +794,7 @@ def preflight(
     fix, then the row's own values. The report's ``warnings`` name each column a template
     uses that is empty in sendable rows (how many, which, where it is used); its
     ``notes`` what was left out of the file (empty rows, unnamed columns) and alias clashes.
+    ``workers``: as for :func:`iter_rows` (the report is the same with any number).
 
     Example::
 
@@ -802,7 +809,10 @@ def preflight(
     merged: Counter[tuple[str | None, str]] = Counter()
     notes = PassNotes()
     blanks = _Blanks(notes)
-    for r in iter_rows(campaign, derive_text=derive_text, suppressed=suppressed, notes=notes):
+    rows_passed = iter_rows(
+        campaign, derive_text=derive_text, suppressed=suppressed, notes=notes, workers=workers
+    )
+    for r in rows_passed:
         rows += 1
         if r.skip_reason is None:
             sendable += 1

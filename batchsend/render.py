@@ -477,6 +477,10 @@ class Renderer:
         self.unsubscribe = self._compile(m.unsubscribe_url, "the unsubscribe URL")
         self.headers = [(name, self._compile(ref, f"header {name}")) for name, ref in m.headers]
         self.tags = [(name, self._compile(ref, f"tag {name}")) for name, ref in m.tags]
+        # One row's variables, with the environment's globals under them, make ONE dict
+        # that each of its templates reads as is (``shared``): Jinja would otherwise copy
+        # globals and variables into a new dict for every template of every row.
+        self._globals = dict(self.env.globals)
 
     def uses(self) -> dict[str, list[str]]:
         """Which column each part uses: column -> parts (``the subject``, ``the HTML``).
@@ -528,16 +532,18 @@ class Renderer:
                 fix="includes are looked up relative to the campaign folder",
             ) from None
 
-    def _run(self, part: _Part | None, values: Mapping[str, Any], limit: int) -> str | None:
+    def _run(self, part: _Part | None, values: dict[str, Any], limit: int) -> str | None:
         if part is None:
             return None
         if part.constant is not None:
             return part.constant
-        assert part.template is not None
+        template = part.template
+        assert template is not None
         try:
             chunks: list[str] = []
             size = 0
-            for chunk in part.template.generate(values):
+            context = template.new_context(values, shared=True)  # values: see render()
+            for chunk in template.root_render_func(context):
                 size += len(chunk)
                 if size > limit:
                     raise RowRenderError(
@@ -609,8 +615,9 @@ class Renderer:
         ``derive_text=False`` skips generating text from HTML (preflight: that step
         cannot fail, and it is by far the slowest).
         """
-        if self.variables is not None:
-            values = self.variables.scope(values)
+        scope = self._globals.copy()
+        scope.update(self.variables.scope(values) if self.variables is not None else values)
+        values = scope  # every template of the row reads this one dict (see __init__)
         budget = self.max_bytes
         self.env.start_row()
         subject = self._run(self.subject, values, budget) or ""

@@ -17,7 +17,6 @@ like any unit).
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import shlex
 import sys
 import time
@@ -269,18 +268,16 @@ def _resume(
                 # The rebuilt units are bound (and checked against their recorded keys)
                 # before the engine starts: a refusal is then one clear error, not an
                 # exception raised inside the engine's task group.
-                units=lambda provider: itertools.chain(
-                    list(_bind(rebuilt)),
-                    units_for_pending(
-                        store,
-                        campaign,
-                        run_id,
-                        provider,
-                        test_address,
-                        limit,
-                        rows=rows,
-                        workers=workers,
-                    ),
+                units=lambda provider: units_for_pending(
+                    store,
+                    campaign,
+                    run_id,
+                    provider,
+                    test_address,
+                    limit,
+                    rows=rows,
+                    workers=workers,
+                    before=list(_bind(rebuilt)),
                 ),
                 started=started,
                 http_client=http_client,

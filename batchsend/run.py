@@ -10,9 +10,11 @@ A run, in order:
 
 1. load the campaign; read the API key (before the long part, so a missing key costs
    nothing);
-2. preflight every row (render, validate) while inserting the rows into the store in
-   ONE transaction: a bad row (without ``skip_invalid``) rolls it back, so nothing is
-   recorded and nothing is sent (exit 2); a kill during this step records nothing;
+2. preflight every row (render, validate; on ``workers`` processes) while inserting the
+   rows into the store in ONE transaction: a bad row (without ``skip_invalid``) rolls it
+   back, so nothing is recorded and nothing is sent (exit 2); a kill during this step
+   records nothing in the store, and the chunks already checked stay in the checkpoint
+   beside it (:mod:`batchsend.store.checkpoint`) for the next run to take;
 3. for ToSend, ask ``GET /v2/info`` (key, account, sender domain, credits for the rows
    about to be sent) -- still before the run is committed;
 4. render again, plan the units and hand them to the engine, which marks each unit

@@ -19,8 +19,9 @@ import functools
 import itertools
 import signal
 import sys
+import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -254,6 +255,69 @@ def _proof(message: Message, to: Address) -> Message:
     return dataclasses.replace(message, to=(to,), cc=(), bcc=())
 
 
+class RenderedAhead:
+    """Units planned in a thread, ahead of the engine: a send pass that renders its rows.
+
+    Rendering happens in the row pass's worker processes; waiting for them (and keying
+    and encoding each message) must not stall the engine's event loop, whose answers
+    would wait too. A thread takes the units from ``units`` and hands them to the loop
+    through a bounded queue, ``depth`` units ahead at most. Iterated without a loop (a dry
+    run), it is ``units`` itself. An error raised while planning surfaces in the engine
+    as if it had planned the unit itself; when the engine stops early, so does the thread.
+    """
+
+    def __init__(self, units: Iterable[SendUnit], depth: int = 64) -> None:
+        self.units = units
+        self.depth = depth
+
+    def __iter__(self) -> Iterator[SendUnit]:
+        return iter(self.units)
+
+    def __aiter__(self) -> AsyncIterator[SendUnit]:
+        return self._ahead()
+
+    async def _ahead(self) -> AsyncIterator[SendUnit]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[SendUnit | None, BaseException | None]] = asyncio.Queue()
+        room = threading.Semaphore(self.depth)
+        stop = threading.Event()
+
+        def hand(item: tuple[SendUnit | None, BaseException | None]) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody is reading
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        def plan() -> None:
+            units = iter(self.units)
+            try:
+                for unit in units:
+                    while not room.acquire(timeout=0.2):
+                        if stop.is_set():
+                            return
+                    if stop.is_set():
+                        return
+                    hand((unit, None))
+                hand((None, None))
+            except BaseException as exc:  # raised in the engine, where it is handled
+                hand((None, exc))
+            finally:
+                close = getattr(units, "close", None)
+                if close is not None:
+                    close()  # a generator's cleanup: the row pass's workers are stopped
+
+        threading.Thread(target=plan, name="batchsend-plan", daemon=True).start()
+        try:
+            while True:
+                unit, error = await queue.get()
+                if error is not None:
+                    raise error
+                if unit is None:
+                    return
+                room.release()
+                yield unit
+        finally:
+            stop.set()
+
+
 def units_for_pending(
     store: Store,
     campaign: Campaign,
@@ -265,7 +329,8 @@ def units_for_pending(
     rows: dict[int, int] | None = None,
     workers: int | None = 1,
     unspooled: Collection[int] = (),
-) -> Iterator[SendUnit]:
+    before: Iterable[SendUnit] = (),
+) -> Iterable[SendUnit]:
     """Plan the run's ``pending`` rows (the first ``limit`` of them) into units, streaming.
 
     With a ``spool`` holding exactly those rows (a run right after its preflight), the
@@ -273,16 +338,20 @@ def units_for_pending(
     (``rows``: matched to the file by address, see :func:`_match_rows_by_address`).
     ``unspooled``: the pending rows the spool does not hold (a run whose preflight went
     on from a killed one's checkpoint): they are rendered again, the others read back.
+    ``before``: units to send first (a resume's units rebuilt for rows sent again). When
+    rows are rendered, the units come as a :class:`RenderedAhead`.
     """
     pending = store.rows_in_state(run_id, [RecipientState.PENDING])
     if limit is not None:
         pending = pending[:limit]
     if not pending:
-        return iter(())
+        return before
     wanted = set(pending)
     merge = campaign.merge.enabled and test_address is None
     messages: Iterable[PlannedMessage | tuple[str | None, Message] | RowResult]
+    rendering = True
     if spool is not None and spool.usable and spool.count + len(unspooled) == len(wanted):
+        rendering = bool(unspooled)
         if spool.form == "planned":
             messages = _spooled_planned(spool, wanted)
         else:
@@ -293,14 +362,18 @@ def units_for_pending(
             messages = itertools.chain(rendered, messages)
     else:
         messages = rows_to_messages(campaign, wanted.__contains__, test_address, rows, workers)
-    return plan_units(
-        messages,
-        run_id=run_id,
-        provider=provider,
-        merge=merge,
-        placement=campaign.merge.placement,
-        max_recipients_per_field=campaign.send.max_recipients_per_field,
+    units = itertools.chain(
+        before,
+        plan_units(
+            messages,
+            run_id=run_id,
+            provider=provider,
+            merge=merge,
+            placement=campaign.merge.placement,
+            max_recipients_per_field=campaign.send.max_recipients_per_field,
+        ),
     )
+    return RenderedAhead(units) if rendering else units
 
 
 #: Signals that stop a run like Ctrl-C: SIGTERM is what ``docker stop``, systemd and CI
@@ -330,7 +403,7 @@ class _Interrupts:
 
 
 async def _drive(
-    units: Iterable[SendUnit],
+    units: Iterable[SendUnit] | AsyncIterable[SendUnit],
     *,
     provider: Provider,
     recorder: Recorder,

@@ -10,7 +10,7 @@ import click
 from batchsend import dblocation
 from batchsend.apikeys import redact
 from batchsend.campaign import load_campaign
-from batchsend.cli.options import db_option
+from batchsend.cli.options import WORKERS, db_option
 from batchsend.errors import InputError
 from batchsend.suppressions import database_suppressions
 
@@ -57,11 +57,13 @@ def init(folder: Path, force: bool) -> None:
 )
 @ALLOW_OUTSIDE
 @db_option("The database whose suppression list is consulted (read only; none if absent).")
+@WORKERS
 def check(
     campaign_file: Path,
     errors_file: Path | None,
     allow_outside: tuple[Path, ...],
     db_path: str | None,
+    workers: int | None,
 ) -> None:
     """Read and render every row of CAMPAIGN, send nothing, and report every problem.
 
@@ -80,7 +82,7 @@ def check(
     campaign = load_campaign(campaign_file, allow_outside=allow_outside)
     listed = database_suppressions(dblocation.for_campaign(campaign.path, db_path).path)
     if errors_file is None:
-        report = preflight(campaign, suppressed=listed)
+        report = preflight(campaign, suppressed=listed, workers=workers)
     else:
         try:
             fh = errors_file.open("w", encoding="utf-8", newline="")
@@ -91,7 +93,7 @@ def check(
                 fix="give --errors a file path inside an existing folder you can write to",
             ) from None
         with fh:
-            report = preflight(campaign, errors=fh, suppressed=listed)
+            report = preflight(campaign, errors=fh, suppressed=listed, workers=workers)
     click.echo(redact(format_report(report)))
     if errors_file is not None and not report.ok:
         click.echo(f"bad rows written to {errors_file}")

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from batchsend import dblocation
+from batchsend.workers import default_workers
 
 #: What ``--help`` says of the default, every command alike (README, "Where the
 #: database lives"; batchsend.dblocation).
@@ -50,3 +51,13 @@ def campaign_option(help: str) -> Callable[[Any], Any]:
         type=click.Path(dir_okay=False),
         help=help,
     )
+
+
+WORKERS = click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Processes that check and render the rows (default: this machine's cores,"
+    f" {default_workers()}); the results are the same with any N.",
+)

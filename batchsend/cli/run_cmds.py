@@ -11,13 +11,12 @@ from typing import Any
 import click
 
 from batchsend.cli.campaign_cmds import ALLOW_OUTSIDE
-from batchsend.cli.options import db_option
+from batchsend.cli.options import WORKERS, db_option
 from batchsend.errors import DiskFullError, is_disk_full
 from batchsend.reconcile import ADMIN_KEY_ENV, ReconcileResult, parse_grace, reconcile_run
 from batchsend.resume import resume_run
 from batchsend.run import run_campaign
 from batchsend.sending import EXIT_INTERRUPTED, RunResult
-from batchsend.workers import default_workers
 
 
 def _send_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -50,14 +49,7 @@ def _send_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             is_flag=True,
             help="Send to an embedded loopback sandbox (sender domain verified, key provided).",
         ),
-        click.option(
-            "--workers",
-            type=click.IntRange(min=1),
-            default=None,
-            metavar="N",
-            help="Processes that check and render the rows (default: this machine's cores,"
-            f" {default_workers()}); the results are the same with any N.",
-        ),
+        WORKERS,
         click.option(
             "--http-client",
             type=click.Choice(["aiohttp", "httpx"]),
