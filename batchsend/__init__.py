@@ -16,30 +16,73 @@ The Python API (docs/python-api.md)::
     run.report()                        # a polars DataFrame, one row per recipient
 
 Everything here is re-exported from the modules that define it (:mod:`batchsend.api`,
-:mod:`batchsend.errors`, ...); ``__all__`` is the public surface.
+:mod:`batchsend.errors`, ...); ``__all__`` is the public surface. Each name is imported
+when first used: ``import batchsend.preflight`` (what the row pass's worker processes
+load) does not pay for the whole API, its HTTP clients and the store.
 """
 
 from __future__ import annotations
 
-from batchsend.api import Campaign, Check, Run, open_run, runs
-from batchsend.errors import (
-    BatchsendError,
-    CampaignError,
-    CampaignSentError,
-    ConcurrentCommandError,
-    FatalSendError,
-    InputError,
-    PreflightError,
-    ResumeRefusedError,
-    SecretError,
-    SourceError,
-    TemplateError,
-    UnfinishedRunError,
-)
-from batchsend.preview import Preview
-from batchsend.sending import RunResult
-from batchsend.states import RecipientState, RunState
-from batchsend.version import USER_AGENT, __version__
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from batchsend.api import Campaign, Check, Run, open_run, runs
+    from batchsend.errors import (
+        BatchsendError,
+        CampaignError,
+        CampaignSentError,
+        ConcurrentCommandError,
+        FatalSendError,
+        InputError,
+        PreflightError,
+        ResumeRefusedError,
+        SecretError,
+        SourceError,
+        TemplateError,
+        UnfinishedRunError,
+    )
+    from batchsend.preview import Preview
+    from batchsend.sending import RunResult
+    from batchsend.states import RecipientState, RunState
+    from batchsend.version import USER_AGENT, __version__
+
+_HOMES = {
+    "batchsend.api": ("Campaign", "Check", "Run", "open_run", "runs"),
+    "batchsend.errors": (
+        "BatchsendError",
+        "CampaignError",
+        "CampaignSentError",
+        "ConcurrentCommandError",
+        "FatalSendError",
+        "InputError",
+        "PreflightError",
+        "ResumeRefusedError",
+        "SecretError",
+        "SourceError",
+        "TemplateError",
+        "UnfinishedRunError",
+    ),
+    "batchsend.preview": ("Preview",),
+    "batchsend.sending": ("RunResult",),
+    "batchsend.states": ("RecipientState", "RunState"),
+    "batchsend.version": ("USER_AGENT", "__version__"),
+}
+_HOME = {name: module for module, names in _HOMES.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module 'batchsend' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # looked up once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_HOME})
+
 
 __all__ = [
     "USER_AGENT",

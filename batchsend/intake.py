@@ -17,10 +17,10 @@ from batchsend.campaign import Campaign
 from batchsend.errors import (
     PreflightError,
 )
-from batchsend.message import Address, Message, message_key
+from batchsend.message import Address, Message
 from batchsend.plan import PlannedMessage
 from batchsend.preflight import PassNotes, iter_rows
-from batchsend.providers import Provider, RecipientLimits, get_provider
+from batchsend.providers.encoder import WireEncoder
 from batchsend.render import html_to_text
 from batchsend.session import Session
 from batchsend.spool import MessageSpool
@@ -267,39 +267,3 @@ def spool_encoder(
     return WireEncoder(
         c.provider, session.base_url, c.send.batch_size, c.send.max_recipients_per_field, run_id
     )
-
-
-@dataclasses.dataclass(frozen=True)
-class WireEncoder:
-    """A message's key and provider JSON (picklable: it travels to the row pass's workers).
-
-    It holds no API key: encoding a message needs none, and a worker never sends.
-    """
-
-    provider: str
-    base_url: str
-    batch_size: int
-    per_field: int
-    run_id: str
-
-    def __call__(self, m: Message) -> PlannedMessage:
-        provider = self._provider()
-        planned = PlannedMessage(message_key(self.run_id, m), (m.row,), m)
-        wire = provider.encode_message(planned)
-        return PlannedMessage(planned.key, planned.rows, None, wire, planned.recipient_count)
-
-    def _provider(self) -> Provider:
-        made = _PROVIDERS.get(self)
-        if made is None:
-            n = self.per_field
-            made = _PROVIDERS[self] = get_provider(
-                self.provider,
-                base_url=self.base_url,
-                api_key="",
-                batch_size=self.batch_size,
-                limits=RecipientLimits(n, n, n),
-            )
-        return made
-
-
-_PROVIDERS: dict[WireEncoder, Provider] = {}

@@ -24,7 +24,7 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import polars as pl
 
@@ -37,10 +37,12 @@ from batchsend.message import Address, Attachment, Message, content_digest, pick
 from batchsend.plan import PlannedMessage
 from batchsend.render import Renderer, RowRenderError, html_to_text
 from batchsend.source import ignored_columns, iter_batches, read_columns
-from batchsend.store.checkpoint import Checkpoint, pass_key
 from batchsend.suppressions import load_suppression
 from batchsend.variables import Variables, alias, writable
 from batchsend.workers import Ready, default_workers, ordered_map
+
+if TYPE_CHECKING:  # the workers never open it: only the main process writes the store
+    from batchsend.store.checkpoint import Checkpoint
 
 BATCH_ROWS = 10_000  # small batches keep the per-batch Python objects small
 # The rows a worker checks at a time: small, so memory stays bounded. The test-only
@@ -671,7 +673,11 @@ def checkpoint_key(
         return None
     listed = sorted(f"{k}\t{v}" for k, v in (suppressed or {}).items())
     sizes = f"{BATCH_ROWS}/{CHUNK_ROWS}/{_PACK_VERSION}"
-    return pass_key(*fingerprints, repr(campaign), listed, sizes)
+    h = hashlib.sha256()
+    for part in (*fingerprints, repr(campaign), "\n".join(listed), sizes):
+        data = part.encode()
+        h.update(len(data).to_bytes(8, "big") + data)
+    return h.hexdigest()
 
 
 _PACK_VERSION = 1

@@ -29,6 +29,7 @@ import jinja2
 import jinja2.compiler
 import jinja2.meta
 import jinja2.nodes
+import jinja2.runtime
 import jinja2.sandbox
 from inscriptis import get_text
 from inscriptis.model.config import ParserConfig
@@ -542,7 +543,11 @@ class Renderer:
         try:
             chunks: list[str] = []
             size = 0
-            context = template.new_context(values, shared=True)  # values: see render()
+            # values: see render(). No globals: they are in values, and Jinja would make
+            # a set of their names per template only for imports, which see the same.
+            context = jinja2.runtime.new_context(
+                self.env, template.name, template.blocks, values, shared=True
+            )
             for chunk in template.root_render_func(context):
                 size += len(chunk)
                 if size > limit:

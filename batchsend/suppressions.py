@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from batchsend import ledger
 from batchsend.addresses import AddressBook, InvalidAddress
 from batchsend.campaign import Campaign
 from batchsend.errors import SourceError
-from batchsend.store import Store
-from batchsend.store.events import read_suppression_details, suppression_details
+
+if TYPE_CHECKING:
+    from batchsend.store import Store
 
 
 def load_suppression(campaign: Campaign, book: AddressBook) -> set[str]:
@@ -62,6 +64,11 @@ def database_suppressions(own: Store | str | Path | None) -> dict[str, str]:
     (``hard bounce on 2026-12-03``): ``own`` first (the campaign's database, open or by
     path), then every other database in the per-user index; an address keeps the first
     reason found. Read only: a database that is gone or unreadable adds nothing."""
+    # Imported here: the row pass's workers load the campaign's own lists (above) and
+    # never open a database, and the store's libraries cost them memory and time.
+    from batchsend.store import Store
+    from batchsend.store.events import read_suppression_details, suppression_details
+
     listed: dict[str, str] = {}
     own_path: Path | None = None
     if isinstance(own, Store):

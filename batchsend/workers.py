@@ -5,8 +5,10 @@ recipient file (:mod:`batchsend.preflight`) and gets each chunk's results back i
 order the chunks were read, whichever worker finished first. What it promises:
 
 * order: results come out in input order;
-* bounded memory: at most ``window`` chunks are read ahead of the one being consumed,
-  so a ten-million-row file is never held at once, whatever the number of workers;
+* bounded memory: at most ``window`` chunks (by default one per worker and two more)
+  are read ahead of the one being consumed, so a ten-million-row file is never held at
+  once; each worker is a process of its own (about 100 MB, most of it the libraries,
+  shared with the others), so memory grows with ``workers``, not with the file;
 * no orphans: a worker exits when the process that started it is gone (a ``kill -9``
   of batchsend included), and ignores Ctrl-C, which the main process handles alone;
 * one code path: with one worker (or too little input to be worth a process), the same
@@ -126,7 +128,7 @@ def ordered_map(
             print(result)
     """
     state = setup(*setup_args)
-    window = window or 2 * workers + 2
+    window = window or workers + 2  # a chunk in each worker, two more queued
     pool: ProcessPoolExecutor | None = None
     pending: deque[Future[R]] = deque()  # in input order; done ones are yielded at once
     here = 0  # items run in this process

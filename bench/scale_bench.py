@@ -681,6 +681,7 @@ class Bench:
         )
         kept = [line for _, line in again.stderr if KEPT_WORK.search(line)]
         kept += [f"json {k}: {v}" for k, v in again.json.items() if KEPT_KEYS.search(k) and v]
+        kept += [f"note: {n}" for n in again.json.get("notes") or [] if KEPT_KEYS.search(n)]
         self.figure(
             f"{rows:,} kill: checked work kept (as batchsend says it)",
             " | ".join(kept)[:300] or "nothing said (today's run keeps no checked work)",

@@ -23,7 +23,7 @@ from support.campaigns import recipients_in
 
 from batchsend import preflight as pf
 from batchsend.campaign import load_campaign
-from batchsend.intake import WireEncoder
+from batchsend.providers.encoder import WireEncoder
 from batchsend.run import run_campaign
 from batchsend.sandbox import Sandbox
 from batchsend.store import Store

@@ -8,12 +8,12 @@ has checked is also written here, committed on its own, as the pass goes: the ne
 here instead of checking them again (:func:`batchsend.preflight.iter_rows`).
 
 This is a cache, never a record: nothing here says anything was sent, and deleting the
-file at any moment only costs time. A pass is known by a key (:func:`pass_key`) made of
-everything its results depend on: the recipient file's and the campaign's fingerprints,
-the campaign's settings as loaded (command-line overrides included), the database's
-suppression list, the chunk size. A different key is a different pass: one campaign's
-older passes are deleted when a new one starts, and a pass is deleted when the run it
-was for has recorded its rows.
+file at any moment only costs time. A pass is known by a key
+(:func:`batchsend.preflight.checkpoint_key`) made of everything its results depend on:
+the recipient file's and the campaign's fingerprints, the campaign's settings as loaded
+(command-line overrides included), the database's suppression list, the chunk size. A
+different key is a different pass: one campaign's older passes are deleted when a new
+one starts, and a pass is deleted when the run it was for has recorded its rows.
 
 The file is ``<database>-preflight`` (SQLite, WAL). One process writes it, chunk after
 chunk, the main process of the run; the workers never touch it.
@@ -21,12 +21,10 @@ chunk, the main process of the run; the workers never touch it.
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
-from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["Checkpoint", "checkpoint_path", "pass_key"]
+__all__ = ["Checkpoint", "checkpoint_path"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS passes (
@@ -48,21 +46,6 @@ CREATE TABLE IF NOT EXISTS chunks (
 def checkpoint_path(db_path: str | Path) -> Path:
     """Where the checkpoint of the database at ``db_path`` lives."""
     return Path(f"{db_path}-preflight")
-
-
-def pass_key(*parts: str | bytes | Iterable[str]) -> str:
-    """The key of a pass: a sha256 of ``parts`` (strings, bytes, or lists of strings)."""
-    h = hashlib.sha256()
-    for part in parts:
-        if isinstance(part, bytes):
-            data = part
-        elif isinstance(part, str):
-            data = part.encode()
-        else:
-            data = "\n".join(part).encode()
-        h.update(len(data).to_bytes(8, "big"))
-        h.update(data)
-    return h.hexdigest()
 
 
 class Checkpoint:
