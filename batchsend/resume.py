@@ -36,7 +36,7 @@ from batchsend.loops import sync_anywhere
 from batchsend.message import Address, Message
 from batchsend.overrides import override, parse_test_to
 from batchsend.plan import SendUnit, rebuild_unit
-from batchsend.preflight import iter_rows
+from batchsend.preflight import RowResult, iter_rows
 from batchsend.reconcile import DEFAULT_GRACE, reconcile_run
 from batchsend.report import check_report_path
 from batchsend.sending import (
@@ -454,7 +454,7 @@ def _rebuild_units(
     messages = {
         r.row: r.message
         for r in rows_to_messages(campaign, needed.__contains__, test_address, rows, workers)
-        if r.message is not None  # always: it yields rendered rows only
+        if isinstance(r, RowResult) and r.message is not None  # always: no encoder given
     }
     missing = needed - messages.keys()
     if missing:

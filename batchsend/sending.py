@@ -53,6 +53,7 @@ from batchsend.plan import PlannedMessage, SendUnit, plan_units
 from batchsend.preflight import RowResult, iter_rows
 from batchsend.progress import ProgressDisplay, workers_suffix
 from batchsend.providers import Provider
+from batchsend.providers.encoder import WireEncoder
 from batchsend.ratelimit import RateLimiter
 from batchsend.report import format_for, write_report
 from batchsend.retry import RetryPolicy
@@ -200,14 +201,19 @@ def rows_to_messages(
     test_address: Address | None,
     rows: dict[int, int] | None = None,
     workers: int | None = 1,
-) -> Iterator[RowResult]:
+    encoder: WireEncoder | None = None,
+) -> Iterator[RowResult | PlannedMessage]:
     """Preflight rows (rendered in full) for the rows ``wanted`` says, proof-copied if asked.
 
     ``rows`` (a forced resume): ``{file row: run row}``; ``wanted`` then names run rows,
     and each message carries its run row, found by its address, not its position.
     ``workers``: the row pass's processes (None: the machine's cores); the first
-    messages come out as soon as their chunk is rendered.
+    messages come out as soon as their chunk is rendered. ``encoder`` (neither ``rows``
+    nor ``test_address``): the workers also key and encode each message, and its
+    :class:`PlannedMessage` comes out instead of the row.
     """
+    if encoder is not None and (rows is not None or test_address is not None):
+        raise ValueError("an encoder cannot re-address or re-number the messages")
 
     accept = wanted
     if rows is not None:
@@ -217,7 +223,11 @@ def rows_to_messages(
             run_row = by_file.get(file_row)
             return run_row is not None and wanted(run_row)
 
-    for r in iter_rows(campaign, only=accept, workers=workers, keep_values=False):
+    for r in iter_rows(campaign, only=accept, workers=workers, keep_values=False, encoder=encoder):
+        if r.planned is not None:
+            if accept(r.row):
+                yield r.planned
+            continue
         message = r.message
         if message is None or not accept(r.row):
             continue
@@ -358,10 +368,16 @@ def units_for_pending(
             messages = _spooled(spool, wanted, test_address)
         if unspooled:
             again = set(unspooled)
-            rendered = rows_to_messages(campaign, again.__contains__, test_address, None, workers)
+            encoder = _encoder(campaign, provider, run_id, test_address, merge, None)
+            rendered = rows_to_messages(
+                campaign, again.__contains__, test_address, None, workers, encoder
+            )
             messages = itertools.chain(rendered, messages)
     else:
-        messages = rows_to_messages(campaign, wanted.__contains__, test_address, rows, workers)
+        encoder = _encoder(campaign, provider, run_id, test_address, merge, rows)
+        messages = rows_to_messages(
+            campaign, wanted.__contains__, test_address, rows, workers, encoder
+        )
     units = itertools.chain(
         before,
         plan_units(
@@ -374,6 +390,22 @@ def units_for_pending(
         ),
     )
     return RenderedAhead(units) if rendering else units
+
+
+def _encoder(
+    campaign: Campaign,
+    provider: Provider,
+    run_id: str,
+    test_address: Address | None,
+    merge: bool,
+    rows: dict[int, int] | None,
+) -> WireEncoder | None:
+    """The encoder for the row pass's workers, when the messages go as rendered: not
+    merged, not proof copies, not re-numbered (a forced resume)."""
+    if merge or test_address is not None or rows is not None:
+        return None
+    n = campaign.send.max_recipients_per_field
+    return WireEncoder(campaign.provider, provider.base_url, provider.batch_size, n, run_id)
 
 
 #: Signals that stop a run like Ctrl-C: SIGTERM is what ``docker stop``, systemd and CI
