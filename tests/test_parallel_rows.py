@@ -231,3 +231,19 @@ def test_workers_do_not_outlive_a_killed_run(tmp_path: Path) -> None:
     while marked() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert marked() == []
+
+
+def test_the_progress_lines_say_how_many_workers(tmp_path: Path, sandbox: Sandbox) -> None:
+    from support.campaigns import write_campaign
+    from support.processes import run_batchsend
+
+    campaign = write_campaign(tmp_path / "p", rows=2500)
+    done = run_batchsend(
+        "run", str(campaign), "--base-url", sandbox.base_url, "--workers", "2",
+        key="sk-test", env={"BATCHSEND_PROGRESS_INTERVAL": "0.001"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    checking = [line for line in done.stderr.splitlines() if "rows checked" in line]
+    assert checking and all(line.endswith("(2 workers)") for line in checking), done.stderr
+    sending = [line for line in done.stderr.splitlines() if line.startswith("batchsend: sent")]
+    assert sending and sending[-1].endswith("(2 workers)"), done.stderr
