@@ -39,6 +39,7 @@ from batchsend.render import Renderer, RowRenderError, html_to_text
 from batchsend.source import ignored_columns, iter_batches, read_columns
 from batchsend.suppressions import load_suppression
 from batchsend.variables import Variables, alias, writable
+from batchsend.version import __version__
 from batchsend.workers import Ready, default_workers, ordered_map
 
 if TYPE_CHECKING:  # the workers never open it: only the main process writes the store
@@ -501,7 +502,10 @@ def iter_rows(
     ``only``: render just the rows it accepts (a resume rebuilding a few rows of a
     large file). The other rows still have their addresses checked, so duplicates are
     judged as in a full pass, but they are assumed to render and come back with no
-    message (``skip_reason`` None, ``message`` None).
+    message (``skip_reason`` None, ``message`` None). The rows it accepts are the ones
+    a full pass found sendable (the store's pending rows): they are not judged as
+    duplicates again, since a row assumed to render may be one a full pass refused (an
+    earlier row with the same address whose template failed).
 
     ``suppressed``: the database's suppression list (comparison key -> why, from
     :func:`batchsend.store.events.suppression_details`); those rows are skipped as
@@ -532,14 +536,15 @@ def iter_rows(
     names = read_columns(spec)
     _check_columns(campaign, names)
     variables = Variables.of(names)
-    checker = _RowChecker(campaign, derive_text=derive_text, listed=suppressed, variables=variables)
+    setup = (campaign, derive_text, dict(suppressed or {}), names, encoder, keep_values)
+    state = _PassState(*setup)  # this process's: the file-level errors are raised here
+    checker = state.checker
     notes = notes if notes is not None else PassNotes()
     notes.variables = variables
     notes.ignored_columns = ignored_columns(spec)
     notes.uses = checker.renderer.uses()
     if checkpoint is not None and (only is not None or keep_values):
         raise ValueError("a checkpoint keeps a whole pass without values")
-    setup = (campaign, derive_text, dict(suppressed or {}), names, encoder, keep_values)
 
     def items() -> Iterator[_Chunk | Ready]:
         for chunk in _chunks(spec, only):
@@ -553,6 +558,7 @@ def iter_rows(
         workers=default_workers() if workers is None else workers,
         setup=_PassState,
         setup_args=setup,
+        state=state,
     )
     seen = _Seen()
     yielded = 0
@@ -560,7 +566,7 @@ def iter_rows(
         if isinstance(rows, bytes):  # checked by an earlier pass
             empty, rows = _unpack_chunk(rows)
             notes.kept_rows += len(rows)
-        elif checkpoint is not None and all(c.result is not None for c in rows):
+        elif checkpoint is not None and all(c.error is None for c in rows):
             checkpoint.put(index, first, height, _pack_chunk(empty, rows))
             crashpoint("checkpoint")  # test-only: kill -9 with this chunk kept
         notes.skipped_empty(empty)
@@ -568,12 +574,11 @@ def iter_rows(
         for c, before in zip(rows, earlier, strict=True):
             yielded += 1
             result, key = c.result, c.key
-            if c.judged and (before or c.hash in seen.batch):
+            if c.judged and (before or c.hash in seen.batch) and not c.asked:
                 result, key = c.duplicate(), None
-            elif result is None:  # the template failed on this row: say so as a serial pass
-                assert c.values is not None
-                checker.check(c.row, c.values, checker.book.normalise(c.raw_email), False)
-                raise AssertionError("the row's template error did not recur")  # pragma: no cover
+            elif c.error is not None:  # the template failed on this row: stop, as serially
+                kind, detail, file, fix = c.error
+                raise kind(detail, file=file, fix=fix)
             if key is not None and c.hash is not None:
                 seen.batch.add(c.hash)
             yield result
@@ -592,22 +597,24 @@ class _Checked:
     """One row as a worker checked it, before duplicates are judged (in file order).
 
     ``judged``: the row's address is valid and not suppressed, so it is a duplicate if an
-    earlier sendable row has its ``hash``; ``result`` is then what the row is if it is
-    not. ``result`` None: rendering raised a template error (``values`` kept, so the main
-    process can raise it as a serial pass would, if the row is no duplicate).
+    earlier sendable row has its ``hash`` (unless ``asked``: a pass with ``only`` renders
+    the rows its caller has decided to send, never judged again); ``result`` is then what
+    the row is if it is not. ``error``: rendering raised a template error (its class,
+    detail, file and fix), which stops the pass unless the row is a duplicate; ``result``
+    is then the row as a duplicate.
     """
 
     row: int
-    result: RowResult | None
+    result: RowResult
     key: str | None
     hash: int | None
     judged: bool
     raw_email: str
-    values: dict[str, Any] | None = None
+    error: tuple[type[TemplateError], str, str | None, str | None] | None = None
+    asked: bool = False
 
     def duplicate(self) -> RowResult:
         r = self.result
-        assert r is not None
         return RowResult(
             r.row,
             self.raw_email,
@@ -672,7 +679,7 @@ def checkpoint_key(
     if campaign.columns.attachments is not None:
         return None
     listed = sorted(f"{k}\t{v}" for k, v in (suppressed or {}).items())
-    sizes = f"{BATCH_ROWS}/{CHUNK_ROWS}/{_PACK_VERSION}"
+    sizes = f"{__version__}/{BATCH_ROWS}/{CHUNK_ROWS}/{_PACK_VERSION}"
     h = hashlib.sha256()
     for part in (*fingerprints, repr(campaign), "\n".join(listed), sizes):
         data = part.encode()
@@ -688,7 +695,6 @@ def _pack_chunk(empty: list[int], rows: list[_Checked]) -> bytes:
     packed = []
     for c in rows:
         r = c.result
-        assert r is not None
         m, p = r.message, r.planned
         recipients = p.recipient_count if p is not None else 0
         if m is not None:
@@ -743,12 +749,16 @@ def _check_chunk(state: _PassState, chunk: _Chunk) -> _ChunkResult:
         judged = h is not None and checker.reaches_dedup(n)
         # A duplicate of a sendable row of this chunk is one whatever came before: not
         # rendered. One of a row in an earlier chunk is rendered, then judged in order.
-        duplicate = judged and h in sendable
-        draw = render is None or number in render
+        asked = render is not None and number in render  # see _Checked
+        duplicate = judged and h in sendable and not asked
+        draw = render is None or asked
         try:
             result, key = checker.check(number, values, n, duplicate, render=draw, keep_values=keep)
-        except TemplateError:
-            out.append(_Checked(number, None, None, h, judged, raw_email, values))
+        except TemplateError as exc:
+            # Raised in the main process if the row is no duplicate (whose result is this)
+            result, _ = checker.check(number, values, n, True, keep_values=keep)
+            error = (type(exc), exc.detail, exc.location.file, exc.fix)
+            out.append(_Checked(number, result, None, h, judged, raw_email, error, asked))
             continue
         if key is not None and h is not None:
             sendable.add(h)
@@ -766,7 +776,7 @@ def _check_chunk(state: _PassState, chunk: _Chunk) -> _ChunkResult:
                     r.row, r.email, r.name, None, None, r.problems, r.tag, r.metadata,
                     r.group, r.values, r.skip_detail, planned,
                 )  # fmt: skip
-        out.append(_Checked(number, result, key, h, judged, raw_email))
+        out.append(_Checked(number, result, key, h, judged, raw_email, None, asked))
     return index, first, frame.height, empty, out
 
 

@@ -378,18 +378,19 @@ def units_for_pending(
         messages = rows_to_messages(
             campaign, wanted.__contains__, test_address, rows, workers, encoder
         )
-    units = itertools.chain(
-        before,
-        plan_units(
+
+    def units() -> Iterator[SendUnit]:  # a generator: closing it stops the row pass
+        yield from before
+        yield from plan_units(
             messages,
             run_id=run_id,
             provider=provider,
             merge=merge,
             placement=campaign.merge.placement,
             max_recipients_per_field=campaign.send.max_recipients_per_field,
-        ),
-    )
-    return RenderedAhead(units) if rendering else units
+        )
+
+    return RenderedAhead(units()) if rendering else units()
 
 
 def _encoder(

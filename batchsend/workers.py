@@ -112,6 +112,7 @@ def ordered_map(
     setup_args: tuple[Any, ...] = (),
     window: int | None = None,
     in_process_first: int = 1,
+    state: Any = None,
 ) -> Iterator[R]:
     """``fn(state, item)`` for each item, in order, on ``workers`` processes.
 
@@ -120,20 +121,33 @@ def ordered_map(
     ``setup`` and the items must be picklable (module-level functions, plain data). The
     first ``in_process_first`` items run in this process, and with ``workers`` 1 every
     item does: the workers start with the item after, so a small file never pays for
-    starting processes. A :class:`Ready` item's value is yielded in its place.
+    starting processes. A :class:`Ready` item's value is yielded in its place. ``state``:
+    this process's state, made already (``setup`` is then called in the workers only).
+    An error raised while taking the next item comes after the results of the items
+    before it, as it would with one worker.
 
     Example::
 
         for result in ordered_map(power, range(10), workers=2, setup=int, setup_args=("2",)):
             print(result)
     """
-    state = setup(*setup_args)
+    if state is None:
+        state = setup(*setup_args)
     window = window or workers + 2  # a chunk in each worker, two more queued
     pool: ProcessPoolExecutor | None = None
     pending: deque[Future[R]] = deque()  # in input order; done ones are yielded at once
     here = 0  # items run in this process
+    it = iter(items)
     try:
-        for item in items:
+        while True:
+            try:
+                item = next(it)
+            except StopIteration:
+                break
+            except Exception:
+                while pending:  # what came before the error first, as in one process
+                    yield pending.popleft().result()
+                raise
             if isinstance(item, Ready):
                 pending.append(_done(item.value))
             elif workers <= 1 or here < in_process_first:

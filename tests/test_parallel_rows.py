@@ -23,6 +23,7 @@ from support.campaigns import recipients_in
 
 from batchsend import preflight as pf
 from batchsend.campaign import load_campaign
+from batchsend.errors import TemplateError
 from batchsend.providers.encoder import WireEncoder
 from batchsend.run import run_campaign
 from batchsend.sandbox import Sandbox
@@ -247,3 +248,71 @@ def test_the_progress_lines_say_how_many_workers(tmp_path: Path, sandbox: Sandbo
     assert checking and all(line.endswith("(2 workers)") for line in checking), done.stderr
     sending = [line for line in done.stderr.splitlines() if line.startswith("batchsend: sent")]
     assert sending and sending[-1].endswith("(2 workers)"), done.stderr
+
+
+def _two_of_one_address(folder: Path, html: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "r.csv").write_text(
+        "email,first,vip\nann@example.org,,0\nbob@example.org,Bob,0\n"
+        "ann@example.org,Ann,1\ncarl@example.org,Carl,0\n",
+        encoding="utf-8",
+    )
+    (folder / "campaign.toml").write_text(
+        f"""provider = "tosend"
+base_url = "http://127.0.0.1:9"
+[source]
+path = "r.csv"
+[columns]
+required = ["first"]
+[sender]
+email = "news@example.com"
+[message]
+subject = "Hi"
+html = "{html}"
+""",
+        encoding="utf-8",
+    )
+    return folder / "campaign.toml"
+
+
+def test_a_template_error_on_a_duplicate_row_is_no_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A serial pass never renders a duplicate; a worker may (its first copy is in an
+    earlier chunk): its template error must then not stop the pass. On a row that is
+    no duplicate, it stops the pass with the same words whatever the workers."""
+    monkeypatch.setattr(pf, "CHUNK_ROWS", 2)
+    html = "{% if vip == '1' %}{{ ''.__class__ }}{% endif %}<p>{{ first }}</p>"
+    campaign = load_campaign(_two_of_one_address(tmp_path / "c", html))
+    (tmp_path / "c" / "r.csv").write_text(
+        "email,first,vip\nann@example.org,Ann,0\nbob@example.org,Bob,0\n"
+        "ann@example.org,Ann,1\ncarl@example.org,Carl,0\n",
+        encoding="utf-8",
+    )
+    for workers in (1, 2):
+        rows = list(pf.iter_rows(campaign, workers=workers))
+        assert [r.skip_reason for r in rows] == [None, None, "duplicate", None]
+    (tmp_path / "c" / "r.csv").write_text(
+        "email,first,vip\nann@example.org,Ann,0\nbob@example.org,Bob,0\ndan@example.org,Dan,1\n",
+        encoding="utf-8",
+    )
+    errors = []
+    for workers in (1, 2):
+        with pytest.raises(TemplateError) as info:
+            list(pf.iter_rows(campaign, workers=workers))
+        errors.append((str(info.value), info.value.exit_code))
+    assert errors[0] == errors[1] and "rendering row 3" in errors[0][0]
+
+
+def test_rows_asked_for_are_rendered_though_an_invalid_row_shares_their_address(
+    tmp_path: Path,
+) -> None:
+    """Row 1 (empty required column) was refused, so row 3, the same address, was sent
+    as the first of it. Rendering row 3 again (a resume; a run going on from a checkpoint)
+    must give its message: row 1, not rendered, is not taken for a sendable first copy."""
+    campaign = load_campaign(_two_of_one_address(tmp_path / "c", "<p>{{ first }}</p>"))
+    full = list(pf.iter_rows(campaign))
+    assert [r.skip_reason for r in full] == ["invalid", None, None, None]
+    for workers in (1, 2):
+        again = [r for r in pf.iter_rows(campaign, only={3}.__contains__, workers=workers)]
+        assert again[2].message is not None and again[2].message.to[0].email == "ann@example.org"
