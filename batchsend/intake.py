@@ -144,8 +144,10 @@ class Intake:
                 if r.planned is not None:  # rendered and encoded by a worker
                     self.recipients_to_send += r.planned.recipient_count
                     if spool is not None and spool.usable:
-                        spool.add_planned(r.planned)
-                        key = r.planned.key
+                        if spool.add_planned(r.planned):
+                            key = r.planned.key
+                        else:  # the spool is full: the send pass renders this row
+                            self.unspooled.append(r.row)
                     yield NewRecipient(
                         row=r.row,
                         email=r.email,
@@ -171,11 +173,14 @@ class Intake:
                 m = r.message
                 assert m is not None
                 self.recipients_to_send += 1 if self.test else len(m.to) + len(m.cc) + len(m.bcc)
-                if spool is not None and spool.usable:
+                if spool is not None and spool.usable and spool.full:
+                    self.unspooled.append(r.row)  # the send pass renders it
+                elif spool is not None and spool.usable:
                     if m.text is None and m.html is not None:
                         m = dataclasses.replace(m, text=html_to_text(m.html))
+                    stored = False
                     if encode is None:
-                        spool.add(r.group, m)
+                        stored = spool.add(r.group, m)
                     else:
                         try:
                             planned = encode(m)
@@ -184,8 +189,10 @@ class Intake:
                             # always did: when the request is built
                             spool.drop(f"row {m.row} could not be encoded: {exc}")
                         else:
-                            spool.add_planned(planned)
-                            key = planned.key
+                            stored = spool.add_planned(planned)
+                            key = planned.key if stored else None
+                    if not stored and spool.usable:
+                        self.unspooled.append(r.row)
             elif self.test:
                 # A proof run sends its first rows only; the others are settled at once.
                 state, reason = RecipientState.SKIPPED, "limit"

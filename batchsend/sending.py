@@ -346,8 +346,9 @@ def units_for_pending(
     With a ``spool`` holding exactly those rows (a run right after its preflight), the
     messages come from it; otherwise (a resume, a dropped spool) they are rendered again
     (``rows``: matched to the file by address, see :func:`_match_rows_by_address`).
-    ``unspooled``: the pending rows the spool does not hold (a run whose preflight went
-    on from a killed one's checkpoint): they are rendered again, the others read back.
+    ``unspooled``: the pending rows the spool does not hold (it was full, or a run's
+    preflight went on from a killed one's checkpoint): they are rendered again, after
+    the spooled ones are read back.
     ``before``: units to send first (a resume's units rebuilt for rows sent again). When
     rows are rendered, the units come as a :class:`RenderedAhead`.
     """
@@ -366,13 +367,13 @@ def units_for_pending(
             messages = _spooled_planned(spool, wanted)
         else:
             messages = _spooled(spool, wanted, test_address)
-        if unspooled:
+        if unspooled:  # the rows a full spool refused, or a checkpoint gave back
             again = set(unspooled)
             encoder = _encoder(campaign, provider, run_id, test_address, merge, None)
             rendered = rows_to_messages(
                 campaign, again.__contains__, test_address, None, workers, encoder
             )
-            messages = itertools.chain(rendered, messages)
+            messages = itertools.chain(messages, rendered)  # the spooled ones leave first
     else:
         encoder = _encoder(campaign, provider, run_id, test_address, merge, rows)
         messages = rows_to_messages(

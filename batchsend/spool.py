@@ -22,7 +22,10 @@ The spool is a cache, never a record:
 * the file is unlinked as it is created: nothing is left behind, even after kill -9;
 * a resume renders again (rendering is deterministic: docs/design.md, invariant 4);
 * when it would outgrow its cap (:data:`MAX_BYTES`, or a quarter of the free disk
-  space), or a value cannot be stored, it is dropped and the send pass renders again.
+  space) it is *full*: it keeps what it holds and takes no more, and the send pass
+  renders the rows it refused (``add`` says False; the intake lists them);
+* when a value cannot be stored or the disk fails, it is dropped and the send pass
+  renders every row again.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from batchsend.plan import PlannedMessage
 
 __all__ = ["MAX_BYTES", "MessageSpool"]
 
-MAX_BYTES = 2 * 1024**3
+MAX_BYTES = 8 * 1024**3
 _BUFFER = 1 << 20
 
 
@@ -111,13 +114,14 @@ class MessageSpool:
                     ...
     """
 
-    def __init__(self, directory: str | Path, *, max_bytes: int = MAX_BYTES) -> None:
+    def __init__(self, directory: str | Path, *, max_bytes: int | None = None) -> None:
         self.directory = Path(directory)
-        self.max_bytes = max_bytes
+        self.max_bytes = MAX_BYTES if max_bytes is None else max_bytes
         self.count = 0  # messages stored
         self.size = 0  # bytes written
         self.dropped = False
         self.drop_reason: str | None = None
+        self.full = False  # at its cap: what it holds stays usable, it takes no more
         self.form: str | None = None  # "messages" or "planned", set by the first add
         self._file: IO[bytes] | None = None
 
@@ -132,34 +136,35 @@ class MessageSpool:
         """True while every message added is still in the spool."""
         return not self.dropped
 
-    def add(self, group: str | None, message: Message) -> None:
-        """Append one message (with its merge group); drops the spool when it grows too big."""
-        if self.dropped:
-            return
+    def add(self, group: str | None, message: Message) -> bool:
+        """Append one message (with its merge group); whether it was stored (not when the
+        spool is full or dropped)."""
+        if self.dropped or self.full:
+            return False
         try:
             blob = marshal.dumps(_pack(group, message))
         except ValueError:  # a value marshal cannot store: render again at send time
             self.drop("a value could not be stored")
-            return
-        self._append(blob, "messages")
+            return False
+        return self._append(blob, "messages")
 
-    def add_planned(self, planned: PlannedMessage) -> None:
-        """Append one planned, encoded message (``planned.wire`` set)."""
-        if self.dropped:
-            return
+    def add_planned(self, planned: PlannedMessage) -> bool:
+        """Append one planned, encoded message (``planned.wire`` set); whether it was
+        stored (not when the spool is full or dropped)."""
+        if self.dropped or self.full:
+            return False
         if planned.wire is None:
             raise ValueError("only encoded messages are spooled as planned")
         if planned.recipient_count < 1:  # the rate limiter counts these
             raise ValueError(f"message {planned.key} delivers to nobody")
         record = (planned.key, planned.rows, planned.wire, planned.recipient_count)
-        self._append(marshal.dumps(record), "planned")
+        return self._append(marshal.dumps(record), "planned")
 
-    def _append(self, blob: bytes, form: str) -> None:
+    def _append(self, blob: bytes, form: str) -> bool:
         if self.form is None:
             self.form = form
         elif form != self.form:
             raise ValueError(f"this spool holds {self.form}, not {form}")
-        self.size += 4 + len(blob)
         if self._file is None:
             try:
                 free = shutil.disk_usage(self.directory).free
@@ -168,16 +173,18 @@ class MessageSpool:
                 self._file = tempfile.TemporaryFile(dir=self.directory, buffering=_BUFFER)  # noqa: SIM115
             except OSError as exc:
                 self.drop(f"no temporary file: {exc}")
-                return
-        if self.size > self.max_bytes:
-            self.drop(f"over {self.max_bytes:,} bytes")
-            return
+                return False
+        if self.size + 4 + len(blob) > self.max_bytes:
+            self.full = True  # the rows from here on are rendered when sent
+            return False
         try:
             self._file.write(len(blob).to_bytes(4, "little") + blob)
         except OSError as exc:  # a full disk: render again rather than fail the run
             self.drop(f"write failed: {exc}")
-            return
+            return False
+        self.size += 4 + len(blob)
         self.count += 1
+        return True
 
     def _records(self, form: str) -> Iterator[Any]:
         if self.dropped:

@@ -5,10 +5,11 @@ recipient file (:mod:`batchsend.preflight`) and gets each chunk's results back i
 order the chunks were read, whichever worker finished first. What it promises:
 
 * order: results come out in input order;
-* bounded memory: at most ``window`` chunks (by default one per worker and two more)
-  are read ahead of the one being consumed, so a ten-million-row file is never held at
-  once; each worker is a process of its own (about 100 MB, most of it the libraries,
-  shared with the others), so memory grows with ``workers``, not with the file;
+* bounded memory: at most ``window`` chunks (by default three per worker and two more,
+  at most 24 unless there are more workers) are read ahead of the one being
+  consumed, so a ten-million-row file is never held at once; each worker is a process
+  of its own (about 70 MB, most of it the libraries, shared with the others), so memory
+  grows with ``workers``, not with the file;
 * no orphans: a worker exits when the process that started it is gone (a ``kill -9``
   of batchsend included), and ignores Ctrl-C, which the main process handles alone;
 * one code path: with one worker (or too little input to be worth a process), the same
@@ -133,7 +134,7 @@ def ordered_map(
     """
     if state is None:
         state = setup(*setup_args)
-    window = window or workers + 2  # a chunk in each worker, two more queued
+    window = window or max(workers + 2, min(3 * workers + 2, 24))
     pool: ProcessPoolExecutor | None = None
     pending: deque[Future[R]] = deque()  # in input order; done ones are yielded at once
     here = 0  # items run in this process

@@ -316,3 +316,34 @@ def test_rows_asked_for_are_rendered_though_an_invalid_row_shares_their_address(
     for workers in (1, 2):
         again = [r for r in pf.iter_rows(campaign, only={3}.__contains__, workers=workers)]
         assert again[2].message is not None and again[2].message.to[0].email == "ann@example.org"
+
+
+def test_a_run_whose_spool_fills_up_renders_the_rest_when_it_sends(
+    tmp_path: Path, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A big campaign outgrows the spool's cap: the rows it holds are read back, the
+    others rendered again (on the workers) as they are sent; each person once."""
+    from support.campaigns import write_campaign
+
+    from batchsend import spool as spool_module
+    from batchsend.render import Renderer
+
+    monkeypatch.setattr(spool_module, "MAX_BYTES", 6_000)
+    renders: list[int] = []
+    real = Renderer.render
+
+    def counted(self, values, **kw):
+        renders.append(1)
+        return real(self, values, **kw)
+
+    monkeypatch.setattr(Renderer, "render", counted)  # one worker: this process renders
+    campaign = write_campaign(tmp_path / "s", rows=300)
+    result = run_campaign(
+        campaign, base_url=sandbox.base_url, db_path=tmp_path / "s.db", api_key="sk-test",
+        progress=False, workers=1,
+    )  # fmt: skip
+    assert result.exit_code == 0 and result.counts["sent"] == 300
+    # every row rendered in preflight; at send time only those the full spool refused
+    assert 300 + 200 < len(renders) < 600
+    delivered = Counter(recipients_in(sandbox.messages()))
+    assert delivered == Counter({f"user{n}@example.org": 1 for n in range(1, 301)})

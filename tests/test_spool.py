@@ -61,12 +61,13 @@ def test_the_file_is_never_visible_in_the_folder(tmp_path: Path) -> None:
         assert list(tmp_path.iterdir()) == []  # unlinked at creation: a kill leaves nothing
 
 
-def test_over_its_cap_the_spool_drops_itself(tmp_path: Path) -> None:
-    spool = MessageSpool(tmp_path, max_bytes=2_000)
-    for r in range(1, 100):
-        spool.add(None, full_message(r))
-    assert not spool.usable and spool.drop_reason is not None
-    assert "2,000" in spool.drop_reason
+def test_at_its_cap_the_spool_keeps_what_it_holds_and_takes_no_more(tmp_path: Path) -> None:
+    with MessageSpool(tmp_path, max_bytes=2_000) as spool:
+        stored = [spool.add(None, full_message(r)) for r in range(1, 100)]
+        assert spool.usable and spool.full and spool.size <= 2_000
+        kept = stored.index(False)
+        assert kept > 0 and stored == [True] * kept + [False] * (99 - kept)
+        assert [m.row for _, m in spool] == list(range(1, kept + 1))
 
 
 def test_a_value_marshal_cannot_store_drops_the_spool(tmp_path: Path) -> None:
