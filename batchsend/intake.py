@@ -8,7 +8,6 @@ sent so the send pass does not render them again.
 from __future__ import annotations
 
 import dataclasses
-from array import array
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -22,6 +21,7 @@ from batchsend.plan import PlannedMessage
 from batchsend.preflight import PassNotes, iter_rows
 from batchsend.providers.encoder import WireEncoder
 from batchsend.render import html_to_text
+from batchsend.rowset import RowSet
 from batchsend.session import Session
 from batchsend.spool import MessageSpool
 from batchsend.states import RecipientState
@@ -55,7 +55,7 @@ class Intake:
         self.pass_notes = PassNotes()
         # Rows to send that a checkpoint gave back checked but not rendered: the send
         # pass renders them; the spool holds the others.
-        self.unspooled = array("q")
+        self.unspooled = RowSet()
         self.on_rows = on_rows  # called with the rows checked so far, every 1,000 rows
         self.rows = 0
         self.suppressed = suppressed
@@ -147,7 +147,7 @@ class Intake:
                         if spool.add_planned(r.planned):
                             key = r.planned.key
                         else:  # the spool is full: the send pass renders this row
-                            self.unspooled.append(r.row)
+                            self.unspooled.add(r.row)
                     yield NewRecipient(
                         row=r.row,
                         email=r.email,
@@ -160,7 +160,7 @@ class Intake:
                     continue
                 if r.message is None:  # checked by an earlier pass: rendered when sent
                     self.recipients_to_send += 1 if self.test else r.recipients
-                    self.unspooled.append(r.row)
+                    self.unspooled.add(r.row)
                     yield NewRecipient(
                         row=r.row,
                         email=r.email,
@@ -174,7 +174,7 @@ class Intake:
                 assert m is not None
                 self.recipients_to_send += 1 if self.test else len(m.to) + len(m.cc) + len(m.bcc)
                 if spool is not None and spool.usable and spool.full:
-                    self.unspooled.append(r.row)  # the send pass renders it
+                    self.unspooled.add(r.row)  # the send pass renders it
                 elif spool is not None and spool.usable:
                     if m.text is None and m.html is not None:
                         m = dataclasses.replace(m, text=html_to_text(m.html))
@@ -192,7 +192,7 @@ class Intake:
                             stored = spool.add_planned(planned)
                             key = planned.key if stored else None
                     if not stored and spool.usable:
-                        self.unspooled.append(r.row)
+                        self.unspooled.add(r.row)
             elif self.test:
                 # A proof run sends its first rows only; the others are settled at once.
                 state, reason = RecipientState.SKIPPED, "limit"

@@ -21,7 +21,15 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Collection, Iterable, Iterator
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Collection,
+    Container,
+    Iterable,
+    Iterator,
+)
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +65,7 @@ from batchsend.providers.encoder import WireEncoder
 from batchsend.ratelimit import RateLimiter
 from batchsend.report import format_for, write_report
 from batchsend.retry import RetryPolicy
+from batchsend.rowset import RowSet
 from batchsend.session import Session
 from batchsend.spool import MessageSpool
 from batchsend.states import RecipientState, RunState
@@ -241,7 +250,7 @@ def rows_to_messages(
 
 
 def _spooled(
-    spool: MessageSpool, wanted: set[int], test_address: Address | None
+    spool: MessageSpool, wanted: Container[int], test_address: Address | None
 ) -> Iterator[tuple[str | None, Message]]:
     """The spooled ``(group, message)`` of the rows ``wanted``, proof-copied if asked."""
     for group, message in spool:
@@ -252,7 +261,7 @@ def _spooled(
         yield group, message
 
 
-def _spooled_planned(spool: MessageSpool, wanted: set[int]) -> Iterator[PlannedMessage]:
+def _spooled_planned(spool: MessageSpool, wanted: Container[int]) -> Iterator[PlannedMessage]:
     """The spooled planned messages of the rows ``wanted`` (exactly those, in order)."""
     for planned in spool.planned():
         for row in planned.rows:
@@ -352,12 +361,9 @@ def units_for_pending(
     ``before``: units to send first (a resume's units rebuilt for rows sent again). When
     rows are rendered, the units come as a :class:`RenderedAhead`.
     """
-    pending = store.rows_in_state(run_id, [RecipientState.PENDING])
-    if limit is not None:
-        pending = pending[:limit]
-    if not pending:
+    wanted = store.pending_rows(run_id, limit)  # a bit a row: ten million rows fit
+    if not wanted:
         return before
-    wanted = set(pending)
     merge = campaign.merge.enabled and test_address is None
     messages: Iterable[PlannedMessage | tuple[str | None, Message] | RowResult]
     rendering = True
@@ -368,7 +374,7 @@ def units_for_pending(
         else:
             messages = _spooled(spool, wanted, test_address)
         if unspooled:  # the rows a full spool refused, or a checkpoint gave back
-            again = set(unspooled)
+            again = unspooled if isinstance(unspooled, RowSet) else RowSet(unspooled)
             encoder = _encoder(campaign, provider, run_id, test_address, merge, None)
             rendered = rows_to_messages(
                 campaign, again.__contains__, test_address, None, workers, encoder

@@ -32,6 +32,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "loops",
         "process",
         "workers",
+        "rowset",
         "message",
         "addresses",
         "ledger",

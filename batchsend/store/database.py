@@ -26,6 +26,7 @@ from batchsend.errors import (
     StoreError,
 )
 from batchsend.process import alive, this_process
+from batchsend.rowset import RowSet
 from batchsend.states import RecipientState, RunState
 from batchsend.store.records import (
     IN_FLIGHT_REASON,
@@ -870,6 +871,14 @@ class Store:
         if retryable_only:
             sql += " AND retryable = 1"
         return [r for (r,) in self.conn.execute(sql + " ORDER BY row", (run_id, *values))]
+
+    def pending_rows(self, run_id: str, limit: int | None = None) -> RowSet:
+        """The run's ``pending`` rows (the first ``limit`` of them), one bit each."""
+        sql = "SELECT row FROM recipients WHERE run_id = ? AND state = ? ORDER BY row"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        cursor = self.conn.execute(sql, (run_id, RecipientState.PENDING.value))
+        return RowSet(row for (row,) in cursor)
 
     def failed_retryable(self, run_id: str) -> int:
         """How many rows are ``failed`` with a retryable error (``--retry-failed`` sends them)."""
