@@ -489,6 +489,7 @@ def iter_rows(
     encoder: Callable[[Message], PlannedMessage] | None = None,
     keep_values: bool = True,
     checkpoint: Checkpoint | None = None,
+    others: bool = True,
 ) -> Iterator[RowResult]:
     """Yield one :class:`RowResult` per input row, in order, rendering every good row.
 
@@ -521,6 +522,10 @@ def iter_rows(
     come back with ``planned`` and no ``message``. ``keep_values=False`` leaves every
     result's ``values`` empty, so less crosses between processes.
 
+    ``others=False`` (with ``only``): yield the rows ``only`` accepts, and none of the
+    others (their addresses still count for duplicates): far less crosses between
+    processes when a resume renders the second half of a big file.
+
     ``checkpoint`` (a run's intake, with ``keep_values=False`` and no ``only``): each
     chunk checked is kept there as it comes back, and a chunk found there (an earlier
     pass over the same inputs was killed) is not checked again. Its sendable rows come
@@ -536,7 +541,8 @@ def iter_rows(
     names = read_columns(spec)
     _check_columns(campaign, names)
     variables = Variables.of(names)
-    setup = (campaign, derive_text, dict(suppressed or {}), names, encoder, keep_values)
+    lean = only is not None and not others
+    setup = (campaign, derive_text, dict(suppressed or {}), names, encoder, keep_values, lean)
     state = _PassState(*setup)  # this process's: the file-level errors are raised here
     checker = state.checker
     notes = notes if notes is not None else PassNotes()
@@ -573,6 +579,11 @@ def iter_rows(
         earlier = seen.seen_before_batch([c.hash for c in rows])
         for c, before in zip(rows, earlier, strict=True):
             yielded += 1
+            if c.result is None:  # not asked for (others=False): only its address counts
+                duplicate = c.judged and (before or c.hash in seen.batch)
+                if not duplicate and c.key is not None and c.hash is not None:
+                    seen.batch.add(c.hash)
+                continue
             result, key = c.result, c.key
             if c.judged and (before or c.hash in seen.batch) and not c.asked:
                 result, key = c.duplicate(), None
@@ -605,7 +616,7 @@ class _Checked:
     """
 
     row: int
-    result: RowResult
+    result: RowResult | None  # None: a row not asked for (others=False), never yielded
     key: str | None
     hash: int | None
     judged: bool
@@ -615,6 +626,7 @@ class _Checked:
 
     def duplicate(self) -> RowResult:
         r = self.result
+        assert r is not None
         return RowResult(
             r.row,
             self.raw_email,
@@ -640,7 +652,9 @@ class _PassState:
         names: list[str],
         encoder: Callable[[Message], PlannedMessage] | None,
         keep_values: bool,
+        lean: bool = False,
     ) -> None:
+        self.lean = lean  # rows not asked for come back as their address's verdict only
         self.checker = _RowChecker(
             campaign, derive_text=derive_text, listed=listed, variables=Variables.of(names)
         )
@@ -695,6 +709,7 @@ def _pack_chunk(empty: list[int], rows: list[_Checked]) -> bytes:
     packed = []
     for c in rows:
         r = c.result
+        assert r is not None  # a checkpoint keeps whole passes
         m, p = r.message, r.planned
         recipients = p.recipient_count if p is not None else 0
         if m is not None:
@@ -762,6 +777,9 @@ def _check_chunk(state: _PassState, chunk: _Chunk) -> _ChunkResult:
             continue
         if key is not None and h is not None:
             sendable.add(h)
+        if state.lean and not draw:
+            out.append(_Checked(number, None, "" if key is not None else None, h, judged, ""))
+            continue
         m = result.message
         if encoder is not None and m is not None and result.skip_reason is None:
             if m.text is None and m.html is not None:

@@ -232,7 +232,10 @@ def rows_to_messages(
             run_row = by_file.get(file_row)
             return run_row is not None and wanted(run_row)
 
-    for r in iter_rows(campaign, only=accept, workers=workers, keep_values=False, encoder=encoder):
+    passed = iter_rows(
+        campaign, only=accept, workers=workers, keep_values=False, encoder=encoder, others=False
+    )
+    for r in passed:
         if r.planned is not None:
             if accept(r.row):
                 yield r.planned

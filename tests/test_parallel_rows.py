@@ -347,3 +347,20 @@ def test_a_run_whose_spool_fills_up_renders_the_rest_when_it_sends(
     assert 300 + 200 < len(renders) < 600
     delivered = Counter(recipients_in(sandbox.messages()))
     assert delivered == Counter({f"user{n}@example.org": 1 for n in range(1, 301)})
+
+
+def test_a_pass_for_some_rows_yields_those_alone_as_the_full_pass_has_them(
+    tmp_path: Path,
+) -> None:
+    campaign = load_campaign(mixed_campaign(tmp_path / "c"))
+    full = list(pf.iter_rows(campaign, suppressed=LISTED))
+    asked = {r.row for r in full if r.skip_reason is None and r.row % 3 == 0}
+    for workers in (1, 2):
+        rows = pf.iter_rows(campaign, only=asked.__contains__, suppressed=LISTED, workers=workers)
+        every = [r for r in rows if r.row in asked]
+        lean = list(
+            pf.iter_rows(
+                campaign, only=asked.__contains__, suppressed=LISTED, workers=workers, others=False
+            )
+        )
+        assert lean == every == [r for r in full if r.row in asked] and len(lean) == len(asked)
