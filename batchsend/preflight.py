@@ -523,8 +523,8 @@ def iter_rows(
     result's ``values`` empty, so less crosses between processes.
 
     ``others=False`` (with ``only``): yield the rows ``only`` accepts, and none of the
-    others (their addresses still count for duplicates): far less crosses between
-    processes when a resume renders the second half of a big file.
+    others. Since the rows it accepts are not judged as duplicates, the others are not
+    even read: a resume of a half-sent file skips its first half at the speed of reading.
 
     ``checkpoint`` (a run's intake, with ``keep_values=False`` and no ``only``): each
     chunk checked is kept there as it comes back, and a chunk found there (an earlier
@@ -554,7 +554,10 @@ def iter_rows(
 
     def items() -> Iterator[_Chunk | Ready]:
         for chunk in _chunks(spec, only):
-            index, first, frame, _ = chunk
+            index, first, frame, render = chunk
+            if lean and not render:  # nothing asked for in this chunk: nothing to do
+                yield Ready((index, first, frame.height, [], []))
+                continue
             kept = checkpoint.get(index, first, frame.height) if checkpoint else None
             yield chunk if kept is None else Ready((index, first, frame.height, [], kept))
 
@@ -579,11 +582,6 @@ def iter_rows(
         earlier = seen.seen_before_batch([c.hash for c in rows])
         for c, before in zip(rows, earlier, strict=True):
             yielded += 1
-            if c.result is None:  # not asked for (others=False): only its address counts
-                duplicate = c.judged and (before or c.hash in seen.batch)
-                if not duplicate and c.key is not None and c.hash is not None:
-                    seen.batch.add(c.hash)
-                continue
             result, key = c.result, c.key
             if c.judged and (before or c.hash in seen.batch) and not c.asked:
                 result, key = c.duplicate(), None
@@ -616,7 +614,7 @@ class _Checked:
     """
 
     row: int
-    result: RowResult | None  # None: a row not asked for (others=False), never yielded
+    result: RowResult
     key: str | None
     hash: int | None
     judged: bool
@@ -626,7 +624,6 @@ class _Checked:
 
     def duplicate(self) -> RowResult:
         r = self.result
-        assert r is not None
         return RowResult(
             r.row,
             self.raw_email,
@@ -709,7 +706,6 @@ def _pack_chunk(empty: list[int], rows: list[_Checked]) -> bytes:
     packed = []
     for c in rows:
         r = c.result
-        assert r is not None  # a checkpoint keeps whole passes
         m, p = r.message, r.planned
         recipients = p.recipient_count if p is not None else 0
         if m is not None:
@@ -739,7 +735,13 @@ def _check_chunk(state: _PassState, chunk: _Chunk) -> _ChunkResult:
     """Check and render one chunk's rows (in a worker): its empty rows, and each other row."""
     index, first, frame, render = chunk
     checker, keep, encoder = state.checker, state.keep_values, state.encoder
+    height = frame.height
     numbers: Sequence[int] = range(first, first + frame.height)
+    if state.lean:  # only the rows asked for (see iter_rows' others)
+        assert render is not None
+        offsets = [n - first for n in sorted(render)]
+        frame = frame[offsets]
+        numbers = sorted(render)
     records = frame.to_dicts()
     empty = _empty_rows(frame)
     if empty:
@@ -777,9 +779,6 @@ def _check_chunk(state: _PassState, chunk: _Chunk) -> _ChunkResult:
             continue
         if key is not None and h is not None:
             sendable.add(h)
-        if state.lean and not draw:
-            out.append(_Checked(number, None, "" if key is not None else None, h, judged, ""))
-            continue
         m = result.message
         if encoder is not None and m is not None and result.skip_reason is None:
             if m.text is None and m.html is not None:
@@ -795,7 +794,7 @@ def _check_chunk(state: _PassState, chunk: _Chunk) -> _ChunkResult:
                     r.group, r.values, r.skip_detail, planned,
                 )  # fmt: skip
         out.append(_Checked(number, result, key, h, judged, raw_email, None, asked))
-    return index, first, frame.height, empty, out
+    return index, first, height, empty, out
 
 
 def _empty_rows(batch: pl.DataFrame) -> list[int]:
