@@ -141,6 +141,7 @@ class Intake:
             key = None  # the message's key, when preflight planned it
             if self.limit is None or self.to_send < self.limit:
                 self.to_send += 1
+                m = r.message
                 if r.planned is not None:  # rendered and encoded by a worker
                     self.recipients_to_send += r.planned.recipient_count
                     if spool is not None and spool.usable:
@@ -148,51 +149,14 @@ class Intake:
                             key = r.planned.key
                         else:  # the spool is full: the send pass renders this row
                             self.unspooled.add(r.row)
-                    yield NewRecipient(
-                        row=r.row,
-                        email=r.email,
-                        name=r.name,
-                        state=state,
-                        tag=r.tag,
-                        metadata=r.metadata,
-                        message_key=key,
-                    )
-                    continue
-                if r.message is None:  # checked by an earlier pass: rendered when sent
+                elif m is None:  # checked by an earlier pass: rendered when sent
                     self.recipients_to_send += 1 if self.test else r.recipients
                     self.unspooled.add(r.row)
-                    yield NewRecipient(
-                        row=r.row,
-                        email=r.email,
-                        name=r.name,
-                        state=state,
-                        tag=r.tag,
-                        metadata=r.metadata,
+                else:
+                    self.recipients_to_send += (
+                        1 if self.test else len(m.to) + len(m.cc) + len(m.bcc)
                     )
-                    continue
-                m = r.message
-                assert m is not None
-                self.recipients_to_send += 1 if self.test else len(m.to) + len(m.cc) + len(m.bcc)
-                if spool is not None and spool.usable and spool.full:
-                    self.unspooled.add(r.row)  # the send pass renders it
-                elif spool is not None and spool.usable:
-                    if m.text is None and m.html is not None:
-                        m = dataclasses.replace(m, text=html_to_text(m.html))
-                    stored = False
-                    if encode is None:
-                        stored = spool.add(r.group, m)
-                    else:
-                        try:
-                            planned = encode(m)
-                        except (TypeError, ValueError) as exc:
-                            # the send pass renders again, and meets the error where it
-                            # always did: when the request is built
-                            spool.drop(f"row {m.row} could not be encoded: {exc}")
-                        else:
-                            stored = spool.add_planned(planned)
-                            key = planned.key if stored else None
-                    if not stored and spool.usable:
-                        self.unspooled.add(r.row)
+                    key = self._spool(spool, encode, r.group, m)
             elif self.test:
                 # A proof run sends its first rows only; the others are settled at once.
                 state, reason = RecipientState.SKIPPED, "limit"
@@ -211,6 +175,37 @@ class Intake:
                 metadata=r.metadata,
                 message_key=key,
             )
+
+    def _spool(
+        self,
+        spool: MessageSpool | None,
+        encode: Callable[[Message], PlannedMessage] | None,
+        group: str | None,
+        m: Message,
+    ) -> str | None:
+        """Spool a message rendered here (not by a worker); its key, when planned."""
+        if spool is None or not spool.usable:
+            return None
+        if spool.full:
+            self.unspooled.add(m.row)  # the send pass renders it
+            return None
+        if m.text is None and m.html is not None:
+            m = dataclasses.replace(m, text=html_to_text(m.html))
+        if encode is None:
+            stored, key = spool.add(group, m), None
+        else:
+            try:
+                planned = encode(m)
+            except (TypeError, ValueError) as exc:
+                # the send pass renders again, and meets the error where it always
+                # did: when the request is built
+                spool.drop(f"row {m.row} could not be encoded: {exc}")
+                return None
+            stored = spool.add_planned(planned)
+            key = planned.key if stored else None
+        if not stored and spool.usable:
+            self.unspooled.add(m.row)
+        return key
 
     def raise_if_bad(self) -> None:
         if not self.problem_rows or self.skip_invalid:
