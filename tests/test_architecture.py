@@ -196,3 +196,21 @@ def test_every_module_imports_in_a_fresh_interpreter_in_dependency_order() -> No
         [sys.executable, "-c", script, *order], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_the_command_line_does_not_load_pandas_or_numpy() -> None:
+    # sqlite-utils imports both when installed (the test dependencies install pandas):
+    # half a second and about 45 MB in every command, a worker's share of memory included.
+    script = (
+        "import sys\n"
+        "import batchsend.cli, batchsend.store, batchsend.run, batchsend.reconcile\n"
+        "import sqlite_utils.db\n"
+        "print(sorted({'pandas', 'numpy'} & set(sys.modules)))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+    # and where pandas is loaded first (a DataFrame given to the API), sqlite-utils sees it
+    script = "import pandas, batchsend.store, sqlite_utils.db as d; print(d.pd is pandas)\n"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.stdout.strip() == "True", result.stderr
