@@ -56,6 +56,9 @@ class Intake:
         # Rows to send that a checkpoint gave back checked but not rendered: the send
         # pass renders them; the spool holds the others.
         self.unspooled = RowSet()
+        # The rows recorded pending that the send pass sends (all, or the first --limit):
+        # what the store would answer, known without a scan of the run's rows.
+        self.pending = RowSet()
         self.on_rows = on_rows  # called with the rows checked so far, every 1,000 rows
         self.rows = 0
         self.suppressed = suppressed
@@ -141,6 +144,7 @@ class Intake:
             key = None  # the message's key, when preflight planned it
             if self.limit is None or self.to_send < self.limit:
                 self.to_send += 1
+                self.pending.add(r.row)
                 m = r.message
                 if r.planned is not None:  # rendered and encoded by a worker
                     self.recipients_to_send += r.planned.recipient_count

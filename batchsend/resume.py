@@ -261,6 +261,7 @@ def _resume(
                     "so those people may get this message twice",
                     file=sys.stderr,
                 )
+            wanted = store.pending_rows(run_id, limit)  # read once: planned and counted
             return send_and_finish(
                 store,
                 session,
@@ -278,6 +279,7 @@ def _resume(
                     rows=rows,
                     workers=workers,
                     before=list(_bind(rebuilt)),
+                    wanted=wanted,
                 ),
                 started=started,
                 http_client=http_client,
@@ -290,6 +292,7 @@ def _resume(
                 resending=resending,
                 located=located,
                 workers=workers,
+                pending=len(wanted),
             )
 
 

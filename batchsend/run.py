@@ -233,6 +233,7 @@ def run_campaign(
                 spool=spool,
                 workers=workers,
                 unspooled=tally.unspooled,
+                wanted=tally.pending,
             ),
             started=started,
             http_client=http_client,
@@ -240,6 +241,7 @@ def run_campaign(
             progress=progress,
             notes=lost_notes + tally.notes(),
             limit=limit,  # the rows to send (the progress total): the rest stays pending
+            pending=len(tally.pending),
             located=where,
             workers=workers,
         )

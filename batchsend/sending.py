@@ -352,6 +352,7 @@ def units_for_pending(
     workers: int | None = 1,
     unspooled: Collection[int] = (),
     before: Iterable[SendUnit] = (),
+    wanted: RowSet | None = None,
 ) -> Iterable[SendUnit]:
     """Plan the run's ``pending`` rows (the first ``limit`` of them) into units, streaming.
 
@@ -363,8 +364,11 @@ def units_for_pending(
     the spooled ones are read back.
     ``before``: units to send first (a resume's units rebuilt for rows sent again). When
     rows are rendered, the units come as a :class:`RenderedAhead`.
+    ``wanted``: those pending rows, when the caller has them already (the intake that
+    recorded them, a resume that counted them); otherwise they are read from the store.
     """
-    wanted = store.pending_rows(run_id, limit)  # a bit a row: ten million rows fit
+    if wanted is None:
+        wanted = store.pending_rows(run_id, limit)  # a bit a row: ten million rows fit
     if not wanted:
         return before
     merge = campaign.merge.enabled and test_address is None
@@ -541,7 +545,14 @@ def send_and_finish(
     resending: set[int] | None = None,
     located: Located | None = None,
     workers: int | None = None,
+    pending: int | None = None,
 ) -> RunResult:
+    """Send what ``units`` plans, then record the run's end and write its report.
+
+    ``pending``: how many pending rows ``units`` sends (``limit`` applied), when the
+    caller knows; otherwise they are counted in the store, a scan of the run's rows
+    (0.4 s at a million) before the first request.
+    """
     run = store.get_run(run_id)
     campaign = session.campaign
     provider = session.provider()
@@ -557,9 +568,9 @@ def send_and_finish(
         requests, would_send = _dry_run(store, run_id, provider, units(provider))
     else:
         planned = units(provider)
-        to_send = store.counts(run_id)[RecipientState.PENDING.value]
-        if limit is not None:
-            to_send = min(to_send, limit)
+        if pending is None:
+            pending = store.counts(run_id)[RecipientState.PENDING.value]
+        to_send = pending if limit is None else min(pending, limit)
         to_send += extra_rows
         if check_account and to_send:
             try:
