@@ -167,31 +167,57 @@ def _rows_shown(sample: list[int], count: int) -> str:
 class _Seen:
     """Dedup keys of the rows accepted so far, in little memory.
 
-    Keys are kept as 64-bit hashes in a sorted polars Series (8 bytes a row, a small
+    Keys are kept as 64-bit hashes in sorted polars Series (8 bytes a row, a small
     fraction of what a Python set of the address strings would hold), plus a set of the
-    most recent ones, joined into the sorted array every ``MERGE_EVERY`` keys so the
-    re-sort stays rare. Two different addresses share a 64-bit hash with probability about
-    n^2 / 2^65 (3e-8 at one million rows).
+    most recent ones, joined into the sorted arrays every ``MERGE_EVERY`` keys so the
+    re-sort stays rare. The hashes are split by their top bits into :data:`_SEEN_PARTS`
+    arrays, each merged on its own: a merge copies one part, not all of them (at ten
+    million rows a single array is 80 MB, and its merge briefly held three copies). Two
+    different addresses share a 64-bit hash with probability about n^2 / 2^65 (3e-8 at
+    one million rows).
     """
 
     def __init__(self) -> None:
-        self.sorted = pl.Series("h", [], dtype=pl.Int64)
+        self.parts = [pl.Series("h", [], dtype=pl.Int64) for _ in range(_SEEN_PARTS)]
+        self.kept = 0  # hashes in the sorted parts
         self.batch: set[int] = set()
 
     def seen_before_batch(self, hashes: list[int | None]) -> list[bool]:
-        n = self.sorted.len()
-        if n == 0 or not hashes:
-            return [False] * len(hashes)
-        probe = pl.Series("h", [h if h is not None else 0 for h in hashes], dtype=pl.Int64)
-        idx = self.sorted.search_sorted(probe, side="left").clip(0, n - 1)
-        found = (self.sorted.gather(idx) == probe).to_list()
-        return [bool(f) and h is not None for f, h in zip(found, hashes, strict=True)]
+        found = [False] * len(hashes)
+        if self.kept == 0 or not hashes:
+            return found
+        where: list[list[int]] = [[] for _ in range(_SEEN_PARTS)]
+        for i, h in enumerate(hashes):
+            if h is not None:
+                where[_part(h)].append(i)
+        for part, places in zip(self.parts, where, strict=True):
+            n = part.len()
+            if n == 0 or not places:
+                continue
+            probe = pl.Series("h", [hashes[i] for i in places], dtype=pl.Int64)
+            idx = part.search_sorted(probe, side="left").clip(0, n - 1)
+            for i, hit in zip(places, (part.gather(idx) == probe).to_list(), strict=True):
+                found[i] = bool(hit)
+        return found
 
     def end_batch(self) -> None:
         if len(self.batch) >= MERGE_EVERY:
-            new = pl.Series("h", list(self.batch), dtype=pl.Int64)
-            self.sorted = pl.concat([self.sorted, new]).sort()
+            new: list[list[int]] = [[] for _ in range(_SEEN_PARTS)]
+            for h in self.batch:
+                new[_part(h)].append(h)
             self.batch = set()
+            for p, hashes in enumerate(new):
+                if hashes:
+                    added = pl.Series("h", hashes, dtype=pl.Int64)
+                    self.parts[p] = pl.concat([self.parts[p], added]).sort()
+                    self.kept += len(hashes)
+
+
+_SEEN_PARTS = 16  # a power of two: a hash's part is its top bits
+
+
+def _part(h: int) -> int:
+    return (h >> 60) & (_SEEN_PARTS - 1)  # the top four bits of a signed 64-bit hash
 
 
 def _hash(key: str) -> int:

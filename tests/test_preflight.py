@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from support.campaigns import campaign_folder
 
 from batchsend.campaign import load_campaign
@@ -149,6 +151,34 @@ def test_duplicates_across_batches(tmp_path, monkeypatch) -> None:
     campaign = make(tmp_path, "email,name,first_name\n" + "\n".join(lines) + "\n")
     reasons = [r.skip_reason for r in iter_rows(campaign)]
     assert reasons == [None] * 10 + ["duplicate"] * 20
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.integers(min_value=-(2**63), max_value=2**63 - 1) | st.none(), max_size=30),
+        max_size=12,
+    ),
+    st.integers(min_value=1, max_value=8),
+)
+def test_the_seen_hashes_answer_as_a_set_would(batches, merge_every) -> None:
+    # Every part of the split array (top bits of the hash, negative hashes included),
+    # merged often: a hash is found exactly when an earlier batch added it.
+    import batchsend.preflight as pf
+
+    old, pf.MERGE_EVERY = pf.MERGE_EVERY, merge_every
+    try:
+        seen, added = pf._Seen(), set()
+        for hashes in batches:
+            found = seen.seen_before_batch(hashes)
+            assert found == [h is not None and h in added - seen.batch for h in hashes]
+            for h in hashes:
+                if h is not None:
+                    seen.batch.add(h)
+                    added.add(h)
+            seen.end_batch()
+    finally:
+        pf.MERGE_EVERY = old
 
 
 def test_an_invalid_first_occurrence_does_not_hide_a_good_one(tmp_path) -> None:
