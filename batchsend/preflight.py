@@ -213,11 +213,12 @@ class _Seen:
                     self.kept += len(hashes)
 
 
-_SEEN_PARTS = 16  # a power of two: a hash's part is its top bits
+_SEEN_BITS = 4
+_SEEN_PARTS = 1 << _SEEN_BITS  # a hash's part is its top bits
 
 
 def _part(h: int) -> int:
-    return (h >> 60) & (_SEEN_PARTS - 1)  # the top four bits of a signed 64-bit hash
+    return (h >> (64 - _SEEN_BITS)) & (_SEEN_PARTS - 1)  # of a signed 64-bit hash
 
 
 def _hash(key: str) -> int:

@@ -168,15 +168,18 @@ def test_the_seen_hashes_answer_as_a_set_would(batches, merge_every) -> None:
 
     old, pf.MERGE_EVERY = pf.MERGE_EVERY, merge_every
     try:
-        seen, added = pf._Seen(), set()
+        seen, merged, waiting = pf._Seen(), set(), set()  # the model: what was merged
         for hashes in batches:
             found = seen.seen_before_batch(hashes)
-            assert found == [h is not None and h in added - seen.batch for h in hashes]
+            assert found == [h is not None and h in merged for h in hashes]
             for h in hashes:
                 if h is not None:
                     seen.batch.add(h)
-                    added.add(h)
+                    waiting.add(h)
             seen.end_batch()
+            if not seen.batch:  # joined into the sorted parts
+                merged |= waiting
+                waiting = set()
     finally:
         pf.MERGE_EVERY = old
 

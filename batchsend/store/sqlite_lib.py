@@ -3,7 +3,7 @@
 sqlite-utils imports pandas and numpy when they are installed, only to map their value
 types to column types when it creates a table from values. batchsend writes its own
 schema and hands the store plain Python values, so those imports are dead weight: about
-half a second and 60 MB in every command where pandas is installed (a notebook, the test
+half a second and 45 MB in every command where pandas is installed (a notebook, the test
 dependencies). They are refused while sqlite-utils loads, unless this process has
 imported them already (a DataFrame given to the Python API), in which case nothing is
 saved and nothing changes.
