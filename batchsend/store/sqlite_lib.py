@@ -6,7 +6,9 @@ schema and hands the store plain Python values, so those imports are dead weight
 half a second and 45 MB in every command where pandas is installed (a notebook, the test
 dependencies). They are refused while sqlite-utils loads, unless this process has
 imported them already (a DataFrame given to the Python API), in which case nothing is
-saved and nothing changes.
+saved and nothing changes. The cost: in a process that loaded batchsend's store first, a
+program's own sqlite-utils calls do not map numpy or pandas values to column types (import
+pandas first for that).
 """
 
 from __future__ import annotations
