@@ -213,7 +213,11 @@ class _Seen:
                     self.kept += len(hashes)
 
 
-_SEEN_BITS = 4
+# Each part costs every chunk's probe a search (about 0.4 µs a row); fewer, larger parts
+# leave more of each merge's garbage to polars' allocator. Measured at 10M hashes merged
+# 200,000 at a time: peak 323 MB with one part, 271 with 4, 233 with 16; the probe 1.0,
+# 2.2 and 6.9 µs a row.
+_SEEN_BITS = 2
 _SEEN_PARTS = 1 << _SEEN_BITS  # a hash's part is its top bits
 
 
