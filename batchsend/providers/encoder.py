@@ -7,6 +7,7 @@ encodes them with it, and imports no more than the providers' message format nee
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 from batchsend.message import Message, message_key
 from batchsend.plan import PlannedMessage
@@ -35,17 +36,18 @@ class WireEncoder:
         return PlannedMessage(planned.key, planned.rows, None, wire, planned.recipient_count)
 
     def _provider(self) -> Provider:
-        made = _PROVIDERS.get(self)
-        if made is None:
-            n = self.per_field
-            made = _PROVIDERS[self] = get_provider(
-                self.provider,
-                base_url=self.base_url,
-                api_key="",
-                batch_size=self.batch_size,
-                limits=RecipientLimits(n, n, n),
-            )
-        return made
+        return _provider_for(self)
 
 
-_PROVIDERS: dict[WireEncoder, Provider] = {}
+@functools.lru_cache(maxsize=4)
+def _provider_for(encoder: WireEncoder) -> Provider:
+    """The provider that encodes for ``encoder``: made once a run and process (a few kept,
+    not one for every run a long-lived notebook ever made)."""
+    n = encoder.per_field
+    return get_provider(
+        encoder.provider,
+        base_url=encoder.base_url,
+        api_key="",
+        batch_size=encoder.batch_size,
+        limits=RecipientLimits(n, n, n),
+    )
