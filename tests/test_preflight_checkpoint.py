@@ -112,3 +112,45 @@ def test_a_bad_file_is_refused_as_fast_the_second_time(tmp_path: Path, sandbox: 
     assert sandbox.stats()["requests"] == 0
     assert query(db, "SELECT count(*) FROM runs") in ([(0,)], [])
     assert len(kept_chunks(db)) == 4
+
+
+@pytest.mark.parametrize(
+    ("killed_with", "then", "emails"),
+    [
+        (("--limit", "70"), ("--limit", "70"), 70),
+        (("--dry-run",), (), ROWS - 1),
+        ((), ("--dry-run",), 0),
+        ((), ("--test-to", "proof@example.org", "--limit", "3"), 3),
+    ],
+    ids=["limit", "dry-run-then-real", "real-then-dry-run", "real-then-proof"],
+)
+def test_what_goes_on_from_a_checkpoint_is_what_a_clean_run_does(
+    tmp_path: Path,
+    sandbox: Sandbox,
+    killed_with: tuple[str, ...],
+    then: tuple[str, ...],
+    emails: int,
+) -> None:
+    """The options that are not part of the pass's key (--limit, --dry-run, --test-to)
+    decide nothing a kept chunk holds: the run that takes the chunks records and sends
+    exactly what the same command does on a database that never saw the kill."""
+    campaign = write_campaign(tmp_path / "c", rows=ROWS, bad_rows=(5,))
+    db = tmp_path / "c" / "batchsend.db"
+    killed = run(campaign, sandbox, db, "--skip-invalid", *killed_with, crash=KILL_AFTER)
+    assert killed.returncode == -9, killed.stderr
+    assert sandbox.stats()["requests"] == 0
+    assert len(kept_chunks(db)) == 2
+
+    again = run(campaign, sandbox, db, "--skip-invalid", *then)
+    assert again.returncode == 0, again.stderr
+    assert f"{2 * CHUNK_ROWS:,} row(s) it had checked were not checked again" in again.stderr
+    with Sandbox() as other:
+        clean_db = tmp_path / "clean.db"
+        again_anyway = ("--again",) if "--test-to" not in then else ()
+        clean = run(campaign, other, clean_db, "--skip-invalid", *then, *again_anyway, workers=1)
+        assert clean.returncode == 0, clean.stderr
+        expected = Counter(recipients_in(other.messages()))
+    delivered = Counter(recipients_in(sandbox.messages()))
+    assert delivered == expected and sum(delivered.values()) == emails
+    assert set(delivered.values()) <= {1} or "--test-to" in then
+    assert states(db) == states(clean_db)
