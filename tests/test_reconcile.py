@@ -478,3 +478,28 @@ def test_admin_key_file_is_for_tosend_campaigns_only(tmp_path: Path) -> None:
     )
     checked = batchsend("check", str(path))
     assert checked.returncode == 2 and "admin_key_file: only provider 'tosend'" in checked.stderr
+
+
+@pytest.mark.parametrize("point", ["sending:2", "response:2"])
+def test_rows_a_resume_left_in_flight_can_be_looked_up(
+    tmp_path: Path, sandbox: Sandbox, point: str
+) -> None:
+    """The rows a resume renders (here: past a first run's --limit) carry their message
+    key from the moment they are marked sending, as a run's spooled rows do: killed with a
+    request in flight, they are settled by asking the provider, never left to a resend."""
+    path = campaign(tmp_path, sandbox, "tosend", concurrency=1)
+    first = batchsend("run", str(path), "--db", "b.db", "--limit", "10", "--json")
+    assert first.returncode == 0, first.stderr
+    run_id = json.loads(first.stdout)["run_id"]
+    killed = batchsend("resume", run_id, "--db", "b.db", **{CRASH_ENV: point})
+    assert killed.returncode == -9, killed.stderr
+    with Store("b.db") as store:
+        assert store.counts(run_id)["sending"] == 5
+    with Store("b.db") as store:
+        in_flight = [r for r in store.recipients(run_id) if r["state"] == "sending"]
+    assert all(r["message_key"] for r in in_flight), in_flight
+    settled = reconcile(run_id)
+    assert settled.still_unknown == 0
+    resumed = batchsend("resume", run_id, "--db", "b.db", "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    assert assert_consistent(run_id, sandbox) == Counter({"sent": ROWS})

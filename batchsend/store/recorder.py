@@ -137,20 +137,21 @@ class RunRecorder:
         conn = store.conn
         now = store.now()
         run_id = self.run_id
-        spans: list[tuple[str, int, int]] = []  # (unit, first, last): consecutive rows
+        spans: list[tuple[SendUnit, int, int]] = []  # (unit, first, last): consecutive rows
         rows: list[tuple[int, str, str]] = []  # (row, unit, message): any other row
         expected = 0
         for unit in units:
             messages = unit.messages
-            # The range form writes no message key: only for messages planned in
-            # preflight, whose key went in with their row. Any other message (a resume,
-            # a merge) writes its key with the mark, so a row left in flight keeps it.
+            # The range form writes no message key, so it marks only the rows whose key
+            # went in with them (a run's messages planned in preflight); the others (a
+            # resume's, the rows a full spool refused) are marked one by one below with
+            # their key, so that a row left in flight keeps it and can be looked up.
             if len(messages) > 1 and all(m.message is None for m in messages):
                 first = messages[0].rows[0]
                 last = messages[-1].rows[-1]
                 n = sum(len(m.rows) for m in messages)
                 if last - first + 1 == n and _consecutive(messages, first):
-                    spans.append((unit.key, first, last))
+                    spans.append((unit, first, last))
                     expected += n
                     continue
             for m in messages:
@@ -160,8 +161,11 @@ class RunRecorder:
         with store.transaction():
             self._write_buffers()
             marked = 0
-            for key, first, last in spans:
-                marked += conn.execute(MARK_RANGE_SQL, (key, now, run_id, first, last)).rowcount
+            for unit, first, last in spans:
+                done = conn.execute(MARK_RANGE_SQL, (unit.key, now, run_id, first, last)).rowcount
+                marked += done
+                if done != last - first + 1:  # rows without their key: marked with it below
+                    rows.extend((row, unit.key, m.key) for m in unit.messages for row in m.rows)
             if len(rows) < VALUES_MIN:
                 if rows:
                     marked += conn.executemany(

@@ -18,12 +18,15 @@ VALUES_CHUNK = 300
 # two-pass update) outweighs the gain: a few single sends use executemany.
 VALUES_MIN = 16
 SENDABLE_IN = ",".join(f"'{s.value}'" for s in SENDABLE_STATES)
-# One request's rows when they are consecutive (a batch of a file's rows): one range.
-# ``message_key`` is written with the outcome (a batch's messages each have their own).
+# One request's rows when they are consecutive (a batch of a file's rows): one range,
+# for rows whose message key went in with them in preflight (a batch's messages each
+# have their own, which a range cannot bind). ``message_key IS NOT NULL``: a row without
+# one is left for MARK_SENDING_SQL, which writes it, so that a row left in flight by a
+# kill always has the key the provider can be asked about.
 MARK_RANGE_SQL = (
     "UPDATE recipients SET state = 'sending', unit_key = ?, updated_at = ?, reason = NULL,"
     " retryable = NULL WHERE run_id = ? AND row BETWEEN ? AND ?"
-    f" AND state IN ({SENDABLE_IN})"
+    f" AND state IN ({SENDABLE_IN}) AND message_key IS NOT NULL"
 )
 MARK_SENDING_SQL = (
     "UPDATE recipients SET state = 'sending', unit_key = ?, message_key = ?, updated_at = ?,"
