@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from batchsend.apikeys import redact
+from batchsend.cli import lean
 from batchsend.errors import BatchsendError
 from batchsend.version import __version__
 
@@ -54,6 +55,7 @@ class BatchsendGroup(LazyGroup):
     """Turns batchsend's own errors into one clear message and the right exit code."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        lean.load_sqlite_utils()  # before a command's module loads the store
         try:
             return super().invoke(ctx)
         except BatchsendError as exc:

@@ -3,7 +3,6 @@
 Only this package speaks SQL: the rest of batchsend reads and writes the file through
 :class:`Store`, :class:`RunRecorder` and :mod:`batchsend.store.reports`. Its modules:
 
-- :mod:`~batchsend.store.sqlite_lib` -- loads sqlite-utils without pandas and numpy;
 - :mod:`~batchsend.store.records` -- the values handed in and out (:class:`RunInfo`...);
 - :mod:`~batchsend.store.schema` -- the file's mark, its tables, recognising a file;
 - :mod:`~batchsend.store.statements` -- the hot path's SQL;
@@ -48,7 +47,6 @@ No API key is ever written here: the run's settings are filtered through
 :func:`safe_settings`, and error texts through :func:`batchsend.apikeys.redact`.
 """
 
-from batchsend.store import sqlite_lib  # noqa: F401  (before anything imports sqlite-utils)
 from batchsend.store.database import (
     BUSY_TIMEOUT,
     DEFAULT_DB,
