@@ -234,8 +234,9 @@ class Intake:
         kept = self.pass_notes.kept_rows
         if kept and self.checkpoint is not None:
             notes.append(
-                f"preflight went on from an interrupted run's: {kept:,} row(s) it had checked"
-                f" were not checked again (kept in {self.checkpoint.path.name})"
+                f"preflight went on from an earlier one of the same inputs that stopped before"
+                f" sending: {kept:,} row(s) it had checked were not checked again"
+                f" (kept in {self.checkpoint.path.name})"
             )
         skipped = ", ".join(f"{n:,} {why}" for why, n in sorted(self.skipped.items()))
         if skipped:
